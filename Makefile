@@ -1,0 +1,46 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# Each installs what it needs: the machine's PostgreSQL 15 and pglogical (apt),
+# and a virtualenv in .venv with cutover and its test tools (pip).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+LAB    ?= .lab
+
+.PHONY: test demo lint unit system venv clean
+
+test: system venv lint  ## quality gates, then every test on real servers
+	$(BIN)/pytest
+
+lint: venv  ## ruff, formatting, mypy --strict and the import layers
+	$(BIN)/ruff check cutover tests
+	$(BIN)/ruff format --check cutover tests
+	$(BIN)/mypy cutover
+	$(BIN)/lint-imports
+
+unit: venv  ## the tests that need no server
+	$(BIN)/pytest tests/unit
+
+demo: system venv  ## a lab with a sample database, and the preflight of its move
+	$(BIN)/cutover lab up --dir $(LAB)
+	$(BIN)/cutover check -p $(LAB)/plan.yaml
+	$(BIN)/cutover prepare -p $(LAB)/plan.yaml --dry-run
+	@echo
+	@echo "The lab keeps running: 'cutover lab status --dir $(LAB)', 'cutover lab down --dir $(LAB) --purge'."
+
+system:
+	@scripts/ensure-system.sh
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+clean:
+	-$(BIN)/cutover lab down --dir $(LAB) --purge
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

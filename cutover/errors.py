@@ -1,0 +1,56 @@
+"""The one error tree of cutover.
+
+Every error carries a message and a hint that tells the operator what to do next.
+`cli.py` is the only place that catches `CutoverError`: it prints `FAILED: ...`
+and `hint: ...` and exits with the error's code. Anything else is a bug and keeps
+its traceback. This module imports nothing from cutover.
+"""
+
+
+class CutoverError(Exception):
+    """Base of every error a user can cause or fix."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class UsageError(CutoverError):
+    """The command line or the plan is wrong; nothing was touched."""
+
+    exit_code = 2
+
+
+class PlanError(UsageError):
+    """The plan file cannot be read or does not validate."""
+
+
+class ConnectionFailed(CutoverError):
+    """A server could not be reached or refused us; nothing was changed."""
+
+    exit_code = 2
+
+
+class LedgerLocked(CutoverError):
+    """Another runner holds the move's lock."""
+
+    exit_code = 2
+
+
+class PreconditionFailed(CutoverError):
+    """The world is not ready for this step; nothing was changed. Fix and run again."""
+
+
+class Retryable(CutoverError):
+    """A passing condition (a lock wait, a busy server): the runner tries the step again."""
+
+    def __init__(self, message: str, *, hint: str, delay: float = 1.0) -> None:
+        super().__init__(message, hint=hint)
+        self.delay = delay
+
+
+class StepFailed(CutoverError):
+    """A step raised: the runner recorded it and stopped. Running the command again resumes."""

@@ -1,0 +1,194 @@
+"""The ledger's document model, the Store protocol, and the Journal that writes it."""
+
+import getpass
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from cutover.log import redact
+from cutover.steps import Outcome, StepStatus
+
+FORMAT_VERSION = 1
+
+
+def now() -> str:
+    """The current time as ISO 8601 in UTC, to the millisecond."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def actor() -> str:
+    """Who is acting: user@host and process id, for the audit trail."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()} pid {os.getpid()}"
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """The last known state of one step (`scope/phase.step`)."""
+
+    key: str
+    status: StepStatus
+    started_at: str
+    ended_at: str | None = None
+    seconds: float | None = None
+    outcome: Outcome | None = None
+    error: str | None = None
+    runs: int = 1
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "StepRecord":
+        """Read back a record written by `asdict`."""
+        outcome = data.get("outcome")
+        return cls(
+            key=data["key"],
+            status=StepStatus(data["status"]),
+            started_at=data["started_at"],
+            ended_at=data.get("ended_at"),
+            seconds=data.get("seconds"),
+            outcome=Outcome(outcome) if outcome else None,
+            error=data.get("error"),
+            runs=int(data.get("runs", 1)),
+        )
+
+
+@dataclass(frozen=True)
+class Event:
+    """One line of the audit trail: what ran, when, by whom, with which result."""
+
+    at: str
+    actor: str
+    kind: str
+    key: str | None = None
+    outcome: str | None = None
+    detail: str | None = None
+
+
+@dataclass
+class Document:
+    """Everything the ledger holds for one move."""
+
+    move: str
+    steps: dict[str, StepRecord] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form."""
+        return {
+            "format": FORMAT_VERSION,
+            "move": self.move,
+            "steps": {k: asdict(v) for k, v in self.steps.items()},
+            "events": [asdict(e) for e in self.events],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Document":
+        """Read back the JSON form."""
+        return cls(
+            move=data["move"],
+            steps={k: StepRecord.from_dict(v) for k, v in data.get("steps", {}).items()},
+            events=[Event(**e) for e in data.get("events", [])],
+        )
+
+
+class Store(Protocol):
+    """Where the ledger document lives. Writes are atomic; one runner holds the lock."""
+
+    def read(self) -> dict[str, Any] | None: ...
+
+    def write(self, data: dict[str, Any]) -> None: ...
+
+    def lock(self) -> AbstractContextManager[None]: ...
+
+    def describe(self) -> str: ...
+
+
+class Journal:
+    """Records step transitions and events; every call is written through at once."""
+
+    def __init__(self, store: Store, *, move: str) -> None:
+        self._store = store
+        data = store.read()
+        self._doc = Document.from_dict(data) if data else Document(move=move)
+
+    @property
+    def where(self) -> str:
+        """Where the ledger is kept, for messages."""
+        return self._store.describe()
+
+    def steps(self) -> dict[str, StepRecord]:
+        """Every step record, by key."""
+        return dict(self._doc.steps)
+
+    def events(self) -> list[Event]:
+        """The audit trail, oldest first."""
+        return list(self._doc.events)
+
+    def get(self, key: str) -> StepRecord | None:
+        """One step's record, if it ever ran."""
+        return self._doc.steps.get(key)
+
+    def is_done(self, key: str) -> bool:
+        """Whether the ledger holds the step as done."""
+        record = self.get(key)
+        return record is not None and record.status is StepStatus.DONE
+
+    def running(self) -> Iterator[StepRecord]:
+        """Steps left `running`: a runner died during them."""
+        return (r for r in self._doc.steps.values() if r.status is StepStatus.RUNNING)
+
+    def started(self, key: str) -> None:
+        """A step begins."""
+        previous = self.get(key)
+        runs = previous.runs + 1 if previous else 1
+        self._doc.steps[key] = StepRecord(key, StepStatus.RUNNING, now(), runs=runs)
+        self._append(Event(now(), actor(), "step", key, StepStatus.RUNNING.value))
+
+    def finished(self, key: str, *, outcome: Outcome, seconds: float) -> None:
+        """A step is done: applied or adopted."""
+        base = self.get(key) or StepRecord(key, StepStatus.RUNNING, now())
+        self._doc.steps[key] = replace(
+            base,
+            status=StepStatus.DONE,
+            ended_at=now(),
+            seconds=round(seconds, 4),
+            outcome=outcome,
+            error=None,
+        )
+        self._append(Event(now(), actor(), "step", key, outcome.value, f"{seconds * 1000:.0f} ms"))
+
+    def failed(self, key: str, *, error: str, seconds: float) -> None:
+        """A step raised."""
+        base = self.get(key) or StepRecord(key, StepStatus.RUNNING, now())
+        safe = redact(error)
+        self._doc.steps[key] = replace(
+            base,
+            status=StepStatus.FAILED,
+            ended_at=now(),
+            seconds=round(seconds, 4),
+            outcome=Outcome.FAILED,
+            error=safe,
+        )
+        self._append(Event(now(), actor(), "step", key, Outcome.FAILED.value, safe))
+
+    def undone(self, key: str) -> None:
+        """A step's undo ran."""
+        base = self.get(key) or StepRecord(key, StepStatus.RUNNING, now())
+        self._doc.steps[key] = replace(
+            base, status=StepStatus.UNDONE, ended_at=now(), outcome=Outcome.UNDONE
+        )
+        self._append(Event(now(), actor(), "step", key, Outcome.UNDONE.value))
+
+    def note(self, kind: str, *, detail: str, outcome: str | None = None) -> None:
+        """An event that is not a step transition (a command started, a fence lifted)."""
+        self._append(Event(now(), actor(), kind, None, outcome, redact(detail)))
+
+    def _append(self, event: Event) -> None:
+        self._doc.events.append(event)
+        self._store.write(self._doc.to_dict())

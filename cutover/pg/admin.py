@@ -1,0 +1,35 @@
+"""Creating databases and running shipped scripts (the lab, prepare)."""
+
+from psycopg import sql
+
+from cutover.pg.connect import Connection
+from cutover.pg.execute import change
+from cutover.pg.queries import load
+from cutover.steps import Change
+
+
+def database_exists(conn: Connection, name: str) -> bool:
+    """Whether the database exists on the connected server."""
+    row = conn.execute(
+        sql.SQL("SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s"), (name,)
+    ).fetchone()
+    return row is not None
+
+
+def create_database(conn: Connection, name: str, *, target: str, dry_run: bool) -> list[Change]:
+    """CREATE DATABASE unless it exists (the connection must be in autocommit)."""
+    if database_exists(conn, name):
+        return []
+    statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    return [change(conn, statement, target=target, dry_run=dry_run)]
+
+
+def drop_database(conn: Connection, name: str) -> None:
+    """Drop a database, ending its sessions."""
+    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def run_script(conn: Connection, name: str) -> None:
+    """Run the shipped script `queries/<name>.sql` in one transaction."""
+    with conn.transaction():
+        conn.execute(load(name))

@@ -1,0 +1,239 @@
+"""Read-only questions to the catalogs: settings, roles, relations, keys, extensions."""
+
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import sql
+
+from cutover.pg.connect import Connection
+from cutover.pg.execute import Query
+from cutover.pg.ident import quote
+from cutover.pg.queries import load
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A table, sequence, foreign table or materialized view, with what we may do to it."""
+
+    schema: str
+    name: str
+    kind: str  # pg_class.relkind: r, p, S, f, m
+    persistence: str  # p permanent, u unlogged
+    replica_identity: str  # d default, n nothing, f full, i index
+    owner: str
+    has_primary_key: bool
+    has_identity_index: bool
+    schema_usage: bool
+    can_select: bool
+    acts_as_owner: bool
+
+    @property
+    def display(self) -> str:
+        """The qualified name as SQL would spell it."""
+        return quote((self.schema, self.name))
+
+    @property
+    def is_table(self) -> bool:
+        """An ordinary table (partitions included): what logical replication carries."""
+        return self.kind == "r"
+
+    @property
+    def has_usable_identity(self) -> bool:
+        """Whether UPDATE and DELETE can be replicated without scanning the whole table."""
+        if self.replica_identity == "d":
+            return self.has_primary_key
+        return self.replica_identity == "i" and self.has_identity_index
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    """A foreign key from child columns to parent columns."""
+
+    name: str
+    child_schema: str
+    child_table: str
+    parent_schema: str
+    parent_table: str
+    child_columns: tuple[str, ...]
+    parent_columns: tuple[str, ...]
+
+    @property
+    def display(self) -> str:
+        """`schema.child(cols) -> schema.parent(cols)`."""
+        child = quote((self.child_schema, self.child_table))
+        parent = quote((self.parent_schema, self.parent_table))
+        return (
+            f"{child}({', '.join(self.child_columns)}) -> "
+            f"{parent}({', '.join(self.parent_columns)})"
+        )
+
+
+@dataclass(frozen=True)
+class Role:
+    """The attributes of the connected role that a move cares about."""
+
+    name: str
+    superuser: bool
+    replication: bool
+    createdb: bool
+
+
+def server_version(conn: Connection) -> int:
+    """server_version_num, e.g. 150018."""
+    return int(_value(conn, sql.SQL("SELECT pg_catalog.current_setting('server_version_num')")))
+
+
+def settings(conn: Connection, names: list[str]) -> dict[str, str]:
+    """The current value of each named setting that exists."""
+    rows = conn.execute(
+        sql.SQL("SELECT name, setting FROM pg_catalog.pg_settings WHERE name = ANY(%s)"), (names,)
+    ).fetchall()
+    return {r["name"]: r["setting"] for r in rows}
+
+
+def current_role(conn: Connection) -> Role:
+    """The connected role's attributes."""
+    row = conn.execute(
+        sql.SQL(
+            "SELECT rolname, rolsuper, rolreplication, rolcreatedb "
+            "FROM pg_catalog.pg_roles WHERE rolname = current_user"
+        )
+    ).fetchone()
+    assert row is not None  # the connected role always exists
+    return Role(row["rolname"], row["rolsuper"], row["rolreplication"], row["rolcreatedb"])
+
+
+def is_member_of(conn: Connection, role: str) -> bool:
+    """Whether the current user is a member of `role` (False if it does not exist)."""
+    return bool(
+        _value(
+            conn,
+            sql.SQL(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s) "
+                "AND pg_catalog.pg_has_role(current_user, %s, 'MEMBER')"
+            ),
+            (role, role),
+        )
+    )
+
+
+def database_privileges(conn: Connection) -> dict[str, bool]:
+    """CONNECT, CREATE and TEMP on the current database."""
+    row = conn.execute(
+        sql.SQL(
+            "SELECT pg_catalog.has_database_privilege(pg_catalog.current_database(), 'CONNECT')"
+            " AS connect,"
+            " pg_catalog.has_database_privilege(pg_catalog.current_database(), 'CREATE')"
+            " AS create"
+        )
+    ).fetchone()
+    assert row is not None
+    return {"CONNECT": row["connect"], "CREATE": row["create"]}
+
+
+def existing_databases(conn: Connection, names: list[str]) -> set[str]:
+    """Which of `names` exist on this server."""
+    rows = conn.execute(
+        sql.SQL("SELECT datname FROM pg_catalog.pg_database WHERE datname = ANY(%s)"), (names,)
+    ).fetchall()
+    return {r["datname"] for r in rows}
+
+
+def replication_in_use(conn: Connection) -> tuple[int, int]:
+    """(replication slots that exist, WAL senders running)."""
+    row = conn.execute(
+        sql.SQL(
+            "SELECT (SELECT count(*) FROM pg_catalog.pg_replication_slots) AS slots,"
+            " (SELECT count(*) FROM pg_catalog.pg_stat_replication) AS senders"
+        )
+    ).fetchone()
+    assert row is not None
+    return int(row["slots"]), int(row["senders"])
+
+
+def relations(conn: Connection) -> list[Relation]:
+    """Every user relation of the current database."""
+    return [Relation(**row) for row in conn.execute(load("user_relations")).fetchall()]
+
+
+def foreign_keys(conn: Connection) -> list[ForeignKey]:
+    """Every foreign key between user tables."""
+    rows = conn.execute(load("foreign_keys")).fetchall()
+    return [
+        ForeignKey(
+            **{k: v for k, v in r.items() if not k.endswith("_columns")},
+            child_columns=tuple(r["child_columns"]),
+            parent_columns=tuple(r["parent_columns"]),
+        )
+        for r in rows
+    ]
+
+
+def orphan_query(fk: ForeignKey, *, count: bool) -> sql.Composed:
+    """Rows of the child whose key points at no parent row (MATCH SIMPLE: all columns set)."""
+    not_null = sql.SQL(" AND ").join(
+        sql.SQL("c.{} IS NOT NULL").format(sql.Identifier(col)) for col in fk.child_columns
+    )
+    matches = sql.SQL(" AND ").join(
+        sql.SQL("p.{} = c.{}").format(sql.Identifier(parent), sql.Identifier(child))
+        for child, parent in zip(fk.child_columns, fk.parent_columns, strict=True)
+    )
+    select = sql.SQL("count(*) AS n") if count else sql.SQL("c.*")
+    return sql.SQL(
+        "SELECT {select} FROM {child} AS c WHERE {not_null} AND NOT EXISTS "
+        "(SELECT 1 FROM {parent} AS p WHERE {matches})"
+    ).format(
+        select=select,
+        child=sql.Identifier(fk.child_schema, fk.child_table),
+        not_null=not_null,
+        parent=sql.Identifier(fk.parent_schema, fk.parent_table),
+        matches=matches,
+    )
+
+
+def orphan_listing(fk: ForeignKey) -> str:
+    """The query an operator runs to see the orphan rows."""
+    return orphan_query(fk, count=False).as_string() + ";"
+
+
+def count_orphans(conn: Connection, fk: ForeignKey) -> int:
+    """How many child rows point at nothing."""
+    return int(_value(conn, orphan_query(fk, count=True)))
+
+
+def large_object_count(conn: Connection) -> int:
+    """Large objects in the current database (logical replication does not carry them)."""
+    return int(_value(conn, sql.SQL("SELECT count(*) FROM pg_catalog.pg_largeobject_metadata")))
+
+
+def event_triggers(conn: Connection) -> list[tuple[str, str]]:
+    """Enabled event triggers: (name, event)."""
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT evtname, evtevent FROM pg_catalog.pg_event_trigger "
+            "WHERE evtenabled <> 'D' ORDER BY evtname"
+        )
+    ).fetchall()
+    return [(r["evtname"], r["evtevent"]) for r in rows]
+
+
+def installed_extensions(conn: Connection) -> dict[str, str]:
+    """Extensions installed in the current database: name -> version (plpgsql aside)."""
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT extname, extversion FROM pg_catalog.pg_extension WHERE extname <> 'plpgsql'"
+        )
+    ).fetchall()
+    return {r["extname"]: r["extversion"] for r in rows}
+
+
+def available_extensions(conn: Connection) -> set[str]:
+    """Extensions this server could install."""
+    rows = conn.execute(sql.SQL("SELECT name FROM pg_catalog.pg_available_extensions")).fetchall()
+    return {r["name"] for r in rows}
+
+
+def _value(conn: Connection, query: Query, params: Any = None) -> Any:
+    row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return next(iter(row.values()))

@@ -1,0 +1,83 @@
+"""Opening connections: credentials resolved at the last moment, errors made plain."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from cutover.errors import ConnectionFailed
+from cutover.log import redact, register_secret
+from cutover.plan import Server, resolve_secret
+
+Connection = psycopg.Connection[dict[str, Any]]
+
+
+def conninfo(server: Server, dbname: str | None = None, *, label: str) -> dict[str, Any]:
+    """libpq keywords for a server; the password is resolved here and registered for redaction."""
+    params: dict[str, Any] = {
+        "host": server.host,
+        "port": server.port,
+        "user": server.user,
+        "dbname": dbname or server.dbname,
+        "sslmode": server.sslmode.value,
+        "connect_timeout": max(1, int(server.connect_timeout)),
+        "application_name": "cutover",
+    }
+    if server.sslrootcert:
+        params["sslrootcert"] = server.sslrootcert
+    if server.password:
+        password = resolve_secret(server.password, where=f"{label}.password")
+        register_secret(password)
+        params["password"] = password
+    return params
+
+
+def connect(
+    server: Server, dbname: str | None = None, *, label: str, autocommit: bool = True
+) -> Connection:
+    """A connection to `dbname` (default: the server's maintenance database)."""
+    params = conninfo(server, dbname, label=label)
+    try:
+        return psycopg.connect(**params, autocommit=autocommit, row_factory=dict_row)
+    except psycopg.OperationalError as exc:
+        reason = redact(str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc))
+        raise ConnectionFailed(
+            f"cannot connect to {label} ({server.describe(dbname)}): {reason}",
+            hint=f"check {label}.host/port/user and the password reference in the plan, "
+            "and that the server accepts connections from here (pg_hba.conf, firewall)",
+        ) from None
+
+
+class Pool:
+    """Connections opened on first use per (label, database) and closed together."""
+
+    def __init__(self, servers: dict[str, Server]) -> None:
+        self._servers = servers
+        self._open: dict[tuple[str, str | None], Connection] = {}
+
+    def get(self, label: str, dbname: str | None = None) -> Connection:
+        """The open connection for `label` ('source', 'target') and `dbname`."""
+        key = (label, dbname)
+        conn = self._open.get(key)
+        if conn is None or conn.closed:
+            conn = connect(self._servers[label], dbname, label=label)
+            self._open[key] = conn
+        return conn
+
+    def close(self) -> None:
+        """Close every connection."""
+        for conn in self._open.values():
+            conn.close()
+        self._open.clear()
+
+
+@contextmanager
+def pool(servers: dict[str, Server]) -> Iterator[Pool]:
+    """A Pool that is closed on exit."""
+    p = Pool(servers)
+    try:
+        yield p
+    finally:
+        p.close()

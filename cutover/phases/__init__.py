@@ -1,0 +1,1 @@
+"""The phases of a move, each a tuple of named steps that reads like its runbook."""

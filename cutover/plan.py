@@ -1,0 +1,411 @@
+"""The plan: one YAML file that describes a move, validated with pydantic.
+
+A plan names the source and target servers, the engine, the databases, the
+writer tiers, the fence, the repoint targets and the thresholds. Sizes and
+durations take units (`1MB`, `60s`). Secrets are only ever references
+(`env:NAME` or `file:PATH`), resolved at the moment of use and never stored:
+a literal password in a plan is an error that says how to fix it. Every
+validation error names its path in the plan (`writers[1].http.stop`).
+"""
+
+import difflib
+import os
+import re
+import shlex
+from collections.abc import Iterator
+from enum import StrEnum
+from pathlib import Path
+from types import UnionType
+from typing import Annotated, Any, Literal, Self, Union, get_args, get_origin
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+from cutover.errors import PlanError, UsageError
+
+PLAN_HINT = "fix the plan and run again; docs/plan.md describes every key"
+
+# PostgreSQL's own convention (postgresql.conf): kB, MB, GB, TB are powers of 1024.
+_BYTE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1024,
+    "kib": 1024,
+    "mb": 1024**2,
+    "mib": 1024**2,
+    "gb": 1024**3,
+    "gib": 1024**3,
+    "tb": 1024**4,
+    "tib": 1024**4,
+}
+_BYTES = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|min|s|m|h|d)", re.IGNORECASE)
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MOVE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+
+
+def parse_bytes(value: object) -> int:
+    """`1MB` -> 1048576. A bare number is bytes. Units as in postgresql.conf."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 512kB, 1MB or 2GB")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    match = _BYTES.match(str(value))
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _BYTE_UNITS:
+        raise ValueError("expected a size such as 512kB, 1MB or 2GB")
+    return int(float(match.group(1)) * _BYTE_UNITS[unit])
+
+
+def parse_duration(value: object) -> float:
+    """`1m30s` -> 90.0 seconds. A bare number is seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 500ms, 60s, 5m or 1h30m")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    text = str(value).strip()
+    parts = list(_DURATION_PART.finditer(text))
+    if not parts or "".join(p.group(0) for p in parts) != re.sub(r"\s+", "", text):
+        raise ValueError("expected a duration such as 500ms, 60s, 5m or 1h30m")
+    return sum(float(p.group(1)) * _DURATION_UNITS[p.group(2).lower()] for p in parts)
+
+
+def _check_secret_ref(value: str) -> str:
+    kind, sep, rest = value.partition(":")
+    if sep and kind == "env" and _ENV_NAME.match(rest):
+        return value
+    if sep and kind == "file" and rest:
+        return value
+    # The message must never contain the value: it may be the secret itself.
+    raise ValueError(
+        "a literal secret is not allowed in a plan: write env:NAME (an environment "
+        "variable) or file:PATH (a file, e.g. a mounted Kubernetes Secret)"
+    )
+
+
+def _check_no_userinfo_password(value: str) -> str:
+    if re.match(r"^[a-z][a-z0-9+.-]*://[^/@\s]*:[^@/\s]+@", value, re.IGNORECASE):
+        raise ValueError(
+            "this URL holds a password: remove it and give the credential as a "
+            "reference (env:NAME or file:PATH)"
+        )
+    return value
+
+
+def _check_move_name(value: str) -> str:
+    if not _MOVE_NAME.match(value):
+        raise ValueError(
+            "a move name is 1 to 40 characters of a-z, 0-9 and _, starting with a letter "
+            "(objects on the servers are named cutover_<move>)"
+        )
+    return value
+
+
+def _check_db_name(value: str) -> str:
+    if not value or len(value.encode()) > 63 or "\x00" in value:
+        raise ValueError("a database name is 1 to 63 bytes, without NUL")
+    return value
+
+
+def _argv(value: object) -> object:
+    """A command is an argv list; a string is split the way a shell would."""
+    return shlex.split(value) if isinstance(value, str) else value
+
+
+SecretRef = Annotated[str, AfterValidator(_check_secret_ref)]
+Bytes = Annotated[int, BeforeValidator(parse_bytes)]
+Seconds = Annotated[float, BeforeValidator(parse_duration)]
+MoveName = Annotated[str, AfterValidator(_check_move_name)]
+DbName = Annotated[str, AfterValidator(_check_db_name)]
+Url = Annotated[str, Field(pattern=r"^https?://\S+$"), AfterValidator(_check_no_userinfo_password)]
+Argv = Annotated[list[str], BeforeValidator(_argv), Field(min_length=1)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _exactly_one(model: BaseModel, kinds: tuple[str, ...]) -> None:
+    given = [k for k in kinds if getattr(model, k) is not None]
+    if len(given) != 1:
+        raise ValueError(f"give exactly one of {', '.join(kinds)} (found {len(given)})")
+
+
+class Engine(StrEnum):
+    """How changes travel from source to target."""
+
+    NATIVE = "native"
+    PGLOGICAL = "pglogical"
+    DMS = "dms"
+
+
+class SslMode(StrEnum):
+    """libpq's sslmode values."""
+
+    DISABLE = "disable"
+    ALLOW = "allow"
+    PREFER = "prefer"
+    REQUIRE = "require"
+    VERIFY_CA = "verify-ca"
+    VERIFY_FULL = "verify-full"
+
+
+class Server(_Model):
+    """How cutover reaches one PostgreSQL server, as its controlling user."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(5432, ge=1, le=65535)
+    user: str = Field(min_length=1)
+    password: SecretRef | None = None
+    dbname: str = "postgres"
+    sslmode: SslMode = SslMode.PREFER
+    sslrootcert: str | None = None
+    connect_timeout: Seconds = 10.0
+
+    def describe(self, dbname: str | None = None) -> str:
+        """`host:port/db as user`: never a secret."""
+        return f"{self.host}:{self.port}/{dbname or self.dbname} as {self.user}"
+
+
+class HttpWriter(_Model):
+    """A writer stopped and started by HTTP calls (e.g. 'block new connections')."""
+
+    stop: Url
+    start: Url
+    status: Url | None = None
+    method: Literal["POST", "PUT", "GET"] = "POST"
+    token: SecretRef | None = None
+    timeout: Seconds = 10.0
+
+
+class CommandWriter(_Model):
+    """A writer stopped and started by commands (argv lists, or strings split like a shell)."""
+
+    stop: Argv
+    start: Argv
+    status: Argv | None = None
+    timeout: Seconds = 60.0
+
+
+class Writer(_Model):
+    """One writer of the application; writers stop by ascending tier and start in reverse."""
+
+    name: str = Field(min_length=1)
+    tier: int | None = Field(None, ge=0)
+    http: HttpWriter | None = None
+    command: CommandWriter | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Self:
+        _exactly_one(self, ("http", "command"))
+        return self
+
+
+class Fence(_Model):
+    """Who loses write access on the source during the switch."""
+
+    roles: list[str] | None = None  # None: every login role but cutover's own
+    read_only: bool = True
+
+
+class FileRepoint(_Model):
+    """Rewrite one key of an env or DSN file, atomically."""
+
+    path: Path
+    key: str = Field(min_length=1)
+    value: str | None = None  # None: a DSN built from the target's address
+
+    @model_validator(mode="after")
+    def _no_literal_password(self) -> Self:
+        if self.value is not None:
+            _check_no_userinfo_password(self.value)
+            if re.search(r"password\s*=", self.value, re.IGNORECASE):
+                raise ValueError("the value holds a password: keep secrets out of the plan")
+        return self
+
+
+class CommandRepoint(_Model):
+    """Run a command that points the applications at the target."""
+
+    run: Argv
+    timeout: Seconds = 60.0
+
+
+class Repoint(_Model):
+    """One place where a connection string lives."""
+
+    name: str = Field(min_length=1)
+    file: FileRepoint | None = None
+    command: CommandRepoint | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Self:
+        _exactly_one(self, ("file", "command"))
+        return self
+
+
+class Thresholds(_Model):
+    """The limits a move respects."""
+
+    max_switch_lag: Bytes = 1024**2
+    lag_window: Seconds = 30.0
+    switch_timeout: Seconds = 60.0
+    drain_timeout: Seconds = 30.0
+    lock_timeout: Seconds = 2.0
+    statement_timeout: Seconds = 300.0
+
+
+class Plan(_Model):
+    """A whole move."""
+
+    move: MoveName
+    source: Server
+    target: Server
+    engine: Engine = Engine.NATIVE
+    databases: list[DbName] = Field(min_length=1)
+    writers: list[Writer] = []
+    fence: Fence = Fence()
+    repoint: list[Repoint] = []
+    thresholds: Thresholds = Thresholds()
+    state_dir: Path = Path(".cutover")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Self:
+        for label, names in (
+            ("databases", self.databases),
+            ("writers", [w.name for w in self.writers]),
+            ("repoint", [r.name for r in self.repoint]),
+        ):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{label}: names must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+    def tiers(self) -> list[list[Writer]]:
+        """Writers grouped by tier, in stopping order (a writer without a tier is its own)."""
+        groups: dict[int, list[Writer]] = {}
+        for index, writer in enumerate(self.writers):
+            groups.setdefault(writer.tier if writer.tier is not None else index, []).append(writer)
+        return [groups[t] for t in sorted(groups)]
+
+
+def resolve_secret(ref: str, *, where: str) -> str:
+    """The value behind `env:NAME` or `file:PATH`; `where` names the plan key for errors."""
+    kind, _, rest = ref.partition(":")
+    if kind == "env":
+        value = os.environ.get(rest)
+        if value is None:
+            raise UsageError(
+                f"{where} refers to env:{rest}, which is not set",
+                hint=f"export {rest} before running cutover, or use file:PATH",
+            )
+        return value
+    try:
+        return Path(rest).expanduser().read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise UsageError(
+            f"{where} refers to file:{rest}, which cannot be read ({exc.strerror})",
+            hint="check the path and that this user may read it",
+        ) from None
+
+
+def format_location(loc: tuple[int | str, ...]) -> str:
+    """('writers', 1, 'http', 'stop') -> 'writers[1].http.stop'."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model class found at a location of the plan, if any."""
+    model: Any = Plan
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        model = next(_models_in(field.annotation), None)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _models_in(annotation: Any) -> Iterator[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+    if get_origin(annotation) in (list, Union, UnionType, Annotated) or isinstance(
+        annotation, UnionType
+    ):
+        for arg in get_args(annotation):
+            yield from _models_in(arg)
+
+
+def _describe(error: Any) -> str:
+    loc: tuple[int | str, ...] = tuple(error["loc"])
+    where = format_location(loc)
+    if error["type"] == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        allowed = sorted(parent.model_fields) if parent else []
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        suggestion = f"; did you mean '{close[0]}'?" if close else ""
+        return f"{where}: unknown key{suggestion} (allowed: {', '.join(allowed)})"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{where}: {message}"
+
+
+def parse(data: object, *, origin: str = "plan") -> Plan:
+    """Validate an already-loaded plan document."""
+    if not isinstance(data, dict):
+        raise PlanError(f"{origin}: a plan is a YAML mapping (move:, source:, ...)", hint=PLAN_HINT)
+    try:
+        return Plan.model_validate(data)
+    except ValidationError as exc:
+        # Only locations and messages are shown: the input may be a secret.
+        lines = [_describe(e) for e in exc.errors(include_input=False)]
+        raise PlanError(
+            f"{origin} is not valid:\n  " + "\n  ".join(lines), hint=PLAN_HINT
+        ) from None
+
+
+def load(path: Path) -> Plan:
+    """Read, validate and anchor a plan file (a relative state_dir is beside the plan)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise PlanError(
+            f"cannot read the plan {path}: {exc.strerror}",
+            hint="pass --plan/-p PATH or set CUTOVER_PLAN; `cutover lab up` writes a sample plan",
+        ) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "malformed YAML"
+        raise PlanError(f"{path}: not valid YAML{where}: {problem}", hint=PLAN_HINT) from None
+    plan = parse(data, origin=str(path))
+    if not plan.state_dir.is_absolute():
+        plan = plan.model_copy(update={"state_dir": (path.parent / plan.state_dir).resolve()})
+    return plan
+
+
+def dump(plan: Plan) -> str:
+    """The plan as YAML (it holds references, never secret values)."""
+    data = plan.model_dump(mode="json", exclude_defaults=True)
+    data.setdefault("engine", plan.engine.value)
+    return yaml.safe_dump(data, sort_keys=False)

@@ -1,0 +1,165 @@
+"""The one loop that runs a phase: observe, skip or adopt, apply, record, undo.
+
+For each step the runner asks the world first (`is_done`), so a step that a
+killed controller finished but never recorded is adopted, not repeated. It
+alone writes the ledger: `running` before a step, `done` or `failed` after.
+A passing error (`Retryable`) is tried again; any other error is recorded and
+stops the phase; a phase that undoes on failure undoes its done steps in
+reverse, unless a point of no return was passed. With dry_run nothing is
+written anywhere: each step that is not done reports the changes it would make.
+"""
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+
+from cutover.errors import CutoverError, Retryable, StepFailed
+from cutover.ledger import FileStore, Journal
+from cutover.log import for_move, redact
+from cutover.plan import Plan
+from cutover.steps import Change, Outcome, Phase, Step, StepStatus
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What happened to one step in one run."""
+
+    key: str
+    outcome: Outcome
+    seconds: float
+    changes: tuple[Change, ...] = ()
+    error: str | None = None
+
+
+def journal_for(plan: Plan) -> Journal:
+    """The move's journal in its state directory."""
+    return Journal(FileStore(plan.state_dir, plan.move), move=plan.move)
+
+
+@contextmanager
+def locked(plan: Plan) -> Iterator[Journal]:
+    """Hold the move's lock for the length of a command; yields its journal."""
+    store = FileStore(plan.state_dir, plan.move)
+    with store.lock():
+        yield Journal(store, move=plan.move)
+
+
+def _retry_delay(state: RetryCallState) -> float:
+    error = state.outcome.exception() if state.outcome else None
+    return error.delay if isinstance(error, Retryable) else 1.0
+
+
+class Runner:
+    """Runs phases against the world and records them in a journal."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        *,
+        move: str,
+        dry_run: bool,
+        on_step: Callable[[StepReport], None] = lambda _: None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._journal = journal
+        self._move = move
+        self._dry_run = dry_run
+        self._on_step = on_step
+        self._sleep = sleep
+        self._clock = clock
+
+    def run(self, phase: Phase, *, scope: str) -> list[StepReport]:
+        """Run every step of `phase` for `scope` (a database), in order."""
+        reports: list[StepReport] = []
+        for step in phase.steps:
+            report = self._run_step(phase, step, scope)
+            reports.append(report)
+            self._on_step(report)
+        return reports
+
+    def _run_step(self, phase: Phase, step: Step, scope: str) -> StepReport:
+        key = phase.key(step, scope)
+        logger = for_move(log, move=self._move, phase=phase.name, step=step.name)
+        started = self._clock()
+        recorded = self._journal.is_done(key)
+        if step.is_done is not None:
+            if step.is_done():
+                outcome = Outcome.SKIPPED if recorded else Outcome.ADOPTED
+                if outcome is Outcome.ADOPTED and not self._dry_run:
+                    self._journal.finished(key, outcome=outcome, seconds=0.0)
+                logger.info("%s", outcome.value)
+                return StepReport(key, outcome, self._clock() - started)
+            if recorded:
+                logger.warning("the ledger says done, the server says not: applying again")
+        elif recorded:
+            logger.info("%s", Outcome.SKIPPED.value)
+            return StepReport(key, Outcome.SKIPPED, self._clock() - started)
+
+        if self._dry_run:
+            changes = tuple(step.apply(dry_run=True))
+            return StepReport(key, Outcome.PLANNED, self._clock() - started, changes)
+
+        self._journal.started(key)
+        try:
+            changes = tuple(self._apply(step))
+        except Exception as exc:
+            seconds = self._clock() - started
+            message = (
+                exc.message if isinstance(exc, CutoverError) else f"{type(exc).__name__}: {exc}"
+            )
+            self._journal.failed(key, error=message, seconds=seconds)
+            logger.error("failed after %.0f ms: %s", seconds * 1000, redact(message))
+            undo_note = self._undo(phase, scope) if phase.undo_on_failure else ""
+            if isinstance(exc, CutoverError):
+                raise StepFailed(f"{key}: {message}{undo_note}", hint=exc.hint) from exc
+            raise
+        seconds = self._clock() - started
+        self._journal.finished(key, outcome=Outcome.APPLIED, seconds=seconds)
+        logger.info("done in %.0f ms", seconds * 1000)
+        return StepReport(key, Outcome.APPLIED, seconds, changes)
+
+    def _apply(self, step: Step) -> Sequence[Change]:
+        retrying = Retrying(
+            stop=stop_after_attempt(max(1, step.attempts)),
+            wait=_retry_delay,
+            retry=retry_if_exception_type(Retryable),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        return retrying(step.apply, dry_run=False)
+
+    def _undo(self, phase: Phase, scope: str) -> str:
+        """Undo this phase's done steps in reverse; returns a note for the error message."""
+        done = [s for s in phase.steps if self._journal.is_done(phase.key(s, scope))]
+        if any(s.point_of_no_return for s in done):
+            return " (past the point of no return: nothing undone)"
+        problems: list[str] = []
+        for step in reversed(done):
+            if step.undo is None:
+                continue
+            key = phase.key(step, scope)
+            try:
+                step.undo(dry_run=False)
+            except Exception as exc:  # keep undoing the rest: each undo is independent
+                problems.append(f"{key}: {exc}")
+                log.exception("%s: undo failed", key)
+                continue
+            self._journal.undone(key)
+        if problems:
+            return "; undo incomplete: " + "; ".join(problems)
+        return "; undone: the world is as before the phase"
+
+
+def status_counts(journal: Journal) -> dict[StepStatus, int]:
+    """How many steps the ledger holds in each state."""
+    counts = dict.fromkeys(StepStatus, 0)
+    for record in journal.steps().values():
+        counts[record.status] += 1
+    return counts

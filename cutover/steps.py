@@ -1,0 +1,76 @@
+"""The vocabulary of a move: a Phase is an ordered tuple of Steps.
+
+A Step has a stable name (the ledger key is `phase.step`; a released name is
+never changed), an `apply` that is safe to repeat, an optional `is_done` that
+reads the real world (not the ledger), and, before the point of no return, an
+`undo`. `apply` and `undo` take `dry_run` by keyword and return the Changes they
+made, or would make: SQL text or API calls, for the operator to read.
+This module imports nothing from cutover.
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Change:
+    """One thing done to the world: where (a server, a writer) and what (SQL, a call)."""
+
+    target: str
+    action: str
+
+
+class Action(Protocol):
+    """Something that changes the world, or with dry_run says how it would."""
+
+    def __call__(self, *, dry_run: bool) -> Sequence[Change]: ...
+
+
+Probe = Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One named, idempotent unit of work."""
+
+    name: str
+    apply: Action
+    is_done: Probe | None = None
+    undo: Action | None = None
+    point_of_no_return: bool = False
+    attempts: int = 3
+
+
+@dataclass(frozen=True)
+class Phase:
+    """An ordered tuple of steps, run by the runner, read like a runbook."""
+
+    name: str
+    steps: tuple[Step, ...]
+    undo_on_failure: bool = False
+
+    def key(self, step: Step, scope: str) -> str:
+        """Ledger key of a step: `scope/phase.step` (scope is the database)."""
+        return f"{scope}/{self.name}.{step.name}"
+
+
+class StepStatus(StrEnum):
+    """What the runner did with a step, as the ledger records it."""
+
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    UNDONE = "undone"
+
+
+class Outcome(StrEnum):
+    """How a step ended in one run."""
+
+    SKIPPED = "skipped"  # the ledger and the world agree it is done
+    ADOPTED = "adopted"  # the world shows it done, the ledger did not know yet
+    APPLIED = "applied"
+    PLANNED = "planned"  # dry run: would apply
+    FAILED = "failed"
+    UNDONE = "undone"
