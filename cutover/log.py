@@ -72,8 +72,8 @@ def setup(*, verbose: bool, json_format: bool) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
-    logging.getLogger("cutover").setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("cutover").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 class MoveAdapter(logging.LoggerAdapter[logging.Logger]):

@@ -19,9 +19,9 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 
 from cutover.errors import CutoverError, Retryable, StepFailed
 from cutover.ledger import FileStore, Journal
-from cutover.log import for_move, redact
+from cutover.log import MoveAdapter, for_move, redact
 from cutover.plan import Plan
-from cutover.steps import Change, Outcome, Phase, Step, StepStatus
+from cutover.steps import Change, Outcome, Phase, Step
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +88,34 @@ class Runner:
         key = phase.key(step, scope)
         logger = for_move(log, move=self._move, phase=phase.name, step=step.name)
         started = self._clock()
+        try:
+            return self._observe_and_apply(step, key, logger, started)
+        except Exception as exc:
+            seconds = self._clock() - started
+            message = (
+                exc.message if isinstance(exc, CutoverError) else f"{type(exc).__name__}: {exc}"
+            )
+            if not self._dry_run:
+                self._journal.failed(key, error=message, seconds=seconds)
+            # A user error is printed once by the CLI; a bug is worth an error line of its own.
+            level = logging.INFO if isinstance(exc, CutoverError) else logging.ERROR
+            logger.log(level, "failed after %.0f ms: %s", seconds * 1000, redact(message))
+            undo_note = (
+                self._undo(phase, scope) if phase.undo_on_failure and not self._dry_run else ""
+            )
+            if isinstance(exc, CutoverError):
+                raise StepFailed(f"{key}: {message}{undo_note}", hint=exc.hint) from exc
+            raise  # a bug: keep its traceback
+
+    def _observe_and_apply(
+        self, step: Step, key: str, logger: MoveAdapter, started: float
+    ) -> StepReport:
         recorded = self._journal.is_done(key)
         if step.is_done is not None:
             if step.is_done():
                 outcome = Outcome.SKIPPED if recorded else Outcome.ADOPTED
                 if outcome is Outcome.ADOPTED and not self._dry_run:
-                    self._journal.finished(key, outcome=outcome, seconds=0.0)
+                    self._journal.finished(key, outcome=outcome, seconds=self._clock() - started)
                 logger.info("%s", outcome.value)
                 return StepReport(key, outcome, self._clock() - started)
             if recorded:
@@ -107,19 +129,7 @@ class Runner:
             return StepReport(key, Outcome.PLANNED, self._clock() - started, changes)
 
         self._journal.started(key)
-        try:
-            changes = tuple(self._apply(step))
-        except Exception as exc:
-            seconds = self._clock() - started
-            message = (
-                exc.message if isinstance(exc, CutoverError) else f"{type(exc).__name__}: {exc}"
-            )
-            self._journal.failed(key, error=message, seconds=seconds)
-            logger.error("failed after %.0f ms: %s", seconds * 1000, redact(message))
-            undo_note = self._undo(phase, scope) if phase.undo_on_failure else ""
-            if isinstance(exc, CutoverError):
-                raise StepFailed(f"{key}: {message}{undo_note}", hint=exc.hint) from exc
-            raise
+        changes = tuple(self._apply(step))
         seconds = self._clock() - started
         self._journal.finished(key, outcome=Outcome.APPLIED, seconds=seconds)
         logger.info("done in %.0f ms", seconds * 1000)
@@ -155,11 +165,3 @@ class Runner:
         if problems:
             return "; undo incomplete: " + "; ".join(problems)
         return "; undone: the world is as before the phase"
-
-
-def status_counts(journal: Journal) -> dict[StepStatus, int]:
-    """How many steps the ledger holds in each state."""
-    counts = dict.fromkeys(StepStatus, 0)
-    for record in journal.steps().values():
-        counts[record.status] += 1
-    return counts

@@ -24,11 +24,6 @@ def create_database(conn: Connection, name: str, *, target: str, dry_run: bool) 
     return [change(conn, statement, target=target, dry_run=dry_run)]
 
 
-def drop_database(conn: Connection, name: str) -> None:
-    """Drop a database, ending its sessions."""
-    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
 def run_script(conn: Connection, name: str) -> None:
     """Run the shipped script `queries/<name>.sql` in one transaction."""
     with conn.transaction():

@@ -1,0 +1,325 @@
+"""`cutover check` on real servers: each check trips on a database built to trip it."""
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cutover import preflight
+from cutover.lab import Lab, free_port
+from cutover.pg import catalog
+from cutover.pg.connect import pool
+from tests.conftest import Databases, Result, connect
+
+pytestmark = pytest.mark.integration
+
+CLEAN_SCHEMA = """
+CREATE TABLE parent (id bigserial PRIMARY KEY, name text);
+CREATE TABLE child (id bigserial PRIMARY KEY, parent_id bigint REFERENCES parent (id));
+INSERT INTO parent (name) SELECT 'p' || g FROM generate_series(1, 10) g;
+INSERT INTO child (parent_id) SELECT 1 + g % 10 FROM generate_series(1, 50) g;
+"""
+
+TRIPPING_SCHEMA = """
+CREATE SCHEMA "we""ird schema";
+CREATE TABLE "we""ird schema"."Tä ""b"" le" (v text);
+CREATE TABLE nothing_identity (id int PRIMARY KEY, v text);
+ALTER TABLE nothing_identity REPLICA IDENTITY NOTHING;
+CREATE TABLE full_identity (v text);
+ALTER TABLE full_identity REPLICA IDENTITY FULL;
+CREATE UNLOGGED TABLE "Cache Tbl" (k text PRIMARY KEY, v text);
+CREATE TABLE "Parent Tbl" ("Key Col" int PRIMARY KEY);
+CREATE TABLE "Child Tbl" (id int PRIMARY KEY, "Parent Ref" int);
+INSERT INTO "Parent Tbl" VALUES (1), (2);
+INSERT INTO "Child Tbl" VALUES (1, 1), (2, 7), (3, 8), (4, NULL);
+ALTER TABLE "Child Tbl" ADD CONSTRAINT "child→parent" FOREIGN KEY ("Parent Ref")
+    REFERENCES "Parent Tbl" ("Key Col") NOT VALID;
+CREATE MATERIALIZED VIEW counts AS SELECT count(*) AS n FROM "Parent Tbl";
+SELECT lo_create(0);
+CREATE FUNCTION ddl_note() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN END $$;
+CREATE EVENT TRIGGER "note ddl" ON ddl_command_end EXECUTE FUNCTION ddl_note();
+"""
+
+
+def build(lab: Lab, db: str, script: str, side: str = "source") -> None:
+    with connect(lab.server(side), db) as conn:
+        conn.execute(script)
+
+
+def findings(result: Result) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """Findings by (server, check, status)."""
+    report = json.loads(result.stdout)
+    return {(f["scope"].split("/")[0], f["check"], f["status"]): f for f in report["findings"]}
+
+
+def test_a_clean_database_is_ready(
+    lab: Lab, databases: Databases, write_plan: Callable[..., Path], cutover: Callable[..., Result]
+) -> None:
+    db = databases.create()
+    build(lab, db, CLEAN_SCHEMA)
+    result = cutover("check", "-p", str(write_plan([db])))
+    assert result.code == 0, result.stdout + result.stderr
+    assert "READY: 0 blockers, 0 warnings" in result.stdout
+    assert "1 foreign keys, no row points at nothing" in result.stdout
+    assert "FAIL" not in result.stdout
+
+
+def test_every_problem_is_found_with_its_fix(
+    lab: Lab, databases: Databases, write_plan: Callable[..., Path], cutover: Callable[..., Result]
+) -> None:
+    db = databases.create()
+    build(lab, db, TRIPPING_SCHEMA)
+    result = cutover("check", "-p", str(write_plan([db])), "--json")
+    assert result.code == 1, result.stderr
+    found = findings(result)
+    report = json.loads(result.stdout)
+    assert report["ready"] is False
+
+    identity = found[("source", "replica_identity", "FAIL")]
+    assert '"we""ird schema"."Tä ""b"" le"' in identity["detail"]
+    assert '"public"."nothing_identity"' in identity["detail"]
+    assert identity["fix"] == ['ALTER TABLE "public"."nothing_identity" REPLICA IDENTITY DEFAULT;']
+    full = found[("source", "replica_identity", "WARN")]
+    assert full["detail"] == (
+        '1 tables replicate with REPLICA IDENTITY FULL: "public"."full_identity"'
+    )
+
+    unlogged = found[("source", "unlogged_tables", "FAIL")]
+    assert unlogged["fix"] == ['ALTER TABLE "public"."Cache Tbl" SET LOGGED;']
+    assert found[("source", "large_objects", "FAIL")]["detail"].startswith("1 large objects")
+    assert found[("source", "materialized_views", "WARN")]["fix"] == [
+        'REFRESH MATERIALIZED VIEW "public"."counts";'
+    ]
+    assert "note ddl (ddl_command_end)" in found[("source", "ddl", "WARN")]["detail"]
+
+    orphans = found[("source", "foreign_key_orphans", "FAIL")]
+    assert orphans["detail"].startswith("2 rows of ")
+    assert "child→parent" in orphans["detail"]
+    # The printed query lists exactly the orphan rows, hostile names and all.
+    with connect(lab.server("source"), db) as conn:
+        rows = conn.execute(orphans["fix"][0]).fetchall()
+        assert sorted(r["Parent Ref"] for r in rows) == [7, 8]
+        # The printed fixes run as they are.
+        conn.execute(unlogged["fix"][0])
+        conn.execute(identity["fix"][0])
+    again = findings(cutover("check", "-p", str(write_plan([db])), "--json"))
+    assert ("source", "unlogged_tables", "FAIL") not in again
+    still_missing = again[("source", "replica_identity", "FAIL")]["detail"]
+    assert '"public"."nothing_identity"' not in still_missing
+
+
+def test_the_human_report_shows_hints_and_fixes(
+    lab: Lab, databases: Databases, write_plan: Callable[..., Path], cutover: Callable[..., Result]
+) -> None:
+    db = databases.create()
+    build(lab, db, TRIPPING_SCHEMA)
+    result = cutover("check", "-p", str(write_plan([db])))
+    assert result.code == 1
+    assert "NOT READY: 4 blockers, 3 warnings" in result.stdout
+    assert 'ALTER TABLE "public"."Cache Tbl" SET LOGGED;' in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_a_missing_source_database_is_a_blocker(
+    write_plan: Callable[..., Path], cutover: Callable[..., Result]
+) -> None:
+    result = cutover("check", "-p", str(write_plan(["no such db"])), "--json")
+    assert result.code == 1
+    assert findings(result)[("source", "database", "FAIL")]["detail"] == (
+        'database "no such db" does not exist on the source'
+    )
+
+
+@pytest.fixture
+def unprivileged(lab: Lab) -> tuple[str, str, str]:
+    """A login role without any right on both servers, its password, and an owner role."""
+    tag = uuid.uuid4().hex[:6]
+    role, owner, password = f"ck {tag}", f"owner_{tag}", uuid.uuid4().hex
+    for side in ("source", "target"):
+        with connect(lab.server(side)) as conn:
+            conn.execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'")
+    with connect(lab.server("source")) as conn:
+        conn.execute(f"CREATE ROLE {owner}")
+    return role, password, owner
+
+
+def test_missing_privileges_come_with_the_statements_that_grant_them(
+    lab: Lab,
+    databases: Databases,
+    write_plan: Callable[..., Path],
+    cutover: Callable[..., Result],
+    unprivileged: tuple[str, str, str],
+) -> None:
+    role, password, owner = unprivileged
+    db = databases.create()
+    build(
+        lab,
+        db,
+        f"""
+        CREATE SCHEMA shop AUTHORIZATION {owner};
+        SET ROLE {owner};
+        CREATE TABLE shop.items (id bigserial PRIMARY KEY, name text);
+        RESET ROLE;
+        """,
+    )
+    plan = write_plan(
+        [db],
+        source={"user": role, "password": "env:CK_PASSWORD"},
+        target={"user": role, "password": "env:CK_PASSWORD"},
+    )
+    result = cutover("check", "-p", str(plan), "--json", env={"CK_PASSWORD": password})
+    assert result.code == 1, result.stderr
+    assert password not in result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    fixes: dict[str, list[str]] = {}
+    for f in report["findings"]:
+        if f["check"] == "privileges":
+            fixes.setdefault(f["scope"], []).extend(f["fix"])
+    quoted = '"' + role + '"'
+    assert fixes["source"] == [f"ALTER ROLE {quoted} REPLICATION;"]
+    assert fixes[f"source/{db}"] == [
+        f'GRANT CONNECT, CREATE ON DATABASE "{db.replace(chr(34), chr(34) * 2)}" TO {quoted};',
+        f'GRANT USAGE ON SCHEMA "shop" TO {quoted};',
+        f'GRANT SELECT ON ALL TABLES IN SCHEMA "shop" TO {quoted};',
+        f'GRANT SELECT ON ALL SEQUENCES IN SCHEMA "shop" TO {quoted};',
+        f'GRANT "{owner}" TO {quoted};',
+    ]
+    # The database does not exist on the target yet: prepare must be able to create it.
+    assert fixes["target"] == [f"ALTER ROLE {quoted} SUPERUSER;", f"ALTER ROLE {quoted} CREATEDB;"]
+
+    # Running exactly what was printed makes the check pass.
+    with connect(lab.server("source")) as conn:
+        conn.execute(fixes["source"][0])
+    with connect(lab.server("source"), db) as conn:
+        for statement in fixes[f"source/{db}"]:
+            conn.execute(statement)
+    with connect(lab.server("target")) as conn:
+        for statement in fixes["target"]:
+            conn.execute(statement)
+    result = cutover("check", "-p", str(plan), "--json", env={"CK_PASSWORD": password})
+    privileges = [f for f in json.loads(result.stdout)["findings"] if f["check"] == "privileges"]
+    assert [f["status"] for f in privileges] == ["OK", "OK", "OK"], privileges
+
+
+def test_a_target_role_without_createdb_is_told_to_get_it(
+    lab: Lab,
+    databases: Databases,
+    write_plan: Callable[..., Path],
+    cutover: Callable[..., Result],
+    unprivileged: tuple[str, str, str],
+) -> None:
+    role, password, _ = unprivileged
+    db = databases.create()
+    plan = write_plan([db], target={"user": role, "password": "env:CK_PASSWORD"})
+    result = cutover("check", "-p", str(plan), "--json", env={"CK_PASSWORD": password})
+    target = [f for f in json.loads(result.stdout)["findings"] if f["scope"] == "target"]
+    fixes = [fix for f in target for fix in f["fix"]]
+    assert f'ALTER ROLE "{role}" CREATEDB;' in fixes
+
+
+@pytest.fixture(scope="session")
+def plain_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """Servers as an ordinary PostgreSQL comes: no logical decoding, no room for replication."""
+    the_lab = Lab(
+        tmp_path_factory.mktemp("plain"),
+        settings={
+            "wal_level": "replica",
+            "max_replication_slots": "0",
+            "max_wal_senders": "0",
+            "max_logical_replication_workers": "0",
+            "max_worker_processes": "2",
+        },
+    )
+    the_lab.up(sample=False)
+    yield the_lab
+    the_lab.down(purge=True)
+
+
+def test_replication_settings_are_checked_with_the_values_to_set(
+    plain_lab: Lab, tmp_path: Path, cutover: Callable[..., Result]
+) -> None:
+    plan = tmp_path / "plan.yaml"
+    data = yaml.safe_load(yaml.safe_dump(plain_lab.plan(["postgres"]).model_dump(mode="json")))
+    data["state_dir"] = str(tmp_path)
+    plan.write_text(yaml.safe_dump(data))
+    result = cutover("check", "-p", str(plan), "--json")
+    assert result.code == 1, result.stderr
+    found = findings(result)
+    assert found[("source", "wal_level", "FAIL")]["fix"] == [
+        "ALTER SYSTEM SET wal_level = 'logical';"
+    ]
+    assert found[("source", "max_replication_slots", "FAIL")]["fix"] == [
+        "ALTER SYSTEM SET max_replication_slots = 1;"
+    ]
+    assert found[("source", "max_wal_senders", "FAIL")]["fix"] == [
+        "ALTER SYSTEM SET max_wal_senders = 1;"
+    ]
+    assert found[("target", "max_logical_replication_workers", "FAIL")]["fix"] == [
+        "ALTER SYSTEM SET max_logical_replication_workers = 2;"
+    ]
+    assert found[("target", "max_worker_processes", "FAIL")]["fix"] == [
+        "ALTER SYSTEM SET max_worker_processes = 4;"
+    ]
+
+
+def test_an_extension_the_target_cannot_install_is_a_blocker(
+    lab: Lab, databases: Databases
+) -> None:
+    db = databases.create()
+    build(lab, db, "CREATE EXTENSION pg_trgm; CREATE EXTENSION hstore;")
+    plan = lab.plan([db])
+    with pool({"source": plan.source, "target": plan.target}) as connections:
+        conn = connections.get("source", db)
+        everything = catalog.available_extensions(connections.get("target"))
+        assert [f.status for f in preflight._extensions(conn, "s", everything)] == ["OK"]
+        [finding] = preflight._extensions(conn, "s", everything - {"hstore"})
+    assert finding.status is preflight.Status.FAIL
+    assert finding.detail == "1 extensions are not available on the target: hstore"
+
+
+def test_an_unreachable_server_is_one_line_and_exit_2(
+    write_plan: Callable[..., Path], cutover: Callable[..., Result]
+) -> None:
+    port = free_port()
+    result = cutover("check", "-p", str(write_plan(["app"], target={"port": port})))
+    assert result.code == 2
+    assert result.stderr.startswith(
+        f"FAILED: cannot connect to target (127.0.0.1:{port}/postgres as postgres):"
+    )
+    assert "Traceback" not in result.stderr
+    assert "hint: check target.host/port/user" in result.stderr.replace("\n", " ")
+
+
+def test_a_wrong_password_is_exit_2_and_never_printed(
+    write_plan: Callable[..., Path], cutover: Callable[..., Result]
+) -> None:
+    plan = write_plan(["app"], source={"password": "env:WRONG_PW"})
+    result = cutover("check", "-p", str(plan), env={"WRONG_PW": "not-the-password-42"})
+    assert result.code == 2
+    assert "password authentication failed" in result.stderr
+    assert "not-the-password-42" not in result.stdout + result.stderr
+
+
+def test_a_broken_plan_is_exit_2_with_the_path_of_each_mistake(
+    tmp_path: Path, cutover: Callable[..., Result]
+) -> None:
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        yaml.safe_dump(
+            {
+                "move": "m",
+                "source": {"host": "h", "user": "u", "password": "plaintext!"},
+                "target": {"host": "h", "user": "u", "prot": 5432},
+                "databases": ["app"],
+            }
+        )
+    )
+    result = cutover("check", "-p", str(plan))
+    assert result.code == 2
+    assert "source.password: a literal secret is not allowed" in result.stderr
+    assert "target.prot: unknown key; did you mean 'port'?" in result.stderr
+    assert "plaintext!" not in result.stderr

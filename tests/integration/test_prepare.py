@@ -1,0 +1,141 @@
+"""`cutover prepare` on real servers: the runner's promises, seen from outside."""
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from cutover.lab import Lab
+from cutover.ledger import FileStore, Journal
+from tests.conftest import Databases, Result, connect
+
+pytestmark = pytest.mark.integration
+
+
+def database_exists(lab: Lab, side: str, name: str) -> bool:
+    with connect(lab.server(side)) as conn:
+        row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        return row is not None
+
+
+def barrier_exists(lab: Lab, side: str, db: str) -> bool:
+    with connect(lab.server(side), db) as conn:
+        row = conn.execute("SELECT to_regclass('_cutover.barrier') AS t").fetchone()
+        return row is not None and row["t"] is not None
+
+
+def ledger(plan: Path) -> dict[str, dict[str, object]]:
+    data = json.loads((plan.parent / "state" / "test.ledger.json").read_text())
+    steps: dict[str, dict[str, object]] = data["steps"]
+    return steps
+
+
+def test_a_dry_run_prints_the_sql_and_changes_nothing(
+    lab: Lab, databases: Databases, write_plan: Callable[..., Path], cutover: Callable[..., Result]
+) -> None:
+    db = databases.create()
+    plan = write_plan([db])
+    result = cutover("prepare", "-p", str(plan), "--dry-run")
+    assert result.code == 0, result.stderr
+    quoted = '"' + db.replace('"', '""') + '"'
+    assert f"target: CREATE DATABASE {quoted}" in result.stdout
+    assert 'CREATE SCHEMA IF NOT EXISTS "_cutover"' in result.stdout
+    assert "CREATE TABLE IF NOT EXISTS _cutover.barrier" in result.stdout
+    assert "dry run: nothing was changed" in result.stdout
+    assert not database_exists(lab, "target", db)
+    assert not barrier_exists(lab, "source", db)
+    assert not (plan.parent / "state").exists()
+
+
+def test_prepare_applies_once_then_skips(
+    lab: Lab, databases: Databases, write_plan: Callable[..., Path], cutover: Callable[..., Result]
+) -> None:
+    db = databases.create()
+    plan = write_plan([db])
+    first = cutover("prepare", "-p", str(plan))
+    assert first.code == 0, first.stderr
+    assert database_exists(lab, "target", db)  # the awkward name arrived exactly
+    assert barrier_exists(lab, "source", db) and barrier_exists(lab, "target", db)
+    assert {k: v["outcome"] for k, v in ledger(plan).items()} == {
+        f"{db}/prepare.create_target_database": "applied",
+        f"{db}/prepare.create_source_barrier": "applied",
+        f"{db}/prepare.create_target_barrier": "applied",
+    }
+
+    second = cutover("prepare", "-p", str(plan))
+    assert second.code == 0
+    assert second.stdout.count("skipped") == 3
+    assert all(v["runs"] == 1 for v in ledger(plan).values())
+
+    # Dropped behind cutover's back: only that step runs again.
+    with connect(lab.server("target"), db) as conn:
+        conn.execute("DROP TABLE _cutover.barrier")
+    third = cutover("prepare", "-p", str(plan))
+    assert third.code == 0
+    assert third.stdout.count("skipped") == 2
+    assert f"applied {db}/prepare.create_target_barrier" in third.stdout
+    assert barrier_exists(lab, "target", db)
+
+
+def test_what_exists_is_adopted_and_a_failed_step_resumes(
+    lab: Lab, databases: Databases, write_plan: Callable[..., Path], cutover: Callable[..., Result]
+) -> None:
+    db = databases.create()
+    # The target database exists already but refuses connections: step 3 must fail.
+    with connect(lab.server("target")) as conn:
+        conn.execute(
+            f'CREATE DATABASE "{db.replace(chr(34), chr(34) * 2)}" ALLOW_CONNECTIONS false'
+        )
+    plan = write_plan([db])
+
+    failed = cutover("prepare", "-p", str(plan))
+    assert failed.code == 1
+    assert failed.stderr.startswith(f"FAILED: {db}/prepare.create_target_barrier: cannot connect")
+    assert "Traceback" not in failed.stderr
+    steps = ledger(plan)
+    assert steps[f"{db}/prepare.create_target_database"]["outcome"] == "adopted"
+    assert steps[f"{db}/prepare.create_source_barrier"]["outcome"] == "applied"
+    assert steps[f"{db}/prepare.create_target_barrier"]["status"] == "failed"
+
+    status = cutover("status", "-p", str(plan), "--json")
+    recorded = {s["key"]: s for s in json.loads(status.stdout)["steps"]}
+    assert recorded[f"{db}/prepare.create_target_barrier"]["error"].startswith("cannot connect")
+
+    with connect(lab.server("target")) as conn:
+        conn.execute(f'ALTER DATABASE "{db.replace(chr(34), chr(34) * 2)}" ALLOW_CONNECTIONS true')
+    resumed = cutover("prepare", "-p", str(plan))
+    assert resumed.code == 0, resumed.stderr
+    steps = ledger(plan)
+    assert steps[f"{db}/prepare.create_source_barrier"]["runs"] == 1  # not repeated
+    assert steps[f"{db}/prepare.create_target_barrier"]["runs"] == 2  # failed once, then done
+    assert steps[f"{db}/prepare.create_target_barrier"]["status"] == "done"
+    assert barrier_exists(lab, "target", db)
+
+
+def test_a_second_runner_is_refused_while_one_holds_the_move(
+    databases: Databases, write_plan: Callable[..., Path], cutover: Callable[..., Result]
+) -> None:
+    plan = write_plan([databases.create()])
+    with FileStore(plan.parent / "state", "test").lock():
+        result = cutover("prepare", "-p", str(plan))
+    assert result.code == 2
+    assert result.stderr.startswith("FAILED: this move is being run by")
+
+
+def test_status_shows_steps_and_says_loudly_when_a_run_was_interrupted(
+    databases: Databases, write_plan: Callable[..., Path], cutover: Callable[..., Result]
+) -> None:
+    plan = write_plan([databases.create()])
+    empty = cutover("status", "-p", str(plan))
+    assert empty.code == 0 and "nothing has run yet" in empty.stdout
+    assert cutover("prepare", "-p", str(plan)).code == 0
+    # A controller killed in the middle of a step leaves it `running`.
+    Journal(FileStore(plan.parent / "state", "test"), move="test").started("x/switch.fence_source")
+    result = cutover("status", "-p", str(plan))
+    assert result.code == 0
+    assert "prepare.create_target_barrier" in result.stdout
+    assert "INTERRUPTED: a run stopped during x/switch.fence_source" in result.stdout
+    as_json = json.loads(cutover("status", "-p", str(plan), "--json").stdout)
+    assert as_json["interrupted"] == ["x/switch.fence_source"]
+    assert len(as_json["steps"]) == 4

@@ -1,0 +1,105 @@
+"""The ledger: durable, atomic, locked, and free of secrets."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cutover.errors import LedgerLocked
+from cutover.ledger import FileStore, Journal
+from cutover.log import register_secret
+from cutover.steps import Outcome, StepStatus
+
+
+def test_records_survive_a_new_reader(tmp_path: Path) -> None:
+    journal = Journal(FileStore(tmp_path, "m"), move="m")
+    journal.started("app/prepare.a")
+    journal.finished("app/prepare.a", outcome=Outcome.APPLIED, seconds=0.25)
+    journal.started("app/prepare.b")
+    journal.failed("app/prepare.b", error="boom", seconds=1.0)
+
+    again = Journal(FileStore(tmp_path, "m"), move="m")
+    a, b = again.get("app/prepare.a"), again.get("app/prepare.b")
+    assert a is not None and a.status is StepStatus.DONE and a.outcome is Outcome.APPLIED
+    assert a.seconds == 0.25
+    assert b is not None and b.status is StepStatus.FAILED and b.error == "boom"
+    assert [e.outcome for e in again.events()] == ["running", "applied", "running", "failed"]
+    assert all("pid" in e.actor for e in again.events())
+
+
+def test_a_rerun_counts_runs_and_clears_the_old_error(tmp_path: Path) -> None:
+    journal = Journal(FileStore(tmp_path, "m"), move="m")
+    journal.started("k")
+    journal.failed("k", error="boom", seconds=0.1)
+    journal.started("k")
+    journal.finished("k", outcome=Outcome.APPLIED, seconds=0.1)
+    record = journal.get("k")
+    assert record is not None and record.runs == 2 and record.error is None
+
+
+def test_a_step_left_running_is_reported_as_interrupted(tmp_path: Path) -> None:
+    journal = Journal(FileStore(tmp_path, "m"), move="m")
+    journal.started("app/switch.fence_source")
+    assert [r.key for r in Journal(FileStore(tmp_path, "m"), move="m").running()] == [
+        "app/switch.fence_source"
+    ]
+
+
+def test_writes_leave_no_temporary_files(tmp_path: Path) -> None:
+    journal = Journal(FileStore(tmp_path, "m"), move="m")
+    for i in range(20):
+        journal.note("test", detail=str(i))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ledger.json"]
+    assert len(json.loads((tmp_path / "m.ledger.json").read_text())["events"]) == 20
+
+
+def test_no_secret_reaches_the_ledger(tmp_path: Path) -> None:
+    register_secret("s3cr3t-value-xyz")
+    journal = Journal(FileStore(tmp_path, "m"), move="m")
+    journal.started("k")
+    journal.failed("k", error="auth failed for password=s3cr3t-value-xyz", seconds=0.1)
+    journal.note("connect", detail="postgresql://app:s3cr3t-value-xyz@db/app")
+    text = (tmp_path / "m.ledger.json").read_text()
+    assert "s3cr3t-value-xyz" not in text
+    assert "********" in text
+
+
+def test_a_second_runner_is_refused_with_the_holder_named(tmp_path: Path) -> None:
+    store = FileStore(tmp_path, "m")
+    with store.lock(), pytest.raises(LedgerLocked) as caught, FileStore(tmp_path, "m").lock():
+        pass
+    assert f"pid {os.getpid()}" in caught.value.message
+    with store.lock():  # released on exit
+        pass
+
+
+def test_a_killed_holder_does_not_leave_a_stale_lock(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from cutover.ledger import FileStore\n"
+            f"with FileStore(Path({str(tmp_path)!r}), 'm').lock():\n"
+            "    print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with pytest.raises(LedgerLocked), FileStore(tmp_path, "m").lock():
+        pass
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            with FileStore(tmp_path, "m").lock():
+                break
+        except LedgerLocked:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
