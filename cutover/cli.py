@@ -163,9 +163,8 @@ def _run_phases(plan: Plan, journal: Journal, connections: Any, *, dry_run: bool
             f"[dim]{report.seconds * 1000:.0f} ms[/]"
         )
         for change in report.changes:
-            out.print(
-                f"           [dim]{change.target}:[/] {_escape(change.action)}", soft_wrap=True
-            )
+            action = change.action.replace("\n", "\n" + " " * 11)
+            out.print(f"           [dim]{change.target}:[/] {_escape(action)}", soft_wrap=True)
 
     steps = runner.Runner(journal, move=plan.move, dry_run=dry_run, on_step=show)
     for db in plan.databases:

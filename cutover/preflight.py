@@ -22,6 +22,11 @@ SUBSCRIPTION_ROLE_VERSION = 160000  # pg_create_subscription appeared in Postgre
 SYNC_WORKERS = 2  # max_sync_workers_per_subscription's default: tables copied at once
 
 
+def _count(n: int, noun: str) -> str:
+    """`1 table`, `2 tables`."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 class Status(StrEnum):
     """The verdict of one check."""
 
@@ -278,7 +283,7 @@ def _source_database(
             "sequences",
             scope,
             Status.OK,
-            f"{len(sequences)} sequences: their values are copied at the switch",
+            f"{_count(len(sequences), 'sequence')}: values copied at the switch",
         )
 
 
@@ -316,7 +321,7 @@ def _database_privileges(
             "privileges",
             scope,
             Status.FAIL,
-            f"{role.name} lacks {len(fixes)} grants the move needs",
+            f"{role.name} lacks {_count(len(fixes), 'grant')} the move needs",
             "run these as the owner or a superuser, then check again",
             tuple(fixes),
         )
@@ -341,7 +346,7 @@ def _replica_identity(plan: Plan, scope: str, tables: list[catalog.Relation]) ->
             "replica_identity",
             scope,
             Status.FAIL,
-            f"{len(missing)} tables have no primary key or replica identity: "
+            f"{_count(len(missing), 'table')} without a primary key or replica identity: "
             + ", ".join(t.display for t in missing),
             "UPDATE and DELETE on them would fail on the source once they are published; "
             "`cutover prepare` adds a temporary primary key without blocking writers",
@@ -352,7 +357,7 @@ def _replica_identity(plan: Plan, scope: str, tables: list[catalog.Relation]) ->
             "replica_identity",
             scope,
             Status.WARN,
-            f"{len(full)} tables replicate with REPLICA IDENTITY FULL: "
+            f"{_count(len(full), 'table')} with REPLICA IDENTITY FULL: "
             + ", ".join(t.display for t in full),
             "each UPDATE or DELETE scans the table on the target; "
             "`cutover prepare` can add a temporary primary key instead",
@@ -362,7 +367,7 @@ def _replica_identity(plan: Plan, scope: str, tables: list[catalog.Relation]) ->
             "replica_identity",
             scope,
             Status.OK,
-            f"all {len(permanent)} tables have a primary key or replica identity",
+            f"{_count(len(permanent), 'table')}, each with a primary key or replica identity",
         )
 
 
@@ -379,7 +384,7 @@ def _not_carried(
             "unlogged_tables",
             scope,
             Status.FAIL,
-            f"{len(unlogged)} unlogged tables are not replicated: {_names(unlogged)}",
+            f"{_count(len(unlogged), 'unlogged table')}, not replicated: {_names(unlogged)}",
             "their rows would be missing on the target; make them logged, or empty them "
             "if they only hold a cache",
             tuple(statement("ALTER TABLE {} SET LOGGED;", (r.schema, r.name)) for r in unlogged),
@@ -390,7 +395,7 @@ def _not_carried(
             "large_objects",
             scope,
             Status.FAIL,
-            f"{large_objects} large objects: logical replication does not carry them",
+            f"{_count(large_objects, 'large object')}: logical replication does not carry them",
             "store them as bytea, or copy them during the write pause with "
             "pg_dump --large-objects --data-only",
         )
@@ -400,7 +405,7 @@ def _not_carried(
             "materialized_views",
             scope,
             Status.WARN,
-            f"{len(views)} materialized views are not replicated: {_names(views)}",
+            f"{_count(len(views), 'materialized view')}, not replicated: {_names(views)}",
             "refresh them on the target after the switch",
             tuple(statement("REFRESH MATERIALIZED VIEW {};", (r.schema, r.name)) for r in views),
         )
@@ -410,7 +415,7 @@ def _not_carried(
             "foreign_tables",
             scope,
             Status.WARN,
-            f"{len(foreign)} foreign tables: their definitions move, their data stays remote: "
+            f"{_count(len(foreign), 'foreign table')}: definitions move, data stays remote: "
             + _names(foreign),
             "make sure the target can reach the foreign servers",
         )
@@ -420,7 +425,7 @@ def _not_carried(
             "ddl",
             scope,
             Status.WARN,
-            f"{len(triggers)} event triggers react to DDL: "
+            f"{_count(len(triggers), 'event trigger')} reacting to DDL: "
             + ", ".join(f"{name} ({event})" for name, event in triggers),
             "DDL is not replicated: apply any schema change during the move on both sides, "
             "target first",
@@ -435,7 +440,8 @@ def _extensions(conn: Connection, scope: str, available: set[str]) -> Iterator[F
             "extensions",
             scope,
             Status.FAIL,
-            f"{len(missing)} extensions are not available on the target: {', '.join(missing)}",
+            f"{_count(len(missing), 'extension')} not available on the target: "
+            + ", ".join(missing),
             "install their packages on the target server (or enable them in its cloud console)",
         )
     elif installed:
@@ -443,7 +449,7 @@ def _extensions(conn: Connection, scope: str, available: set[str]) -> Iterator[F
             "extensions",
             scope,
             Status.OK,
-            f"{len(installed)} extensions, all available on the target",
+            f"{_count(len(installed), 'extension')}, all available on the target",
         )
 
 
@@ -455,7 +461,7 @@ def _orphans(conn: Connection, scope: str) -> Iterator[Finding]:
             "foreign_key_orphans",
             scope,
             Status.FAIL,
-            f"{count} rows of {fk.display} point at no row (constraint {fk.name})",
+            f"{_count(count, 'row')} of {fk.display} point at no row (constraint {fk.name})",
             "the constraint cannot be created on the target while they exist: "
             "fix or delete them; this query lists them",
             (catalog.orphan_listing(fk),),
@@ -465,7 +471,7 @@ def _orphans(conn: Connection, scope: str) -> Iterator[Finding]:
             "foreign_key_orphans",
             scope,
             Status.OK,
-            f"{len(keys)} foreign keys, no row points at nothing",
+            f"{_count(len(keys), 'foreign key')}, no row points at nothing",
         )
 
 

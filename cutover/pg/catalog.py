@@ -62,10 +62,9 @@ class ForeignKey:
         """`schema.child(cols) -> schema.parent(cols)`."""
         child = quote((self.child_schema, self.child_table))
         parent = quote((self.parent_schema, self.parent_table))
-        return (
-            f"{child}({', '.join(self.child_columns)}) -> "
-            f"{parent}({', '.join(self.parent_columns)})"
-        )
+        child_columns = ", ".join(quote(c) for c in self.child_columns)
+        parent_columns = ", ".join(quote(c) for c in self.parent_columns)
+        return f"{child}({child_columns}) -> {parent}({parent_columns})"
 
 
 @dataclass(frozen=True)

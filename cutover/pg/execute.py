@@ -12,8 +12,11 @@ Query = sql.SQL | sql.Composed
 
 
 def render(conn: Connection, statement: Query, params: Params = None) -> str:
-    """The statement as the server would receive it, values inlined."""
-    return ClientCursor(conn).mogrify(statement, params)
+    """The statement as the server would receive it, values inlined, leading comments dropped."""
+    lines = ClientCursor(conn).mogrify(statement, params).strip().splitlines()
+    while lines and lines[0].lstrip().startswith("--"):
+        lines.pop(0)
+    return "\n".join(lines)
 
 
 def change(

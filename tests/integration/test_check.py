@@ -64,7 +64,7 @@ def test_a_clean_database_is_ready(
     result = cutover("check", "-p", str(write_plan([db])))
     assert result.code == 0, result.stdout + result.stderr
     assert "READY: 0 blockers, 0 warnings" in result.stdout
-    assert "1 foreign keys, no row points at nothing" in result.stdout
+    assert "1 foreign key, no row points at nothing" in result.stdout
     assert "FAIL" not in result.stdout
 
 
@@ -84,20 +84,18 @@ def test_every_problem_is_found_with_its_fix(
     assert '"public"."nothing_identity"' in identity["detail"]
     assert identity["fix"] == ['ALTER TABLE "public"."nothing_identity" REPLICA IDENTITY DEFAULT;']
     full = found[("source", "replica_identity", "WARN")]
-    assert full["detail"] == (
-        '1 tables replicate with REPLICA IDENTITY FULL: "public"."full_identity"'
-    )
+    assert full["detail"] == ('1 table with REPLICA IDENTITY FULL: "public"."full_identity"')
 
     unlogged = found[("source", "unlogged_tables", "FAIL")]
     assert unlogged["fix"] == ['ALTER TABLE "public"."Cache Tbl" SET LOGGED;']
-    assert found[("source", "large_objects", "FAIL")]["detail"].startswith("1 large objects")
+    assert found[("source", "large_objects", "FAIL")]["detail"].startswith("1 large object:")
     assert found[("source", "materialized_views", "WARN")]["fix"] == [
         'REFRESH MATERIALIZED VIEW "public"."counts";'
     ]
     assert "note ddl (ddl_command_end)" in found[("source", "ddl", "WARN")]["detail"]
 
     orphans = found[("source", "foreign_key_orphans", "FAIL")]
-    assert orphans["detail"].startswith("2 rows of ")
+    assert orphans["detail"].startswith('2 rows of "public"."Child Tbl"("Parent Ref") -> ')
     assert "child→parent" in orphans["detail"]
     # The printed query lists exactly the orphan rows, hostile names and all.
     with connect(lab.server("source"), db) as conn:
@@ -278,7 +276,7 @@ def test_an_extension_the_target_cannot_install_is_a_blocker(
         assert [f.status for f in preflight._extensions(conn, "s", everything)] == ["OK"]
         [finding] = preflight._extensions(conn, "s", everything - {"hstore"})
     assert finding.status is preflight.Status.FAIL
-    assert finding.detail == "1 extensions are not available on the target: hstore"
+    assert finding.detail == "1 extension not available on the target: hstore"
 
 
 def test_an_unreachable_server_is_one_line_and_exit_2(
