@@ -8,20 +8,34 @@ its traceback.
 
 import json
 import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 from cutover import __version__, lab, log, preflight, runner
+from cutover.engines import engine_for
+from cutover.engines.base import CopyProgress
 from cutover.errors import CutoverError
 from cutover.ledger import Journal
 from cutover.pg.connect import pool
-from cutover.phases import prepare
-from cutover.plan import Plan, load
-from cutover.steps import Outcome, StepStatus
+from cutover.phases import prepare, start
+from cutover.plan import Plan, Server, load
+from cutover.steps import Outcome, Phase
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -136,106 +150,266 @@ def _escape(text: str) -> str:
     return text.replace("[", r"\[")
 
 
-# -- prepare ----------------------------------------------------------------------------------
+# -- prepare and start ------------------------------------------------------------------------
 
 
 @app.command("prepare")
 def prepare_command(plan_path: PlanOption, dry_run: DryRunOption = False) -> None:
-    """Make both sides ready: the target database and the barrier tables.
+    """Make both sides ready: logical decoding, replication role, schema, keys, publication.
 
     Safe to run again: what is already done is skipped, what was done but not
     recorded is adopted. With --dry-run, prints the SQL and changes nothing.
     """
     plan = load(plan_path)
-    with pool({"source": plan.source, "target": plan.target}) as connections:
-        if dry_run:
-            _run_phases(plan, runner.journal_for(plan), connections, dry_run=True)
-        else:
-            with runner.locked(plan) as journal:
-                _run_phases(plan, journal, connections, dry_run=False)
+    with pool(_servers(plan)) as connections:
+
+        def phase_for(db: str) -> Phase:
+            return prepare.phase(plan, connections, db, engine_for(plan, connections, db))
+
+        _run_phases(plan, phase_for, dry_run=dry_run)
 
 
-def _run_phases(plan: Plan, journal: Journal, connections: Any, *, dry_run: bool) -> None:
+@app.command("start")
+def start_command(
+    plan_path: PlanOption,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait", help="Follow the initial copy to the end, then build the other indexes."
+        ),
+    ] = False,
+    dry_run: DryRunOption = False,
+) -> None:
+    """Start replicating: the target subscribes and the initial copy begins.
+
+    Without --wait it returns once the copy has started (follow it with
+    `cutover status --watch`); `start --wait` shows progress bars until every
+    table is copied, then builds the remaining indexes and constraints.
+    """
+    plan = load(plan_path)
+    with pool(_servers(plan)) as connections, _copy_progress(enabled=wait and not dry_run) as bars:
+
+        def phase_for(db: str) -> Phase:
+            engine = engine_for(plan, connections, db)
+            return start.phase(plan, connections, db, engine, wait=wait, on_progress=bars(db))
+
+        _run_phases(plan, phase_for, dry_run=dry_run)
+    if not wait and not dry_run:
+        out.print(
+            "copying: follow with `cutover status --watch`, finish with `cutover start --wait`"
+        )
+
+
+@contextmanager
+def _copy_progress(*, enabled: bool) -> Iterator[Callable[[str], Callable[[CopyProgress], None]]]:
+    """Progress bars per database: tables ready, and bytes copied with rate and ETA."""
+    if not enabled:
+        yield lambda db: lambda progress: None
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=out, transient=False) as bars:
+        tasks: dict[str, TaskID] = {}
+
+        def for_db(db: str) -> Callable[[CopyProgress], None]:
+            def update(progress: CopyProgress) -> None:
+                if db not in tasks:
+                    tasks[db] = bars.add_task(_escape(db), total=None, detail="")
+                bars.update(
+                    tasks[db],
+                    total=max(progress.bytes_total, 1),
+                    completed=progress.bytes_done,
+                    detail=f"{progress.ready}/{len(progress.tables)} tables",
+                )
+
+            return update
+
+        yield for_db
+
+
+def _servers(plan: Plan) -> dict[str, Server]:
+    return {"source": plan.source, "target": plan.target}
+
+
+def _run_phases(plan: Plan, phase_for: Callable[[str], Phase], *, dry_run: bool) -> None:
     def show(report: runner.StepReport) -> None:
         style = OUTCOME_STYLE[report.outcome]
         out.print(
-            f"[{style}]{report.outcome.value:>8}[/] {report.key} "
+            f"[{style}]{report.outcome.value:>8}[/] {_escape(report.key)} "
             f"[dim]{report.seconds * 1000:.0f} ms[/]"
         )
         for change in report.changes:
             action = change.action.replace("\n", "\n" + " " * 11)
             out.print(f"           [dim]{change.target}:[/] {_escape(action)}", soft_wrap=True)
 
-    steps = runner.Runner(journal, move=plan.move, dry_run=dry_run, on_step=show)
-    for db in plan.databases:
-        steps.run(prepare.phase(connections, db), scope=db)
+    def run_all(journal: Journal) -> None:
+        steps = runner.Runner(journal, move=plan.move, dry_run=dry_run, on_step=show)
+        for db in plan.databases:
+            steps.run(phase_for(db), scope=db)
+
     if dry_run:
+        run_all(runner.journal_for(plan))
         out.print("[yellow]dry run: nothing was changed[/]")
+    else:
+        with runner.locked(plan) as journal:
+            run_all(journal)
 
 
 # -- status -----------------------------------------------------------------------------------
 
 
 @app.command()
-def status(plan_path: PlanOption, as_json: JsonOption = False) -> None:
-    """The move's record: each step's state, and the latest events of the audit trail."""
+def status(
+    plan_path: PlanOption,
+    as_json: JsonOption = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="Refresh every 2 seconds until Ctrl-C.")
+    ] = False,
+) -> None:
+    """Where the move stands: each step from the ledger, and live replication per database.
+
+    Lag is measured from the source's current WAL position to what the target
+    has confirmed. A slot close to being invalidated (max_slot_wal_keep_size) is
+    flagged. The ledger is shown even when the servers cannot be reached.
+    """
     plan = load(plan_path)
+    if as_json:
+        out.print_json(json.dumps(_status_data(plan)))
+        return
+    if not watch:
+        out.print(_status_view(_status_data(plan)))
+        return
+    with Live(console=out, auto_refresh=False) as live:
+        try:
+            while True:
+                live.update(_status_view(_status_data(plan)), refresh=True)
+                time.sleep(2)
+        except KeyboardInterrupt:
+            pass
+
+
+def _status_data(plan: Plan) -> dict[str, Any]:
     journal = runner.journal_for(plan)
     records = sorted(journal.steps().values(), key=lambda r: r.started_at)
-    interrupted = [r.key for r in journal.running()]
-    if as_json:
-        out.print_json(
-            json.dumps(
-                {
-                    "move": plan.move,
-                    "ledger": journal.where,
-                    "interrupted": interrupted,
-                    "steps": [
-                        {
-                            "key": r.key,
-                            "status": r.status.value,
-                            "outcome": r.outcome.value if r.outcome else None,
-                            "started_at": r.started_at,
-                            "ended_at": r.ended_at,
-                            "seconds": r.seconds,
-                            "runs": r.runs,
-                            "error": r.error,
-                        }
-                        for r in records
-                    ],
-                }
+    data: dict[str, Any] = {
+        "move": plan.move,
+        "ledger": journal.where,
+        "interrupted": [r.key for r in journal.running()],
+        "steps": [
+            {
+                "key": r.key,
+                "status": r.status.value,
+                "outcome": r.outcome.value if r.outcome else None,
+                "started_at": r.started_at,
+                "ended_at": r.ended_at,
+                "seconds": r.seconds,
+                "runs": r.runs,
+                "error": r.error,
+            }
+            for r in records
+        ],
+        "databases": {},
+    }
+    try:
+        with pool(_servers(plan)) as connections:
+            for db in plan.databases:
+                data["databases"][db] = _replication_data(plan, connections, db)
+    except CutoverError as exc:
+        data["servers_error"] = exc.message
+    return data
+
+
+def _replication_data(plan: Plan, connections: Any, db: str) -> dict[str, Any]:
+    engine = engine_for(plan, connections, db)
+    if not engine.subscription_exists():
+        return {"replicating": False}
+    progress = engine.progress()
+    states: dict[str, int] = {}
+    for state in progress.tables.values():
+        states[state] = states.get(state, 0) + 1
+    slot = engine.slot()
+    return {
+        "replicating": True,
+        "tables": states,
+        "tables_total": len(progress.tables),
+        "copy_bytes_done": progress.bytes_done,
+        "copy_bytes_total": progress.bytes_total,
+        "slot": None
+        if slot is None
+        else {
+            "lag_bytes": slot.lag_bytes,
+            "lag_seconds": slot.lag_seconds,
+            "retained_bytes": slot.retained_bytes,
+            "wal_status": slot.wal_status,
+            "safe_wal_size": slot.safe_wal_size,
+            "active": slot.active,
+        },
+    }
+
+
+def _status_view(data: dict[str, Any]) -> Group:
+    parts: list[Any] = []
+    if data["steps"]:
+        table = Table(title=f"move '{data['move']}'", caption=f"ledger: {data['ledger']}")
+        for column in ("step", "state", "started", "took", "runs", "error"):
+            table.add_column(column)
+        for r in data["steps"]:
+            style = {"failed": "red", "running": "yellow"}.get(r["status"], "")
+            table.add_row(
+                _escape(r["key"]),
+                f"[{style}]{r['status']}[/]" if style else r["status"],
+                r["started_at"].replace("T", " ")[:19],
+                f"{r['seconds'] * 1000:.0f} ms" if r["seconds"] is not None else "",
+                str(r["runs"]),
+                _escape(r["error"] or ""),
             )
-        )
-        return
-    if not records:
-        out.print(f"move '{plan.move}': nothing has run yet (ledger: {journal.where})")
-        return
-    table = Table(title=f"move '{plan.move}'", caption=f"ledger: {journal.where}")
-    for column in ("step", "state", "started", "took", "runs", "error"):
-        table.add_column(column)
-    for r in records:
-        style = (
-            "red"
-            if r.status is StepStatus.FAILED
-            else "yellow"
-            if r.status is StepStatus.RUNNING
-            else ""
-        )
-        table.add_row(
-            r.key,
-            f"[{style}]{r.status.value}[/]" if style else r.status.value,
-            r.started_at.replace("T", " ")[:19],
-            f"{r.seconds * 1000:.0f} ms" if r.seconds is not None else "",
-            str(r.runs),
-            _escape(r.error or ""),
-        )
-    out.print(table)
-    if interrupted:
-        out.print(
+        parts.append(table)
+    else:
+        parts.append(f"move '{data['move']}': nothing has run yet (ledger: {data['ledger']})")
+    if data["interrupted"]:
+        parts.append(
             "[bold red]INTERRUPTED:[/] a run stopped during "
-            + ", ".join(interrupted)
+            + _escape(", ".join(data["interrupted"]))
             + ": run the same command again to resume"
         )
+    if "servers_error" in data:
+        parts.append(f"[yellow]servers not reachable:[/] {_escape(data['servers_error'])}")
+    for db, info in data["databases"].items():
+        parts.append(_escape(_replication_line(db, info)))
+    return Group(*parts)
+
+
+def _replication_line(db: str, info: dict[str, Any]) -> str:
+    if not info["replicating"]:
+        return f"{db}: not replicating yet (`cutover start`)"
+    states = ", ".join(f"{n} {state}" for state, n in sorted(info["tables"].items()))
+    line = f"{db}: {info['tables_total']} tables ({states})"
+    slot = info["slot"]
+    if slot is None:
+        return line + "; the replication slot is missing on the source"
+    seconds = "?" if slot["lag_seconds"] is None else f"{slot['lag_seconds']:.1f} s"
+    line += (
+        f"; lag {_bytes(slot['lag_bytes'])}, {seconds}; WAL retained "
+        f"{_bytes(slot['retained_bytes'])} ({slot['wal_status']})"
+    )
+    if slot["wal_status"] in ("unreserved", "lost") or (
+        slot["safe_wal_size"] is not None and slot["safe_wal_size"] < slot["retained_bytes"]
+    ):
+        line += " WARNING: the slot is close to being invalidated by max_slot_wal_keep_size"
+    return line
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n:.1f} TB"
 
 
 # -- lab --------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cutover.errors import PreconditionFailed, UsageError
-from cutover.pg import admin
+from cutover.pg import admin, tools
 from cutover.pg.connect import connect
 from cutover.plan import Plan, Server, SslMode, dump
 
@@ -72,22 +72,6 @@ class LabState:
     def instance(self, name: str) -> Instance:
         """The server called `name`."""
         return next(i for i in self.instances if i.name == name)
-
-
-def find_bindir() -> Path:
-    """Where PostgreSQL 15's server programs are (CUTOVER_PG_BIN overrides)."""
-    candidates = [os.environ.get("CUTOVER_PG_BIN", ""), "/usr/lib/postgresql/15/bin"]
-    on_path = shutil.which("initdb")
-    if on_path:
-        candidates.append(str(Path(on_path).resolve().parent))
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "initdb").exists():
-            return Path(candidate)
-    raise PreconditionFailed(
-        "PostgreSQL's server programs (initdb, pg_ctl) were not found",
-        hint="install them with `make demo` or `apt-get install postgresql-15`, "
-        "or set CUTOVER_PG_BIN to their folder",
-    )
 
 
 def free_port() -> int:
@@ -180,7 +164,7 @@ class Lab:
             shutil.rmtree(self.root, ignore_errors=True)
 
     def _create(self) -> LabState:
-        bindir = find_bindir()
+        bindir = tools.bindir()
         run_as = RUN_AS if os.geteuid() == 0 else None
         data_root = self._make_data_root(run_as)
         password = secrets.token_urlsafe(24)

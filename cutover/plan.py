@@ -174,6 +174,9 @@ class Server(_Model):
     sslmode: SslMode = SslMode.PREFER
     sslrootcert: str | None = None
     connect_timeout: Seconds = 10.0
+    # The address the other server uses to reach this one, when it differs from `host`
+    # (a private IP behind the controller's proxy, say). Replication connects there.
+    replication_host: str | None = None
 
     def describe(self, dbname: str | None = None) -> str:
         """`host:port/db as user`: never a secret."""

@@ -6,9 +6,10 @@ from typing import Any
 from psycopg import sql
 
 from cutover.pg.connect import Connection
-from cutover.pg.execute import Query
+from cutover.pg.execute import Query, change
 from cutover.pg.ident import quote
 from cutover.pg.queries import load
+from cutover.steps import Change
 
 
 @dataclass(frozen=True)
@@ -236,3 +237,50 @@ def _value(conn: Connection, query: Query, params: Any = None) -> Any:
     row = conn.execute(query, params).fetchone()
     assert row is not None
     return next(iter(row.values()))
+
+
+def missing_tables(conn: Connection, tables: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Which of the (schema, name) tables do not exist in the connected database."""
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT t.schema, t.name FROM unnest(%s::text[], %s::text[]) "
+            "AS t(schema, name) WHERE pg_catalog.to_regclass("
+            "pg_catalog.quote_ident(t.schema) || '.' || pg_catalog.quote_ident(t.name)) IS NULL"
+        ),
+        ([t[0] for t in tables], [t[1] for t in tables]),
+    ).fetchall()
+    return [(r["schema"], r["name"]) for r in rows]
+
+
+def keys_match(source: Connection, target: Connection) -> bool:
+    """Whether every source table's primary key or identity index exists on the target too."""
+    wanted = {
+        (r.schema, r.name): (r.has_primary_key, r.has_identity_index)
+        for r in relations(source)
+        if r.is_table
+    }
+    have = {
+        (r.schema, r.name): (r.has_primary_key, r.has_identity_index) for r in relations(target)
+    }
+    return all(
+        (name in have) and (have[name][0] or not keys[0]) and (have[name][1] or not keys[1])
+        for name, keys in wanted.items()
+    )
+
+
+def subscription_errors(conn: Connection, subscription: str) -> int:
+    """Apply and table-copy errors the subscription's workers have hit (PostgreSQL 15+)."""
+    row = conn.execute(
+        sql.SQL(
+            "SELECT coalesce(sum(apply_error_count + sync_error_count), 0) AS n "
+            "FROM pg_catalog.pg_stat_subscription_stats WHERE subname = %s"
+        ),
+        (subscription,),
+    ).fetchone()
+    return int(row["n"]) if row else 0
+
+
+def alter_system(conn: Connection, name: str, value: str, *, target: str, dry_run: bool) -> Change:
+    """ALTER SYSTEM SET a parameter (takes effect on reload or restart)."""
+    statement = sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
+    return change(conn, statement, target=target, dry_run=dry_run)

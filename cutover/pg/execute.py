@@ -4,6 +4,7 @@ from typing import Any
 
 from psycopg import ClientCursor, sql
 
+from cutover.log import redact
 from cutover.pg.connect import Connection
 from cutover.steps import Change
 
@@ -31,4 +32,4 @@ def change(
     text = render(conn, statement, params)
     if not dry_run:
         conn.execute(statement, params)
-    return Change(target=target, action=text)
+    return Change(target=target, action=redact(text))  # a Change is shown and logged

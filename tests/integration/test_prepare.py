@@ -57,25 +57,29 @@ def test_prepare_applies_once_then_skips(
     assert first.code == 0, first.stderr
     assert database_exists(lab, "target", db)  # the awkward name arrived exactly
     assert barrier_exists(lab, "source", db) and barrier_exists(lab, "target", db)
-    assert {k: v["outcome"] for k, v in ledger(plan).items()} == {
-        f"{db}/prepare.create_target_database": "applied",
-        f"{db}/prepare.create_source_barrier": "applied",
-        f"{db}/prepare.create_target_barrier": "applied",
+    assert {k.split("/")[-1]: v["outcome"] for k, v in ledger(plan).items()} == {
+        "prepare.enable_logical_decoding": "adopted",  # the lab has wal_level = logical
+        "prepare.create_target_database": "applied",
+        "prepare.create_source_barrier": "applied",
+        "prepare.create_replication_role": "applied",
+        "prepare.copy_schema": "applied",
+        "prepare.create_keys": "applied",
+        "prepare.create_target_barrier": "adopted",  # the schema copy brought it
+        "prepare.create_publication": "applied",
     }
 
     second = cutover("prepare", "-p", str(plan))
     assert second.code == 0
-    assert second.stdout.count("skipped") == 3
+    assert second.stdout.count("skipped") == 8
     assert all(v["runs"] == 1 for v in ledger(plan).values())
 
     # Dropped behind cutover's back: only that step runs again.
-    with connect(lab.server("target"), db) as conn:
-        conn.execute("DROP TABLE _cutover.barrier")
+    with connect(lab.server("source"), db) as conn:
+        conn.execute("DROP PUBLICATION cutover_test")
     third = cutover("prepare", "-p", str(plan))
     assert third.code == 0
-    assert third.stdout.count("skipped") == 2
-    assert f"applied {db}/prepare.create_target_barrier" in third.stdout
-    assert barrier_exists(lab, "target", db)
+    assert third.stdout.count("skipped") == 7
+    assert f"applied {db}/prepare.create_publication" in third.stdout
 
 
 def test_what_exists_is_adopted_and_a_failed_step_resumes(
@@ -91,16 +95,16 @@ def test_what_exists_is_adopted_and_a_failed_step_resumes(
 
     failed = cutover("prepare", "-p", str(plan))
     assert failed.code == 1
-    assert failed.stderr.startswith(f"FAILED: {db}/prepare.create_target_barrier: cannot connect")
+    assert failed.stderr.startswith(f"FAILED: {db}/prepare.copy_schema: cannot connect")
     assert "Traceback" not in failed.stderr
     steps = ledger(plan)
     assert steps[f"{db}/prepare.create_target_database"]["outcome"] == "adopted"
     assert steps[f"{db}/prepare.create_source_barrier"]["outcome"] == "applied"
-    assert steps[f"{db}/prepare.create_target_barrier"]["status"] == "failed"
+    assert steps[f"{db}/prepare.copy_schema"]["status"] == "failed"
 
     status = cutover("status", "-p", str(plan), "--json")
     recorded = {s["key"]: s for s in json.loads(status.stdout)["steps"]}
-    assert recorded[f"{db}/prepare.create_target_barrier"]["error"].startswith("cannot connect")
+    assert recorded[f"{db}/prepare.copy_schema"]["error"].startswith("cannot connect")
 
     with connect(lab.server("target")) as conn:
         conn.execute(f'ALTER DATABASE "{db.replace(chr(34), chr(34) * 2)}" ALLOW_CONNECTIONS true')
@@ -108,8 +112,8 @@ def test_what_exists_is_adopted_and_a_failed_step_resumes(
     assert resumed.code == 0, resumed.stderr
     steps = ledger(plan)
     assert steps[f"{db}/prepare.create_source_barrier"]["runs"] == 1  # not repeated
-    assert steps[f"{db}/prepare.create_target_barrier"]["runs"] == 2  # failed once, then done
-    assert steps[f"{db}/prepare.create_target_barrier"]["status"] == "done"
+    assert steps[f"{db}/prepare.copy_schema"]["runs"] == 2  # failed once, then done
+    assert steps[f"{db}/prepare.create_publication"]["status"] == "done"
     assert barrier_exists(lab, "target", db)
 
 
@@ -134,8 +138,8 @@ def test_status_shows_steps_and_says_loudly_when_a_run_was_interrupted(
     Journal(FileStore(plan.parent / "state", "test"), move="test").started("x/switch.fence_source")
     result = cutover("status", "-p", str(plan))
     assert result.code == 0
-    assert "prepare.create_target_barrier" in result.stdout
+    assert "prepare.create_publication" in result.stdout
     assert "INTERRUPTED: a run stopped during x/switch.fence_source" in result.stdout
     as_json = json.loads(cutover("status", "-p", str(plan), "--json").stdout)
     assert as_json["interrupted"] == ["x/switch.fence_source"]
-    assert len(as_json["steps"]) == 4
+    assert len(as_json["steps"]) == 9

@@ -1,0 +1,228 @@
+"""Native logical replication: the replication role, publications, subscriptions, slots, lag.
+
+Every object is named after the move (`cutover_<move>`), so cleanup finds
+exactly ours. The replication role's password is generated when the
+subscription is made and handed to the source as a SCRAM verifier computed
+here, so no password reaches a server log; only the target's catalog keeps it,
+inside the subscription, where PostgreSQL needs it.
+"""
+
+import hashlib
+from dataclasses import dataclass
+
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from cutover.log import register_secret
+from cutover.pg.catalog import Relation, relations
+from cutover.pg.connect import Connection, conninfo
+from cutover.pg.execute import change
+from cutover.pg.ident import quote
+from cutover.pg.queries import load
+from cutover.plan import Server
+from cutover.steps import Change
+
+Table = tuple[str, str]  # (schema, name)
+
+# pg_subscription_rel.srsubstate
+STATES = {"i": "queued", "d": "copying", "f": "copied", "s": "syncing", "r": "ready"}
+
+
+def object_name(move: str) -> str:
+    """The name of the move's role, publication and subscription."""
+    return f"cutover_{move}"
+
+
+def slot_name(move: str, db: str) -> str:
+    """The move's slot for one database; slot names are server-wide, so the database is in it."""
+    return f"cutover_{move}_{hashlib.sha1(db.encode()).hexdigest()[:8]}"
+
+
+def replicated_tables(conn: Connection) -> list[Relation]:
+    """The tables logical replication carries: permanent, ordinary, not an extension's."""
+    return [r for r in relations(conn) if r.is_table and r.persistence == "p"]
+
+
+def display(table: Table) -> str:
+    """A table's qualified name as SQL spells it."""
+    return quote(table)
+
+
+def _exists(conn: Connection, query: sql.SQL, name: str) -> bool:
+    return conn.execute(query, (name,)).fetchone() is not None
+
+
+# -- the replication role (source) -------------------------------------------------------------
+
+
+def role_exists(conn: Connection, role: str) -> bool:
+    """Whether the role exists on the connected server."""
+    return _exists(conn, sql.SQL("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s"), role)
+
+
+def create_role(conn: Connection, role: str, *, target: str, dry_run: bool) -> list[Change]:
+    """A login role that may replicate and nothing else yet; its password comes later."""
+    if role_exists(conn, role):
+        return []
+    statement = sql.SQL("CREATE ROLE {} LOGIN REPLICATION").format(sql.Identifier(role))
+    return [change(conn, statement, target=target, dry_run=dry_run)]
+
+
+def grant_read(
+    conn: Connection, role: str, schemas: list[str], *, target: str, dry_run: bool
+) -> list[Change]:
+    """USAGE on the schemas and SELECT on their tables: what the initial copy reads."""
+    changes = []
+    for schema in schemas:
+        for template in (
+            "GRANT USAGE ON SCHEMA {} TO {}",
+            "GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}",
+        ):
+            statement = sql.SQL(template).format(sql.Identifier(schema), sql.Identifier(role))
+            changes.append(change(conn, statement, target=target, dry_run=dry_run))
+    return changes
+
+
+def can_read(conn: Connection, role: str, tables: list[Relation]) -> bool:
+    """Whether `role` may read every table."""
+    query = sql.SQL(
+        "SELECT bool_and(pg_catalog.has_table_privilege(%s, c.oid, 'SELECT')) AS ok "
+        "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
+    )
+    row = conn.execute(
+        query, (role, [t.schema for t in tables], [t.name for t in tables])
+    ).fetchone()
+    return bool(row and row["ok"] is not False)
+
+
+def set_password(
+    conn: Connection, role: str, password: str, *, target: str, dry_run: bool
+) -> Change:
+    """Give the role a password, sent as a SCRAM verifier rather than in clear."""
+    verifier = conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256")
+    register_secret(verifier.decode())  # not the password, but no business in a log either
+    statement = sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+        sql.Identifier(role), sql.Literal(verifier.decode())
+    )
+    return change(conn, statement, target=target, dry_run=dry_run)
+
+
+# -- the publication (source) --------------------------------------------------------------------
+
+
+def publication_exists(conn: Connection, name: str) -> bool:
+    """Whether the publication exists in the connected database."""
+    query = sql.SQL("SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = %s")
+    return _exists(conn, query, name)
+
+
+def create_publication(
+    conn: Connection, name: str, tables: list[Relation], *, target: str, dry_run: bool
+) -> list[Change]:
+    """A publication of exactly these tables (FOR ALL TABLES would need a superuser)."""
+    if publication_exists(conn, name):
+        return []
+    statement = sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
+        sql.Identifier(name),
+        sql.SQL(", ").join(sql.Identifier(t.schema, t.name) for t in tables),
+    )
+    return [change(conn, statement, target=target, dry_run=dry_run)]
+
+
+# -- the subscription (target) -------------------------------------------------------------------
+
+
+def source_conninfo(source: Server, db: str, *, role: str, password: str) -> str:
+    """How the target's subscription reaches the source, as the replication role."""
+    params = conninfo(source, db, label="source")
+    params.pop("password", None)
+    params.update(
+        host=source.replication_host or source.host,
+        user=role,
+        password=password,
+        application_name=role,
+    )
+    return make_conninfo(**{k: str(v) for k, v in params.items()})
+
+
+def subscription_exists(conn: Connection, name: str) -> bool:
+    """Whether the subscription exists in the connected database."""
+    query = sql.SQL(
+        "SELECT 1 FROM pg_catalog.pg_subscription s JOIN pg_catalog.pg_database d "
+        "ON d.oid = s.subdbid WHERE s.subname = %s AND d.datname = pg_catalog.current_database()"
+    )
+    return _exists(conn, query, name)
+
+
+def create_subscription(
+    conn: Connection, name: str, *, source_dsn: str, slot: str, target: str, dry_run: bool
+) -> Change:
+    """Subscribe to the publication of the same name; copies every table, then streams."""
+    statement = sql.SQL(
+        "CREATE SUBSCRIPTION {name} CONNECTION {dsn} PUBLICATION {name} WITH "
+        "(slot_name = {slot}, create_slot = true, copy_data = true, streaming = on)"
+    ).format(name=sql.Identifier(name), dsn=sql.Literal(source_dsn), slot=sql.Literal(slot))
+    return change(conn, statement, target=target, dry_run=dry_run)
+
+
+@dataclass(frozen=True)
+class TableSync:
+    """One table's state in the subscription, and its size on the source side."""
+
+    schema: str
+    name: str
+    state: str  # a value of STATES
+
+
+def table_states(conn: Connection, subscription: str) -> list[TableSync]:
+    """Each subscribed table's copy state, from the target's catalog."""
+    rows = conn.execute(load("subscription_tables"), (subscription,)).fetchall()
+    return [TableSync(r["schema"], r["name"], STATES.get(str(r["state"]), "unknown")) for r in rows]
+
+
+def copy_in_flight(conn: Connection) -> int:
+    """Bytes the table-copy workers on the target have taken in so far."""
+    row = conn.execute(
+        sql.SQL(
+            "SELECT coalesce(sum(bytes_processed), 0) AS n FROM pg_catalog.pg_stat_progress_copy "
+            "WHERE datname = pg_catalog.current_database()"
+        )
+    ).fetchone()
+    return int(row["n"]) if row else 0
+
+
+def table_sizes(conn: Connection, tables: list[Table]) -> dict[Table, int]:
+    """The size of each table's heap on the source: what the initial copy reads."""
+    rows = conn.execute(load("table_sizes"), ([t[0] for t in tables], [t[1] for t in tables]))
+    return {(r["schema"], r["name"]): int(r["bytes"]) for r in rows.fetchall()}
+
+
+# -- the slot and the lag (source) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SlotState:
+    """What the source knows of the move's slot; lag is against its current WAL position."""
+
+    lag_bytes: int
+    retained_bytes: int
+    wal_status: str
+    safe_wal_size: int | None  # bytes left before max_slot_wal_keep_size invalidates it
+    active: bool
+    lag_seconds: float | None
+
+
+def slot_state(conn: Connection, slot: str) -> SlotState | None:
+    """The slot's lag and retained WAL, or None if it does not exist."""
+    row = conn.execute(load("slot_state"), (slot,)).fetchone()
+    if row is None:
+        return None
+    return SlotState(
+        lag_bytes=max(0, int(row["lag_bytes"] or 0)),
+        retained_bytes=max(0, int(row["retained_bytes"] or 0)),
+        wal_status=row["wal_status"] or "unknown",
+        safe_wal_size=None if row["safe_wal_size"] is None else int(row["safe_wal_size"]),
+        active=bool(row["active"]),
+        lag_seconds=None if row["lag_seconds"] is None else float(row["lag_seconds"]),
+    )
