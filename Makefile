@@ -22,10 +22,8 @@ lint: venv  ## ruff, formatting, mypy --strict and the import layers
 unit: venv  ## the tests that need no server
 	$(BIN)/pytest tests/unit
 
-demo: system venv  ## a lab with a sample database, and the preflight of its move
-	$(BIN)/cutover lab up --dir $(LAB)
-	$(BIN)/cutover check -p $(LAB)/plan.yaml
-	$(BIN)/cutover prepare -p $(LAB)/plan.yaml --dry-run
+demo: system venv  ## a live move on local servers, under a write load, audited
+	BIN=$(BIN) LAB=$(LAB) scripts/demo.sh
 	@echo
 	@echo "The lab keeps running: 'cutover lab status --dir $(LAB)', 'cutover lab down --dir $(LAB) --purge'."
 

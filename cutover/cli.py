@@ -7,6 +7,7 @@ its traceback.
 """
 
 import json
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -27,14 +28,15 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from cutover import __version__, lab, log, preflight, runner
+from cutover import __version__, lab, load, log, preflight, runner
 from cutover.engines import engine_for
 from cutover.engines.base import CopyProgress
-from cutover.errors import CutoverError
+from cutover.errors import CutoverError, UsageError
 from cutover.ledger import Journal
 from cutover.pg.connect import pool
-from cutover.phases import prepare, start
-from cutover.plan import Plan, Server, load
+from cutover.phases import prepare, start, switch
+from cutover.plan import Plan, Server
+from cutover.plan import load as load_plan
 from cutover.steps import Outcome, Phase
 
 app = typer.Typer(
@@ -113,7 +115,7 @@ def check(plan_path: PlanOption, as_json: JsonOption = False) -> None:
 
     Exit code 0: ready (warnings allowed). 1: blockers. 2: plan or connection error.
     """
-    plan = load(plan_path)
+    plan = load_plan(plan_path)
     with pool({"source": plan.source, "target": plan.target}) as connections:
         report = preflight.run(plan, connections)
     if as_json:
@@ -160,7 +162,7 @@ def prepare_command(plan_path: PlanOption, dry_run: DryRunOption = False) -> Non
     Safe to run again: what is already done is skipped, what was done but not
     recorded is adopted. With --dry-run, prints the SQL and changes nothing.
     """
-    plan = load(plan_path)
+    plan = load_plan(plan_path)
     with pool(_servers(plan)) as connections:
 
         def phase_for(db: str) -> Phase:
@@ -186,7 +188,7 @@ def start_command(
     `cutover status --watch`); `start --wait` shows progress bars until every
     table is copied, then builds the remaining indexes and constraints.
     """
-    plan = load(plan_path)
+    plan = load_plan(plan_path)
     with pool(_servers(plan)) as connections, _copy_progress(enabled=wait and not dry_run) as bars:
 
         def phase_for(db: str) -> Phase:
@@ -236,28 +238,73 @@ def _servers(plan: Plan) -> dict[str, Server]:
     return {"source": plan.source, "target": plan.target}
 
 
-def _run_phases(plan: Plan, phase_for: Callable[[str], Phase], *, dry_run: bool) -> None:
-    def show(report: runner.StepReport) -> None:
-        style = OUTCOME_STYLE[report.outcome]
-        out.print(
-            f"[{style}]{report.outcome.value:>8}[/] {_escape(report.key)} "
-            f"[dim]{report.seconds * 1000:.0f} ms[/]"
-        )
-        for change in report.changes:
-            action = change.action.replace("\n", "\n" + " " * 11)
-            out.print(f"           [dim]{change.target}:[/] {_escape(action)}", soft_wrap=True)
+def _show(report: runner.StepReport) -> None:
+    style = OUTCOME_STYLE[report.outcome]
+    out.print(
+        f"[{style}]{report.outcome.value:>8}[/] {_escape(report.key)} "
+        f"[dim]{report.seconds * 1000:.0f} ms[/]"
+    )
+    for change in report.changes:
+        action = change.action.replace("\n", "\n" + " " * 11)
+        out.print(f"           [dim]{change.target}:[/] {_escape(action)}", soft_wrap=True)
 
-    def run_all(journal: Journal) -> None:
-        steps = runner.Runner(journal, move=plan.move, dry_run=dry_run, on_step=show)
+
+def _run_phases(plan: Plan, phase_for: Callable[[str], Phase], *, dry_run: bool) -> None:
+    """One phase per database, in the plan's order."""
+
+    def run_all(steps: runner.Runner) -> None:
         for db in plan.databases:
             steps.run(phase_for(db), scope=db)
 
+    _with_runner(plan, run_all, dry_run=dry_run)
+
+
+def _with_runner(plan: Plan, work: Callable[[runner.Runner], object], *, dry_run: bool) -> Journal:
     if dry_run:
-        run_all(runner.journal_for(plan))
+        journal = runner.journal_for(plan)
+        work(runner.Runner(journal, move=plan.move, dry_run=True, on_step=_show))
         out.print("[yellow]dry run: nothing was changed[/]")
-    else:
+        return journal
+    with runner.locked(plan) as journal:
+        work(runner.Runner(journal, move=plan.move, dry_run=False, on_step=_show))
+        return journal
+
+
+# -- switch -----------------------------------------------------------------------------------
+
+
+@app.command("switch")
+def switch_command(
+    plan_path: PlanOption,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    dry_run: DryRunOption = False,
+) -> None:
+    """Move the writes to the target, with seconds of write pause.
+
+    Stops the writer tiers, fences the source, proves zero lag with a barrier
+    row, copies the sequences, compares row counts, promotes the target,
+    repoints the connection strings and starts the writers again. Any failure
+    before the promotion rolls back by itself and exits 1 with the reason.
+    """
+    plan = load_plan(plan_path)
+    if not dry_run and not yes:
+        typer.confirm(
+            f"Switch move '{plan.move}' ({', '.join(plan.databases)}) to "
+            f"{plan.target.describe()}? The writers stop for a few seconds",
+            abort=True,
+        )
+    with pool(_servers(plan)) as connections:
+        engines = {db: engine_for(plan, connections, db) for db in plan.databases}
+        phase = switch.phase(plan, connections, engines)
+        _with_runner(plan, lambda steps: steps.run(phase, scope=switch.SCOPE), dry_run=dry_run)
+    if not dry_run:
         with runner.locked(plan) as journal:
-            run_all(journal)
+            pause = runner.record_pause(journal, phase="switch", scope=switch.SCOPE)
+        if pause:
+            out.print(
+                f"[green]switched[/]: writes paused {pause.writes_paused:.2f} s "
+                f"(fence to promote {pause.fence_to_promote * 1000:.0f} ms)"
+            )
 
 
 # -- status -----------------------------------------------------------------------------------
@@ -277,7 +324,7 @@ def status(
     has confirmed. A slot close to being invalidated (max_slot_wal_keep_size) is
     flagged. The ledger is shown even when the servers cannot be reached.
     """
-    plan = load(plan_path)
+    plan = load_plan(plan_path)
     if as_json:
         out.print_json(json.dumps(_status_data(plan)))
         return
@@ -315,10 +362,12 @@ def _status_data(plan: Plan) -> dict[str, Any]:
         ],
         "databases": {},
     }
+    switched = journal.is_done(f"{switch.SCOPE}/switch.promote")
     try:
         with pool(_servers(plan)) as connections:
             for db in plan.databases:
-                data["databases"][db] = _replication_data(plan, connections, db)
+                info = _replication_data(plan, connections, db)
+                data["databases"][db] = {**info, "switched": switched and not info["replicating"]}
     except CutoverError as exc:
         data["servers_error"] = exc.message
     return data
@@ -385,6 +434,8 @@ def _status_view(data: dict[str, Any]) -> Group:
 
 
 def _replication_line(db: str, info: dict[str, Any]) -> str:
+    if info.get("switched"):
+        return f"{db}: switched; the target is promoted and the source no longer replicates"
     if not info["replicating"]:
         return f"{db}: not replicating yet (`cutover start`)"
     states = ", ".join(f"{n} {state}" for state, n in sorted(info["tables"].items()))
@@ -459,6 +510,83 @@ def lab_status(directory: LabDirOption = Path(".lab")) -> None:
     for instance in state.instances:
         word = "[green]running[/]" if running[instance.name] else "[red]stopped[/]"
         out.print(f"{instance.name:>6}: {word} on 127.0.0.1:{instance.port} ({instance.datadir})")
+
+
+@lab_app.command("load")
+def lab_load(
+    directory: LabDirOption = Path(".lab"),
+    duration: Annotated[
+        float | None, typer.Option(help="Seconds to run (default: until Ctrl-C or SIGTERM).")
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Concurrent writers.")] = 4,
+    rate: Annotated[float, typer.Option(min=1, help="Writes per second, all together.")] = 300,
+) -> None:
+    """Write to the lab's app database without pause: the application stand-in.
+
+    It follows the DATABASE_URL in the lab's app.env (so a switch repoints it),
+    pauses and resumes over HTTP (the plan's writer tier), and logs every write
+    to writes.jsonl for `cutover lab audit`.
+    """
+    the_lab = lab.Lab(directory)
+    settings = the_lab.load_settings()
+    if settings is None:
+        raise UsageError(
+            f"the lab in {the_lab.root} has no write load",
+            hint="start the lab with its sample: `cutover lab up`",
+        )
+    with the_lab.write_log.open("a") as handle:
+        work = load.Load(
+            env_file=the_lab.app_env,
+            key=lab.APP_KEY,
+            tables=settings["tables"],
+            log=load.WriteLog(handle),
+            workers=workers,
+            rate=rate,
+        )
+        signal.signal(signal.SIGTERM, lambda *_: work.stop.set())
+        err.print(f"writing; control on http://127.0.0.1:{settings['port']} (Ctrl-C stops)")
+        try:
+            work.run(port=settings["port"], duration=duration)
+        except KeyboardInterrupt:
+            work.stop.set()
+    out.print(f"{work.log.acked} writes acknowledged")
+
+
+@lab_app.command("audit")
+def lab_audit(directory: LabDirOption = Path(".lab")) -> None:
+    """Check every acknowledged write of the load against the target, after a switch.
+
+    Exit code 0: nothing lost and the source took no write after the fence.
+    """
+    the_lab = lab.Lab(directory)
+    settings = the_lab.load_settings()
+    if settings is None or not the_lab.write_log.exists():
+        raise UsageError("there is no write log to audit", hint="run `cutover lab load` first")
+    plan = load_plan(the_lab.plan_file)
+    journal = runner.journal_for(plan)
+    fenced = journal.get(f"{switch.SCOPE}/switch.fence_source")
+    with pool(_servers(plan)) as connections:
+        rows = lab.load_rows(connections, settings)
+    state = the_lab.state()
+    assert state is not None
+    result = load.audit(
+        the_lab.write_log,
+        rows,
+        source_port=state.instance("source").port,
+        fenced_at=fenced.ended_at if fenced else None,
+    )
+    moved = sum(len(r) for r in rows.values())
+    pause = next(
+        (e.detail for e in reversed(journal.events()) if e.kind == "write_pause"), "no switch yet"
+    )
+    out.print(f"rows on the target (load tables): {moved}")
+    out.print(f"write pause: {pause}")
+    out.print(f"acknowledged writes: {result.acknowledged}")
+    out.print(f"acknowledged writes missing on the target: {len(result.missing)}")
+    out.print(f"writes the source took after the fence: {result.after_fence}")
+    for problem in result.missing[:20]:
+        out.print(f"  {_escape(problem)}")
+    raise typer.Exit(1 if result.missing or result.after_fence else 0)
 
 
 # -- entry point ------------------------------------------------------------------------------

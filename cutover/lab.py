@@ -19,16 +19,31 @@ import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from cutover.errors import PreconditionFailed, UsageError
 from cutover.pg import admin, tools
-from cutover.pg.connect import connect
-from cutover.plan import Plan, Server, SslMode, dump
+from cutover.pg import load as load_sql
+from cutover.pg.connect import Pool, connect
+from cutover.plan import (
+    FileRepoint,
+    HttpWriter,
+    Plan,
+    Repoint,
+    Server,
+    SslMode,
+    Thresholds,
+    Writer,
+    dump,
+)
 
 log = logging.getLogger(__name__)
 
 SERVERS = ("source", "target")
 SAMPLE_DATABASE = "app"
+LOAD_ROLE = "app_writer"
+LOAD_TABLES = 12
+APP_KEY = "DATABASE_URL"
 RUN_AS = "postgres"
 SETTINGS = {
     "listen_addresses": "'127.0.0.1'",
@@ -95,6 +110,9 @@ class Lab:
         self.state_file = self.root / "lab.json"
         self.password_file = self.root / "password"
         self.plan_file = self.root / "plan.yaml"
+        self.app_env = self.root / "app.env"
+        self.load_file = self.root / "load.json"
+        self.write_log = self.root / "writes.jsonl"
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -119,14 +137,69 @@ class Lab:
         )
 
     def plan(self, databases: list[str], *, move: str = "lab") -> Plan:
-        """A plan moving `databases` from the lab's source to its target."""
+        """A plan moving `databases` from the lab's source to its target.
+
+        With the write load set up, the load is the writer tier (over HTTP) and
+        the app's env file is the repoint target.
+        """
+        load = self.load_settings()
+        writers, repoint = [], []
+        if load is not None:
+            control = f"http://127.0.0.1:{load['port']}"
+            writers = [
+                Writer(
+                    name="load",
+                    http=HttpWriter(
+                        stop=f"{control}/pause",
+                        start=f"{control}/resume",
+                        status=f"{control}/drained",
+                    ),
+                )
+            ]
+            repoint = [Repoint(name="app-env", file=FileRepoint(path=self.app_env, key=APP_KEY))]
         return Plan(
             move=move,
             source=self.server("source"),
             target=self.server("target"),
             databases=databases,
+            writers=writers,
+            repoint=repoint,
+            thresholds=Thresholds(lag_window=2.0),
             state_dir=self.root / "state",
         )
+
+    def load_settings(self) -> dict[str, Any] | None:
+        """The write load's port, database and tables, once set up."""
+        try:
+            data: dict[str, Any] = json.loads(self.load_file.read_text())
+        except FileNotFoundError:
+            return None
+        return data
+
+    def setup_load(self, *, database: str, tables: int = LOAD_TABLES) -> None:
+        """The load's role on both servers, its tables on the source, and the app's env file."""
+        password = secrets.token_urlsafe(18)
+        for name in SERVERS:
+            conn = connect(self.server(name), label=name)
+            try:
+                load_sql.ensure_login_role(conn, LOAD_ROLE, password)
+            finally:
+                conn.close()
+        conn = connect(self.server("source"), database, label="source")
+        try:
+            load_sql.create_schema(conn, tables=tables, writer=LOAD_ROLE)
+        finally:
+            conn.close()
+        port = self._require_state().instance("source").port
+        self.app_env.touch(mode=0o600)
+        dsn = f"postgresql://{LOAD_ROLE}:{password}@127.0.0.1:{port}/{database}"
+        self.app_env.write_text(f"# the application's settings\n{APP_KEY}={dsn}\n")
+        settings = {
+            "port": free_port(),
+            "database": database,
+            "tables": load_sql.table_names(tables),
+        }
+        self.load_file.write_text(json.dumps(settings))
 
     def running(self) -> dict[str, bool]:
         """Whether each server runs."""
@@ -145,8 +218,8 @@ class Lab:
             if not self._is_running(state, instance):
                 self._start(state, instance)
         databases = [SAMPLE_DATABASE] if sample else []
-        if sample:
-            self._load_sample()
+        if sample and self._load_sample():
+            self.setup_load(database=SAMPLE_DATABASE)
         if databases or not self.plan_file.exists():
             self.plan_file.write_text(dump(self.plan(databases or [SAMPLE_DATABASE])))
         return state
@@ -249,11 +322,12 @@ class Lab:
         )
         return result.returncode == 0
 
-    def _load_sample(self) -> None:
+    def _load_sample(self) -> bool:
+        """Create and fill the sample database; False if it was there already."""
         maintenance = connect(self.server("source"), label="source")
         try:
             if admin.database_exists(maintenance, SAMPLE_DATABASE):
-                return
+                return False
             admin.create_database(maintenance, SAMPLE_DATABASE, target="source", dry_run=False)
         finally:
             maintenance.close()
@@ -262,6 +336,7 @@ class Lab:
             admin.run_script(conn, "lab_sample")
         finally:
             conn.close()
+        return True
 
     def _require_state(self) -> LabState:
         state = self.state()
@@ -298,3 +373,9 @@ def _tail(path: Path, lines: int = 5) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+def load_rows(pool: Pool, settings: dict[str, Any]) -> dict[str, dict[int, int]]:
+    """The load tables' rows on the target: table -> id -> value."""
+    conn = pool.get("target", settings["database"])
+    return {table: load_sql.rows(conn, table) for table in settings["tables"]}

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
@@ -101,7 +102,9 @@ class Runner:
             level = logging.INFO if isinstance(exc, CutoverError) else logging.ERROR
             logger.log(level, "failed after %.0f ms: %s", seconds * 1000, redact(message))
             undo_note = (
-                self._undo(phase, scope) if phase.undo_on_failure and not self._dry_run else ""
+                self._undo(phase, scope, failed=step)
+                if phase.undo_on_failure and not self._dry_run
+                else ""
             )
             if isinstance(exc, CutoverError):
                 raise StepFailed(f"{key}: {message}{undo_note}", hint=exc.hint) from exc
@@ -145,23 +148,61 @@ class Runner:
         )
         return retrying(step.apply, dry_run=False)
 
-    def _undo(self, phase: Phase, scope: str) -> str:
-        """Undo this phase's done steps in reverse; returns a note for the error message."""
+    def _undo(self, phase: Phase, scope: str, *, failed: Step) -> str:
+        """Roll the phase back: undo its done steps and the one that failed, in reverse.
+
+        Every done step is marked undone, so the next run checks them all again.
+        The failed step's undo runs too: it may have half happened (undos are idempotent).
+        """
         done = [s for s in phase.steps if self._journal.is_done(phase.key(s, scope))]
-        if any(s.point_of_no_return for s in done):
+        if any(s.point_of_no_return for s in [*done, failed]):
             return " (past the point of no return: nothing undone)"
         problems: list[str] = []
-        for step in reversed(done):
-            if step.undo is None:
-                continue
+        for step in reversed([*done, failed]):
             key = phase.key(step, scope)
-            try:
-                step.undo(dry_run=False)
-            except Exception as exc:  # keep undoing the rest: each undo is independent
-                problems.append(f"{key}: {exc}")
-                log.exception("%s: undo failed", key)
-                continue
-            self._journal.undone(key)
+            if step.undo is not None:
+                try:
+                    step.undo(dry_run=False)
+                except Exception as exc:  # keep undoing the rest: each undo is independent
+                    problems.append(f"{key}: {exc}")
+                    log.exception("%s: undo failed", key)
+                    continue
+            if step is not failed:
+                self._journal.undone(key)
         if problems:
             return "; undo incomplete: " + "; ".join(problems)
         return "; undone: the world is as before the phase"
+
+
+@dataclass(frozen=True)
+class Pause:
+    """How long the application could not write, and the switch's own share of it."""
+
+    writes_paused: float  # first writer stopped -> last writer started
+    fence_to_promote: float
+
+
+def _seconds_between(start: str, end: str) -> float:
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
+def record_pause(journal: Journal, *, phase: str, scope: str) -> Pause | None:
+    """Measure the last switch's pause from its step records, and note it in the audit trail."""
+    steps = journal.steps()
+
+    def record(step: str) -> tuple[str, str] | None:
+        r = steps.get(f"{scope}/{phase}.{step}")
+        return (r.started_at, r.ended_at) if r and r.ended_at else None
+
+    stop, start, fence, promote = (
+        record(s) for s in ("stop_writers", "start_writers", "fence_source", "promote")
+    )
+    if not (stop and start and fence and promote):
+        return None
+    pause = Pause(_seconds_between(stop[0], start[1]), _seconds_between(fence[0], promote[1]))
+    journal.note(
+        "write_pause",
+        detail=f"writes paused {pause.writes_paused:.3f} s, "
+        f"fence to promote {pause.fence_to_promote:.3f} s",
+    )
+    return pause

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 
 from cutover.engines.base import READY_STATES, CopyProgress
 from cutover.log import register_secret
-from cutover.pg import replication
+from cutover.pg import barrier, replication
 from cutover.pg.catalog import Relation
 from cutover.pg.connect import Pool
 from cutover.plan import Plan
@@ -110,6 +110,51 @@ class NativeEngine:
     def slot(self) -> replication.SlotState | None:
         """The slot's lag and retained WAL on the source."""
         return replication.slot_state(self._pool.get("source", self._db), self.slot_name)
+
+    def ready_to_switch(self) -> bool:
+        """Apply commits are synchronous, so the slot confirms a barrier within ms."""
+        return replication.synchronous_commit(self._pool.get("target", self._db), self.name)
+
+    def prepare_switch(self, *, dry_run: bool) -> Sequence[Change]:
+        """Make apply commits synchronous (the copy ran faster without)."""
+        return [
+            replication.set_synchronous_commit(
+                self._pool.get("target", self._db),
+                self.name,
+                target=self._where[1],
+                dry_run=dry_run,
+            )
+        ]
+
+    def write_barrier(self, token: str) -> str:
+        """Commit the marker on the source; the WAL position after it."""
+        return barrier.write_marker(self._pool.get("source", self._db), self._plan.move, token)
+
+    def barrier_reached(self, token: str, lsn: str) -> bool:
+        """The target applied the marker and the slot confirmed its position."""
+        return barrier.marker_arrived(
+            self._pool.get("target", self._db), token
+        ) and barrier.slot_confirmed(self._pool.get("source", self._db), self.slot_name, lsn)
+
+    def is_promoted(self) -> bool:
+        """The subscription and its slot are gone: the target stands alone."""
+        return not replication.subscription_exists(
+            self._pool.get("target", self._db), self.name
+        ) and not replication.slot_exists(self._pool.get("source", self._db), self.slot_name)
+
+    def promote(self, *, dry_run: bool) -> Sequence[Change]:
+        """End the subscription, then drop the slot so it pins no WAL on the source."""
+        return [
+            *replication.drop_subscription(
+                self._pool.get("target", self._db),
+                self.name,
+                target=self._where[1],
+                dry_run=dry_run,
+            ),
+            *replication.drop_slot(
+                self._pool.get("source", self._db), self.slot_name, target="source", dry_run=dry_run
+            ),
+        ]
 
 
 def build(plan: Plan, pool: Pool, db: str) -> NativeEngine:

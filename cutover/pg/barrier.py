@@ -27,3 +27,33 @@ def create_barrier_table(conn: Connection, *, target: str, dry_run: bool) -> lis
         ),
         change(conn, load("create_barrier_table"), target=target, dry_run=dry_run),
     ]
+
+
+def write_marker(conn: Connection, move: str, token: str) -> str:
+    """Commit a marker row on the source; returns the WAL position after its commit."""
+    conn.execute(
+        sql.SQL("INSERT INTO _cutover.barrier (token, move) VALUES (%s, %s)"), (token, move)
+    )
+    row = conn.execute(sql.SQL("SELECT pg_catalog.pg_current_wal_lsn()::text AS lsn")).fetchone()
+    assert row is not None
+    return str(row["lsn"])
+
+
+def marker_arrived(target: Connection, token: str) -> bool:
+    """Whether the target has applied the marker row."""
+    row = target.execute(
+        sql.SQL("SELECT 1 FROM _cutover.barrier WHERE token = %s"), (token,)
+    ).fetchone()
+    return row is not None
+
+
+def slot_confirmed(source: Connection, slot: str, lsn: str) -> bool:
+    """Whether the subscriber has confirmed everything up to `lsn` as flushed."""
+    row = source.execute(
+        sql.SQL(
+            "SELECT confirmed_flush_lsn >= %s::pg_lsn AS ok FROM pg_catalog.pg_replication_slots "
+            "WHERE slot_name = %s"
+        ),
+        (lsn, slot),
+    ).fetchone()
+    return bool(row and row["ok"])

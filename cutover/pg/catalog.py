@@ -284,3 +284,16 @@ def alter_system(conn: Connection, name: str, value: str, *, target: str, dry_ru
     """ALTER SYSTEM SET a parameter (takes effect on reload or restart)."""
     statement = sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
     return change(conn, statement, target=target, dry_run=dry_run)
+
+
+def exact_counts(conn: Connection, tables: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """count(*) of every table, in one statement."""
+    if not tables:
+        return {}
+    query = sql.SQL(" UNION ALL ").join(
+        sql.SQL("SELECT {} AS schema, {} AS name, count(*) AS n FROM {}").format(
+            sql.Literal(schema), sql.Literal(name), sql.Identifier(schema, name)
+        )
+        for schema, name in tables
+    )
+    return {(r["schema"], r["name"]): int(r["n"]) for r in conn.execute(query)}

@@ -8,11 +8,13 @@ inside the subscription, where PostgreSQL needs it.
 """
 
 import hashlib
+import time
 from dataclasses import dataclass
 
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from cutover.errors import StepFailed
 from cutover.log import register_secret
 from cutover.pg.catalog import Relation, relations
 from cutover.pg.connect import Connection, conninfo
@@ -225,4 +227,66 @@ def slot_state(conn: Connection, slot: str) -> SlotState | None:
         safe_wal_size=None if row["safe_wal_size"] is None else int(row["safe_wal_size"]),
         active=bool(row["active"]),
         lag_seconds=None if row["lag_seconds"] is None else float(row["lag_seconds"]),
+    )
+
+
+def set_synchronous_commit(conn: Connection, name: str, *, target: str, dry_run: bool) -> Change:
+    """Apply commits flush at once, so the slot's confirmed position follows within ms."""
+    statement = sql.SQL("ALTER SUBSCRIPTION {} SET (synchronous_commit = 'on')").format(
+        sql.Identifier(name)
+    )
+    return change(conn, statement, target=target, dry_run=dry_run)
+
+
+def synchronous_commit(conn: Connection, name: str) -> bool:
+    """Whether the subscription's apply commits are synchronous."""
+    row = conn.execute(
+        sql.SQL("SELECT subsynccommit FROM pg_catalog.pg_subscription WHERE subname = %s"),
+        (name,),
+    ).fetchone()
+    return row is not None and row["subsynccommit"] == "on"
+
+
+def drop_subscription(conn: Connection, name: str, *, target: str, dry_run: bool) -> list[Change]:
+    """End the subscription without touching the source (its slot is dropped separately)."""
+    ident = sql.Identifier(name)
+    return [
+        change(conn, sql.SQL(s).format(ident), target=target, dry_run=dry_run)
+        for s in (
+            "ALTER SUBSCRIPTION {} DISABLE",
+            "ALTER SUBSCRIPTION {} SET (slot_name = NONE)",
+            "DROP SUBSCRIPTION {}",
+        )
+    ]
+
+
+def drop_slot(
+    conn: Connection, slot: str, *, target: str, dry_run: bool, timeout: float = 10.0
+) -> list[Change]:
+    """Drop the slot once its walsender has gone (it ends after the subscription is disabled)."""
+    statement = sql.SQL("SELECT pg_catalog.pg_drop_replication_slot(%s)")
+    if dry_run:
+        return [change(conn, statement, (slot,), target=target, dry_run=True)]
+    deadline = time.monotonic() + timeout
+    while True:
+        row = conn.execute(
+            sql.SQL("SELECT active FROM pg_catalog.pg_replication_slots WHERE slot_name = %s"),
+            (slot,),
+        ).fetchone()
+        if row is None:
+            return []
+        if not row["active"]:
+            return [change(conn, statement, (slot,), target=target, dry_run=False)]
+        if time.monotonic() > deadline:
+            raise StepFailed(
+                f"the replication slot {slot} is still in use after {timeout:g} s",
+                hint="another subscriber uses it; drop it by hand once it is free",
+            )
+        time.sleep(0.05)
+
+
+def slot_exists(conn: Connection, slot: str) -> bool:
+    """Whether the slot exists on the connected server."""
+    return _exists(
+        conn, sql.SQL("SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = %s"), slot
     )

@@ -144,11 +144,25 @@ def test_a_failing_phase_that_undoes_runs_the_undos_in_reverse(tmp_path: Path) -
     run, journal, _ = runner(tmp_path)
     with pytest.raises(StepFailed) as caught:
         run.run(phase, scope="db")
-    assert world.calls == ["a", "b", "c", "undo b", "undo a"]
+    # c may have half happened: its own undo runs first (undos are idempotent).
+    assert world.calls == ["a", "b", "c", "undo c", "undo b", "undo a"]
     assert world.facts == set()
     assert "undone" in caught.value.message
     record = journal.get("db/switch.a")
     assert record is not None and record.status is StepStatus.UNDONE
+
+
+def test_after_a_rollback_the_next_run_checks_every_step_again(tmp_path: Path) -> None:
+    world = World(fail={"c": PreconditionFailed("timeout", hint="h")})
+    check = world.step("check", probe=False)  # no undo of its own effect, no probe
+    steps = (Step(check.name, check.apply), world.step("b"), world.step("c"))
+    phase = Phase("switch", steps, undo_on_failure=True)
+    with pytest.raises(StepFailed):
+        runner(tmp_path)[0].run(phase, scope="db")
+    world.calls.clear()
+    reports = runner(tmp_path)[0].run(phase, scope="db")
+    assert world.calls == ["check", "b", "c"]
+    assert [r.outcome for r in reports] == [Outcome.APPLIED] * 3
 
 
 def test_nothing_is_undone_past_the_point_of_no_return(tmp_path: Path) -> None:

@@ -1,0 +1,285 @@
+"""The lab's write load: an application stand-in to switch under.
+
+Worker threads insert, update and delete rows across the load tables without
+pause. Each one reads its connection string from an env file whenever it
+(re)connects, so once the switch repoints the file the workers follow to the
+target. An HTTP control makes the load a writer tier of kind `http`:
+POST /pause, POST /resume, GET /drained (200 once paused with no write in
+flight). Every write is logged before it is sent (`try`) and once the server
+acknowledged it (`ack`), with the port of the server that took it, so a test
+can prove that no acknowledged write was lost and that the source took none
+after the fence.
+"""
+
+import json
+import random
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, TextIO
+
+from cutover.pg import load as sql
+from cutover.pg.connect import Connection
+
+
+def read_dsn(env_file: Path, key: str) -> str:
+    """The value of `key` in an env file."""
+    for line in env_file.read_text().splitlines():
+        if line.startswith(f"{key}="):
+            return line[len(key) + 1 :].strip().strip("'\"")
+    raise KeyError(f"{key} is not set in {env_file}")
+
+
+class Gate:
+    """Pauses the workers between writes and knows when none is in flight."""
+
+    def __init__(self) -> None:
+        self._open = threading.Event()
+        self._open.set()
+        self._lock = threading.Lock()
+        self._in_flight = 0
+
+    def pause(self) -> None:
+        """No new write starts."""
+        self._open.clear()
+
+    def resume(self) -> None:
+        """Writes start again."""
+        self._open.set()
+
+    def drained(self) -> bool:
+        """Paused, and no write in flight."""
+        with self._lock:
+            return not self._open.is_set() and self._in_flight == 0
+
+    @contextmanager
+    def write(self, stop: threading.Event) -> Iterator[bool]:
+        """Wait until writes may start; yields False when the load is stopping."""
+        while not self._open.wait(0.05):
+            if stop.is_set():
+                yield False
+                return
+        with self._lock:
+            self._in_flight += 1
+        try:
+            yield not stop.is_set()
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+
+@dataclass
+class WriteLog:
+    """Append-only JSON lines of every write tried and acknowledged."""
+
+    handle: TextIO
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    acked: int = 0
+
+    def record(self, entry: dict[str, Any]) -> None:
+        """Write one line and flush it."""
+        entry["at"] = datetime.now(UTC).isoformat(timespec="microseconds")
+        with self.lock:
+            self.handle.write(json.dumps(entry) + "\n")
+            self.handle.flush()
+            if entry["ack"]:
+                self.acked += 1
+
+
+@dataclass
+class Load:
+    """The whole load: workers, control server, log."""
+
+    env_file: Path
+    key: str
+    tables: list[str]
+    log: WriteLog
+    workers: int = 4
+    rate: float = 300.0  # writes per second, all workers together
+    gate: Gate = field(default_factory=Gate)
+    stop: threading.Event = field(default_factory=threading.Event)
+    _values: Iterator[int] = field(default_factory=lambda: iter(range(1, 1 << 62)))
+    _values_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _next_value(self) -> int:
+        with self._values_lock:
+            return next(self._values)
+
+    def run_worker(self, seed: int) -> None:
+        """Write until stopped; reconnect (re-reading the env file) after any failure."""
+        rng = random.Random(seed)
+        mine: dict[str, list[int]] = {t: [] for t in self.tables}
+        conn: Connection | None = None
+        interval = self.workers / self.rate if self.rate > 0 else 0.0
+        while not self.stop.is_set():
+            with self.gate.write(self.stop) as go:
+                if not go:
+                    break
+                try:
+                    if conn is None or conn.closed:
+                        conn = sql.connect_dsn(read_dsn(self.env_file, self.key))
+                    self._write_once(conn, rng, mine)
+                except (sql.DatabaseError, OSError, KeyError):
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                    time.sleep(0.05)
+            if interval:
+                time.sleep(interval * rng.uniform(0.5, 1.5))
+        if conn is not None:
+            conn.close()
+
+    def _write_once(self, conn: Connection, rng: random.Random, mine: dict[str, list[int]]) -> None:
+        table = rng.choice(self.tables)
+        known = mine[table]
+        port = sql.server_port(conn)
+        roll = rng.random()
+        value = self._next_value()
+        if roll < 0.6 or not known:
+            self.log.record({"op": "insert", "table": table, "v": value, "ack": False})
+            row_id = sql.insert(conn, table, value)
+            known.append(row_id)
+            self.log.record(
+                {
+                    "op": "insert",
+                    "table": table,
+                    "id": row_id,
+                    "v": value,
+                    "port": port,
+                    "ack": True,
+                }
+            )
+        elif roll < 0.9:
+            row_id = rng.choice(known)
+            self.log.record(
+                {"op": "update", "table": table, "id": row_id, "v": value, "ack": False}
+            )
+            sql.update(conn, table, row_id, value)
+            self.log.record(
+                {
+                    "op": "update",
+                    "table": table,
+                    "id": row_id,
+                    "v": value,
+                    "port": port,
+                    "ack": True,
+                }
+            )
+        else:
+            row_id = known.pop(rng.randrange(len(known)))
+            self.log.record({"op": "delete", "table": table, "id": row_id, "ack": False})
+            sql.delete(conn, table, row_id)
+            self.log.record(
+                {"op": "delete", "table": table, "id": row_id, "port": port, "ack": True}
+            )
+
+    def serve(self, port: int) -> ThreadingHTTPServer:
+        """Start the control endpoint on 127.0.0.1:port (in a thread)."""
+        gate = self.gate
+
+        class Control(BaseHTTPRequestHandler):
+            def _answer(self, code: int, text: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", "text/plain")
+                self.end_headers()
+                self.wfile.write(text.encode())
+
+            def do_POST(self) -> None:
+                if self.path == "/pause":
+                    gate.pause()
+                    self._answer(200, "paused\n")
+                elif self.path == "/resume":
+                    gate.resume()
+                    self._answer(200, "writing\n")
+                else:
+                    self._answer(404, "POST /pause or /resume\n")
+
+            def do_GET(self) -> None:
+                if self.path == "/drained":
+                    drained = gate.drained()
+                    self._answer(200 if drained else 409, "drained\n" if drained else "busy\n")
+                else:
+                    self._answer(404, "GET /drained\n")
+
+            def log_message(self, format: str, *args: Any) -> None:  # quiet
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", port), Control)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+    def run(self, *, port: int, duration: float | None) -> None:
+        """Run workers and control until `duration` passes or `stop` is set."""
+        server = self.serve(port)
+        threads = [
+            threading.Thread(target=self.run_worker, args=(seed,), daemon=True)
+            for seed in range(self.workers)
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            self.stop.wait(duration)
+        finally:
+            self.stop.set()
+            for thread in threads:
+                thread.join(timeout=10)
+            server.shutdown()
+
+
+@dataclass(frozen=True)
+class Audit:
+    """What the write log says about the target."""
+
+    acknowledged: int
+    missing: list[str]  # acknowledged writes the target does not show
+    after_fence: int  # writes the source acknowledged after the fence
+
+
+def audit(
+    log_path: Path, rows: dict[str, dict[int, int]], *, source_port: int, fenced_at: str | None
+) -> Audit:
+    """Check every acknowledged write against the target's rows (table -> id -> value).
+
+    A row's value may be its last acknowledged one or any later write that was
+    tried but not acknowledged (it may have committed just as a connection dropped).
+    """
+    allowed: dict[tuple[str, int], set[int]] = {}
+    deleted_acked: set[tuple[str, int]] = set()
+    delete_tried: set[tuple[str, int]] = set()
+    acknowledged = after_fence = 0
+    for line in log_path.read_text().splitlines():
+        entry = json.loads(line)
+        if not entry["ack"]:
+            if entry["op"] == "delete":
+                delete_tried.add((entry["table"], entry["id"]))
+            elif entry["op"] == "update":
+                allowed.setdefault((entry["table"], entry["id"]), set()).add(entry["v"])
+            continue
+        acknowledged += 1
+        if fenced_at and entry["port"] == source_port and entry["at"] > fenced_at:
+            after_fence += 1
+        key = (entry["table"], entry["id"])
+        if entry["op"] == "delete":
+            deleted_acked.add(key)
+        else:
+            allowed[key] = {entry["v"]}  # later tries are added after this line
+    missing = []
+    for key, values in allowed.items():
+        table, row_id = key
+        present = rows.get(table, {}).get(row_id)
+        if key in deleted_acked:
+            if present is not None:
+                missing.append(f"{table} id {row_id}: deleted, but still on the target")
+        elif present is None:
+            if key not in delete_tried:
+                missing.append(f"{table} id {row_id}: acknowledged, but not on the target")
+        elif present not in values:
+            missing.append(
+                f"{table} id {row_id}: value {present}, expected one of {sorted(values)}"
+            )
+    return Audit(acknowledged, missing, after_fence)

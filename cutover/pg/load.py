@@ -1,0 +1,104 @@
+"""The SQL of the lab's write load: its tables and the three writes it makes."""
+
+import random
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from cutover.pg.connect import Connection
+
+PREFIX = "load_"
+
+
+def table_names(count: int) -> list[str]:
+    """The load's tables: load_01, load_02, ..."""
+    return [f"{PREFIX}{i:02d}" for i in range(1, count + 1)]
+
+
+def create_schema(conn: Connection, *, tables: int, writer: str) -> None:
+    """The load's tables and its standalone sequence, writable by `writer`."""
+    with conn.transaction():
+        conn.execute(sql.SQL("CREATE SEQUENCE IF NOT EXISTS load_ticket_seq"))
+        for name in table_names(tables):
+            conn.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {} (id bigserial PRIMARY KEY, v bigint NOT NULL, "
+                    "ticket bigint NOT NULL DEFAULT nextval('load_ticket_seq'), "
+                    "at timestamptz NOT NULL DEFAULT now())"
+                ).format(sql.Identifier(name))
+            )
+        ident = sql.Identifier(writer)
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(ident))
+        conn.execute(
+            sql.SQL(
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}"
+            ).format(ident)
+        )
+        conn.execute(sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {}").format(ident))
+
+
+def ensure_login_role(conn: Connection, role: str, password: str) -> None:
+    """A login role with this password (created, or its password reset)."""
+    verifier = conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256")
+    exists = conn.execute(
+        sql.SQL("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s"), (role,)
+    ).fetchone()
+    verb = sql.SQL("ALTER ROLE" if exists else "CREATE ROLE")
+    conn.execute(
+        sql.SQL("{} {} LOGIN PASSWORD {}").format(
+            verb, sql.Identifier(role), sql.Literal(verifier.decode())
+        )
+    )
+
+
+def connect_dsn(dsn: str) -> Connection:
+    """A connection for one load worker (autocommit: each write is acknowledged alone)."""
+    return psycopg.connect(dsn, autocommit=True, connect_timeout=2, row_factory=dict_row)
+
+
+def insert(conn: Connection, table: str, value: int) -> int:
+    """Insert a row; its id."""
+    row = conn.execute(
+        sql.SQL("INSERT INTO {} (v) VALUES (%s) RETURNING id").format(sql.Identifier(table)),
+        (value,),
+    ).fetchone()
+    assert row is not None
+    return int(row["id"])
+
+
+def update(conn: Connection, table: str, row_id: int, value: int) -> bool:
+    """Set a row's value; whether the row was there."""
+    cur = conn.execute(
+        sql.SQL("UPDATE {} SET v = %s WHERE id = %s").format(sql.Identifier(table)),
+        (value, row_id),
+    )
+    return cur.rowcount == 1
+
+
+def delete(conn: Connection, table: str, row_id: int) -> bool:
+    """Delete a row; whether it was there."""
+    cur = conn.execute(
+        sql.SQL("DELETE FROM {} WHERE id = %s").format(sql.Identifier(table)), (row_id,)
+    )
+    return cur.rowcount == 1
+
+
+def server_port(conn: Connection) -> int:
+    """The port of the server a connection reached (the lab's servers differ by port)."""
+    return int(conn.info.port)
+
+
+def rows(conn: Connection, table: str) -> dict[int, int]:
+    """Every row of a load table: id -> value."""
+    query = sql.SQL("SELECT id, v FROM {}").format(sql.Identifier(table))
+    return {int(r["id"]): int(r["v"]) for r in conn.execute(query)}
+
+
+def pick(rng: random.Random, known: list[int]) -> int | None:
+    """A row id this worker inserted, if any."""
+    return rng.choice(known) if known else None
+
+
+OperationalError = psycopg.OperationalError
+DatabaseError = psycopg.Error

@@ -1,0 +1,30 @@
+"""Where the applications' connection strings live, and how they are pointed at the target."""
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from cutover.plan import Repoint as RepointSpec
+from cutover.plan import Server
+from cutover.steps import Change
+
+
+class Repoint(Protocol):
+    """One place that holds a connection string."""
+
+    name: str
+
+    def point_to(self, server: Server, *, dry_run: bool) -> Sequence[Change]: ...
+
+    def points_to(self, server: Server) -> bool: ...
+
+
+def repoint_for(spec: RepointSpec, databases: list[str]) -> Repoint:
+    """The repoint target a plan entry describes."""
+    if spec.file is not None:
+        from cutover.repoint.file import FileRepoint
+
+        return FileRepoint(spec.name, spec.file)
+    assert spec.command is not None  # the plan allows exactly one kind
+    from cutover.repoint.command import CommandRepoint
+
+    return CommandRepoint(spec.name, spec.command, databases)

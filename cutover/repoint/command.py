@@ -1,0 +1,57 @@
+"""Repoint by running a command, told the target's address in its environment."""
+
+import os
+import subprocess
+from collections.abc import Sequence
+
+from cutover.errors import StepFailed
+from cutover.log import redact
+from cutover.plan import CommandRepoint as CommandSpec
+from cutover.plan import Server
+from cutover.steps import Change
+
+
+class CommandRepoint:
+    """A command that points the applications at the target (CUTOVER_TARGET_HOST, ...)."""
+
+    def __init__(self, name: str, spec: CommandSpec, databases: list[str]) -> None:
+        self.name = name
+        self._spec = spec
+        self._databases = databases
+
+    def points_to(self, server: Server) -> bool:
+        """A command leaves nothing to observe: the ledger decides."""
+        return False
+
+    def point_to(self, server: Server, *, dry_run: bool) -> Sequence[Change]:
+        """Run the command once."""
+        change = Change(f"repoint {self.name}", " ".join(self._spec.run))
+        if dry_run:
+            return [change]
+        env = {
+            **os.environ,
+            "CUTOVER_TARGET_HOST": server.replication_host or server.host,
+            "CUTOVER_TARGET_PORT": str(server.port),
+            "CUTOVER_DATABASES": ",".join(self._databases),
+        }
+        try:
+            result = subprocess.run(
+                self._spec.run,
+                capture_output=True,
+                text=True,
+                timeout=self._spec.timeout,
+                env=env,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise StepFailed(
+                f"repoint {self.name}: the command could not run: {exc}",
+                hint="check repoint[].command.run in the plan",
+            ) from None
+        if result.returncode != 0:
+            raise StepFailed(
+                f"repoint {self.name}: the command exited {result.returncode}: "
+                + redact((result.stderr or result.stdout).strip()[-300:]),
+                hint="run it by hand to see why; the writers are still stopped",
+            )
+        return [change]

@@ -1,0 +1,61 @@
+"""A writer driven by commands: stop, start, and a status command that exits 0 once drained."""
+
+import os
+import subprocess
+from collections.abc import Sequence
+
+from cutover.errors import StepFailed
+from cutover.log import redact
+from cutover.plan import CommandWriter as CommandSpec
+from cutover.steps import Change
+
+
+class CommandWriter:
+    """Stops and starts a writer by running commands (argv, no shell)."""
+
+    def __init__(self, name: str, spec: CommandSpec) -> None:
+        self.name = name
+        self._spec = spec
+
+    def _run(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
+        try:
+            return subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                timeout=self._spec.timeout,
+                check=False,
+                env={**os.environ, "CUTOVER_WRITER": self.name},
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise StepFailed(
+                f"writer {self.name}: {argv[0]} could not run: {exc}",
+                hint="check the command in the plan and that it finishes within its timeout",
+            ) from None
+
+    def _control(self, argv: list[str], *, what: str, dry_run: bool) -> Sequence[Change]:
+        change = Change(f"writer {self.name}", " ".join(argv))
+        if dry_run:
+            return [change]
+        result = self._run(argv)
+        if result.returncode != 0:
+            tail = redact((result.stderr or result.stdout).strip()[-300:])
+            raise StepFailed(
+                f"writer {self.name}: the {what} command exited {result.returncode}: {tail}",
+                hint="run the command by hand to see why",
+            )
+        return [change]
+
+    def stop(self, *, dry_run: bool) -> Sequence[Change]:
+        """Run the stop command."""
+        return self._control(self._spec.stop, what="stop", dry_run=dry_run)
+
+    def start(self, *, dry_run: bool) -> Sequence[Change]:
+        """Run the start command."""
+        return self._control(self._spec.start, what="start", dry_run=dry_run)
+
+    def is_drained(self) -> bool:
+        """The status command exits 0 (without one: as soon as stop succeeded)."""
+        if self._spec.status is None:
+            return True
+        return self._run(self._spec.status).returncode == 0
