@@ -33,6 +33,7 @@ from cutover.engines import engine_for
 from cutover.engines.base import CopyProgress
 from cutover.errors import CutoverError, UsageError
 from cutover.ledger import Journal
+from cutover.pg import fence
 from cutover.pg.connect import pool
 from cutover.phases import prepare, start, switch
 from cutover.plan import Plan, Server
@@ -363,8 +364,10 @@ def _status_data(plan: Plan) -> dict[str, Any]:
         "databases": {},
     }
     switched = journal.is_done(f"{switch.SCOPE}/switch.promote")
+    data["switched"] = switched
     try:
         with pool(_servers(plan)) as connections:
+            data["fenced_roles"] = fence.fenced_roles(connections.get("source"), plan.move)
             for db in plan.databases:
                 info = _replication_data(plan, connections, db)
                 data["databases"][db] = {**info, "switched": switched and not info["replicating"]}
@@ -426,6 +429,16 @@ def _status_view(data: dict[str, Any]) -> Group:
             + _escape(", ".join(data["interrupted"]))
             + ": run the same command again to resume"
         )
+    fenced = data.get("fenced_roles")
+    if fenced and not data["switched"]:
+        parts.append(
+            "[bold red]FENCED:[/] "
+            + _escape(", ".join(fenced))
+            + " cannot log in to the source and the switch has not promoted the target: "
+            "run `cutover switch` again, it finishes where it stopped"
+        )
+    elif fenced:
+        parts.append(f"source retired: {_escape(', '.join(fenced))} stay fenced there")
     if "servers_error" in data:
         parts.append(f"[yellow]servers not reachable:[/] {_escape(data['servers_error'])}")
     for db, info in data["databases"].items():

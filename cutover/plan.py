@@ -263,6 +263,7 @@ class Repoint(_Model):
 class Thresholds(_Model):
     """The limits a move respects."""
 
+    copy_timeout: Seconds = 24 * 3600.0  # start --wait gives up on the initial copy after this
     max_switch_lag: Bytes = 1024**2
     lag_window: Seconds = 30.0
     switch_timeout: Seconds = 60.0

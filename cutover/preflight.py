@@ -87,6 +87,7 @@ def run(plan: Plan, pool: Pool) -> Report:
     source_version = catalog.server_version(source)
     findings += _versions(source_version, catalog.server_version(target))
     findings += _source_settings(plan, source)
+    findings += _slots(plan, source)
     findings += _target_settings(plan, target)
     findings += _source_role(plan, source)
     present_on_source = catalog.existing_databases(source, plan.databases)
@@ -157,8 +158,9 @@ def _setting_finding(
 
 def _source_settings(plan: Plan, conn: Connection) -> Iterator[Finding]:
     values = catalog.settings(conn, ["wal_level", "max_replication_slots", "max_wal_senders"])
-    slots, senders = catalog.replication_in_use(conn)
-    streams = len(plan.databases)
+    slots, senders = catalog.replication_in_use(conn, excluding=f"cutover_{plan.move}_")
+    # Each subscription holds a slot and a sender, and so does each table it copies at once.
+    streams = len(plan.databases) * (1 + SYNC_WORKERS)
     if values.get("wal_level") == "logical":
         yield Finding("wal_level", "source", Status.OK, "wal_level = logical")
     else:
@@ -176,15 +178,42 @@ def _source_settings(plan: Plan, conn: Connection) -> Iterator[Finding]:
         "source",
         int(values["max_replication_slots"]),
         slots + streams,
-        why=f"{slots} slots exist, {streams} more for this move",
+        why=f"{slots} slots exist, {streams} more for this move and its table copies",
     )
     yield _setting_finding(
         "max_wal_senders",
         "source",
         int(values["max_wal_senders"]),
         senders + streams,
-        why=f"{senders} senders run, {streams} more for this move",
+        why=f"{senders} senders run, {streams} more for this move and its table copies",
     )
+
+
+def _slots(plan: Plan, conn: Connection) -> Iterator[Finding]:
+    """The move's own slots: how much WAL they pin, and whether they are about to be lost."""
+    for slot in catalog.move_slots(conn, prefix=f"cutover_{plan.move}_"):
+        retained = f"{slot.retained_bytes / 1024**2:.1f} MB of WAL retained"
+        if slot.wal_status == "lost":
+            yield Finding(
+                "slot",
+                "source",
+                Status.FAIL,
+                f"slot {slot.name} was invalidated: its subscriber can never catch up",
+                "drop the subscription and start again (`cutover cleanup`, then prepare/start)",
+            )
+        elif slot.wal_status == "unreserved" or (
+            slot.safe_wal_size is not None and slot.safe_wal_size < slot.retained_bytes
+        ):
+            yield Finding(
+                "slot",
+                "source",
+                Status.WARN,
+                f"slot {slot.name}: {retained}, close to max_slot_wal_keep_size",
+                "the subscriber lags: find out why (`cutover status`) before the slot is lost, "
+                "or raise max_slot_wal_keep_size",
+            )
+        else:
+            yield Finding("slot", "source", Status.OK, f"slot {slot.name}: {retained}")
 
 
 def _target_settings(plan: Plan, conn: Connection) -> Iterator[Finding]:

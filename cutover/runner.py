@@ -10,6 +10,8 @@ written anywhere: each step that is not done reports the changes it would make.
 """
 
 import logging
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -51,6 +53,20 @@ def locked(plan: Plan) -> Iterator[Journal]:
         yield Journal(store, move=plan.move)
 
 
+FAILPOINT = "CUTOVER_FAILPOINT"
+
+
+def _failpoint(key: str, moment: str) -> None:
+    """Die here as a killed controller would, when the tests ask for it.
+
+    `CUTOVER_FAILPOINT=<key>@applied` kills the process with SIGKILL after the
+    step changed the world and before the ledger recorded it: the moment that
+    a resumed run must adopt, not repeat.
+    """
+    if os.environ.get(FAILPOINT) == f"{key}@{moment}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _retry_delay(state: RetryCallState) -> float:
     error = state.outcome.exception() if state.outcome else None
     return error.delay if isinstance(error, Retryable) else 1.0
@@ -79,8 +95,20 @@ class Runner:
     def run(self, phase: Phase, *, scope: str) -> list[StepReport]:
         """Run every step of `phase` for `scope` (a database), in order."""
         reports: list[StepReport] = []
-        for step in phase.steps:
-            report = self._run_step(phase, step, scope)
+        # Past a point of no return the world has moved on: the steps before it are never
+        # probed or applied again (a sequence copied again would move the target's back).
+        passed = [
+            i
+            for i, step in enumerate(phase.steps)
+            if step.point_of_no_return and self._journal.is_done(phase.key(step, scope))
+        ]
+        settled = passed[-1] if passed else -1
+        for index, step in enumerate(phase.steps):
+            key = phase.key(step, scope)
+            if index < settled and self._journal.is_done(key):
+                report = StepReport(key, Outcome.SKIPPED, 0.0)
+            else:
+                report = self._run_step(phase, step, scope)
             reports.append(report)
             self._on_step(report)
         return reports
@@ -133,6 +161,7 @@ class Runner:
 
         self._journal.started(key)
         changes = tuple(self._apply(step))
+        _failpoint(key, "applied")
         seconds = self._clock() - started
         self._journal.finished(key, outcome=Outcome.APPLIED, seconds=seconds)
         logger.info("done in %.0f ms", seconds * 1000)

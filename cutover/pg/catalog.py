@@ -139,16 +139,51 @@ def existing_databases(conn: Connection, names: list[str]) -> set[str]:
     return {r["datname"] for r in rows}
 
 
-def replication_in_use(conn: Connection) -> tuple[int, int]:
-    """(replication slots that exist, WAL senders running)."""
+def replication_in_use(conn: Connection, *, excluding: str) -> tuple[int, int]:
+    """(replication slots that exist, WAL senders running), leaving out the named move's own."""
     row = conn.execute(
         sql.SQL(
-            "SELECT (SELECT count(*) FROM pg_catalog.pg_replication_slots) AS slots,"
-            " (SELECT count(*) FROM pg_catalog.pg_stat_replication) AS senders"
-        )
+            "SELECT (SELECT count(*) FROM pg_catalog.pg_replication_slots "
+            "        WHERE NOT starts_with(slot_name, %s)) AS slots,"
+            " (SELECT count(*) FROM pg_catalog.pg_stat_replication "
+            "        WHERE NOT starts_with(application_name, %s)) AS senders"
+        ),
+        (excluding, excluding.rstrip("_")),
     ).fetchone()
     assert row is not None
     return int(row["slots"]), int(row["senders"])
+
+
+@dataclass(frozen=True)
+class SlotHealth:
+    """One slot's WAL retention as the source sees it."""
+
+    name: str
+    wal_status: str
+    retained_bytes: int
+    safe_wal_size: int | None
+
+
+def move_slots(conn: Connection, *, prefix: str) -> list[SlotHealth]:
+    """The slots whose name starts with `prefix`."""
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT slot_name, coalesce(wal_status, 'unknown') AS wal_status, "
+            "coalesce(pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), restart_lsn), 0)"
+            " AS retained, safe_wal_size FROM pg_catalog.pg_replication_slots "
+            "WHERE starts_with(slot_name, %s) ORDER BY slot_name"
+        ),
+        (prefix,),
+    ).fetchall()
+    return [
+        SlotHealth(
+            r["slot_name"],
+            r["wal_status"],
+            int(r["retained"]),
+            None if r["safe_wal_size"] is None else int(r["safe_wal_size"]),
+        )
+        for r in rows
+    ]
 
 
 def relations(conn: Connection) -> list[Relation]:

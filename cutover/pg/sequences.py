@@ -12,6 +12,7 @@ from cutover.pg.ident import quote
 from cutover.steps import Change
 
 Values = dict[str, tuple[int, bool]]  # qualified name -> (last_value, is_called)
+Steps = dict[str, int]  # qualified name -> increment
 
 
 def names(conn: Connection) -> list[tuple[str, str]]:
@@ -49,3 +50,35 @@ def write(conn: Connection, values: Values, *, target: str, dry_run: bool) -> li
     )
     params = (list(values), [v[0] for v in values.values()], [v[1] for v in values.values()])
     return [change(conn, statement, params, target=target, dry_run=dry_run)]
+
+
+def increments(conn: Connection, sequences: list[tuple[str, str]]) -> Steps:
+    """Each sequence's increment, keyed by its quoted name."""
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT schemaname AS schema, sequencename AS name, increment_by "
+            "FROM pg_catalog.pg_sequences"
+        )
+    ).fetchall()
+    wanted = set(sequences)
+    return {
+        quote((r["schema"], r["name"])): int(r["increment_by"])
+        for r in rows
+        if (r["schema"], r["name"]) in wanted
+    }
+
+
+def at_or_ahead(target: Values, source: Values, steps: Steps) -> bool:
+    """Whether every target sequence would hand out a value at or past the source's next one."""
+
+    def next_value(state: tuple[int, bool], step: int) -> int:
+        last_value, is_called = state
+        return last_value + step if is_called else last_value
+
+    for name, state in source.items():
+        if name not in target:
+            return False
+        step = steps.get(name, 1)
+        if (next_value(target[name], step) - next_value(state, step)) * step < 0:
+            return False
+    return True

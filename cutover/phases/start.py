@@ -29,6 +29,7 @@ def phase(
     wait: bool,
     on_progress: Callable[[CopyProgress], None] = lambda _: None,
     sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Phase:
     """The start steps for database `db`; without `wait` only the subscription is made."""
     archive = archive_path(plan, db)
@@ -53,6 +54,7 @@ def phase(
             return [Change(f"target/{db}", "wait until every table is copied and streaming")]
         target = pool.get("target", db)
         errors_before = catalog.subscription_errors(target, subscription)
+        deadline = clock() + plan.thresholds.copy_timeout
         while True:
             progress = engine.progress()
             on_progress(progress)
@@ -68,6 +70,14 @@ def phase(
                     f"the subscription's workers report errors while copying {db}",
                     hint="the target server's log says why (a missing role, a "
                     "constraint, disk); fix it and run start --wait again: it resumes",
+                )
+            if clock() > deadline:
+                raise StepFailed(
+                    f"the initial copy of {db} did not finish within "
+                    f"{plan.thresholds.copy_timeout:g} s ({progress.ready} of "
+                    f"{len(progress.tables)} tables ready)",
+                    hint="replication goes on; run `cutover start --wait` again to keep "
+                    "following it, or raise thresholds.copy_timeout",
                 )
             sleep(POLL_SECONDS)
 

@@ -186,9 +186,14 @@ class Switch:
             )
         return values
 
-    def sequences_match(self) -> bool:
-        """Every sequence has the same state on both sides."""
-        return all(s == t for s, t in self._sequence_values().values())
+    def sequences_copied(self) -> bool:
+        """Every target sequence is at or ahead of its source (ahead: the target took writes)."""
+        for db, (source_values, target_values) in self._sequence_values().items():
+            conn = self.pool.get("source", db)
+            steps = sequences.increments(conn, sequences.names(conn))
+            if not sequences.at_or_ahead(target_values, source_values, steps):
+                return False
+        return True
 
     def copy_sequences(self, *, dry_run: bool) -> Sequence[Change]:
         """Each sequence's last_value and is_called, from source to target."""
@@ -267,7 +272,7 @@ def phase(
             Step("stop_writers", switch.stop_writers, undo=switch.start_writers, attempts=1),
             Step("fence_source", switch.fence_source, undo=switch.unfence_source, attempts=1),
             Step("wait_for_barrier", switch.wait_for_barrier, attempts=1),
-            Step("copy_sequences", switch.copy_sequences, switch.sequences_match),
+            Step("copy_sequences", switch.copy_sequences, switch.sequences_copied),
             Step("verify_counts", switch.verify_counts, attempts=1),
             Step("promote", switch.promote, switch.is_promoted, point_of_no_return=True),
             Step("repoint", switch.repoint, switch.is_repointed if switch.repoints else None),

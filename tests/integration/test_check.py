@@ -251,10 +251,10 @@ def test_replication_settings_are_checked_with_the_values_to_set(
         "ALTER SYSTEM SET wal_level = 'logical';"
     ]
     assert found[("source", "max_replication_slots", "FAIL")]["fix"] == [
-        "ALTER SYSTEM SET max_replication_slots = 1;"
+        "ALTER SYSTEM SET max_replication_slots = 3;"
     ]
     assert found[("source", "max_wal_senders", "FAIL")]["fix"] == [
-        "ALTER SYSTEM SET max_wal_senders = 1;"
+        "ALTER SYSTEM SET max_wal_senders = 3;"
     ]
     assert found[("target", "max_logical_replication_workers", "FAIL")]["fix"] == [
         "ALTER SYSTEM SET max_logical_replication_workers = 2;"

@@ -183,3 +183,20 @@ def test_a_dry_run_applies_nothing_and_writes_no_ledger(tmp_path: Path) -> None:
     assert [r.outcome for r in reports] == [Outcome.ADOPTED, Outcome.PLANNED]
     assert reports[1].changes == (Change("world", "make b"),)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_past_the_point_of_no_return_earlier_steps_are_never_run_again(tmp_path: Path) -> None:
+    world = World(fail={"after": PreconditionFailed("killed here", hint="h")})
+    steps = (
+        world.step("copy"),
+        world.step("promote", point_of_no_return=True),
+        world.step("after"),
+    )
+    phase = Phase("switch", steps, undo_on_failure=True)
+    with pytest.raises(StepFailed):
+        runner(tmp_path)[0].run(phase, scope="db")
+    world.facts.discard("copy")  # the world moved on: copy's probe now says "not done"
+    world.calls.clear()
+    reports = runner(tmp_path)[0].run(phase, scope="db")
+    assert world.calls == ["after"]
+    assert [r.outcome for r in reports] == [Outcome.SKIPPED, Outcome.SKIPPED, Outcome.APPLIED]

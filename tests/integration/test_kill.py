@@ -1,0 +1,91 @@
+"""A controller killed (SIGKILL) at each step, then run again, finishes the move.
+
+The kill comes at the worst moment: after the step changed the servers and
+before the ledger recorded it. The second run must finish with nothing lost,
+and adopt what the servers show instead of doing it twice.
+"""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from cutover.lab import Lab
+from cutover.runner import FAILPOINT
+from tests.conftest import Databases, Result, connect
+from tests.integration.conftest import Running, audit, ledger_of
+
+pytestmark = pytest.mark.integration
+
+SWITCH_STEPS = [
+    "check_ready",
+    "stop_writers",
+    "fence_source",
+    "wait_for_barrier",
+    "copy_sequences",
+    "verify_counts",
+    "promote",
+    "repoint",
+    "start_writers",
+]
+# Steps whose effect the servers show: a resumed run adopts them.
+OBSERVABLE = {"copy_sequences", "promote", "repoint"}
+
+
+@pytest.mark.parametrize("step", SWITCH_STEPS)
+def test_switch_killed_at_each_step_finishes_when_run_again(
+    lab: Lab, under_load: Running, cutover: Callable[..., Result], step: str
+) -> None:
+    plan = str(under_load.plan)
+    killed = cutover("switch", "-p", plan, "--yes", env={FAILPOINT: f"all/switch.{step}@applied"})
+    assert killed.code == -9, killed.stdout + killed.stderr
+    status = cutover("status", "-p", plan)
+    assert f"INTERRUPTED: a run stopped during all/switch.{step}" in status.stdout.replace("\n", "")
+
+    again = cutover("switch", "-p", plan, "--yes")
+    assert again.code == 0, again.stdout + again.stderr
+    record = ledger_of(under_load)[f"all/switch.{step}"]
+    assert record["status"] == "done"
+    if step in OBSERVABLE:
+        assert record["outcome"] == "adopted"  # not done twice
+
+    under_load.work.stop.wait(1.0)  # the application writes on the target again
+    under_load.stop()
+    outcome = audit(lab, under_load)
+    assert outcome.missing == []
+    assert outcome.after_fence == 0
+
+
+@pytest.mark.parametrize("step", ["create_subscription", "wait_for_copy", "restore_post_data"])
+def test_start_killed_at_each_step_finishes_when_run_again(
+    lab: Lab,
+    databases: Databases,
+    write_plan: Callable[..., Path],
+    cutover: Callable[..., Result],
+    step: str,
+) -> None:
+    db = databases.create()
+    with connect(lab.server("source"), db) as conn:
+        conn.execute(
+            "CREATE TABLE items (id bigserial PRIMARY KEY, name text, price numeric);"
+            "CREATE INDEX items_by_name ON items (name);"
+            "INSERT INTO items (name, price) SELECT 'n' || g, g FROM generate_series(1, 50000) g"
+        )
+    plan = str(write_plan([db], move=f"kill_{step}"))
+    assert cutover("prepare", "-p", plan).code == 0
+    killed = cutover("start", "-p", plan, "--wait", env={FAILPOINT: f"{db}/start.{step}@applied"})
+    assert killed.code == -9
+
+    again = cutover("start", "-p", plan, "--wait")
+    assert again.code == 0, again.stdout + again.stderr
+    assert f"adopted {db}/start.{step}" in again.stdout  # the servers showed it done
+    with connect(lab.server("target"), db) as conn:
+        count = conn.execute("SELECT count(*) AS n FROM items").fetchone()
+        index = conn.execute("SELECT to_regclass('items_by_name') IS NOT NULL AS ok").fetchone()
+        subs = conn.execute(
+            "SELECT count(*) AS n FROM pg_subscription s JOIN pg_database d "
+            "ON d.oid = s.subdbid WHERE d.datname = current_database()"
+        ).fetchone()
+    assert count == {"n": 50000}
+    assert index == {"ok": True}
+    assert subs == {"n": 1}  # one subscription: the second run did not make another
