@@ -35,7 +35,7 @@ from cutover.errors import CutoverError, UsageError
 from cutover.ledger import Journal
 from cutover.pg import fence
 from cutover.pg.connect import pool
-from cutover.phases import prepare, start, switch
+from cutover.phases import cleanup, prepare, start, switch
 from cutover.plan import Plan, Server
 from cutover.plan import load as load_plan
 from cutover.steps import Outcome, Phase
@@ -306,6 +306,35 @@ def switch_command(
                 f"[green]switched[/]: writes paused {pause.writes_paused:.2f} s "
                 f"(fence to promote {pause.fence_to_promote * 1000:.0f} ms)"
             )
+
+
+# -- cleanup ----------------------------------------------------------------------------------
+
+
+@app.command("cleanup")
+def cleanup_command(
+    plan_path: PlanOption,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    dry_run: DryRunOption = False,
+) -> None:
+    """Remove what the move put on the servers: subscription, slot, publication, role, barrier.
+
+    Refuses while a switch is half done. Before a switch it abandons the move
+    (the target keeps what was copied). Works when the old source is read-only.
+    """
+    plan = load_plan(plan_path)
+    if not dry_run and not yes:
+        typer.confirm(
+            f"Remove move '{plan.move}' objects (subscription, slot, publication, role "
+            f"cutover_{plan.move}, _cutover schema) from both servers?",
+            abort=True,
+        )
+    with pool(_servers(plan)) as connections:
+
+        def phase_for(db: str) -> Phase:
+            return cleanup.phase(plan, connections, db, engine_for(plan, connections, db))
+
+        _run_phases(plan, phase_for, dry_run=dry_run)
 
 
 # -- status -----------------------------------------------------------------------------------

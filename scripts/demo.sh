@@ -39,3 +39,6 @@ tail -n 1 "$LAB/load.out"
 
 step "audit: every acknowledged write against the target"
 cutover lab audit --dir "$LAB"
+
+step "cutover cleanup: publication, slot, role and barrier tables removed"
+cutover cleanup -p "$PLAN" --yes

@@ -28,3 +28,8 @@ def run_script(conn: Connection, name: str) -> None:
     """Run the shipped script `queries/<name>.sql` in one transaction."""
     with conn.transaction():
         conn.execute(load(name))
+
+
+def allow_writes(conn: Connection) -> None:
+    """Let this session write even where the database was made read-only (an old source)."""
+    conn.execute(sql.SQL("SET default_transaction_read_only = off"))

@@ -57,3 +57,17 @@ def slot_confirmed(source: Connection, slot: str, lsn: str) -> bool:
         (lsn, slot),
     ).fetchone()
     return bool(row and row["ok"])
+
+
+def schema_exists(conn: Connection) -> bool:
+    """Whether the `_cutover` schema exists in the connected database."""
+    row = conn.execute(
+        sql.SQL("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s"), (SCHEMA,)
+    ).fetchone()
+    return row is not None
+
+
+def drop_schema(conn: Connection, *, target: str, dry_run: bool) -> list[Change]:
+    """Drop the `_cutover` schema and its barrier table."""
+    statement = sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA))
+    return [change(conn, statement, target=target, dry_run=dry_run)]

@@ -290,3 +290,32 @@ def slot_exists(conn: Connection, slot: str) -> bool:
     return _exists(
         conn, sql.SQL("SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = %s"), slot
     )
+
+
+def drop_publication(conn: Connection, name: str, *, target: str, dry_run: bool) -> list[Change]:
+    """Drop the move's publication."""
+    statement = sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(name))
+    return [change(conn, statement, target=target, dry_run=dry_run)]
+
+
+def drop_role(
+    conns: list[Connection],
+    maintenance: Connection,
+    role: str,
+    *,
+    heir: str,
+    target: str,
+    dry_run: bool,
+) -> list[Change]:
+    """Give what the role owns to `heir` and revoke its grants in each database, then drop it."""
+    if not role_exists(maintenance, role):
+        return []
+    changes = []
+    for conn in conns:
+        for template in ("REASSIGN OWNED BY {} TO {}", "DROP OWNED BY {}"):
+            statement = sql.SQL(template).format(sql.Identifier(role), sql.Identifier(heir))
+            where = f"{target}/{conn.info.dbname}"
+            changes.append(change(conn, statement, target=where, dry_run=dry_run))
+    statement = sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role))
+    changes.append(change(maintenance, statement, target=target, dry_run=dry_run))
+    return changes

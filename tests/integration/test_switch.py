@@ -6,6 +6,7 @@ from collections.abc import Callable
 import pytest
 
 from cutover.lab import Lab
+from cutover.runner import FAILPOINT
 from tests.conftest import Result, connect
 from tests.integration.conftest import Running, acked_on, audit, move_of
 
@@ -94,3 +95,61 @@ def test_a_barrier_timeout_rolls_back_and_a_second_switch_succeeds(
     outcome = audit(lab, under_load)
     assert outcome.missing == []
     assert outcome.after_fence == 0
+
+
+def leftovers(lab: Lab, running: Running) -> dict[str, int]:
+    """What of the move is still on the servers."""
+    name = f"cutover_{move_of(running)}"
+    counts = {}
+    with connect(lab.server("source"), running.db) as source:
+        for what, query in {
+            "slots": "SELECT count(*) AS n FROM pg_replication_slots WHERE slot_name LIKE %s",
+            "publications": "SELECT count(*) AS n FROM pg_publication WHERE pubname LIKE %s",
+            "source roles": "SELECT count(*) AS n FROM pg_roles WHERE rolname LIKE %s",
+        }.items():
+            row = source.execute(query, (f"{name}%",)).fetchone()
+            counts[what] = row["n"] if row else -1
+        row = source.execute("SELECT count(*) AS n FROM pg_namespace WHERE nspname = '_cutover'")
+        counts["source schema"] = row.fetchone()["n"]  # type: ignore[index]
+    with connect(lab.server("target"), running.db) as target:
+        row = target.execute("SELECT count(*) AS n FROM pg_roles WHERE rolname = %s", (name,))
+        counts["target roles"] = row.fetchone()["n"]  # type: ignore[index]
+        row = target.execute("SELECT count(*) AS n FROM pg_namespace WHERE nspname = '_cutover'")
+        counts["target schema"] = row.fetchone()["n"]  # type: ignore[index]
+    return counts
+
+
+def test_cleanup_refuses_a_half_done_switch_then_removes_exactly_the_move(
+    lab: Lab, under_load: Running, cutover: Callable[..., Result]
+) -> None:
+    plan = str(under_load.plan)
+    killed = cutover(
+        "switch", "-p", plan, "--yes", env={FAILPOINT: "all/switch.wait_for_barrier@applied"}
+    )
+    assert killed.code == -9
+    refused = cutover("cleanup", "-p", plan, "--yes")
+    assert refused.code == 1
+    assert "a switch of this move is half done" in refused.stderr
+    assert "FENCED:" in cutover("status", "-p", plan).stdout
+
+    assert cutover("switch", "-p", plan, "--yes").code == 0
+    under_load.stop()
+    # The old source is made read-only, as a retired server often is.
+    with connect(lab.server("source")) as conn:
+        conn.execute(
+            f'ALTER DATABASE "{under_load.db.replace(chr(34), chr(34) * 2)}" '
+            "SET default_transaction_read_only = on"
+        )
+    dry = cutover("cleanup", "-p", plan, "--dry-run")
+    assert dry.code == 0 and "DROP PUBLICATION" in dry.stdout
+    assert leftovers(lab, under_load)["publications"] == 1
+
+    done = cutover("cleanup", "-p", plan, "--yes")
+    assert done.code == 0, done.stdout + done.stderr
+    assert set(leftovers(lab, under_load).values()) == {0}
+    again = cutover("cleanup", "-p", plan, "--yes")
+    assert again.code == 0 and "applied" not in again.stdout
+    # The application's data and role are untouched.
+    with connect(lab.server("target"), under_load.db) as conn:
+        row = conn.execute("SELECT count(*) AS n FROM load_01").fetchone()
+        assert row is not None and row["n"] > 0

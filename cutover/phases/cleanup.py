@@ -1,0 +1,131 @@
+"""cleanup: remove everything the move put on the servers, and nothing else.
+
+1. check_no_switch_in_progress: refuse while roles are fenced and the target is
+   not promoted (finish the switch first, or roll it back).
+2. drop_subscription: on the target (before a switch, this abandons the move).
+3. drop_slot: on the source, so no slot pins WAL there.
+4. drop_publication: on the source.
+5. drop_barrier_tables: the `_cutover` schema on both sides.
+6. drop_replication_role: `cutover_<move>` on both sides, after REASSIGN OWNED and
+   DROP OWNED in each database of the move.
+7. remove_schema_archive: the schema dump kept in the state directory.
+
+The source may have been made read-only: cleanup's own sessions may still write.
+"""
+
+from collections.abc import Sequence
+
+from cutover.engines.base import Engine
+from cutover.errors import PreconditionFailed
+from cutover.pg import admin, barrier, fence, replication
+from cutover.pg.connect import Connection, Pool
+from cutover.phases.prepare import archive_path
+from cutover.plan import Plan
+from cutover.steps import Change, Phase, Step
+
+
+def phase(plan: Plan, pool: Pool, db: str, engine: Engine) -> Phase:
+    """The cleanup steps for database `db`."""
+    name = replication.object_name(plan.move)
+    slot = replication.slot_name(plan.move, db)
+    archive = archive_path(plan, db)
+
+    def source() -> Connection:
+        conn = pool.get("source", db)
+        admin.allow_writes(conn)
+        return conn
+
+    def target() -> Connection | None:
+        if not admin.database_exists(pool.get("target"), db):
+            return None
+        return pool.get("target", db)
+
+    def subscribed() -> bool:
+        conn = target()
+        return conn is not None and replication.subscription_exists(conn, name)
+
+    def check_no_switch_in_progress(*, dry_run: bool) -> Sequence[Change]:
+        fenced = fence.fenced_roles(pool.get("source"), plan.move)
+        if fenced and subscribed():
+            raise PreconditionFailed(
+                f"a switch of this move is half done: {', '.join(fenced)} are fenced on the "
+                "source and the target is not promoted",
+                hint="run `cutover switch` again to finish it, or `cutover rollback`; "
+                "then clean up",
+            )
+        return []
+
+    def drop_subscription(*, dry_run: bool) -> Sequence[Change]:
+        conn = target()
+        if conn is None:
+            return []
+        return replication.drop_subscription(conn, name, target=f"target/{db}", dry_run=dry_run)
+
+    def drop_slot(*, dry_run: bool) -> Sequence[Change]:
+        conn = pool.get("source")
+        if not replication.slot_exists(conn, slot):
+            return []
+        return replication.drop_slot(conn, slot, target="source", dry_run=dry_run)
+
+    def drop_barrier_tables(*, dry_run: bool) -> Sequence[Change]:
+        changes = barrier.drop_schema(source(), target=f"source/{db}", dry_run=dry_run)
+        conn = target()
+        if conn is not None:
+            changes += barrier.drop_schema(conn, target=f"target/{db}", dry_run=dry_run)
+        return changes
+
+    def barrier_tables_gone() -> bool:
+        conn = target()
+        return not barrier.schema_exists(source()) and (
+            conn is None or not barrier.schema_exists(conn)
+        )
+
+    def drop_replication_role(*, dry_run: bool) -> Sequence[Change]:
+        changes = []
+        for label, server in (("source", plan.source), ("target", plan.target)):
+            conns = [pool.get(label, d) for d in plan.databases if _has_database(pool, label, d)]
+            for conn in conns:
+                admin.allow_writes(conn)
+            changes += replication.drop_role(
+                conns, pool.get(label), name, heir=server.user, target=label, dry_run=dry_run
+            )
+        return changes
+
+    def role_gone() -> bool:
+        return not any(
+            replication.role_exists(pool.get(label), name) for label in ("source", "target")
+        )
+
+    def remove_schema_archive(*, dry_run: bool) -> Sequence[Change]:
+        if not archive.exists():
+            return []
+        if not dry_run:
+            archive.unlink()
+        return [Change("controller", f"rm {archive}")]
+
+    return Phase(
+        "cleanup",
+        (
+            Step("check_no_switch_in_progress", check_no_switch_in_progress, attempts=1),
+            Step("drop_subscription", drop_subscription, lambda: not subscribed()),
+            Step(
+                "drop_slot",
+                drop_slot,
+                lambda: not replication.slot_exists(pool.get("source"), slot),
+            ),
+            Step(
+                "drop_publication",
+                lambda *, dry_run: replication.drop_publication(
+                    source(), name, target=f"source/{db}", dry_run=dry_run
+                ),
+                lambda: not engine.publication_exists(),
+            ),
+            Step("drop_barrier_tables", drop_barrier_tables, barrier_tables_gone),
+            Step("drop_replication_role", drop_replication_role, role_gone),
+            Step("remove_schema_archive", remove_schema_archive, lambda: not archive.exists()),
+        ),
+    )
+
+
+def _has_database(pool: Pool, label: str, db: str) -> bool:
+    return admin.database_exists(pool.get(label), db)
