@@ -29,13 +29,13 @@ from rich.progress import (
 from rich.table import Table
 
 from cutover import __version__, lab, load, log, preflight, runner
-from cutover.engines import engine_for
+from cutover.engines import engine_for, reversed_plan
 from cutover.engines.base import CopyProgress
 from cutover.errors import CutoverError, UsageError
 from cutover.ledger import Journal
 from cutover.pg import fence
 from cutover.pg.connect import pool
-from cutover.phases import cleanup, prepare, start, switch
+from cutover.phases import cleanup, prepare, rollback, start, switch
 from cutover.plan import Plan, Server
 from cutover.plan import load as load_plan
 from cutover.steps import Outcome, Phase
@@ -278,6 +278,13 @@ def _with_runner(plan: Plan, work: Callable[[runner.Runner], object], *, dry_run
 def switch_command(
     plan_path: PlanOption,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    keep_fallback: Annotated[
+        bool,
+        typer.Option(
+            "--keep-fallback",
+            help="Replicate target to source after the switch, so `cutover rollback` can go back.",
+        ),
+    ] = False,
     dry_run: DryRunOption = False,
 ) -> None:
     """Move the writes to the target, with seconds of write pause.
@@ -294,9 +301,15 @@ def switch_command(
             f"{plan.target.describe()}? The writers stop for a few seconds",
             abort=True,
         )
-    with pool(_servers(plan)) as connections:
+    back = reversed_plan(plan)
+    with pool(_servers(plan)) as connections, pool(_servers(back)) as back_connections:
         engines = {db: engine_for(plan, connections, db) for db in plan.databases}
-        phase = switch.phase(plan, connections, engines)
+        fallback = (
+            {db: engine_for(back, back_connections, db, copy_data=False) for db in plan.databases}
+            if keep_fallback
+            else None
+        )
+        phase = switch.phase(plan, connections, engines, fallback=fallback)
         _with_runner(plan, lambda steps: steps.run(phase, scope=switch.SCOPE), dry_run=dry_run)
     if not dry_run:
         with runner.locked(plan) as journal:
@@ -306,6 +319,43 @@ def switch_command(
                 f"[green]switched[/]: writes paused {pause.writes_paused:.2f} s "
                 f"(fence to promote {pause.fence_to_promote * 1000:.0f} ms)"
             )
+
+
+# -- rollback ---------------------------------------------------------------------------------
+
+
+@app.command("rollback")
+def rollback_command(
+    plan_path: PlanOption,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    dry_run: DryRunOption = False,
+) -> None:
+    """Go back to the source after a switch made with --keep-fallback.
+
+    The same protocol the other way: stop writers, fence the target, barrier,
+    sequences, counts, promote the source, give its roles LOGIN back, repoint,
+    start the writers. Nothing written on the target is lost: the fallback
+    replication carried it to the source.
+    """
+    plan = load_plan(plan_path)
+    if not dry_run and not yes:
+        typer.confirm(
+            f"Roll move '{plan.move}' back to {plan.source.describe()}? "
+            "The writers stop for a few seconds",
+            abort=True,
+        )
+    back = reversed_plan(plan)
+    with pool(_servers(plan)) as connections, pool(_servers(back)) as back_connections:
+        back_engines = {
+            db: engine_for(back, back_connections, db, copy_data=False) for db in plan.databases
+        }
+        phase = rollback.phase(plan, connections, back_connections, back_engines)
+        _with_runner(plan, lambda steps: steps.run(phase, scope=switch.SCOPE), dry_run=dry_run)
+    if not dry_run:
+        with runner.locked(plan) as journal:
+            pause = runner.record_pause(journal, phase="rollback", scope=switch.SCOPE)
+        if pause:
+            out.print(f"[green]rolled back[/]: writes paused {pause.writes_paused:.2f} s")
 
 
 # -- cleanup ----------------------------------------------------------------------------------
@@ -329,12 +379,21 @@ def cleanup_command(
             f"cutover_{plan.move}, _cutover schema) from both servers?",
             abort=True,
         )
-    with pool(_servers(plan)) as connections:
+    back = reversed_plan(plan)
+    with pool(_servers(plan)) as connections, pool(_servers(back)) as back_connections:
 
-        def phase_for(db: str) -> Phase:
-            return cleanup.phase(plan, connections, db, engine_for(plan, connections, db))
+        def both_ways(steps: runner.Runner) -> None:
+            for db in plan.databases:
+                engine = engine_for(plan, connections, db)
+                steps.run(cleanup.phase(plan, connections, db, engine), scope=db)
+                # The fallback replication (target to source) a switch may have started.
+                back_engine = engine_for(back, back_connections, db)
+                steps.run(
+                    cleanup.phase(back, back_connections, db, back_engine),
+                    scope=f"{db}/fallback",
+                )
 
-        _run_phases(plan, phase_for, dry_run=dry_run)
+        _with_runner(plan, both_ways, dry_run=dry_run)
 
 
 # -- status -----------------------------------------------------------------------------------

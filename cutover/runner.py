@@ -223,9 +223,8 @@ def record_pause(journal: Journal, *, phase: str, scope: str) -> Pause | None:
         r = steps.get(f"{scope}/{phase}.{step}")
         return (r.started_at, r.ended_at) if r and r.ended_at else None
 
-    stop, start, fence, promote = (
-        record(s) for s in ("stop_writers", "start_writers", "fence_source", "promote")
-    )
+    stop, start, promote = (record(s) for s in ("stop_writers", "start_writers", "promote"))
+    fence = record("fence_source") or record("fence_target")
     if not (stop and start and fence and promote):
         return None
     pause = Pause(_seconds_between(stop[0], start[1]), _seconds_between(fence[0], promote[1]))

@@ -11,7 +11,7 @@ from cutover.plan import Plan
 _MODULES = {EngineKind.NATIVE: "cutover.engines.native"}
 
 
-def engine_for(plan: Plan, pool: Pool, db: str) -> Engine:
+def engine_for(plan: Plan, pool: Pool, db: str, *, copy_data: bool = True) -> Engine:
     """The plan's engine for one database; its module is imported here, lazily."""
     module_name = _MODULES.get(plan.engine)
     if module_name is None:
@@ -19,5 +19,16 @@ def engine_for(plan: Plan, pool: Pool, db: str) -> Engine:
             f"the {plan.engine.value} engine is not available yet",
             hint="use engine: native",
         )
-    engine: Engine = import_module(module_name).build(plan, pool, db)
+    engine: Engine = import_module(module_name).build(plan, pool, db, copy_data=copy_data)
     return engine
+
+
+def reversed_plan(plan: Plan) -> Plan:
+    """The same move the other way, target to source: fallback replication and rollback.
+
+    Its objects are named cutover_<move>_back, so they never collide with the
+    forward ones.
+    """
+    return plan.model_copy(
+        update={"source": plan.target, "target": plan.source, "move": f"{plan.move}_back"}
+    )

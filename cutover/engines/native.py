@@ -15,10 +15,11 @@ from cutover.steps import Change
 class NativeEngine:
     """Publication on the source, subscription on the target, one slot per database."""
 
-    def __init__(self, plan: Plan, pool: Pool, db: str) -> None:
+    def __init__(self, plan: Plan, pool: Pool, db: str, *, copy_data: bool = True) -> None:
         self._plan = plan
         self._pool = pool
         self._db = db
+        self._copy_data = copy_data
         self.name = replication.object_name(plan.move)
         self.slot_name = replication.slot_name(plan.move, db)
 
@@ -82,6 +83,7 @@ class NativeEngine:
                 self.name,
                 source_dsn=dsn,
                 slot=self.slot_name,
+                copy_data=self._copy_data,
                 target=self._where[1],
                 dry_run=dry_run,
             ),
@@ -157,6 +159,6 @@ class NativeEngine:
         ]
 
 
-def build(plan: Plan, pool: Pool, db: str) -> NativeEngine:
-    """The engine for one database."""
-    return NativeEngine(plan, pool, db)
+def build(plan: Plan, pool: Pool, db: str, *, copy_data: bool = True) -> NativeEngine:
+    """The engine for one database (without copy_data: the target has the rows already)."""
+    return NativeEngine(plan, pool, db, copy_data=copy_data)

@@ -158,13 +158,25 @@ def subscription_exists(conn: Connection, name: str) -> bool:
 
 
 def create_subscription(
-    conn: Connection, name: str, *, source_dsn: str, slot: str, target: str, dry_run: bool
+    conn: Connection,
+    name: str,
+    *,
+    source_dsn: str,
+    slot: str,
+    copy_data: bool,
+    target: str,
+    dry_run: bool,
 ) -> Change:
-    """Subscribe to the publication of the same name; copies every table, then streams."""
+    """Subscribe to the publication of the same name; copy every table first if asked."""
     statement = sql.SQL(
         "CREATE SUBSCRIPTION {name} CONNECTION {dsn} PUBLICATION {name} WITH "
-        "(slot_name = {slot}, create_slot = true, copy_data = true, streaming = on)"
-    ).format(name=sql.Identifier(name), dsn=sql.Literal(source_dsn), slot=sql.Literal(slot))
+        "(slot_name = {slot}, create_slot = true, copy_data = {copy}, streaming = on)"
+    ).format(
+        name=sql.Identifier(name),
+        dsn=sql.Literal(source_dsn),
+        slot=sql.Literal(slot),
+        copy=sql.Literal(copy_data),
+    )
     return change(conn, statement, target=target, dry_run=dry_run)
 
 

@@ -46,7 +46,9 @@ class Switch:
         *,
         clock: Callable[[], float],
         sleep: Callable[[float], None],
+        fallback: dict[str, Engine] | None = None,
     ) -> None:
+        self.fallback = fallback or {}
         self.plan = plan
         self.pool = pool
         self.engines = engines
@@ -243,6 +245,26 @@ class Switch:
             changes += engine.promote(dry_run=dry_run)
         return changes
 
+    def fallback_running(self) -> bool:
+        """Reverse replication (target to source) exists for every database."""
+        return all(engine.subscription_exists() for engine in self.fallback.values())
+
+    def start_fallback(self, *, dry_run: bool) -> Sequence[Change]:
+        """Replicate target to source, without copying: both hold the same rows right now.
+
+        It starts after the promotion and before the writers, so it misses no write
+        made on the target, and `cutover rollback` can go back with nothing lost.
+        """
+        changes: list[Change] = []
+        for engine in self.fallback.values():
+            if not engine.replication_role_ready():
+                changes += engine.create_replication_role(dry_run=dry_run)
+            if not engine.publication_exists():
+                changes += engine.create_publication(dry_run=dry_run)
+            if not engine.subscription_exists():
+                changes += engine.create_subscription(dry_run=dry_run)
+        return changes
+
     def is_repointed(self) -> bool:
         """Every place that holds a connection string names the target."""
         return all(place.points_to(self.plan.target) for place in self.repoints)
@@ -260,23 +282,29 @@ def phase(
     pool: Pool,
     engines: dict[str, Engine],
     *,
+    fallback: dict[str, Engine] | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Phase:
-    """The switch steps for the whole move (every database at once)."""
-    switch = Switch(plan, pool, engines, clock=clock, sleep=sleep)
-    return Phase(
-        "switch",
-        (
-            Step("check_ready", switch.check_ready, attempts=1),
-            Step("stop_writers", switch.stop_writers, undo=switch.start_writers, attempts=1),
-            Step("fence_source", switch.fence_source, undo=switch.unfence_source, attempts=1),
-            Step("wait_for_barrier", switch.wait_for_barrier, attempts=1),
-            Step("copy_sequences", switch.copy_sequences, switch.sequences_copied),
-            Step("verify_counts", switch.verify_counts, attempts=1),
-            Step("promote", switch.promote, switch.is_promoted, point_of_no_return=True),
-            Step("repoint", switch.repoint, switch.is_repointed if switch.repoints else None),
-            Step("start_writers", switch.start_writers, attempts=1),
-        ),
-        undo_on_failure=True,
-    )
+    """The switch steps for the whole move (every database at once).
+
+    With `fallback` (reverse engines, target to source) the switch starts reverse
+    replication between the promotion and the writers, for `cutover rollback`.
+    """
+    switch = Switch(plan, pool, engines, clock=clock, sleep=sleep, fallback=fallback)
+    steps = [
+        Step("check_ready", switch.check_ready, attempts=1),
+        Step("stop_writers", switch.stop_writers, undo=switch.start_writers, attempts=1),
+        Step("fence_source", switch.fence_source, undo=switch.unfence_source, attempts=1),
+        Step("wait_for_barrier", switch.wait_for_barrier, attempts=1),
+        Step("copy_sequences", switch.copy_sequences, switch.sequences_copied),
+        Step("verify_counts", switch.verify_counts, attempts=1),
+        Step("promote", switch.promote, switch.is_promoted, point_of_no_return=True),
+    ]
+    if fallback:
+        steps.append(Step("start_fallback", switch.start_fallback, switch.fallback_running))
+    steps += [
+        Step("repoint", switch.repoint, switch.is_repointed if switch.repoints else None),
+        Step("start_writers", switch.start_writers, attempts=1),
+    ]
+    return Phase("switch", tuple(steps), undo_on_failure=True)

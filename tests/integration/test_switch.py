@@ -5,10 +5,12 @@ from collections.abc import Callable
 
 import pytest
 
+from cutover import load
 from cutover.lab import Lab
+from cutover.pg import load as load_sql
 from cutover.runner import FAILPOINT
 from tests.conftest import Result, connect
-from tests.integration.conftest import Running, acked_on, audit, move_of
+from tests.integration.conftest import TABLES, Running, acked_on, audit, move_of
 
 pytestmark = pytest.mark.integration
 
@@ -153,3 +155,56 @@ def test_cleanup_refuses_a_half_done_switch_then_removes_exactly_the_move(
     with connect(lab.server("target"), under_load.db) as conn:
         row = conn.execute("SELECT count(*) AS n FROM load_01").fetchone()
         assert row is not None and row["n"] > 0
+
+
+def test_rollback_after_a_switch_with_fallback_loses_nothing_written_on_the_target(
+    lab: Lab, under_load: Running, cutover: Callable[..., Result]
+) -> None:
+    plan = str(under_load.plan)
+    no_fallback = cutover("rollback", "-p", plan, "--yes", "--dry-run")
+    assert no_fallback.code == 1 and "no fallback replication" in no_fallback.stderr
+
+    switched = cutover("switch", "-p", plan, "--yes", "--keep-fallback")
+    assert switched.code == 0, switched.stdout + switched.stderr
+    target_port, source_port = lab.server("target").port, lab.server("source").port
+    written_on_target = acked_on(under_load, target_port)
+    under_load.work.stop.wait(1.5)
+    assert acked_on(under_load, target_port) > written_on_target + 50
+
+    rolled = cutover("rollback", "-p", plan, "--yes")
+    assert rolled.code == 0, rolled.stdout + rolled.stderr
+    assert "rolled back: writes paused" in rolled.stdout
+    on_source = acked_on(under_load, source_port)
+    under_load.work.stop.wait(1.5)
+    assert acked_on(under_load, source_port) > on_source + 50  # writing on the source again
+    under_load.stop()
+
+    # Every acknowledged write, on either server, is on the source now.
+    with connect(lab.server("source"), under_load.db) as conn:
+        rows = {t: load_sql.rows(conn, t) for t in load_sql.table_names(TABLES)}  # type: ignore[arg-type]
+    outcome = load.audit(under_load.log_path, rows, source_port=source_port, fenced_at=None)
+    assert outcome.missing == []
+    with connect(lab.server("source")) as conn:
+        row = conn.execute(
+            "SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (under_load.role,)
+        ).fetchone()
+        assert row == {"rolcanlogin": True}
+
+    done = cutover("cleanup", "-p", plan, "--yes")
+    assert done.code == 0, done.stdout + done.stderr
+    with (
+        connect(lab.server("source"), under_load.db) as source,
+        connect(lab.server("target"), under_load.db) as target,
+    ):
+        pattern = f"cutover_{move_of(under_load)}%"
+        for conn in (source, target):
+            slots = conn.execute(
+                "SELECT count(*) AS n FROM pg_replication_slots WHERE slot_name LIKE %s", (pattern,)
+            ).fetchone()
+            subs = conn.execute(
+                "SELECT count(*) AS n FROM pg_subscription WHERE subname LIKE %s", (pattern,)
+            ).fetchone()
+            pubs = conn.execute(
+                "SELECT count(*) AS n FROM pg_publication WHERE pubname LIKE %s", (pattern,)
+            ).fetchone()
+            assert (slots, subs, pubs) == ({"n": 0}, {"n": 0}, {"n": 0})
