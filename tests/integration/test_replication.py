@@ -140,10 +140,22 @@ def test_status_reports_lag_against_the_sources_wal(
         ).fetchone()
         assert sub is not None
         conn.execute(f'ALTER SUBSCRIPTION "{sub["subname"]}" DISABLE')
+
+    def inactive() -> bool:  # DISABLE takes effect when the walsender has gone
+        status = json.loads(cutover("status", "-p", str(plan), "--json").stdout)
+        return status["databases"][db]["slot"]["active"] is False
+
+    wait_until(inactive)
     with connect(lab.server("source"), db) as conn:
+        before = conn.execute("SELECT pg_current_wal_lsn() AS l").fetchone()
         conn.execute("INSERT INTO public.events (kind) SELECT 'lag' FROM generate_series(1, 20000)")
+        written = conn.execute(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s) AS n",
+            (before["l"],),  # type: ignore[index]
+        ).fetchone()
     lagging = json.loads(cutover("status", "-p", str(plan), "--json").stdout)["databases"][db]
-    assert lagging["slot"]["lag_bytes"] > 1_000_000
+    assert written is not None and written["n"] > 500_000
+    assert lagging["slot"]["lag_bytes"] >= written["n"]  # from the source's WAL, not what was sent
     human = cutover("status", "-p", str(plan))
     assert f"{db}: 5 tables (5 ready); lag " in human.stdout.replace("\n", "")
 
