@@ -61,6 +61,19 @@ def make_database(lab: Lab, db: str, *, tables: int, rows: int, password: str) -
     del password
 
 
+def app_database(
+    lab: Lab, work_dir: Path, args: argparse.Namespace, password: str, prefix: str
+) -> tuple[str, Path]:
+    """A fresh database on the source and the env file its application reads."""
+    db = f"{prefix}_{uuid.uuid4().hex[:6]}"
+    make_database(lab, db, tables=args.tables, rows=args.rows, password=password)
+    env = work_dir / f"{db}.env"
+    env.write_text(
+        f"DATABASE_URL=postgresql://{ROLE}:{password}@127.0.0.1:{lab.server('source').port}/{db}\n"
+    )
+    return db, env
+
+
 def start_load(
     env: Path, tables: int, rate: float, log: Path
 ) -> tuple[load.Load, threading.Thread, int]:
@@ -90,12 +103,7 @@ def cutover(*args: str) -> str:
 def one_switch(
     lab: Lab, work_dir: Path, args: argparse.Namespace, password: str, run: int
 ) -> dict[str, float]:
-    db = f"bench_{run}_{uuid.uuid4().hex[:6]}"
-    make_database(lab, db, tables=args.tables, rows=args.rows, password=password)
-    env = work_dir / f"{db}.env"
-    env.write_text(
-        f"DATABASE_URL=postgresql://{ROLE}:{password}@127.0.0.1:{lab.server('source').port}/{db}\n"
-    )
+    db, env = app_database(lab, work_dir, args, password, f"bench_{run}")
     work, thread, port = start_load(env, args.tables, args.rate, work_dir / f"{db}.jsonl")
     control = f"http://127.0.0.1:{port}"
     plan = yaml.safe_load(dump(lab.plan([db], move=f"bench{run}_{uuid.uuid4().hex[:4]}")))
@@ -150,12 +158,7 @@ def one_switch(
 
 
 def offline(lab: Lab, work_dir: Path, args: argparse.Namespace, password: str) -> float:
-    db = f"bench_offline_{uuid.uuid4().hex[:6]}"
-    make_database(lab, db, tables=args.tables, rows=args.rows, password=password)
-    env = work_dir / f"{db}.env"
-    env.write_text(
-        f"DATABASE_URL=postgresql://{ROLE}:{password}@127.0.0.1:{lab.server('source').port}/{db}\n"
-    )
+    db, env = app_database(lab, work_dir, args, password, "bench_offline")
     work, thread, _ = start_load(env, args.tables, args.rate, work_dir / f"{db}.jsonl")
     time.sleep(2)
     source_env = tools.client_env(lab.server("source"), db, label="source")

@@ -34,7 +34,7 @@ from cutover.engines.base import CopyProgress
 from cutover.errors import CutoverError, UsageError
 from cutover.ledger import Journal
 from cutover.pg import fence
-from cutover.pg.connect import pool
+from cutover.pg.connect import Pool, pool
 from cutover.phases import cleanup, prepare, rollback, start, switch
 from cutover.plan import Plan, Server
 from cutover.plan import load as load_plan
@@ -239,6 +239,19 @@ def _servers(plan: Plan) -> dict[str, Server]:
     return {"source": plan.source, "target": plan.target}
 
 
+@contextmanager
+def _both_ways(plan: Plan) -> Iterator[tuple[Pool, Pool]]:
+    """Connections as the plan says, and with the sides swapped (fallback, rollback)."""
+    with pool(_servers(plan)) as forward, pool(_servers(reversed_plan(plan))) as backward:
+        yield forward, backward
+
+
+def _confirm(question: str, *, yes: bool, dry_run: bool) -> None:
+    """Ask before changing the world, unless --yes or --dry-run."""
+    if not dry_run and not yes:
+        typer.confirm(question, abort=True)
+
+
 def _show(report: runner.StepReport) -> None:
     style = OUTCOME_STYLE[report.outcome]
     out.print(
@@ -295,14 +308,14 @@ def switch_command(
     before the promotion rolls back by itself and exits 1 with the reason.
     """
     plan = load_plan(plan_path)
-    if not dry_run and not yes:
-        typer.confirm(
-            f"Switch move '{plan.move}' ({', '.join(plan.databases)}) to "
-            f"{plan.target.describe()}? The writers stop for a few seconds",
-            abort=True,
-        )
+    _confirm(
+        f"Switch move '{plan.move}' ({', '.join(plan.databases)}) to "
+        f"{plan.target.describe()}? The writers stop for a few seconds",
+        yes=yes,
+        dry_run=dry_run,
+    )
     back = reversed_plan(plan)
-    with pool(_servers(plan)) as connections, pool(_servers(back)) as back_connections:
+    with _both_ways(plan) as (connections, back_connections):
         engines = {db: engine_for(plan, connections, db) for db in plan.databases}
         fallback = (
             {db: engine_for(back, back_connections, db, copy_data=False) for db in plan.databases}
@@ -338,14 +351,14 @@ def rollback_command(
     replication carried it to the source.
     """
     plan = load_plan(plan_path)
-    if not dry_run and not yes:
-        typer.confirm(
-            f"Roll move '{plan.move}' back to {plan.source.describe()}? "
-            "The writers stop for a few seconds",
-            abort=True,
-        )
+    _confirm(
+        f"Roll move '{plan.move}' back to {plan.source.describe()}? "
+        "The writers stop for a few seconds",
+        yes=yes,
+        dry_run=dry_run,
+    )
     back = reversed_plan(plan)
-    with pool(_servers(plan)) as connections, pool(_servers(back)) as back_connections:
+    with _both_ways(plan) as (connections, back_connections):
         back_engines = {
             db: engine_for(back, back_connections, db, copy_data=False) for db in plan.databases
         }
@@ -373,14 +386,14 @@ def cleanup_command(
     (the target keeps what was copied). Works when the old source is read-only.
     """
     plan = load_plan(plan_path)
-    if not dry_run and not yes:
-        typer.confirm(
-            f"Remove move '{plan.move}' objects (subscription, slot, publication, role "
-            f"cutover_{plan.move}, _cutover schema) from both servers?",
-            abort=True,
-        )
+    _confirm(
+        f"Remove move '{plan.move}' objects (subscription, slot, publication, role "
+        f"cutover_{plan.move}, _cutover schema) from both servers?",
+        yes=yes,
+        dry_run=dry_run,
+    )
     back = reversed_plan(plan)
-    with pool(_servers(plan)) as connections, pool(_servers(back)) as back_connections:
+    with _both_ways(plan) as (connections, back_connections):
 
         def both_ways(steps: runner.Runner) -> None:
             for db in plan.databases:
