@@ -3,6 +3,7 @@
 import json
 from collections.abc import Callable
 
+import psycopg
 import pytest
 
 from cutover import load
@@ -208,3 +209,26 @@ def test_rollback_after_a_switch_with_fallback_loses_nothing_written_on_the_targ
                 "SELECT count(*) AS n FROM pg_publication WHERE pubname LIKE %s", (pattern,)
             ).fetchone()
             assert (slots, subs, pubs) == ({"n": 0}, {"n": 0}, {"n": 0})
+
+
+def test_a_superuser_still_writing_after_the_fence_aborts_the_switch(
+    lab: Lab, under_load: Running, cutover: Callable[..., Result]
+) -> None:
+    dba, password = f"dba_{move_of(under_load)}", "dba-pw-0192"
+    with connect(lab.server("source")) as conn:
+        conn.execute(f"CREATE ROLE {dba} SUPERUSER LOGIN PASSWORD '{password}'")
+    server = lab.server("source")
+    with psycopg.connect(
+        host=server.host, port=server.port, user=dba, password=password, dbname=under_load.db
+    ) as writer:
+        writer.execute("INSERT INTO load_01 (v) VALUES (-42)")  # open, uncommitted: writing
+        result = cutover("switch", "-p", str(under_load.plan), "--yes")
+        writer.rollback()
+    assert result.code == 1
+    assert "sessions still write on the source after the fence" in result.stderr
+    assert dba in result.stderr
+    with connect(lab.server("source")) as conn:
+        row = conn.execute(
+            "SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (under_load.role,)
+        ).fetchone()
+        assert row == {"rolcanlogin": True}  # rolled back: the application writes again
