@@ -218,3 +218,29 @@ def test_roles_missing_on_the_target_stop_prepare_with_the_statements(
     with connect(lab.server("target"), db) as conn:
         row = conn.execute("SELECT tableowner FROM pg_tables WHERE tablename = 't'").fetchone()
         assert row == {"tableowner": owner}
+
+
+def test_a_move_of_two_databases_switches_both_at_once(
+    lab: Lab, databases: Databases, write_plan: Callable[..., Path], cutover: Callable[..., Result]
+) -> None:
+    names = [databases.create(prefix="one"), databases.create(prefix="two")]
+    for i, db in enumerate(names):
+        with connect(lab.server("source"), db) as conn:
+            conn.execute(
+                "CREATE TABLE t (id bigserial PRIMARY KEY, v int);"
+                f"INSERT INTO t (v) SELECT g FROM generate_series(1, {1000 * (i + 1)}) g"
+            )
+    plan = str(write_plan(names, move=f"t{uuid.uuid4().hex[:8]}", thresholds={"lag_window": "0s"}))
+    for command in (["prepare"], ["start", "--wait"], ["switch", "--yes"]):
+        result = cutover(*command, "-p", plan)
+        assert result.code == 0, result.stdout + result.stderr
+    for i, db in enumerate(names):
+        with connect(lab.server("target"), db) as conn:
+            assert conn.execute("SELECT count(*) AS n FROM t").fetchone() == {"n": 1000 * (i + 1)}
+            seq = conn.execute("SELECT last_value FROM t_id_seq").fetchone()
+            assert seq == {"last_value": 1000 * (i + 1)}
+            subs = conn.execute(
+                "SELECT count(*) AS n FROM pg_subscription s JOIN pg_database d "
+                "ON d.oid = s.subdbid WHERE d.datname = current_database()"
+            ).fetchone()
+            assert subs == {"n": 0}
