@@ -157,7 +157,18 @@ def _escape(text: str) -> str:
 
 
 @app.command("prepare")
-def prepare_command(plan_path: PlanOption, dry_run: DryRunOption = False) -> None:
+def prepare_command(
+    plan_path: PlanOption,
+    restart: Annotated[
+        bool,
+        typer.Option(
+            "--restart",
+            help="If wal_level must change, restart the source with source.restart from the "
+            "plan: the one downtime of a move.",
+        ),
+    ] = False,
+    dry_run: DryRunOption = False,
+) -> None:
     """Make both sides ready: logical decoding, replication role, schema, keys, publication.
 
     Safe to run again: what is already done is skipped, what was done but not
@@ -167,7 +178,8 @@ def prepare_command(plan_path: PlanOption, dry_run: DryRunOption = False) -> Non
     with pool(_servers(plan)) as connections:
 
         def phase_for(db: str) -> Phase:
-            return prepare.phase(plan, connections, db, engine_for(plan, connections, db))
+            engine = engine_for(plan, connections, db)
+            return prepare.phase(plan, connections, db, engine, restart=restart)
 
         _run_phases(plan, phase_for, dry_run=dry_run)
 
@@ -610,6 +622,18 @@ def lab_down(
     """Stop the lab's servers (with --purge, delete them too)."""
     lab.Lab(directory).down(purge=purge)
     out.print("lab purged" if purge else "lab stopped (data kept; --purge deletes it)")
+
+
+@lab_app.command("restart")
+def lab_restart(
+    server: Annotated[str, typer.Argument(help="source or target")],
+    directory: LabDirOption = Path(".lab"),
+) -> None:
+    """Restart one of the lab's servers (what a plan's source.restart runs in the lab)."""
+    if server not in lab.SERVERS:
+        raise UsageError(f"no lab server called {server!r}", hint="use source or target")
+    lab.Lab(directory).restart(server)
+    out.print(f"{server} restarted")
 
 
 @lab_app.command("status")

@@ -16,6 +16,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -126,7 +127,7 @@ class Lab:
         return LabState(**data)
 
     def server(self, name: str) -> Server:
-        """How to reach a lab server as its superuser."""
+        """How to reach a lab server as its superuser, and how to restart it."""
         state = self._require_state()
         return Server(
             host="127.0.0.1",
@@ -134,6 +135,24 @@ class Lab:
             user="postgres",
             password=f"file:{self.password_file}",
             sslmode=SslMode.DISABLE,
+            restart=[
+                sys.executable,
+                "-m",
+                "cutover",
+                "lab",
+                "restart",
+                name,
+                "--dir",
+                str(self.root),
+            ],
+        )
+
+    def restart(self, name: str) -> None:
+        """Restart one server (settings such as wal_level take effect)."""
+        state = self._require_state()
+        instance = state.instance(name)
+        self._pg_ctl(
+            state, "restart", "-D", instance.datadir, "-m", "fast", "-w", "-l", instance.logfile
         )
 
     def plan(self, databases: list[str], *, move: str = "lab") -> Plan:

@@ -177,6 +177,8 @@ class Server(_Model):
     # The address the other server uses to reach this one, when it differs from `host`
     # (a private IP behind the controller's proxy, say). Replication connects there.
     replication_host: str | None = None
+    # How to restart this server (`prepare --restart` runs it when wal_level must change).
+    restart: Argv | None = None
 
     def describe(self, dbname: str | None = None) -> str:
         """`host:port/db as user`: never a secret."""

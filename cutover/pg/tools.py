@@ -63,3 +63,18 @@ def run(
             hint=f"{program} exited with {result.returncode}; run again with -v for details",
         )
     return result
+
+
+def run_command(argv: list[str], *, timeout: float, what: str) -> None:
+    """Run an operator's command (a server restart, say); a failure raises with its output."""
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise StepFailed(
+            f"{what} could not run: {exc}", hint="check the command in the plan"
+        ) from None
+    if result.returncode != 0:
+        tail = redact((result.stderr or result.stdout).strip()[-300:])
+        raise StepFailed(
+            f"{what} exited {result.returncode}: {tail}", hint="run the command by hand to see why"
+        )

@@ -11,12 +11,14 @@
 8. create_publication: every replicated table of the source.
 """
 
+import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 from cutover.engines.base import Engine
-from cutover.errors import PreconditionFailed
-from cutover.pg import admin, barrier, catalog, replication, schema
+from cutover.errors import ConnectionFailed, PreconditionFailed, StepFailed
+from cutover.pg import admin, barrier, catalog, replication, schema, tools
 from cutover.pg.connect import Connection, Pool
 from cutover.pg.ident import statement
 from cutover.plan import Plan
@@ -28,63 +30,122 @@ def archive_path(plan: Plan, db: str) -> Path:
     return plan.state_dir / f"{replication.slot_name(plan.move, db)}.schema.dump"
 
 
-def phase(plan: Plan, pool: Pool, db: str, engine: Engine) -> Phase:
-    """The prepare steps for database `db`."""
-    archive = archive_path(plan, db)
+class Prepare:
+    """The prepare of one database: each method is a step, or a step's probe."""
 
-    def source() -> Connection:
-        return pool.get("source", db)
+    def __init__(
+        self, plan: Plan, pool: Pool, db: str, *, restart: bool, restart_timeout: float
+    ) -> None:
+        self.plan = plan
+        self.pool = pool
+        self.db = db
+        self.archive = archive_path(plan, db)
+        self.restart = restart
+        self.restart_timeout = restart_timeout
 
-    def target_database_exists() -> bool:
-        return admin.database_exists(pool.get("target"), db)
+    def source(self) -> Connection:
+        """The source database."""
+        return self.pool.get("source", self.db)
 
-    def target(*, dry_run: bool) -> Connection:
-        if target_database_exists():
-            return pool.get("target", db)
+    def target_database_exists(self) -> bool:
+        """Whether the database exists on the target."""
+        return admin.database_exists(self.pool.get("target"), self.db)
+
+    def target(self, *, dry_run: bool) -> Connection:
+        """The target database (in a dry run before it exists: the target server)."""
+        if self.target_database_exists():
+            return self.pool.get("target", self.db)
         if dry_run:  # the database comes from an earlier step: render against the server
-            return pool.get("target")
+            return self.pool.get("target")
         raise PreconditionFailed(
-            f"database {db} does not exist on the target",
+            f"database {self.db} does not exist on the target",
             hint="run prepare again: create_target_database comes first",
         )
 
-    def logical_decoding_on() -> bool:
-        return catalog.settings(pool.get("source"), ["wal_level"]).get("wal_level") == "logical"
+    def logical_decoding_on(self) -> bool:
+        """wal_level = logical on the source."""
+        settings = catalog.settings(self.pool.get("source"), ["wal_level"])
+        return settings.get("wal_level") == "logical"
 
-    def enable_logical_decoding(*, dry_run: bool) -> Sequence[Change]:
-        change = catalog.alter_system(
-            pool.get("source"), "wal_level", "logical", target="source", dry_run=dry_run
-        )
+    def enable_logical_decoding(self, *, dry_run: bool) -> Sequence[Change]:
+        """ALTER SYSTEM; then a restart, only when asked for and the plan says how."""
+        changes = [
+            catalog.alter_system(
+                self.pool.get("source"), "wal_level", "logical", target="source", dry_run=dry_run
+            )
+        ]
+        command = self.plan.source.restart
+        if self.restart and command:
+            changes.append(Change("source", " ".join(command)))
         if dry_run:
-            return [change]
-        raise PreconditionFailed(
-            "wal_level is now set to logical, and takes effect when the source restarts",
-            hint="restart the source at a quiet moment (the one downtime of a move), "
-            "then run prepare again; on Cloud SQL set the flag cloudsql.logical_decoding=on",
+            return changes
+        if not (self.restart and command):
+            raise PreconditionFailed(
+                "wal_level is now set to logical, and takes effect when the source restarts",
+                hint="restart the source at a quiet moment (the one downtime of a move), then "
+                "run prepare again; or give source.restart in the plan and run prepare "
+                "--restart; on Cloud SQL set the flag cloudsql.logical_decoding=on",
+            )
+        self.pool.close()  # the restart ends every session
+        tools.run_command(command, timeout=self.restart_timeout, what="the source's restart")
+        self._wait_for_logical_decoding()
+        return changes
+
+    def _wait_for_logical_decoding(self) -> None:
+        deadline = time.monotonic() + self.restart_timeout
+        while True:
+            try:
+                if self.logical_decoding_on():
+                    return
+            except ConnectionFailed:
+                self.pool.close()
+            if time.monotonic() > deadline:
+                raise StepFailed(
+                    "after its restart the source does not answer with wal_level = logical",
+                    hint="check the restart command and the server's log",
+                )
+            time.sleep(0.5)
+
+    def create_target_database(self, *, dry_run: bool) -> Sequence[Change]:
+        """CREATE DATABASE on the target."""
+        return admin.create_database(
+            self.pool.get("target"), self.db, target="target", dry_run=dry_run
         )
 
-    def create_target_database(*, dry_run: bool) -> Sequence[Change]:
-        return admin.create_database(pool.get("target"), db, target="target", dry_run=dry_run)
+    def create_barrier(self, side: str, *, dry_run: bool) -> Sequence[Change]:
+        """`_cutover.barrier` on one side."""
+        conn = self.source() if side == "source" else self.target(dry_run=dry_run)
+        return barrier.create_barrier_table(conn, target=f"{side}/{self.db}", dry_run=dry_run)
 
-    def tables_missing_on_target() -> list[tuple[str, str]]:
-        tables = [(t.schema, t.name) for t in replication.replicated_tables(source())]
-        if not target_database_exists():
+    def barrier_exists(self, side: str) -> bool:
+        """Whether `_cutover.barrier` exists on one side."""
+        if side == "target" and not self.target_database_exists():
+            return False
+        return barrier.barrier_table_exists(self.pool.get(side, self.db))
+
+    def tables_missing_on_target(self) -> list[tuple[str, str]]:
+        """The source's replicated tables the target lacks."""
+        tables = [(t.schema, t.name) for t in replication.replicated_tables(self.source())]
+        if not self.target_database_exists():
             return tables
-        return catalog.missing_tables(pool.get("target", db), tables)
+        return catalog.missing_tables(self.pool.get("target", self.db), tables)
 
-    def schema_copied() -> bool:
-        return target_database_exists() and not tables_missing_on_target()
+    def schema_copied(self) -> bool:
+        """Every replicated table exists on the target."""
+        return self.target_database_exists() and not self.tables_missing_on_target()
 
-    def copy_schema(*, dry_run: bool) -> Sequence[Change]:
+    def copy_schema(self, *, dry_run: bool) -> Sequence[Change]:
+        """pg_dump the schema; restore its pre-data part on the target, all or nothing."""
+        db, archive = self.db, self.archive
         described = [
             Change(f"source/{db}", f"pg_dump --schema-only --format=custom > {archive}"),
             Change(f"target/{db}", "pg_restore --section=pre-data --single-transaction"),
         ]
         if dry_run:
             return described
-        conn = target(dry_run=False)
-        missing_tables = tables_missing_on_target()
-        all_tables = replication.replicated_tables(source())
+        conn = self.target(dry_run=False)
+        missing_tables = self.tables_missing_on_target()
+        all_tables = replication.replicated_tables(self.source())
         if len(missing_tables) < len(all_tables):
             # Part of the schema is there already: a whole restore would collide with it.
             raise PreconditionFailed(
@@ -96,9 +157,9 @@ def phase(plan: Plan, pool: Pool, db: str, engine: Engine) -> Phase:
             )
         # The move's own role is granted SELECT on the source: the target needs it too
         # for those grants to restore, and reverse replication connects as it later.
-        role = replication.object_name(plan.move)
+        role = replication.object_name(self.plan.move)
         replication.create_role(conn, role, target=f"target/{db}", dry_run=False)
-        missing = schema.missing_roles(source(), conn)
+        missing = schema.missing_roles(self.source(), conn)
         if missing:
             raise PreconditionFailed(
                 f"roles that own or are granted objects of {db} do not exist on the target: "
@@ -107,52 +168,71 @@ def phase(plan: Plan, pool: Pool, db: str, engine: Engine) -> Phase:
                 "lists them with their attributes), e.g. "
                 + " ".join(statement("CREATE ROLE {};", r) for r in missing),
             )
-        schema.dump(plan.source, db, archive)
-        schema.restore_pre_data(plan.target, db, archive)
+        schema.dump(self.plan.source, db, archive)
+        schema.restore_pre_data(self.plan.target, db, archive)
         return described
 
-    def keys_created() -> bool:
-        return schema_copied() and catalog.keys_match(source(), pool.get("target", db))
+    def keys_created(self) -> bool:
+        """Every source table's primary key or identity index exists on the target."""
+        return self.schema_copied() and catalog.keys_match(
+            self.source(), self.pool.get("target", self.db)
+        )
 
-    def create_keys(*, dry_run: bool) -> Sequence[Change]:
-        if dry_run and not (archive.exists() and schema_copied()):
+    def create_keys(self, *, dry_run: bool) -> Sequence[Change]:
+        """Primary keys and replica-identity indexes the target lacks, from the archive."""
+        db, archive = self.db, self.archive
+        if dry_run and not (archive.exists() and self.schema_copied()):
             return [Change(f"target/{db}", "pg_restore primary keys, replica-identity indexes")]
         if not archive.exists():
-            schema.dump(plan.source, db, archive)
-        entries = schema.key_entries(source(), schema.toc(archive, section="post-data"))
-        entries = schema.missing_on_target(source(), pool.get("target", db), entries)
+            schema.dump(self.plan.source, db, archive)
+        entries = schema.key_entries(self.source(), schema.toc(archive, section="post-data"))
+        entries = schema.missing_on_target(self.source(), self.pool.get("target", db), entries)
         if not dry_run:
-            schema.restore_entries(plan.target, db, archive, entries, jobs=2)
+            schema.restore_entries(self.plan.target, db, archive, entries, jobs=2)
         return [Change(f"target/{db}", e.line) for e in entries]
 
+
+def phase(
+    plan: Plan,
+    pool: Pool,
+    db: str,
+    engine: Engine,
+    *,
+    restart: bool = False,
+    restart_timeout: float = 300.0,
+) -> Phase:
+    """The prepare steps for database `db`; with `restart`, the source may be restarted."""
+    prepare = Prepare(plan, pool, db, restart=restart, restart_timeout=restart_timeout)
     return Phase(
         "prepare",
         (
-            Step("enable_logical_decoding", enable_logical_decoding, logical_decoding_on),
-            Step("create_target_database", create_target_database, target_database_exists),
+            Step(
+                "enable_logical_decoding",
+                prepare.enable_logical_decoding,
+                prepare.logical_decoding_on,
+                attempts=1,
+            ),
+            Step(
+                "create_target_database",
+                prepare.create_target_database,
+                prepare.target_database_exists,
+            ),
             Step(
                 "create_source_barrier",
-                lambda *, dry_run: barrier.create_barrier_table(
-                    source(), target=f"source/{db}", dry_run=dry_run
-                ),
-                lambda: barrier.barrier_table_exists(source()),
+                partial(prepare.create_barrier, "source"),
+                partial(prepare.barrier_exists, "source"),
             ),
             Step(
                 "create_replication_role",
                 engine.create_replication_role,
                 engine.replication_role_ready,
             ),
-            Step("copy_schema", copy_schema, schema_copied),
-            Step("create_keys", create_keys, keys_created),
+            Step("copy_schema", prepare.copy_schema, prepare.schema_copied),
+            Step("create_keys", prepare.create_keys, prepare.keys_created),
             Step(
                 "create_target_barrier",
-                lambda *, dry_run: barrier.create_barrier_table(
-                    target(dry_run=dry_run), target=f"target/{db}", dry_run=dry_run
-                ),
-                lambda: (
-                    target_database_exists()
-                    and barrier.barrier_table_exists(pool.get("target", db))
-                ),
+                partial(prepare.create_barrier, "target"),
+                partial(prepare.barrier_exists, "target"),
             ),
             Step("create_publication", engine.create_publication, engine.publication_exists),
         ),

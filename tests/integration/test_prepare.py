@@ -5,9 +5,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cutover.lab import Lab
 from cutover.ledger import FileStore, Journal
+from cutover.plan import dump
 from tests.conftest import Databases, Result, connect
 
 pytestmark = pytest.mark.integration
@@ -143,3 +145,38 @@ def test_status_shows_steps_and_says_loudly_when_a_run_was_interrupted(
     as_json = json.loads(cutover("status", "-p", str(plan), "--json").stdout)
     assert as_json["interrupted"] == ["x/switch.fence_source"]
     assert len(as_json["steps"]) == 9
+
+
+def test_wal_level_is_set_but_the_source_restarts_only_with_restart(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, cutover: Callable[..., Result]
+) -> None:
+    replica = Lab(tmp_path_factory.mktemp("replica"), settings={"wal_level": "replica"})
+    replica.up(sample=False)
+    try:
+        with connect(replica.server("source")) as conn:
+            conn.execute('CREATE DATABASE "shop"')
+        plan = tmp_path / "plan.yaml"
+        data = yaml.safe_load(dump(replica.plan(["shop"], move="restart")))
+        data["state_dir"] = str(tmp_path / "state")
+        plan.write_text(yaml.safe_dump(data))
+
+        refused = cutover("prepare", "-p", str(plan))
+        assert refused.code == 1
+        assert "takes effect when the source restarts" in refused.stderr
+        with connect(replica.server("source")) as conn:
+            pending = conn.execute(
+                "SELECT setting FROM pg_file_settings WHERE name = 'wal_level' "
+                "AND sourcefile LIKE '%%postgresql.auto.conf' AND applied IS FALSE"
+            ).fetchone()
+            current = conn.execute("SELECT current_setting('wal_level') AS w").fetchone()
+        assert pending == {"setting": "logical"}  # written, not yet in force
+        assert current == {"w": "replica"}  # no restart without --restart
+
+        restarted = cutover("prepare", "-p", str(plan), "--restart")
+        assert restarted.code == 0, restarted.stdout + restarted.stderr
+        assert "lab restart source" in restarted.stdout
+        with connect(replica.server("source")) as conn:
+            row = conn.execute("SELECT current_setting('wal_level') AS w").fetchone()
+        assert row == {"w": "logical"}
+    finally:
+        replica.down(purge=True)
