@@ -730,10 +730,20 @@ def lab_audit(directory: LabDirOption = Path(".lab")) -> None:
 # -- entry point ------------------------------------------------------------------------------
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Run the command line; user errors exit with one clear line and a hint."""
+    # A SIGTERM (a pod being evicted, a supervisor stopping us) is handled like Ctrl-C:
+    # the step in flight is recorded and, in a switch, rolled back.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         app()  # typer handles its own usage errors (exit 2) and exits
+    except KeyboardInterrupt:
+        err.print("[bold red]INTERRUPTED[/]")
+        sys.exit(130)
     except CutoverError as exc:
         err.print(f"[bold red]FAILED:[/] {_escape(log.redact(exc.message))}")
         if exc.hint:

@@ -54,3 +54,9 @@ class Retryable(CutoverError):
 
 class StepFailed(CutoverError):
     """A step raised: the runner recorded it and stopped. Running the command again resumes."""
+
+
+class Interrupted(CutoverError):
+    """Ctrl-C or SIGTERM stopped a command; what could be undone was undone."""
+
+    exit_code = 130

@@ -20,7 +20,7 @@ from datetime import datetime
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
-from cutover.errors import CutoverError, Retryable, StepFailed
+from cutover.errors import CutoverError, Interrupted, Retryable, StepFailed
 from cutover.ledger import FileStore, Journal
 from cutover.log import MoveAdapter, for_move, redact
 from cutover.plan import Plan
@@ -119,11 +119,14 @@ class Runner:
         started = self._clock()
         try:
             return self._observe_and_apply(step, key, logger, started)
-        except Exception as exc:
+        except (Exception, KeyboardInterrupt) as exc:  # Ctrl-C or SIGTERM: roll back too
             seconds = self._clock() - started
-            message = (
-                exc.message if isinstance(exc, CutoverError) else f"{type(exc).__name__}: {exc}"
-            )
+            if isinstance(exc, KeyboardInterrupt):
+                message = "interrupted (Ctrl-C or SIGTERM)"
+            elif isinstance(exc, CutoverError):
+                message = exc.message
+            else:
+                message = f"{type(exc).__name__}: {exc}"
             if not self._dry_run:
                 self._journal.failed(key, error=message, seconds=seconds)
             # A user error is printed once by the CLI; a bug is worth an error line of its own.
@@ -134,6 +137,11 @@ class Runner:
                 if phase.undo_on_failure and not self._dry_run
                 else ""
             )
+            if isinstance(exc, KeyboardInterrupt):
+                raise Interrupted(
+                    f"{key}: {message}{undo_note}",
+                    hint="run the same command again to continue; `cutover status` shows where",
+                ) from None
             if isinstance(exc, CutoverError):
                 raise StepFailed(f"{key}: {message}{undo_note}", hint=exc.hint) from exc
             raise  # a bug: keep its traceback

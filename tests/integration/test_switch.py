@@ -1,6 +1,10 @@
 """The switch on real servers, under a running write load."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 
 import psycopg
@@ -11,7 +15,7 @@ from cutover.lab import Lab
 from cutover.pg import load as load_sql
 from cutover.runner import FAILPOINT
 from tests.conftest import Result, connect
-from tests.integration.conftest import TABLES, Running, acked_on, audit, move_of
+from tests.integration.conftest import TABLES, Running, acked_on, audit, ledger_of, move_of
 
 pytestmark = pytest.mark.integration
 
@@ -232,3 +236,34 @@ def test_a_superuser_still_writing_after_the_fence_aborts_the_switch(
             "SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (under_load.role,)
         ).fetchone()
         assert row == {"rolcanlogin": True}  # rolled back: the application writes again
+
+
+def test_sigterm_during_the_switch_rolls_it_back(
+    lab: Lab, under_load: Running, cutover: Callable[..., Result]
+) -> None:
+    with connect(lab.server("target"), under_load.db) as conn:
+        conn.execute(f"ALTER SUBSCRIPTION cutover_{move_of(under_load)} DISABLE")
+    switch = subprocess.Popen(
+        [sys.executable, "-m", "cutover", "switch", "-p", str(under_load.plan), "--yes"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while ledger_of(under_load).get("all/switch.wait_for_barrier", {}).get("status") != "running":
+        assert time.monotonic() < deadline and switch.poll() is None
+        time.sleep(0.05)
+    switch.send_signal(signal.SIGTERM)
+    _, stderr = switch.communicate(timeout=30)
+    assert switch.returncode == 130, stderr
+    assert "interrupted (Ctrl-C or SIGTERM)" in stderr
+    assert "undone" in stderr
+    with connect(lab.server("source")) as conn:
+        row = conn.execute(
+            "SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (under_load.role,)
+        ).fetchone()
+        assert row == {"rolcanlogin": True}
+    source_port = lab.server("source").port
+    before = acked_on(under_load, source_port)
+    under_load.work.stop.wait(1.0)
+    assert acked_on(under_load, source_port) > before + 30  # the application writes again

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cutover.errors import PreconditionFailed, Retryable, StepFailed
+from cutover.errors import Interrupted, PreconditionFailed, Retryable, StepFailed
 from cutover.ledger import FileStore, Journal
 from cutover.runner import Runner
 from cutover.steps import Change, Outcome, Phase, Step, StepStatus
@@ -18,7 +18,7 @@ class World:
 
     facts: set[str] = field(default_factory=set)
     calls: list[str] = field(default_factory=list)
-    fail: dict[str, Exception] = field(default_factory=dict)
+    fail: dict[str, BaseException] = field(default_factory=dict)
 
     def step(self, name: str, *, probe: bool = True, **kwargs: object) -> Step:
         def apply(*, dry_run: bool) -> Sequence[Change]:
@@ -200,3 +200,16 @@ def test_past_the_point_of_no_return_earlier_steps_are_never_run_again(tmp_path:
     reports = runner(tmp_path)[0].run(phase, scope="db")
     assert world.calls == ["after"]
     assert [r.outcome for r in reports] == [Outcome.SKIPPED, Outcome.SKIPPED, Outcome.APPLIED]
+
+
+def test_an_interrupt_rolls_the_phase_back_and_says_so(tmp_path: Path) -> None:
+    world = World(fail={"c": KeyboardInterrupt()})
+    phase = Phase("switch", tuple(world.step(n) for n in "abc"), undo_on_failure=True)
+    run, journal, _ = runner(tmp_path)
+    with pytest.raises(Interrupted) as caught:
+        run.run(phase, scope="db")
+    assert caught.value.exit_code == 130
+    assert caught.value.message.startswith("db/switch.c: interrupted (Ctrl-C or SIGTERM)")
+    assert world.calls == ["a", "b", "c", "undo c", "undo b", "undo a"]
+    record = journal.get("db/switch.c")
+    assert record is not None and record.status is StepStatus.FAILED
