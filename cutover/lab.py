@@ -105,9 +105,16 @@ def _reachable_by_others(path: Path) -> bool:
 class Lab:
     """A pair of local servers under one folder."""
 
-    def __init__(self, root: Path, *, settings: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        settings: dict[str, str] | None = None,
+        per_server: dict[str, dict[str, str]] | None = None,
+    ) -> None:
         self.root = root.resolve()
         self.settings = {**SETTINGS, **(settings or {})}
+        self.per_server = per_server or {}
         self.state_file = self.root / "lab.json"
         self.password_file = self.root / "password"
         self.plan_file = self.root / "plan.yaml"
@@ -310,7 +317,8 @@ class Lab:
         return root
 
     def _configure(self, state: LabState, instance: Instance) -> None:
-        settings = dict(self.settings, port=str(instance.port))
+        settings = {**self.settings, **self.per_server.get(instance.name, {})}
+        settings["port"] = str(instance.port)
         if state.pglogical:
             settings["shared_preload_libraries"] = "'pglogical'"
         lines = [f"{key} = {value}" for key, value in settings.items()]

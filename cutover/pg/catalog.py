@@ -139,16 +139,18 @@ def existing_databases(conn: Connection, names: list[str]) -> set[str]:
     return {r["datname"] for r in rows}
 
 
-def replication_in_use(conn: Connection, *, excluding: str) -> tuple[int, int]:
-    """(replication slots that exist, WAL senders running), leaving out the named move's own."""
+def replication_in_use(conn: Connection, *, excluding: str | None = None) -> tuple[int, int]:
+    """(replication slots that exist, WAL senders running), leaving out a move's own if named."""
     row = conn.execute(
         sql.SQL(
             "SELECT (SELECT count(*) FROM pg_catalog.pg_replication_slots "
-            "        WHERE NOT starts_with(slot_name, %s)) AS slots,"
+            "        WHERE %(prefix)s::text IS NULL"
+            "           OR NOT starts_with(slot_name, %(prefix)s)) AS slots,"
             " (SELECT count(*) FROM pg_catalog.pg_stat_replication "
-            "        WHERE NOT starts_with(application_name, %s)) AS senders"
+            "        WHERE %(app)s::text IS NULL"
+            "           OR NOT starts_with(application_name, %(app)s)) AS senders"
         ),
-        (excluding, excluding.rstrip("_")),
+        {"prefix": excluding, "app": excluding.rstrip("_") if excluding else None},
     ).fetchone()
     assert row is not None
     return int(row["slots"]), int(row["senders"])

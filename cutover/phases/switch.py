@@ -70,6 +70,8 @@ class Switch:
                 )
             if not engine.ready_to_switch():
                 changes += engine.prepare_switch(dry_run=dry_run)
+        if self.fallback:
+            self._check_fallback_possible()
         if dry_run:
             return [*changes, Change("source", f"lag under {self.limits.max_switch_lag} B held")]
         deadline = self.clock() + self.limits.lag_window
@@ -79,6 +81,34 @@ class Switch:
             if self.clock() >= deadline:
                 return changes
             self.sleep(min(1.0, max(0.0, deadline - self.clock())))
+
+    def _check_fallback_possible(self) -> None:
+        """Reverse replication starts after the promotion: what it needs is checked before."""
+        target, source = self.pool.get("target"), self.pool.get("source")
+        needed = len(self.engines)
+        settings = catalog.settings(
+            target, ["wal_level", "max_replication_slots", "max_wal_senders"]
+        )
+        slots, senders = catalog.replication_in_use(target)
+        workers = int(
+            catalog.settings(source, ["max_logical_replication_workers"])[
+                "max_logical_replication_workers"
+            ]
+        )
+        problems = []
+        if settings.get("wal_level") != "logical":
+            problems.append(f"the target's wal_level is {settings.get('wal_level')}")
+        if int(settings["max_replication_slots"]) - slots < needed:
+            problems.append("the target has no free replication slot for it")
+        if int(settings["max_wal_senders"]) - senders < needed:
+            problems.append("the target has no free WAL sender for it")
+        if workers < needed:
+            problems.append("the source's max_logical_replication_workers is too low")
+        if problems:
+            raise PreconditionFailed(
+                "--keep-fallback cannot replicate back to the source: " + "; ".join(problems),
+                hint="fix the settings (they need a restart), or switch without --keep-fallback",
+            )
 
     def _check_lag(self, db: str, engine: Engine) -> None:
         slot = engine.slot()

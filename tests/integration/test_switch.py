@@ -6,13 +6,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import psycopg
 import pytest
+import yaml
 
 from cutover import load
 from cutover.lab import Lab
 from cutover.pg import load as load_sql
+from cutover.plan import dump
 from cutover.runner import FAILPOINT
 from tests.conftest import Result, connect
 from tests.integration.conftest import TABLES, Running, acked_on, audit, ledger_of, move_of
@@ -267,3 +270,30 @@ def test_sigterm_during_the_switch_rolls_it_back(
     before = acked_on(under_load, source_port)
     under_load.work.stop.wait(1.0)
     assert acked_on(under_load, source_port) > before + 30  # the application writes again
+
+
+def test_keep_fallback_is_refused_before_anything_stops_when_the_target_cannot_replicate(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, cutover: Callable[..., Result]
+) -> None:
+    mixed = Lab(tmp_path_factory.mktemp("mixed"), per_server={"target": {"wal_level": "replica"}})
+    mixed.up(sample=False)
+    try:
+        with connect(mixed.server("source")) as conn:
+            conn.execute("CREATE DATABASE shop")
+        with connect(mixed.server("source"), "shop") as conn:
+            conn.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
+        plan = tmp_path / "plan.yaml"
+        data = yaml.safe_load(dump(mixed.plan(["shop"], move="mixed")))
+        data.update(state_dir=str(tmp_path / "state"), thresholds={"lag_window": "0s"})
+        plan.write_text(yaml.safe_dump(data))
+        for command in (["prepare"], ["start", "--wait"]):
+            assert cutover(*command, "-p", str(plan)).code == 0
+
+        refused = cutover("switch", "-p", str(plan), "--yes", "--keep-fallback")
+        assert refused.code == 1
+        assert "--keep-fallback cannot replicate back to the source" in refused.stderr
+        assert "the target's wal_level is replica" in refused.stderr
+        assert "stop_writers" not in refused.stdout  # nothing was stopped or fenced
+        assert cutover("switch", "-p", str(plan), "--yes").code == 0
+    finally:
+        mixed.down(purge=True)
