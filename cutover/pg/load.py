@@ -1,7 +1,5 @@
 """The SQL of the lab's write load: its tables and the three writes it makes."""
 
-import random
-
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
@@ -95,10 +93,4 @@ def rows(conn: Connection, table: str) -> dict[int, int]:
     return {int(r["id"]): int(r["v"]) for r in conn.execute(query)}
 
 
-def pick(rng: random.Random, known: list[int]) -> int | None:
-    """A row id this worker inserted, if any."""
-    return rng.choice(known) if known else None
-
-
-OperationalError = psycopg.OperationalError
 DatabaseError = psycopg.Error
