@@ -501,6 +501,7 @@ def _replication_data(plan: Plan, connections: Any, db: str) -> dict[str, Any]:
     return {
         "replicating": True,
         "tables": states,
+        "table_states": progress.tables,
         "tables_total": len(progress.tables),
         "copy_bytes_done": progress.bytes_done,
         "copy_bytes_total": progress.bytes_total,
@@ -574,6 +575,12 @@ def _replication_line(db: str, info: dict[str, Any]) -> str:
         f"; lag {_bytes(slot['lag_bytes'])}, {seconds}; WAL retained "
         f"{_bytes(slot['retained_bytes'])} ({slot['wal_status']})"
     )
+    waiting = [f"{t} ({state})" for t, state in info["table_states"].items() if state != "ready"]
+    if waiting:
+        shown = ", ".join(waiting[:10]) + (
+            f" and {len(waiting) - 10} more" if len(waiting) > 10 else ""
+        )
+        line += f"; not ready yet: {shown}"
     if slot["wal_status"] in ("unreserved", "lost") or (
         slot["safe_wal_size"] is not None and slot["safe_wal_size"] < slot["retained_bytes"]
     ):

@@ -129,6 +129,14 @@ def test_status_reports_lag_against_the_sources_wal(
     info = data["databases"][db]
     assert info["replicating"] is True
     assert info["tables"] == {"ready": 5}
+    assert info["table_states"]['"Sales Dept"."Orders ""2026"""'] == "ready"
+    assert set(info["table_states"]) == {
+        '"Sales Dept"."customers"',
+        '"Sales Dept"."Orders ""2026"""',
+        '"public"."events"',
+        '"public"."Ünïcødé"',
+        '"_cutover"."barrier"',
+    }
     assert info["slot"]["wal_status"] == "reserved"
     assert info["slot"]["active"] is True
 
