@@ -120,3 +120,13 @@ def ledger_of(running: Running) -> dict[str, dict[str, object]]:
     path = next((running.plan.parent / "state").glob("*.ledger.json"))
     steps: dict[str, dict[str, object]] = json.loads(path.read_text())["steps"]
     return steps
+
+
+def can_login(lab: Lab, role: str) -> bool:
+    """Whether the role may log in to the source (False while fenced)."""
+    with connect(lab.server("source")) as conn:
+        row = conn.execute(
+            "SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (role,)
+        ).fetchone()
+    assert row is not None
+    return bool(row["rolcanlogin"])
