@@ -89,6 +89,7 @@ def run(plan: Plan, pool: Pool) -> Report:
     findings += _source_settings(plan, source)
     findings += _slots(plan, source)
     findings += _target_settings(plan, target)
+    findings += _fallback(plan, source, target)
     findings += _source_role(plan, source)
     present_on_source = catalog.existing_databases(source, plan.databases)
     present_on_target = catalog.existing_databases(target, plan.databases)
@@ -214,6 +215,38 @@ def _slots(plan: Plan, conn: Connection) -> Iterator[Finding]:
             )
         else:
             yield Finding("slot", "source", Status.OK, f"slot {slot.name}: {retained}")
+
+
+def fallback_problems(plan: Plan, source: Connection, target: Connection) -> list[str]:
+    """Why `switch --keep-fallback` could not replicate back to the source (empty: it can)."""
+    needed = len(plan.databases)
+    settings = catalog.settings(target, ["wal_level", "max_replication_slots", "max_wal_senders"])
+    slots, senders = catalog.replication_in_use(target)
+    workers = catalog.settings(source, ["max_logical_replication_workers"])
+    problems = []
+    if settings.get("wal_level") != "logical":
+        problems.append(f"the target's wal_level is {settings.get('wal_level')}")
+    if int(settings["max_replication_slots"]) - slots < needed:
+        problems.append("the target has no free replication slot")
+    if int(settings["max_wal_senders"]) - senders < needed:
+        problems.append("the target has no free WAL sender")
+    if int(workers["max_logical_replication_workers"]) < needed:
+        problems.append("the source's max_logical_replication_workers is too low")
+    return problems
+
+
+def _fallback(plan: Plan, source: Connection, target: Connection) -> Iterator[Finding]:
+    problems = fallback_problems(plan, source, target)
+    if problems:
+        yield Finding(
+            "fallback",
+            "target",
+            Status.WARN,
+            "switch --keep-fallback would be refused: " + "; ".join(problems),
+            "only needed to keep a way back (cutover rollback); the settings need a restart",
+        )
+    else:
+        yield Finding("fallback", "target", Status.OK, "switch --keep-fallback is possible")
 
 
 def _target_settings(plan: Plan, conn: Connection) -> Iterator[Finding]:

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from cutover import preflight
 from cutover.engines.base import Engine
 from cutover.errors import PreconditionFailed, StepFailed
 from cutover.pg import catalog, fence, replication, sequences
@@ -84,26 +85,9 @@ class Switch:
 
     def _check_fallback_possible(self) -> None:
         """Reverse replication starts after the promotion: what it needs is checked before."""
-        target, source = self.pool.get("target"), self.pool.get("source")
-        needed = len(self.engines)
-        settings = catalog.settings(
-            target, ["wal_level", "max_replication_slots", "max_wal_senders"]
+        problems = preflight.fallback_problems(
+            self.plan, self.pool.get("source"), self.pool.get("target")
         )
-        slots, senders = catalog.replication_in_use(target)
-        workers = int(
-            catalog.settings(source, ["max_logical_replication_workers"])[
-                "max_logical_replication_workers"
-            ]
-        )
-        problems = []
-        if settings.get("wal_level") != "logical":
-            problems.append(f"the target's wal_level is {settings.get('wal_level')}")
-        if int(settings["max_replication_slots"]) - slots < needed:
-            problems.append("the target has no free replication slot for it")
-        if int(settings["max_wal_senders"]) - senders < needed:
-            problems.append("the target has no free WAL sender for it")
-        if workers < needed:
-            problems.append("the source's max_logical_replication_workers is too low")
         if problems:
             raise PreconditionFailed(
                 "--keep-fallback cannot replicate back to the source: " + "; ".join(problems),

@@ -65,6 +65,7 @@ def test_a_clean_database_is_ready(
     assert result.code == 0, result.stdout + result.stderr
     assert "READY: 0 blockers, 0 warnings" in result.stdout
     assert "1 foreign key, no row points at nothing" in result.stdout
+    assert "switch --keep-fallback is possible" in result.stdout
     assert "FAIL" not in result.stdout
 
 
@@ -262,6 +263,9 @@ def test_replication_settings_are_checked_with_the_values_to_set(
     assert found[("target", "max_worker_processes", "FAIL")]["fix"] == [
         "ALTER SYSTEM SET max_worker_processes = 4;"
     ]
+    fallback = found[("target", "fallback", "WARN")]
+    assert "the target's wal_level is replica" in fallback["detail"]
+    assert "the target has no free replication slot" in fallback["detail"]
 
 
 def test_an_extension_the_target_cannot_install_is_a_blocker(
