@@ -5,6 +5,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from cutover.pg.connect import Connection
+from cutover.pg.replication import password_verifier
 
 PREFIX = "load_"
 
@@ -38,14 +39,13 @@ def create_schema(conn: Connection, *, tables: int, writer: str) -> None:
 
 def ensure_login_role(conn: Connection, role: str, password: str) -> None:
     """A login role with this password (created, or its password reset)."""
-    verifier = conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256")
     exists = conn.execute(
         sql.SQL("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s"), (role,)
     ).fetchone()
     verb = sql.SQL("ALTER ROLE" if exists else "CREATE ROLE")
     conn.execute(
         sql.SQL("{} {} LOGIN PASSWORD {}").format(
-            verb, sql.Identifier(role), sql.Literal(verifier.decode())
+            verb, sql.Identifier(role), sql.Literal(password_verifier(conn, role, password))
         )
     )
 

@@ -98,14 +98,19 @@ def can_read(conn: Connection, role: str, tables: list[Relation]) -> bool:
     return bool(row and row["ok"] is not False)
 
 
+def password_verifier(conn: Connection, role: str, password: str) -> str:
+    """A password's SCRAM verifier, computed here: the clear text never reaches a server log."""
+    verifier = conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256")
+    register_secret(verifier.decode())  # not the password, but no business in a log either
+    return verifier.decode()
+
+
 def set_password(
     conn: Connection, role: str, password: str, *, target: str, dry_run: bool
 ) -> Change:
     """Give the role a password, sent as a SCRAM verifier rather than in clear."""
-    verifier = conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256")
-    register_secret(verifier.decode())  # not the password, but no business in a log either
     statement = sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-        sql.Identifier(role), sql.Literal(verifier.decode())
+        sql.Identifier(role), sql.Literal(password_verifier(conn, role, password))
     )
     return change(conn, statement, target=target, dry_run=dry_run)
 
