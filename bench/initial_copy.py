@@ -1,20 +1,23 @@
 """Time to a fully copied and indexed target, cutover next to its peers, in one run.
 
-A `pgbench -i -s 70` database (about 1 GB) on the lab's source, copied three ways
-to the lab's target, each into its own database:
+For each run, a fresh `pgbench -i -s 70` database (about 1 GB) on the lab's
+source is copied three ways to the lab's target, each into its own database:
 
-- cutover: `cutover prepare` then `cutover start --wait` (schema, keys, copy
-  through a subscription, then the other indexes);
+- cutover: `cutover prepare` then `cutover start --wait --parallel 2` (schema,
+  copy in the slot's snapshot, indexes, then streaming until caught up);
 - pg_dump -Fd -j2 | pg_restore -j2;
 - pgcopydb clone --table-jobs 2 --index-jobs 2 (Debian package pgcopydb).
 
+Medians of the runs and their ratios are printed at the end.
+
     WITH_BENCH=1 scripts/ensure-system.sh     # installs pgcopydb
-    .venv/bin/python bench/initial_copy.py --scale 70
+    .venv/bin/python bench/initial_copy.py --scale 70 --runs 3
 """
 
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -67,102 +70,128 @@ def index_count(lab: Lab, db: str) -> int:
         return int(row[0]) if row else 0
 
 
+def cutover_copy(lab: Lab, work: Path, db: str, jobs: int) -> tuple[float, dict[str, float]]:
+    """prepare + start --wait into the target's `db`; the seconds, and the steps' own."""
+    plan = yaml.safe_load(dump(lab.plan([db], move=f"copy_{db}")))
+    plan["state_dir"] = str(work / "state")
+    plan_path = work / f"plan_{db}.yaml"
+    plan_path.write_text(yaml.safe_dump(plan))
+    cli = [sys.executable, "-m", "cutover"]
+    seconds = run([*cli, "prepare", "-p", str(plan_path)]) + run(
+        [*cli, "start", "-p", str(plan_path), "--wait", "--parallel", str(jobs)]
+    )
+    ledger = json.loads((work / "state" / f"copy_{db}.ledger.json").read_text())
+    steps = {
+        key.split("/")[-1]: record["seconds"]
+        for key, record in ledger["steps"].items()
+        if record["seconds"] and record["seconds"] > 0.5
+    }
+    return seconds, steps
+
+
+def dump_restore(lab: Lab, work: Path, db: str, jobs: int) -> float:
+    """pg_dump -Fd -jN, then pg_restore -jN into the target's `<db>_dump`."""
+    bindir = tools.bindir()
+    dump_dir = work / f"dump_{db}"
+    source_env = tools.client_env(lab.server("source"), db, label="source")
+    target_env = tools.client_env(lab.server("target"), f"{db}_dump", label="target")
+    dumped = run([str(bindir / "pg_dump"), "-Fd", f"-j{jobs}", "-f", str(dump_dir)], env=source_env)
+    restored = run(
+        [str(bindir / "pg_restore"), f"-j{jobs}", "-d", f"{db}_dump", str(dump_dir)],
+        env=target_env,
+    )
+    shutil.rmtree(dump_dir)
+    return dumped + restored
+
+
+def pgcopydb(lab: Lab, work: Path, db: str, jobs: int) -> float:
+    """pgcopydb clone with N table jobs and N index jobs into the target's `<db>_pgcopydb`."""
+    return run(
+        [
+            "pgcopydb",
+            "clone",
+            "--source",
+            uri(lab, "source", db),
+            "--target",
+            uri(lab, "target", f"{db}_pgcopydb"),
+            "--table-jobs",
+            str(jobs),
+            "--index-jobs",
+            str(jobs),
+            "--dir",
+            str(work / f"pgcopydb_{db}"),
+            "--no-owner",
+        ],
+        env={"PATH": f"{tools.bindir()}:/usr/bin:/bin", "HOME": str(work)},
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=int, default=70, help="pgbench scale (70 is about 1 GB)")
+    parser.add_argument("--runs", type=int, default=3, help="runs of each way; medians are shown")
+    parser.add_argument("--jobs", type=int, default=2, help="parallel jobs for every way")
     args = parser.parse_args()
     if shutil.which("pgcopydb") is None:
         raise SystemExit("pgcopydb is missing: WITH_BENCH=1 scripts/ensure-system.sh installs it")
-    bindir = tools.bindir()
+    times: dict[str, list[float]] = {"cutover": [], "pg_dump": [], "pgcopydb": []}
     with tempfile.TemporaryDirectory(prefix="cutover-copy-") as tmp:
         work = Path(tmp)
         lab = Lab(work / "lab")
         lab.up(sample=False)
         try:
-            with psycopg.connect(uri(lab, "source", "postgres"), autocommit=True) as conn:
-                conn.execute("CREATE DATABASE bench")
-                for db in ("bench_dump", "bench_pgcopydb"):
-                    psycopg.connect(uri(lab, "target", "postgres"), autocommit=True).execute(
-                        f"CREATE DATABASE {db}"
-                    )
-            print(f"pgbench -i -s {args.scale} ...", flush=True)
-            run(
-                [
-                    str(bindir / "pgbench"),
-                    "-i",
-                    "-q",
-                    "-s",
-                    str(args.scale),
-                    uri(lab, "source", "bench"),
-                ]
-            )
-            with psycopg.connect(uri(lab, "source", "bench"), autocommit=True) as conn:
-                size = conn.execute("SELECT pg_database_size('bench')").fetchone()[0]  # type: ignore[index]
-                conn.execute("VACUUM ANALYZE")
-            print(f"source: {size / 1024**3:.2f} GB", flush=True)
+            for i in range(1, args.runs + 1):
+                db = f"bench_{i}"
+                with psycopg.connect(uri(lab, "source", "postgres"), autocommit=True) as conn:
+                    conn.execute(f"CREATE DATABASE {db}")
+                with psycopg.connect(uri(lab, "target", "postgres"), autocommit=True) as conn:
+                    for suffix in ("dump", "pgcopydb"):
+                        conn.execute(f"CREATE DATABASE {db}_{suffix}")
+                print(f"run {i}: pgbench -i -s {args.scale} ...", flush=True)
+                run(
+                    [
+                        str(tools.bindir() / "pgbench"),
+                        "-i",
+                        "-q",
+                        "-s",
+                        str(args.scale),
+                        uri(lab, "source", db),
+                    ]
+                )
+                with psycopg.connect(uri(lab, "source", db), autocommit=True) as conn:
+                    size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]  # type: ignore[index]
+                    conn.execute("VACUUM ANALYZE")
+                    conn.execute("CHECKPOINT")
 
-            plan = yaml.safe_load(dump(lab.plan(["bench"], move="copybench")))
-            plan["state_dir"] = str(work / "state")
-            plan_path = work / "plan.yaml"
-            plan_path.write_text(yaml.safe_dump(plan))
-            cli = [sys.executable, "-m", "cutover"]
-            ours = run([*cli, "prepare", "-p", str(plan_path)]) + run(
-                [*cli, "start", "-p", str(plan_path), "--wait"]
-            )
-            print(f"cutover prepare + start --wait: {ours:.1f} s", flush=True)
-            ledger = json.loads(next((work / "state").glob("*.ledger.json")).read_text())
-            for key, record in ledger["steps"].items():
-                if record["seconds"] and record["seconds"] > 0.5:
-                    print(f"  {key}: {record['seconds']:.1f} s", flush=True)
+                ours, steps = cutover_copy(lab, work, db, args.jobs)
+                times["cutover"].append(ours)
+                shown = ", ".join(f"{k} {v:.1f} s" for k, v in steps.items())
+                print(f"  cutover prepare + start --wait: {ours:.1f} s ({shown})", flush=True)
+                times["pg_dump"].append(dump_restore(lab, work, db, args.jobs))
+                print(f"  pg_dump | pg_restore: {times['pg_dump'][-1]:.1f} s", flush=True)
+                times["pgcopydb"].append(pgcopydb(lab, work, db, args.jobs))
+                print(f"  pgcopydb clone: {times['pgcopydb'][-1]:.1f} s", flush=True)
 
-            dump_dir = work / "dump"
-            source_env = tools.client_env(lab.server("source"), "bench", label="source")
-            target_env = tools.client_env(lab.server("target"), "bench_dump", label="target")
-            dumped = run(
-                [str(bindir / "pg_dump"), "-Fd", "-j2", "-f", str(dump_dir)], env=source_env
-            )
-            restored = run(
-                [str(bindir / "pg_restore"), "-j2", "-d", "bench_dump", str(dump_dir)],
-                env=target_env,
-            )
-            peer_dump = dumped + restored
-            print(f"pg_dump -Fd -j2 + pg_restore -j2: {peer_dump:.1f} s", flush=True)
-
-            peer_copydb = run(
-                [
-                    "pgcopydb",
-                    "clone",
-                    "--source",
-                    uri(lab, "source", "bench"),
-                    "--target",
-                    uri(lab, "target", "bench_pgcopydb"),
-                    "--table-jobs",
-                    "2",
-                    "--index-jobs",
-                    "2",
-                    "--dir",
-                    str(work / "pgcopydb"),
-                    "--no-owner",
-                ],
-                env={"PATH": f"{bindir}:/usr/bin:/bin", "HOME": str(work)},
-            )
-            print(f"pgcopydb clone: {peer_copydb:.1f} s", flush=True)
-
-            reference = counts(lab, "bench")
-            for db in ("bench_dump", "bench_pgcopydb"):
-                assert counts(lab, db) == reference, f"{db} differs"
-            assert index_count(lab, "bench") == index_count(lab, "bench_dump")
+                reference = counts(lab, db)
+                for other in (f"{db}_dump", f"{db}_pgcopydb"):
+                    assert counts(lab, other) == reference, f"{other} differs"
+                    assert index_count(lab, other) == index_count(lab, db), f"{other} indexes"
         finally:
             lab.down(purge=True)
-    fastest = min(peer_dump, peer_copydb)
+    median = {way: statistics.median(values) for way, values in times.items()}
+    fastest = min(median["pg_dump"], median["pgcopydb"])
     print()
-    print(f"database: pgbench scale {args.scale}, {size / 1024**3:.2f} GB, rows equal on all three")
-    print(f"cutover (prepare + start --wait): {ours:.1f} s")
-    print(f"pg_dump -Fd -j2 | pg_restore -j2: {peer_dump:.1f} s  (ratio {peer_dump / ours:.2f}x)")
-    print(
-        f"pgcopydb clone (2 + 2 jobs):      {peer_copydb:.1f} s  (ratio {peer_copydb / ours:.2f}x)"
-    )
-    print(f"cutover vs the fastest peer: {ours / fastest:.2f}x its time")
+    print(f"database: pgbench scale {args.scale}, {size / 1024**3:.2f} GB; rows and indexes equal")
+    print(f"median of {args.runs} runs, {args.jobs} jobs each:")
+    for way, label in (
+        ("cutover", "cutover prepare + start --wait"),
+        ("pg_dump", f"pg_dump -Fd -j{args.jobs} | pg_restore -j{args.jobs}"),
+        ("pgcopydb", f"pgcopydb clone ({args.jobs} + {args.jobs} jobs)"),
+    ):
+        runs = ", ".join(f"{t:.1f}" for t in times[way])
+        ratio = "" if way == "cutover" else f"  ratio {median[way] / median['cutover']:.2f}x"
+        print(f"  {label:<36} {median[way]:6.1f} s  (runs: {runs}){ratio}")
+    print(f"cutover takes {median['cutover'] / fastest:.2f}x the time of the fastest peer")
 
 
 if __name__ == "__main__":

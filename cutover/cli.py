@@ -8,6 +8,7 @@ its traceback.
 
 import json
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -30,11 +31,11 @@ from rich.table import Table
 
 from cutover import __version__, lab, load, log, preflight, runner
 from cutover.engines import engine_for, reversed_plan
-from cutover.engines.base import CopyProgress
 from cutover.errors import CutoverError, UsageError
 from cutover.ledger import Journal
 from cutover.pg import fence
 from cutover.pg.connect import Pool, pool
+from cutover.pg.copy import READY_STATES, CopyProgress
 from cutover.phases import cleanup, prepare, rollback, start, switch
 from cutover.plan import Plan, Server
 from cutover.plan import load as load_plan
@@ -70,6 +71,7 @@ LabDirOption = Annotated[
     Path,
     typer.Option("--dir", envvar="CUTOVER_LAB_DIR", help="The lab's folder. Also CUTOVER_LAB_DIR."),
 ]
+BACKGROUND_GRACE_SECONDS = 2.0  # a background start that fails this fast is reported here
 STATUS_STYLE = {"OK": "green", "WARN": "yellow", "FAIL": "bold red"}
 OUTCOME_STYLE = {
     Outcome.APPLIED: "green",
@@ -190,36 +192,88 @@ def start_command(
     wait: Annotated[
         bool,
         typer.Option(
-            "--wait", help="Follow the initial copy to the end, then build the other indexes."
+            "--wait",
+            help="Run in the foreground with progress bars until the target is caught up.",
         ),
     ] = False,
+    parallel: Annotated[
+        int,
+        typer.Option(
+            "--parallel",
+            "-j",
+            min=1,
+            max=64,
+            help="Tables (or parts of a table over 1 GiB) copied at a time, and indexes "
+            "built at a time. More jobs load both servers more.",
+        ),
+    ] = 2,
     dry_run: DryRunOption = False,
 ) -> None:
-    """Start replicating: the target subscribes and the initial copy begins.
+    """Copy the data, build the indexes, then stream the source's changes to the target.
 
-    Without --wait it returns once the copy has started (follow it with
-    `cutover status --watch`); `start --wait` shows progress bars until every
-    table is copied, then builds the remaining indexes and constraints.
+    The copy reads every table in the snapshot the move's slot starts from, so
+    the changes streamed afterwards join it exactly. Indexes and constraints
+    are built after the copy, which is faster than keeping them up to date
+    during it.
+
+    Without --wait the work goes on in the background: start prints the
+    process and its log, and `cutover status --watch` follows it. A copy
+    interrupted by a crash starts over when start runs again (the snapshot
+    does not outlive the process); every later step resumes where it stopped.
     """
     plan = load_plan(plan_path)
-    with pool(_servers(plan)) as connections, _copy_progress(enabled=wait and not dry_run) as bars:
+    if not wait and not dry_run:
+        _start_in_background(plan, plan_path, parallel)
+        return
+    with pool(_servers(plan)) as connections, _copy_progress(enabled=not dry_run) as bars:
 
         def phase_for(db: str) -> Phase:
             engine = engine_for(plan, connections, db)
-            return start.phase(plan, connections, db, engine, wait=wait, on_progress=bars(db))
+            copy_bar, lag_bar = bars(db)
+            return start.phase(
+                plan, connections, db, engine, jobs=parallel, on_progress=copy_bar, on_lag=lag_bar
+            )
 
         _run_phases(plan, phase_for, dry_run=dry_run)
-    if not wait and not dry_run:
-        out.print(
-            "copying: follow with `cutover status --watch`, finish with `cutover start --wait`"
+
+
+def _start_in_background(plan: Plan, plan_path: Path, parallel: int) -> None:
+    """Check what start needs, then run `start --wait` detached, its output in a log file."""
+    with pool(_servers(plan)) as connections:
+        for db in plan.databases:
+            start.require_prepared(connections, db, engine_for(plan, connections, db))
+    plan.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    log_path = plan.state_dir / f"{plan.move}.start.log"
+    argv = [sys.executable, "-m", "cutover", "start", "-p", str(plan_path.resolve())]
+    with log_path.open("ab") as log_file:
+        child = subprocess.Popen(
+            [*argv, "--wait", "--parallel", str(parallel)],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C in this terminal does not reach it
         )
+    try:
+        code = child.wait(timeout=BACKGROUND_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        out.print(
+            f"started in the background (pid {child.pid}); its log: {log_path}\n"
+            "follow it with `cutover status --watch`; `cutover start --wait` shows the end"
+        )
+        return
+    tail = log_path.read_text(errors="replace").splitlines()[-20:]
+    (out if code == 0 else err).print("\n".join(tail), markup=False)
+    if code != 0:
+        raise typer.Exit(code)
 
 
 @contextmanager
-def _copy_progress(*, enabled: bool) -> Iterator[Callable[[str], Callable[[CopyProgress], None]]]:
-    """Progress bars per database: tables ready, and bytes copied with rate and ETA."""
+def _copy_progress(
+    *, enabled: bool
+) -> Iterator[Callable[[str], tuple[Callable[[CopyProgress], None], Callable[[int], None]]]]:
+    """Progress bars per database: tables copied and bytes with rate and ETA, then the lag."""
     if not enabled:
-        yield lambda db: lambda progress: None
+        yield lambda db: (lambda progress: None, lambda lag: None)
         return
     columns = (
         TextColumn("{task.description}"),
@@ -231,18 +285,24 @@ def _copy_progress(*, enabled: bool) -> Iterator[Callable[[str], Callable[[CopyP
     with Progress(*columns, console=out, transient=False) as bars:
         tasks: dict[str, TaskID] = {}
 
-        def for_db(db: str) -> Callable[[CopyProgress], None]:
-            def update(progress: CopyProgress) -> None:
-                if db not in tasks:
-                    tasks[db] = bars.add_task(_escape(db), total=None, detail="")
+        def task(db: str) -> TaskID:
+            if db not in tasks:
+                tasks[db] = bars.add_task(_escape(db), total=None, detail="")
+            return tasks[db]
+
+        def for_db(db: str) -> tuple[Callable[[CopyProgress], None], Callable[[int], None]]:
+            def copied(progress: CopyProgress) -> None:
                 bars.update(
-                    tasks[db],
+                    task(db),
                     total=max(progress.bytes_total, 1),
                     completed=progress.bytes_done,
                     detail=f"{progress.ready}/{len(progress.tables)} tables",
                 )
 
-            return update
+            def lag(behind: int) -> None:
+                bars.update(task(db), detail=f"catching up: {_bytes(behind)} behind")
+
+            return copied, lag
 
         yield for_db
 
@@ -330,7 +390,7 @@ def switch_command(
     with _both_ways(plan) as (connections, back_connections):
         engines = {db: engine_for(plan, connections, db) for db in plan.databases}
         fallback = (
-            {db: engine_for(back, back_connections, db, copy_data=False) for db in plan.databases}
+            {db: engine_for(back, back_connections, db) for db in plan.databases}
             if keep_fallback
             else None
         )
@@ -371,9 +431,7 @@ def rollback_command(
     )
     back = reversed_plan(plan)
     with _both_ways(plan) as (connections, back_connections):
-        back_engines = {
-            db: engine_for(back, back_connections, db, copy_data=False) for db in plan.databases
-        }
+        back_engines = {db: engine_for(back, back_connections, db) for db in plan.databases}
         phase = rollback.phase(plan, connections, back_connections, back_engines)
         _with_runner(plan, lambda steps: steps.run(phase, scope=switch.SCOPE), dry_run=dry_run)
     if not dry_run:
@@ -491,15 +549,18 @@ def _status_data(plan: Plan) -> dict[str, Any]:
 
 def _replication_data(plan: Plan, connections: Any, db: str) -> dict[str, Any]:
     engine = engine_for(plan, connections, db)
-    if not engine.subscription_exists():
-        return {"replicating": False}
+    subscribed = engine.subscription_exists()
+    slot = engine.slot()
+    if not subscribed and slot is None:
+        return {"replicating": False, "copying": False}
     progress = engine.progress()
     states: dict[str, int] = {}
     for state in progress.tables.values():
         states[state] = states.get(state, 0) + 1
-    slot = engine.slot()
     return {
-        "replicating": True,
+        "replicating": subscribed,
+        "copying": not subscribed,  # the slot exists: the initial copy runs (or was cut short)
+        "streaming": subscribed and engine.streaming(),
         "tables": states,
         "table_states": progress.tables,
         "tables_total": len(progress.tables),
@@ -563,10 +624,16 @@ def _status_view(data: dict[str, Any]) -> Group:
 def _replication_line(db: str, info: dict[str, Any]) -> str:
     if info.get("switched"):
         return f"{db}: switched; the target is promoted and the source no longer replicates"
-    if not info["replicating"]:
+    if not info["replicating"] and not info["copying"]:
         return f"{db}: not replicating yet (`cutover start`)"
     states = ", ".join(f"{n} {state}" for state, n in sorted(info["tables"].items()))
     line = f"{db}: {info['tables_total']} tables ({states})"
+    if info["copying"]:
+        done, total = info["copy_bytes_done"], info["copy_bytes_total"]
+        line = f"{db}: initial copy, {_bytes(done)} of {_bytes(total)}; {info['tables_total']}"
+        line += f" tables ({states})"
+    elif not info["streaming"]:
+        line += "; the subscription is disabled: no change is applied"
     slot = info["slot"]
     if slot is None:
         return line + "; the replication slot is missing on the source"
@@ -575,7 +642,9 @@ def _replication_line(db: str, info: dict[str, Any]) -> str:
         f"; lag {_bytes(slot['lag_bytes'])}, {seconds}; WAL retained "
         f"{_bytes(slot['retained_bytes'])} ({slot['wal_status']})"
     )
-    waiting = [f"{t} ({state})" for t, state in info["table_states"].items() if state != "ready"]
+    waiting = [
+        f"{t} ({state})" for t, state in info["table_states"].items() if state not in READY_STATES
+    ]
     if waiting:
         shown = ", ".join(waiting[:10]) + (
             f" and {len(waiting) - 10} more" if len(waiting) > 10 else ""

@@ -11,7 +11,7 @@ from cutover.plan import Plan
 _MODULES = {EngineKind.NATIVE: "cutover.engines.native"}
 
 
-def engine_for(plan: Plan, pool: Pool, db: str, *, copy_data: bool = True) -> Engine:
+def engine_for(plan: Plan, pool: Pool, db: str) -> Engine:
     """The plan's engine for one database; its module is imported here, lazily."""
     module_name = _MODULES.get(plan.engine)
     if module_name is None:
@@ -19,7 +19,7 @@ def engine_for(plan: Plan, pool: Pool, db: str, *, copy_data: bool = True) -> En
             f"the {plan.engine.value} engine is not available yet",
             hint="use engine: native",
         )
-    engine: Engine = import_module(module_name).build(plan, pool, db, copy_data=copy_data)
+    engine: Engine = import_module(module_name).build(plan, pool, db)
     return engine
 
 

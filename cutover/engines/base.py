@@ -1,32 +1,11 @@
 """What every replication engine offers the phases, and the values it reports."""
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from cutover.pg.copy import CopyProgress
 from cutover.pg.replication import SlotState
 from cutover.steps import Change
-
-READY_STATES = frozenset({"ready"})
-
-
-@dataclass(frozen=True)
-class CopyProgress:
-    """Where the initial copy stands: each table's state, and bytes copied of the total."""
-
-    tables: dict[str, str]
-    bytes_total: int
-    bytes_done: int
-
-    @property
-    def ready(self) -> int:
-        """Tables fully copied and streaming."""
-        return sum(1 for state in self.tables.values() if state in READY_STATES)
-
-    @property
-    def done(self) -> bool:
-        """Every table is copied and streaming."""
-        return bool(self.tables) and self.ready == len(self.tables)
 
 
 class Engine(Protocol):
@@ -42,7 +21,24 @@ class Engine(Protocol):
 
     def subscription_exists(self) -> bool: ...
 
-    def create_subscription(self, *, dry_run: bool) -> Sequence[Change]: ...
+    def create_subscription(self, *, dry_run: bool) -> Sequence[Change]:
+        """Subscribe with a slot of its own and no copy (the rows are there: fallback)."""
+        ...
+
+    def copy_data(
+        self,
+        *,
+        jobs: int,
+        deadline: float,
+        on_progress: Callable[[CopyProgress], None],
+        dry_run: bool,
+    ) -> Sequence[Change]:
+        """Copy every table consistently with the changes streamed later; subscribe, disabled."""
+        ...
+
+    def streaming(self) -> bool: ...
+
+    def start_streaming(self, *, dry_run: bool) -> Sequence[Change]: ...
 
     def progress(self) -> CopyProgress: ...
 

@@ -1,13 +1,16 @@
 """The native engine: PostgreSQL's own publications and subscriptions."""
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 
-from cutover.engines.base import READY_STATES, CopyProgress
+from cutover.errors import PreconditionFailed
 from cutover.log import register_secret
-from cutover.pg import barrier, replication
+from cutover.pg import barrier, catalog, copy, replication
 from cutover.pg.catalog import Relation
 from cutover.pg.connect import Pool
+from cutover.pg.copy import CopyProgress
+from cutover.pg.ident import quote
 from cutover.plan import Plan
 from cutover.steps import Change
 
@@ -15,11 +18,10 @@ from cutover.steps import Change
 class NativeEngine:
     """Publication on the source, subscription on the target, one slot per database."""
 
-    def __init__(self, plan: Plan, pool: Pool, db: str, *, copy_data: bool = True) -> None:
+    def __init__(self, plan: Plan, pool: Pool, db: str) -> None:
         self._plan = plan
         self._pool = pool
         self._db = db
-        self._copy_data = copy_data
         self.name = replication.object_name(plan.move)
         self.slot_name = replication.slot_name(plan.move, db)
 
@@ -64,6 +66,10 @@ class NativeEngine:
         return replication.subscription_exists(self._pool.get("target", self._db), self.name)
 
     def create_subscription(self, *, dry_run: bool) -> Sequence[Change]:
+        """A subscription with a slot of its own, for a target that has the rows already."""
+        return self._subscribe(create_slot=True, enabled=True, dry_run=dry_run)
+
+    def _subscribe(self, *, create_slot: bool, enabled: bool, dry_run: bool) -> list[Change]:
         """A new password for the role, then the subscription that uses it."""
         password = secrets.token_urlsafe(32)
         register_secret(password)
@@ -83,30 +89,102 @@ class NativeEngine:
                 self.name,
                 source_dsn=dsn,
                 slot=self.slot_name,
-                copy_data=self._copy_data,
+                create_slot=create_slot,
+                enabled=enabled,
                 target=self._where[1],
                 dry_run=dry_run,
             ),
         ]
 
-    def progress(self) -> CopyProgress:
-        """Each table's copy state, and bytes copied out of the source tables' size."""
+    def copy_data(
+        self,
+        *,
+        jobs: int,
+        deadline: float,
+        on_progress: Callable[[CopyProgress], None],
+        dry_run: bool,
+    ) -> Sequence[Change]:
+        """The slot and its snapshot, every table copied in it, then the subscription, disabled.
+
+        The subscription is made last, so its existence says the copy is whole.
+        A copy that a killed controller left half done is started over: its
+        slot is dropped and the tables are emptied first.
+        """
+        source = self._pool.get("source", self._db)
         target = self._pool.get("target", self._db)
-        states = replication.table_states(target, self.name)
-        sizes = replication.table_sizes(
-            self._pool.get("source", self._db), [(t.schema, t.name) for t in states]
+        tables = [(t.schema, t.name) for t in self._tables()]
+        described = [
+            Change(
+                self._where[0],
+                f"CREATE_REPLICATION_SLOT {quote(self.slot_name)} LOGICAL pgoutput EXPORT_SNAPSHOT",
+            ),
+            Change(self._where[1], f"COPY {len(tables)} tables in that snapshot, {jobs} at a time"),
+        ]
+        if dry_run:
+            return described + self._subscribe(create_slot=False, enabled=False, dry_run=True)
+        leftover = replication.slot_exists(source, self.slot_name)
+        holding = catalog.tables_with_rows(target, tables)
+        if holding and not leftover:
+            raise PreconditionFailed(
+                f"tables of {self._db} on the target already hold rows: "
+                + ", ".join(quote(t) for t in holding[:5])
+                + (f" and {len(holding) - 5} more" if len(holding) > 5 else ""),
+                hint="the initial copy fills empty tables and never deletes what it did not "
+                "write; empty them on the target (TRUNCATE) if they are leftovers",
+            )
+        if leftover:
+            replication.drop_slot(source, self.slot_name, target="source", dry_run=False)
+        parts = copy.plan_parts(source, tables, jobs=jobs)
+        # Keys on the target mean a copy is done again after the indexes were built:
+        # every table is emptied in one statement, and none can be refilled with FREEZE.
+        keyed = bool(catalog.foreign_keys(target))
+        split = {p.table for p in parts if p.pages is not None}
+        freeze = set() if keyed else {t for t in tables if t not in split}
+        plan = self._plan
+        try:
+            with copy.exported_snapshot(plan.source, self._db, self.slot_name) as snapshot:
+                copy.truncate(target, [t for t in tables if t not in freeze])
+                copier = copy.Copier(
+                    plan.source, plan.target, self._db, snapshot=snapshot, freeze=freeze
+                )
+                copier.run(parts, jobs=jobs, deadline=deadline, on_progress=on_progress)
+        except BaseException:
+            # Leave nothing half done: no rows from this copy, no slot pinning WAL.
+            with suppress(Exception):
+                copy.truncate(target, tables)
+                replication.drop_slot(source, self.slot_name, target="source", dry_run=False)
+            raise
+        return described + self._subscribe(create_slot=False, enabled=False, dry_run=False)
+
+    def streaming(self) -> bool:
+        """The subscription applies what the slot streams."""
+        return replication.subscription_enabled(self._pool.get("target", self._db), self.name)
+
+    def start_streaming(self, *, dry_run: bool) -> Sequence[Change]:
+        """Enable the subscription: the changes since the copy's snapshot are applied."""
+        target = self._pool.get("target", self._db)
+        where = self._where[1]
+        return [replication.enable_subscription(target, self.name, target=where, dry_run=dry_run)]
+
+    def progress(self) -> CopyProgress:
+        """Each table's state; during a copy that another process runs, as the target shows it."""
+        target = self._pool.get("target", self._db)
+        if replication.subscription_exists(target, self.name):
+            states = replication.table_states(target, self.name)
+            tables = {replication.display((t.schema, t.name)): t.state for t in states}
+            total = sum(
+                replication.table_sizes(
+                    self._pool.get("source", self._db), [(t.schema, t.name) for t in states]
+                ).values()
+            )
+            return CopyProgress(tables, total, total)
+        copies = replication.copy_states(
+            self._pool.get("source", self._db), target, [(t.schema, t.name) for t in self._tables()]
         )
-        copied = sum(
-            sizes.get((t.schema, t.name), 0)
-            for t in states
-            if t.state in READY_STATES | {"copied", "syncing"}
-        )
-        in_flight = replication.copy_in_flight(target)
-        total = sum(sizes.values())
         return CopyProgress(
-            tables={replication.display((t.schema, t.name)): t.state for t in states},
-            bytes_total=total,
-            bytes_done=min(total, copied + in_flight),
+            tables={replication.display((c.schema, c.name)): c.state for c in copies},
+            bytes_total=sum(c.bytes_source for c in copies),
+            bytes_done=sum(min(c.bytes_source, c.bytes_target) for c in copies),
         )
 
     def slot(self) -> replication.SlotState | None:
@@ -159,6 +237,6 @@ class NativeEngine:
         ]
 
 
-def build(plan: Plan, pool: Pool, db: str, *, copy_data: bool = True) -> NativeEngine:
-    """The engine for one database (without copy_data: the target has the rows already)."""
-    return NativeEngine(plan, pool, db, copy_data=copy_data)
+def build(plan: Plan, pool: Pool, db: str) -> NativeEngine:
+    """The engine for one database."""
+    return NativeEngine(plan, pool, db)

@@ -289,22 +289,6 @@ def missing_tables(conn: Connection, tables: list[tuple[str, str]]) -> list[tupl
     return [(r["schema"], r["name"]) for r in rows]
 
 
-def keys_match(source: Connection, target: Connection) -> bool:
-    """Whether every source table's primary key or identity index exists on the target too."""
-    wanted = {
-        (r.schema, r.name): (r.has_primary_key, r.has_identity_index)
-        for r in relations(source)
-        if r.is_table
-    }
-    have = {
-        (r.schema, r.name): (r.has_primary_key, r.has_identity_index) for r in relations(target)
-    }
-    return all(
-        (name in have) and (have[name][0] or not keys[0]) and (have[name][1] or not keys[1])
-        for name, keys in wanted.items()
-    )
-
-
 def subscription_errors(conn: Connection, subscription: str) -> int:
     """Apply and table-copy errors the subscription's workers have hit (PostgreSQL 15+)."""
     row = conn.execute(
@@ -334,3 +318,16 @@ def exact_counts(conn: Connection, tables: list[tuple[str, str]]) -> dict[tuple[
         for schema, name in tables
     )
     return {(r["schema"], r["name"]): int(r["n"]) for r in conn.execute(query)}
+
+
+def tables_with_rows(conn: Connection, tables: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The tables that hold at least one row, in one statement."""
+    if not tables:
+        return []
+    query = sql.SQL(" UNION ALL ").join(
+        sql.SQL("SELECT {} AS schema, {} AS name WHERE EXISTS (SELECT 1 FROM ONLY {})").format(
+            sql.Literal(schema), sql.Literal(name), sql.Identifier(schema, name)
+        )
+        for schema, name in tables
+    )
+    return [(r["schema"], r["name"]) for r in conn.execute(query)]

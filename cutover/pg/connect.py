@@ -35,10 +35,21 @@ def conninfo(server: Server, dbname: str | None = None, *, label: str) -> dict[s
 
 
 def connect(
-    server: Server, dbname: str | None = None, *, label: str, autocommit: bool = True
+    server: Server,
+    dbname: str | None = None,
+    *,
+    label: str,
+    autocommit: bool = True,
+    replication: bool = False,
 ) -> Connection:
-    """A connection to `dbname` (default: the server's maintenance database)."""
+    """A connection to `dbname` (default: the server's maintenance database).
+
+    With `replication` it is a logical replication connection, which takes the
+    replication commands (CREATE_REPLICATION_SLOT) over the simple protocol.
+    """
     params = conninfo(server, dbname, label=label)
+    if replication:
+        params["replication"] = "database"
     try:
         return psycopg.connect(**params, autocommit=autocommit, row_factory=dict_row)
     except psycopg.OperationalError as exc:

@@ -27,7 +27,7 @@ from cutover.steps import Change
 Table = tuple[str, str]  # (schema, name)
 
 # pg_subscription_rel.srsubstate
-STATES = {"i": "queued", "d": "copying", "f": "copied", "s": "syncing", "r": "ready"}
+STATES = {"i": "queued", "d": "copying", "f": "catching up", "s": "syncing", "r": "ready"}
 
 
 def object_name(move: str) -> str:
@@ -168,20 +168,45 @@ def create_subscription(
     *,
     source_dsn: str,
     slot: str,
-    copy_data: bool,
+    create_slot: bool,
+    enabled: bool,
     target: str,
     dry_run: bool,
 ) -> Change:
-    """Subscribe to the publication of the same name; copy every table first if asked."""
+    """Subscribe to the publication of the same name; the rows are on the target already.
+
+    Without `create_slot` it streams from the slot the initial copy started
+    from; disabled, it applies nothing until enabled.
+    """
     statement = sql.SQL(
-        "CREATE SUBSCRIPTION {name} CONNECTION {dsn} PUBLICATION {name} WITH "
-        "(slot_name = {slot}, create_slot = true, copy_data = {copy}, streaming = on)"
+        "CREATE SUBSCRIPTION {name} CONNECTION {dsn} PUBLICATION {name} WITH (slot_name = {slot}, "
+        "create_slot = {create}, enabled = {enabled}, copy_data = false, streaming = on)"
     ).format(
         name=sql.Identifier(name),
         dsn=sql.Literal(source_dsn),
         slot=sql.Literal(slot),
-        copy=sql.Literal(copy_data),
+        create=sql.Literal(create_slot),
+        enabled=sql.Literal(enabled),
     )
+    return change(conn, statement, target=target, dry_run=dry_run)
+
+
+def subscription_enabled(conn: Connection, name: str) -> bool:
+    """Whether the subscription exists in the connected database and is enabled."""
+    row = conn.execute(
+        sql.SQL(
+            "SELECT s.subenabled FROM pg_catalog.pg_subscription s JOIN pg_catalog.pg_database d "
+            "ON d.oid = s.subdbid WHERE s.subname = %s AND d.datname = "
+            "pg_catalog.current_database()"
+        ),
+        (name,),
+    ).fetchone()
+    return bool(row and row["subenabled"])
+
+
+def enable_subscription(conn: Connection, name: str, *, target: str, dry_run: bool) -> Change:
+    """Start applying what the slot streams."""
+    statement = sql.SQL("ALTER SUBSCRIPTION {} ENABLE").format(sql.Identifier(name))
     return change(conn, statement, target=target, dry_run=dry_run)
 
 
@@ -200,21 +225,43 @@ def table_states(conn: Connection, subscription: str) -> list[TableSync]:
     return [TableSync(r["schema"], r["name"], STATES.get(str(r["state"]), "unknown")) for r in rows]
 
 
-def copy_in_flight(conn: Connection) -> int:
-    """Bytes the table-copy workers on the target have taken in so far."""
-    row = conn.execute(
-        sql.SQL(
-            "SELECT coalesce(sum(bytes_processed), 0) AS n FROM pg_catalog.pg_stat_progress_copy "
-            "WHERE datname = pg_catalog.current_database()"
-        )
-    ).fetchone()
-    return int(row["n"]) if row else 0
-
-
 def table_sizes(conn: Connection, tables: list[Table]) -> dict[Table, int]:
-    """The size of each table's heap on the source: what the initial copy reads."""
+    """The size of each table's heap and TOAST: what the initial copy reads."""
     rows = conn.execute(load("table_sizes"), ([t[0] for t in tables], [t[1] for t in tables]))
     return {(r["schema"], r["name"]): int(r["bytes"]) for r in rows.fetchall()}
+
+
+@dataclass(frozen=True)
+class TargetCopy:
+    """One table of a copy running in another process, as the target shows it."""
+
+    schema: str
+    name: str
+    state: str  # queued, copying or copied
+    bytes_source: int
+    bytes_target: int
+
+
+def copy_states(source: Connection, target: Connection, tables: list[Table]) -> list[TargetCopy]:
+    """Each table's state during an initial copy, read from the servers alone.
+
+    A table is copying while a COPY into it runs, copied once the target holds
+    pages of it, queued before; bytes are the tables' sizes on either side.
+    """
+    sizes = table_sizes(source, tables)
+    rows = target.execute(
+        load("copy_states"), ([t[0] for t in tables], [t[1] for t in tables])
+    ).fetchall()
+    return [
+        TargetCopy(
+            r["schema"],
+            r["name"],
+            "copying" if r["copying"] else "copied" if r["bytes"] else "queued",
+            sizes.get((r["schema"], r["name"]), 0),
+            int(r["bytes"]),
+        )
+        for r in rows
+    ]
 
 
 # -- the slot and the lag (source) ---------------------------------------------------------------

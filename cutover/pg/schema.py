@@ -15,7 +15,6 @@ restore that was killed resumes without "already exists" errors.
 import os
 import re
 import tempfile
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,22 +114,6 @@ def _dbname(db: str) -> str:
     return f"--dbname={make_conninfo(dbname=db)}"
 
 
-def key_entries(source: Connection, entries: list[TocEntry]) -> list[TocEntry]:
-    """The primary keys and replica-identity indexes among post-data entries."""
-    keys = _oids(
-        source,
-        "SELECT oid FROM pg_catalog.pg_constraint WHERE oid = ANY(%s) AND contype = 'p'",
-        [e.oid for e in entries if e.classid == PG_CONSTRAINT],
-    )
-    keys |= _oids(
-        source,
-        "SELECT indexrelid AS oid FROM pg_catalog.pg_index "
-        "WHERE indexrelid = ANY(%s) AND indisreplident",
-        [e.oid for e in entries if e.classid == PG_CLASS],
-    )
-    return [e for e in entries if e.oid in keys]
-
-
 def missing_on_target(
     source: Connection, target: Connection, entries: list[TocEntry]
 ) -> list[TocEntry]:
@@ -152,14 +135,6 @@ def missing_on_target(
         ).fetchall()
         present |= {names[(r["schema"], r["owner"], r["name"])] for r in found}
     return [e for e in entries if e.oid not in present]
-
-
-def _oids(conn: Connection, query: str, oids: Iterable[int]) -> set[int]:
-    wanted = list(oids)
-    if not wanted:
-        return set()
-    rows = conn.execute(sql.SQL(query), (wanted,)).fetchall()
-    return {int(r["oid"]) for r in rows}
 
 
 # For each kind of post-data object: its (schema, table or '', name) on the source by OID...

@@ -5,10 +5,10 @@
 2. create_target_database: the database exists on the target.
 3. create_source_barrier: `_cutover.barrier`, for the switch's proof of zero lag.
 4. create_replication_role: a role that may replicate and read, nothing more.
-5. copy_schema: pg_dump the schema; restore its pre-data part on the target.
-6. create_keys: primary keys and replica-identity indexes, which the copy needs.
-7. create_target_barrier: adopted when the schema copy brought it.
-8. create_publication: every replicated table of the source.
+5. copy_schema: pg_dump the schema; restore its pre-data part on the target
+   (tables, types, functions: no index yet, so the copy fills bare tables).
+6. create_target_barrier: adopted when the schema copy brought it.
+7. create_publication: every replicated table of the source.
 """
 
 import time
@@ -172,25 +172,6 @@ class Prepare:
         schema.restore_pre_data(self.plan.target, db, archive)
         return described
 
-    def keys_created(self) -> bool:
-        """Every source table's primary key or identity index exists on the target."""
-        return self.schema_copied() and catalog.keys_match(
-            self.source(), self.pool.get("target", self.db)
-        )
-
-    def create_keys(self, *, dry_run: bool) -> Sequence[Change]:
-        """Primary keys and replica-identity indexes the target lacks, from the archive."""
-        db, archive = self.db, self.archive
-        if dry_run and not (archive.exists() and self.schema_copied()):
-            return [Change(f"target/{db}", "pg_restore primary keys, replica-identity indexes")]
-        if not archive.exists():
-            schema.dump(self.plan.source, db, archive)
-        entries = schema.key_entries(self.source(), schema.toc(archive, section="post-data"))
-        entries = schema.missing_on_target(self.source(), self.pool.get("target", db), entries)
-        if not dry_run:
-            schema.restore_entries(self.plan.target, db, archive, entries, jobs=2)
-        return [Change(f"target/{db}", e.line) for e in entries]
-
 
 def phase(
     plan: Plan,
@@ -228,7 +209,6 @@ def phase(
                 engine.replication_role_ready,
             ),
             Step("copy_schema", prepare.copy_schema, prepare.schema_copied),
-            Step("create_keys", prepare.create_keys, prepare.keys_created),
             Step(
                 "create_target_barrier",
                 partial(prepare.create_barrier, "target"),

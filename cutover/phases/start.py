@@ -1,23 +1,39 @@
-"""start: replicate one database, and finish the target's schema once the data is in.
+"""start: copy one database, finish the target's schema, then stream the changes.
 
-1. create_subscription: the target subscribes; the initial copy begins.
-2. wait_for_copy: every table copied and streaming (only with --wait).
-3. restore_post_data: the other indexes, constraints and triggers, built after
-   the copy because building them once is faster than maintaining them during it.
+1. copy_data: the move's slot is created and every table copied in the snapshot
+   it starts from, `jobs` tables (or parts of a large one) at a time; then the
+   subscription is made, disabled.
+2. restore_post_data: primary keys, the other indexes, constraints and
+   triggers, `jobs` at a time: building them once is faster than maintaining
+   them row by row during the copy.
+3. start_streaming: the subscription applies the changes the source made
+   since the snapshot; the keys exist by now, so each is applied by index.
+4. wait_for_catchup: until the target is within `thresholds.max_switch_lag`.
 """
 
 import time
 from collections.abc import Callable, Sequence
 
-from cutover.engines.base import CopyProgress, Engine
+from cutover.engines.base import Engine
 from cutover.errors import PreconditionFailed, StepFailed
 from cutover.pg import admin, catalog, replication, schema
 from cutover.pg.connect import Pool
+from cutover.pg.copy import CopyProgress
 from cutover.phases.prepare import archive_path
 from cutover.plan import Plan
 from cutover.steps import Change, Phase, Step
 
 POLL_SECONDS = 1.0
+CONNECT_SECONDS = 60.0  # an apply worker that has not connected by then never will by itself
+
+
+def require_prepared(pool: Pool, db: str, engine: Engine) -> None:
+    """Raise unless prepare made the target database and the publication."""
+    if not admin.database_exists(pool.get("target"), db) or not engine.publication_exists():
+        raise PreconditionFailed(
+            f"{db} is not prepared for this move (no target database or no publication)",
+            hint="run `cutover prepare` until it finishes, then start again",
+        )
 
 
 def phase(
@@ -26,60 +42,25 @@ def phase(
     db: str,
     engine: Engine,
     *,
-    wait: bool,
+    jobs: int = 2,
     on_progress: Callable[[CopyProgress], None] = lambda _: None,
+    on_lag: Callable[[int], None] = lambda _: None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> Phase:
-    """The start steps for database `db`; without `wait` only the subscription is made."""
+    """The start steps for database `db`, copying and indexing with `jobs` jobs."""
     archive = archive_path(plan, db)
     subscription = replication.object_name(plan.move)
 
     def subscribed() -> bool:
         return admin.database_exists(pool.get("target"), db) and engine.subscription_exists()
 
-    def create_subscription(*, dry_run: bool) -> Sequence[Change]:
-        if not admin.database_exists(pool.get("target"), db) or not engine.publication_exists():
-            raise PreconditionFailed(
-                f"{db} is not prepared for this move (no target database or no publication)",
-                hint="run `cutover prepare` until it finishes, then start again",
-            )
-        return engine.create_subscription(dry_run=dry_run)
-
-    def copied() -> bool:
-        return subscribed() and engine.progress().done
-
-    def wait_for_copy(*, dry_run: bool) -> Sequence[Change]:
-        if dry_run:
-            return [Change(f"target/{db}", "wait until every table is copied and streaming")]
-        target = pool.get("target", db)
-        errors_before = catalog.subscription_errors(target, subscription)
+    def copy_data(*, dry_run: bool) -> Sequence[Change]:
+        require_prepared(pool, db, engine)
         deadline = clock() + plan.thresholds.copy_timeout
-        while True:
-            progress = engine.progress()
-            on_progress(progress)
-            if progress.done:
-                return []
-            if not progress.tables:
-                raise StepFailed(
-                    f"the subscription for {db} carries no table",
-                    hint="the publication is empty or was replaced; see `cutover check`",
-                )
-            if catalog.subscription_errors(target, subscription) > errors_before:
-                raise StepFailed(
-                    f"the subscription's workers report errors while copying {db}",
-                    hint="the target server's log says why (a missing role, a "
-                    "constraint, disk); fix it and run start --wait again: it resumes",
-                )
-            if clock() > deadline:
-                raise StepFailed(
-                    f"the initial copy of {db} did not finish within "
-                    f"{plan.thresholds.copy_timeout:g} s ({progress.ready} of "
-                    f"{len(progress.tables)} tables ready)",
-                    hint="replication goes on; run `cutover start --wait` again to keep "
-                    "following it, or raise thresholds.copy_timeout",
-                )
-            sleep(POLL_SECONDS)
+        return engine.copy_data(
+            jobs=jobs, deadline=deadline, on_progress=on_progress, dry_run=dry_run
+        )
 
     def missing_post_data() -> list[schema.TocEntry]:
         entries = schema.toc(archive, section="post-data")
@@ -92,17 +73,63 @@ def phase(
             schema.dump(plan.source, db, archive)  # prepare ran elsewhere: the schema again
         entries = missing_post_data()
         if not dry_run:
-            schema.restore_entries(plan.target, db, archive, entries, jobs=2)
+            schema.restore_entries(plan.target, db, archive, entries, jobs=jobs)
         return [Change(f"target/{db}", e.line) for e in entries]
 
-    steps = [Step("create_subscription", create_subscription, subscribed)]
-    if wait:
-        steps += [
-            Step("wait_for_copy", wait_for_copy, copied, attempts=1),
+    def caught_up() -> bool:
+        slot = engine.slot() if subscribed() and engine.streaming() else None
+        return bool(slot and slot.active and slot.lag_bytes <= plan.thresholds.max_switch_lag)
+
+    def wait_for_catchup(*, dry_run: bool) -> Sequence[Change]:
+        if dry_run:
+            return [Change(f"target/{db}", "wait until the target is caught up")]
+        target = pool.get("target", db)
+        errors_before = catalog.subscription_errors(target, subscription)
+        started = clock()
+        deadline = started + plan.thresholds.copy_timeout
+        while True:
+            slot = engine.slot()
+            if slot is None or slot.wal_status == "lost":
+                raise StepFailed(
+                    f"the move's replication slot for {db} is gone or invalidated",
+                    hint="see `cutover status`; drop the subscription on the target and "
+                    "run start again to copy anew",
+                )
+            on_lag(slot.lag_bytes)
+            if slot.active and slot.lag_bytes <= plan.thresholds.max_switch_lag:
+                return []
+            if not slot.active and clock() > started + CONNECT_SECONDS:
+                raise StepFailed(
+                    f"the subscription of {db} has not connected to the source "
+                    f"within {CONNECT_SECONDS:g} s",
+                    hint="the target server's log says why (the source's address as the "
+                    "target sees it: source.replication_host; pg_hba.conf); start resumes",
+                )
+            if catalog.subscription_errors(target, subscription) > errors_before:
+                raise StepFailed(
+                    f"the subscription's workers report errors while applying changes to {db}",
+                    hint="the target server's log says why (a missing role, a constraint, "
+                    "disk); fix it and run start again: it resumes",
+                )
+            if clock() > deadline:
+                raise StepFailed(
+                    f"the target of {db} is still {slot.lag_bytes} bytes behind after "
+                    f"{plan.thresholds.copy_timeout:g} s",
+                    hint="replication goes on; run `cutover start` again to keep following "
+                    "it, or raise thresholds.copy_timeout",
+                )
+            sleep(POLL_SECONDS)
+
+    return Phase(
+        "start",
+        (
+            Step("copy_data", copy_data, subscribed, attempts=1),
             Step(
                 "restore_post_data",
                 restore_post_data,
-                lambda: archive.exists() and not missing_post_data(),
+                lambda: subscribed() and archive.exists() and not missing_post_data(),
             ),
-        ]
-    return Phase("start", tuple(steps))
+            Step("start_streaming", engine.start_streaming, engine.streaming),
+            Step("wait_for_catchup", wait_for_catchup, caught_up, attempts=1),
+        ),
+    )

@@ -56,7 +56,9 @@ def test_switch_killed_at_each_step_finishes_when_run_again(
     assert outcome.after_fence == 0
 
 
-@pytest.mark.parametrize("step", ["create_subscription", "wait_for_copy", "restore_post_data"])
+@pytest.mark.parametrize(
+    "step", ["copy_data", "restore_post_data", "start_streaming", "wait_for_catchup"]
+)
 def test_start_killed_at_each_step_finishes_when_run_again(
     lab: Lab,
     databases: Databases,

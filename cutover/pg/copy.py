@@ -1,0 +1,299 @@
+"""The initial copy: every table read in one snapshot of the source, several at a time.
+
+The move's slot is created on a replication connection, which exports the
+snapshot the slot starts from. Each copy job imports that snapshot, so the rows
+copied and the changes the slot streams afterwards meet exactly: nothing is
+missed and nothing arrives twice. The target has no index yet while it is
+filled (they are built once, afterwards, which is faster than maintaining
+them row by row), and nothing is applied to it until they exist.
+
+A job pipes `psql -c "COPY ... TO STDOUT"` on the source into `COPY ... FROM
+STDIN` on the target, in text format like pg_dump (binary format breaks on
+arrays and composites of user types, whose OIDs differ between servers). The
+target side commits only when the source side ended well. A table whose main
+fork is over `SPLIT_BYTES` is split by page ranges over the jobs; a whole table
+is truncated and filled in one transaction with FREEZE, so reading it later
+writes no hint bits.
+"""
+
+import math
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from psycopg import sql
+
+from cutover.errors import StepFailed
+from cutover.log import redact
+from cutover.pg import tools
+from cutover.pg.connect import Connection, connect
+from cutover.pg.ident import quote
+from cutover.pg.queries import load
+from cutover.plan import Server
+
+Table = tuple[str, str]  # (schema, name)
+
+SPLIT_BYTES = 1 << 30  # a table larger than this is copied by several jobs at once
+CHUNK = 1 << 20  # bytes read from the source's pipe at a time
+POLL_SECONDS = 0.5
+READY_STATES = frozenset({"copied", "ready"})
+STOPPED = "another part of the copy failed, or it was interrupted; that reason comes first"
+
+
+@dataclass(frozen=True)
+class CopyProgress:
+    """Where the initial copy stands: each table's state, and bytes copied of the total."""
+
+    tables: dict[str, str]
+    bytes_total: int
+    bytes_done: int
+
+    @property
+    def ready(self) -> int:
+        """Tables fully copied (and, once subscribed, streaming)."""
+        return sum(1 for state in self.tables.values() if state in READY_STATES)
+
+    @property
+    def done(self) -> bool:
+        """Every table is ready."""
+        return bool(self.tables) and self.ready == len(self.tables)
+
+
+@dataclass(frozen=True)
+class Part:
+    """One job's share: a whole table, or its pages `[first, end)` (end None: to the last)."""
+
+    table: Table
+    columns: tuple[str, ...]
+    bytes: int
+    pages: tuple[int, int | None] | None = None
+
+    @property
+    def label(self) -> str:
+        """The table, and the pages when it is a part."""
+        if self.pages is None:
+            return quote(self.table)
+        first, end = self.pages
+        return f"{quote(self.table)} pages {first}..{'' if end is None else end - 1}"
+
+
+def page_ranges(pages: int, count: int) -> list[tuple[int, int | None]]:
+    """`count` ranges `[first, end)` over a table's pages; the last is open to catch growth."""
+    count = max(1, min(count, pages))
+    step = math.ceil(pages / count) if pages else 1
+    return [(i * step, None if i == count - 1 else (i + 1) * step) for i in range(count)]
+
+
+def plan_parts(
+    source: Connection, tables: Sequence[Table], *, jobs: int, split_bytes: int = SPLIT_BYTES
+) -> list[Part]:
+    """The copy's parts, the largest first so the long ones start early.
+
+    A table over `split_bytes` is cut into page ranges, as many as it has
+    `split_bytes` in it, at most `jobs`.
+    """
+    rows = source.execute(
+        load("copy_tables"), ([s for s, _ in tables], [n for _, n in tables])
+    ).fetchall()
+    parts: list[Part] = []
+    for row in rows:
+        table, columns, size = (row["schema"], row["name"]), tuple(row["columns"]), row["bytes"]
+        count = min(jobs, math.ceil(size / split_bytes), row["pages"])
+        if count <= 1:
+            parts.append(Part(table, columns, size))
+            continue
+        parts += [Part(table, columns, size // count, r) for r in page_ranges(row["pages"], count)]
+    return sorted(parts, key=lambda p: -p.bytes)
+
+
+@contextmanager
+def exported_snapshot(server: Server, db: str, slot: str) -> Iterator[str]:
+    """Create the logical slot `slot` on the source; yields the snapshot it starts from."""
+    conn = connect(server, db, label="source", replication=True)
+    try:
+        command = sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT")
+        row = conn.execute(command.format(sql.Identifier(slot))).fetchone()
+        assert row is not None
+        yield str(row["snapshot_name"])
+    finally:
+        conn.close()  # the snapshot ends with the connection; the slot stays
+
+
+def _read_command(part: Part, conn: Connection) -> str:
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in part.columns)
+    table = sql.Identifier(*part.table)
+    if part.pages is None:
+        query: sql.Composable = sql.SQL("COPY {} ({}) TO STDOUT").format(table, columns)
+    else:
+        first, end = part.pages
+        where = sql.SQL("ctid >= {}::pg_catalog.tid").format(sql.Literal(f"({first},0)"))
+        if end is not None:
+            where = sql.SQL("{} AND ctid < {}::pg_catalog.tid").format(
+                where, sql.Literal(f"({end},0)")
+            )
+        query = sql.SQL("COPY (SELECT {} FROM ONLY {} WHERE {}) TO STDOUT").format(
+            columns, table, where
+        )
+    return query.as_string(conn)
+
+
+@dataclass
+class _Tracker:
+    """What the jobs report, read by the thread that shows progress."""
+
+    parts: list[Part]
+    copied: dict[int, int] = field(default_factory=dict)  # part index -> bytes relayed
+    finished: set[int] = field(default_factory=set)
+    started: set[int] = field(default_factory=set)
+    processes: set["subprocess.Popen[bytes]"] = field(default_factory=set)
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def progress(self) -> CopyProgress:
+        with self.lock:
+            states: dict[str, list[str]] = {}
+            done = 0
+            for i, part in enumerate(self.parts):
+                state = "copied" if i in self.finished else "copying" if i in self.started else ""
+                states.setdefault(quote(part.table), []).append(state or "queued")
+                done += part.bytes if i in self.finished else min(part.bytes, self.copied.get(i, 0))
+        tables = {
+            t: "copied" if set(s) == {"copied"} else "queued" if set(s) == {"queued"} else "copying"
+            for t, s in states.items()
+        }
+        return CopyProgress(tables, sum(p.bytes for p in self.parts), done)
+
+    def kill_all(self) -> None:
+        self.stop.set()
+        with self.lock:
+            for process in self.processes:
+                if process.poll() is None:
+                    process.kill()
+
+
+class Copier:
+    """Copy the parts of one database from source to target in `jobs` jobs."""
+
+    def __init__(
+        self, source: Server, target: Server, db: str, *, snapshot: str, freeze: set[Table]
+    ) -> None:
+        self.source_env = tools.client_env(source, db, label="source")
+        self.target = target
+        self.db = db
+        self.snapshot = snapshot
+        self.freeze = freeze  # whole tables truncated and filled in one transaction
+
+    def run(
+        self,
+        parts: list[Part],
+        *,
+        jobs: int,
+        deadline: float,
+        on_progress: Callable[[CopyProgress], None],
+    ) -> None:
+        """Every part copied; the first failure, the deadline or Ctrl-C stops every job."""
+        tracker = _Tracker(parts)
+        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="copy") as pool:
+            futures: list[Future[None]] = [
+                pool.submit(self._copy, i, part, tracker) for i, part in enumerate(parts)
+            ]
+            try:
+                while True:
+                    finished, pending = wait(futures, POLL_SECONDS, FIRST_EXCEPTION)
+                    on_progress(tracker.progress())
+                    for future in finished:
+                        future.result()  # the first failure ends the copy
+                    if not pending:
+                        return
+                    if time.monotonic() > deadline:
+                        raise StepFailed(
+                            f"the initial copy of {self.db} did not finish in time "
+                            f"({len(tracker.finished)} of {len(parts)} parts copied)",
+                            hint="raise thresholds.copy_timeout, or copy with more jobs "
+                            "(start --parallel N), then run start again",
+                        )
+            except BaseException:
+                tracker.kill_all()
+                for future in futures:
+                    future.cancel()
+                raise
+
+    def _copy(self, index: int, part: Part, tracker: _Tracker) -> None:
+        if tracker.stop.is_set():
+            return
+        with tracker.lock:
+            tracker.started.add(index)
+        conn = connect(self.target, self.db, label="target", autocommit=True)
+        try:
+            self._copy_part(index, part, conn, tracker)
+        finally:
+            conn.close()
+        with tracker.lock:
+            tracker.finished.add(index)
+
+    def _copy_part(self, index: int, part: Part, conn: Connection, tracker: _Tracker) -> None:
+        snapshot = sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self.snapshot))
+        argv = [
+            str(tools.bindir() / "psql"),
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+            "-c",
+            snapshot.as_string(conn),
+            "-c",
+            _read_command(part, conn),
+        ]
+        freeze = part.pages is None and part.table in self.freeze
+        table = sql.Identifier(*part.table)
+        columns = sql.SQL(", ").join(sql.Identifier(c) for c in part.columns)
+        write = sql.SQL("COPY {} ({}) FROM STDIN{}").format(
+            table, columns, sql.SQL(" (FREEZE)") if freeze else sql.SQL("")
+        )
+        process = subprocess.Popen(
+            argv, env=self.source_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0
+        )
+        with tracker.lock:
+            tracker.processes.add(process)
+        try:
+            assert process.stdout is not None and process.stderr is not None
+            with conn.transaction():
+                if freeze:
+                    conn.execute(sql.SQL("TRUNCATE ONLY {}").format(table))
+                with conn.cursor().copy(write) as copy:
+                    while chunk := process.stdout.read(CHUNK):
+                        if tracker.stop.is_set():
+                            raise StepFailed(f"the copy of {part.label} was stopped", hint=STOPPED)
+                        copy.write(chunk)
+                        with tracker.lock:
+                            tracker.copied[index] = tracker.copied.get(index, 0) + len(chunk)
+                    # Commit only what the source sent in full.
+                    if process.wait() != 0:
+                        if tracker.stop.is_set():
+                            raise StepFailed(f"the copy of {part.label} was stopped", hint=STOPPED)
+                        error = redact(process.stderr.read().decode(errors="replace").strip())
+                        raise StepFailed(
+                            f"reading {part.label} from the source failed: "
+                            f"{error[-300:] or process.returncode}",
+                            hint="the source's log says more; run start again: the copy "
+                            "starts over from a new snapshot",
+                        )
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            with tracker.lock:
+                tracker.processes.discard(process)
+
+
+def truncate(conn: Connection, tables: Sequence[Table]) -> None:
+    """Empty the target tables in one statement (keys between them allow nothing else)."""
+    if tables:
+        names = sql.SQL(", ").join(sql.Identifier(*t) for t in tables)
+        conn.execute(sql.SQL("TRUNCATE ONLY {}").format(names))

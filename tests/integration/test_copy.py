@@ -1,0 +1,201 @@
+"""The initial copy: one snapshot, several jobs, large tables split, nothing lost or doubled."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cutover.lab import Lab
+from cutover.pg import copy, schema
+from cutover.pg.connect import connect as cutover_connect
+from tests.conftest import REPO, Databases, Result, connect
+
+pytestmark = pytest.mark.integration
+
+# Types whose binary form differs between servers (enum arrays, composites), a
+# generated column, a dropped column, TOASTed values, NULLs and awkward text.
+AWKWARD = """
+CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE TYPE pair AS (a int, b text);
+CREATE TABLE "Big ""one"" t" (
+    id bigint PRIMARY KEY,
+    moods mood[],
+    p pair,
+    gone int,
+    note text,
+    doubled bigint GENERATED ALWAYS AS (id * 2) STORED
+);
+ALTER TABLE "Big ""one"" t" DROP COLUMN gone;
+INSERT INTO "Big ""one"" t" (id, moods, p, note)
+SELECT g, ARRAY['ok', 'happy']::mood[], ROW(g::int, E'tab\\there')::pair,
+       CASE WHEN g % 1000 = 0 THEN repeat('x', 5000) WHEN g % 7 = 0 THEN NULL
+            ELSE E'line\\nbreak \\\\ ' || g END
+FROM generate_series(1, 60000) g;
+CREATE TABLE small (id int PRIMARY KEY, v text);
+INSERT INTO small SELECT g, 'v' || g FROM generate_series(1, 10) g;
+CREATE TABLE empty (id int PRIMARY KEY);
+"""
+DIGEST = "SELECT md5(string_agg(t::text, '|' ORDER BY t.id)) AS d, count(*) AS n FROM {} t"
+TABLES = ['"Big ""one"" t"', "small", "empty"]
+
+
+def digests(lab: Lab, side: str, db: str) -> dict[str, object]:
+    with connect(lab.server(side), db) as conn:
+        return {t: conn.execute(DIGEST.format(t)).fetchone() for t in TABLES}
+
+
+def test_a_split_table_arrives_exactly_as_the_snapshot_saw_it(
+    lab: Lab, databases: Databases, tmp_path: Path
+) -> None:
+    db = databases.create()
+    with connect(lab.server("source"), db) as conn:
+        conn.execute(AWKWARD)
+    with connect(lab.server("target")) as conn:
+        conn.execute(f'CREATE DATABASE "{db.replace(chr(34), chr(34) * 2)}"')
+    archive = tmp_path / "schema.dump"
+    schema.dump(lab.server("source"), db, archive)
+    schema.restore_pre_data(lab.server("target"), db, archive)
+    expected = digests(lab, "source", db)
+
+    source = cutover_connect(lab.server("source"), db, label="source")
+    tables = [("public", 'Big "one" t'), ("public", "small"), ("public", "empty")]
+    parts = copy.plan_parts(source, tables, jobs=3, split_bytes=1 << 20)
+    assert [p.pages is not None for p in parts].count(True) == 3  # the big table, in 3 parts
+    slot = f"copytest_{uuid.uuid4().hex[:8]}"
+    seen: list[copy.CopyProgress] = []
+    try:
+        with copy.exported_snapshot(lab.server("source"), db, slot) as snapshot:
+            # Written after the snapshot: the slot streams these, the copy must not carry them.
+            source.execute('INSERT INTO "Big ""one"" t" (id) VALUES (-1)')
+            source.execute("DELETE FROM small WHERE id = 1")
+            copier = copy.Copier(
+                lab.server("source"), lab.server("target"), db, snapshot=snapshot, freeze=set()
+            )
+            copier.run(parts, jobs=3, deadline=time.monotonic() + 60, on_progress=seen.append)
+    finally:
+        source.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+        source.close()
+    assert digests(lab, "target", db) == expected
+    assert seen[-1].done and seen[-1].bytes_done == seen[-1].bytes_total
+    assert len(seen[-1].tables) == 3 and set(seen[-1].tables.values()) == {"copied"}
+
+
+def test_rows_already_on_the_target_stop_start_and_stay(
+    lab: Lab, databases: Databases, write_plan: Callable[..., Path], cutover: Callable[..., Result]
+) -> None:
+    db = databases.create()
+    with connect(lab.server("source"), db) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
+    plan = str(write_plan([db], move=f"t{uuid.uuid4().hex[:8]}"))
+    assert cutover("prepare", "-p", plan).code == 0
+    with connect(lab.server("target"), db) as conn:
+        conn.execute("INSERT INTO t VALUES (42)")
+    move = yaml.safe_load(Path(plan).read_text())["move"]
+    result = cutover("start", "-p", plan, "--wait")
+    assert result.code == 1
+    assert "tables of " in result.stderr and 'on the target already hold rows: "public"."t"' in (
+        result.stderr.replace("\n", " ")
+    )
+    assert "hint: the initial copy fills empty tables" in result.stderr
+    with connect(lab.server("target"), db) as conn:
+        assert conn.execute("SELECT array_agg(id) AS ids FROM t").fetchone() == {"ids": [42]}
+    with connect(lab.server("source"), db) as conn:
+        slots = conn.execute(
+            "SELECT count(*) AS n FROM pg_replication_slots WHERE slot_name LIKE %s",
+            (f"cutover_{move}%",),
+        ).fetchone()
+    assert slots == {"n": 0}  # refused before the slot: no WAL pinned
+
+
+def _copying(lab: Lab, db: str) -> bool:
+    with connect(lab.server("target"), db) as conn:
+        row = conn.execute(
+            "SELECT count(*) AS n FROM pg_stat_progress_copy "
+            "WHERE datname = current_database() AND bytes_processed > 0"
+        ).fetchone()
+    return bool(row and row["n"])
+
+
+def test_start_killed_in_the_middle_of_the_copy_copies_again_exactly(
+    lab: Lab, databases: Databases, write_plan: Callable[..., Path], cutover: Callable[..., Result]
+) -> None:
+    db = databases.create()
+    with connect(lab.server("source"), db) as conn:
+        conn.execute(
+            "CREATE TABLE big (id bigint PRIMARY KEY, pad text);"
+            "INSERT INTO big SELECT g, repeat('p', 200) FROM generate_series(1, 600000) g;"
+            "CREATE TABLE small (id int PRIMARY KEY); INSERT INTO small VALUES (1), (2)"
+        )
+    move = f"t{uuid.uuid4().hex[:8]}"
+    plan = str(write_plan([db], move=move))
+    assert cutover("prepare", "-p", plan).code == 0
+    child = subprocess.Popen(
+        [sys.executable, "-m", "cutover", "start", "-p", plan, "--wait", "--parallel", "1"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while not _copying(lab, db):
+        assert child.poll() is None, "start ended before it was killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+
+    status = json.loads(cutover("status", "-p", plan, "--json").stdout)
+    assert status["interrupted"] == [f"{db}/start.copy_data"]
+    again = cutover("start", "-p", plan, "--wait")
+    assert again.code == 0, again.stdout + again.stderr
+    with connect(lab.server("source"), db) as conn:
+        conn.execute("INSERT INTO big VALUES (0, 'after')")  # streamed, not copied
+        slots = conn.execute(
+            "SELECT count(*) AS n FROM pg_replication_slots WHERE slot_name LIKE %s",
+            (f"cutover_{move}%",),
+        ).fetchone()
+    assert slots == {"n": 1}
+    deadline = time.monotonic() + 20
+    while True:
+        with connect(lab.server("target"), db) as conn:
+            big = conn.execute("SELECT count(*) AS n, count(DISTINCT id) AS d FROM big").fetchone()
+        if big == {"n": 600001, "d": 600001} or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert big == {"n": 600001, "d": 600001}
+
+
+def test_start_runs_in_the_background_and_status_follows_it(
+    lab: Lab, databases: Databases, write_plan: Callable[..., Path], cutover: Callable[..., Result]
+) -> None:
+    db = databases.create()
+    with connect(lab.server("source"), db) as conn:
+        conn.execute(
+            "CREATE TABLE big (id bigint PRIMARY KEY, pad text);"
+            "INSERT INTO big SELECT g, repeat('p', 200) FROM generate_series(1, 300000) g"
+        )
+    plan = write_plan([db], move=f"t{uuid.uuid4().hex[:8]}")
+    assert cutover("prepare", "-p", str(plan)).code == 0
+    started = time.monotonic()
+    result = cutover("start", "-p", str(plan))
+    assert result.code == 0, result.stderr
+    assert time.monotonic() - started < 10
+    assert "started in the background (pid" in result.stdout
+    log = next((plan.parent / "state").glob("*.start.log"))
+    deadline = time.monotonic() + 90
+    while True:
+        status = json.loads(cutover("status", "-p", str(plan), "--json").stdout)
+        if status["databases"][db]["replicating"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert status["databases"][db]["replicating"] is True, log.read_text()
+    while "wait_for_catchup" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert f"applied {db}/start.copy_data" in log.read_text()
