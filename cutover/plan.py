@@ -272,6 +272,7 @@ class Thresholds(_Model):
     drain_timeout: Seconds = 30.0
     lock_timeout: Seconds = 2.0
     statement_timeout: Seconds = 300.0
+    index_memory: Bytes = 512 * 1024**2  # maintenance_work_mem of each index build on the target
 
 
 class Plan(_Model):

@@ -87,11 +87,25 @@ def restore_pre_data(server: Server, db: str, archive: Path) -> None:
 
 
 def restore_entries(
-    server: Server, db: str, archive: Path, entries: list[TocEntry], *, jobs: int
+    server: Server,
+    db: str,
+    archive: Path,
+    entries: list[TocEntry],
+    *,
+    jobs: int,
+    index_memory: int | None = None,
 ) -> None:
-    """Restore exactly these entries of an archive, `jobs` at a time."""
+    """Restore exactly these entries of an archive, `jobs` at a time.
+
+    `index_memory` (bytes) is each session's maintenance_work_mem: an index
+    sorted in memory builds several times faster than one sorted on disk.
+    """
     if not entries:
         return
+    env = tools.client_env(server, db, label="target")
+    if index_memory:  # the server's limit is 2 GB
+        kilobytes = min(index_memory // 1024, 2 * 1024**2 - 1)
+        env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} -c maintenance_work_mem={kilobytes}kB"
     with tempfile.NamedTemporaryFile("w", suffix=".list", delete=False) as listing:
         listing.write("\n".join(e.line for e in entries) + "\n")
     try:
@@ -102,7 +116,7 @@ def restore_entries(
             "--exit-on-error",
             _dbname(db),
             str(archive),
-            env=tools.client_env(server, db, label="target"),
+            env=env,
             what="pg_restore of indexes and constraints",
         )
     finally:

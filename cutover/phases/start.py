@@ -23,7 +23,7 @@ from cutover.phases.prepare import archive_path
 from cutover.plan import Plan
 from cutover.steps import Change, Phase, Step
 
-POLL_SECONDS = 1.0
+CATCHUP_POLL_SECONDS = 0.2
 CONNECT_SECONDS = 60.0  # an apply worker that has not connected by then never will by itself
 
 
@@ -51,6 +51,7 @@ def phase(
     """The start steps for database `db`, copying and indexing with `jobs` jobs."""
     archive = archive_path(plan, db)
     subscription = replication.object_name(plan.move)
+    index_memory = int(plan.thresholds.index_memory)
 
     def subscribed() -> bool:
         return admin.database_exists(pool.get("target"), db) and engine.subscription_exists()
@@ -73,7 +74,9 @@ def phase(
             schema.dump(plan.source, db, archive)  # prepare ran elsewhere: the schema again
         entries = missing_post_data()
         if not dry_run:
-            schema.restore_entries(plan.target, db, archive, entries, jobs=jobs)
+            schema.restore_entries(
+                plan.target, db, archive, entries, jobs=jobs, index_memory=index_memory
+            )
         return [Change(f"target/{db}", e.line) for e in entries]
 
     def caught_up() -> bool:
@@ -118,7 +121,7 @@ def phase(
                     hint="replication goes on; run `cutover start` again to keep following "
                     "it, or raise thresholds.copy_timeout",
                 )
-            sleep(POLL_SECONDS)
+            sleep(CATCHUP_POLL_SECONDS)
 
     return Phase(
         "start",
