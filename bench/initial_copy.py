@@ -16,6 +16,7 @@ Medians of the runs and their ratios are printed at the end.
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -163,14 +164,27 @@ def main() -> None:
                     conn.execute("VACUUM ANALYZE")
                     conn.execute("CHECKPOINT")
 
-                ours, steps = cutover_copy(lab, work, db, args.jobs)
-                times["cutover"].append(ours)
-                shown = ", ".join(f"{k} {v:.1f} s" for k, v in steps.items())
-                print(f"  cutover prepare + start --wait: {ours:.1f} s ({shown})", flush=True)
-                times["pg_dump"].append(dump_restore(lab, work, db, args.jobs))
-                print(f"  pg_dump | pg_restore: {times['pg_dump'][-1]:.1f} s", flush=True)
-                times["pgcopydb"].append(pgcopydb(lab, work, db, args.jobs))
-                print(f"  pgcopydb clone: {times['pgcopydb'][-1]:.1f} s", flush=True)
+                for side in ("source", "target"):
+                    with psycopg.connect(uri(lab, side, "postgres"), autocommit=True) as conn:
+                        conn.execute("CHECKPOINT")
+                os.sync()  # no way starts while the OS still writes back the one before it
+                # Each run in another order, so none is always the one after pgbench.
+                order = ["cutover", "pg_dump", "pgcopydb"]
+                for way in order[i - 1 :] + order[: i - 1]:
+                    if way == "cutover":
+                        ours, steps = cutover_copy(lab, work, db, args.jobs)
+                        times["cutover"].append(ours)
+                        shown = ", ".join(f"{k} {v:.1f} s" for k, v in steps.items())
+                        print(
+                            f"  cutover prepare + start --wait: {ours:.1f} s ({shown})", flush=True
+                        )
+                    elif way == "pg_dump":
+                        times["pg_dump"].append(dump_restore(lab, work, db, args.jobs))
+                        print(f"  pg_dump | pg_restore: {times['pg_dump'][-1]:.1f} s", flush=True)
+                    else:
+                        times["pgcopydb"].append(pgcopydb(lab, work, db, args.jobs))
+                        print(f"  pgcopydb clone: {times['pgcopydb'][-1]:.1f} s", flush=True)
+                    os.sync()
 
                 reference = counts(lab, db)
                 for other in (f"{db}_dump", f"{db}_pgcopydb"):

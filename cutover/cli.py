@@ -34,10 +34,12 @@ from cutover.engines import engine_for, reversed_plan
 from cutover.errors import CutoverError, UsageError
 from cutover.ledger import Journal
 from cutover.pg import fence
+from cutover.pg.backfill import FillProgress
 from cutover.pg.connect import Pool, pool
 from cutover.pg.copy import READY_STATES, CopyProgress
-from cutover.phases import cleanup, prepare, rollback, start, switch
-from cutover.plan import Plan, Server
+from cutover.pg.ident import quote
+from cutover.phases import backfill, cleanup, prepare, rollback, start, switch
+from cutover.plan import Plan, Server, parse_table
 from cutover.plan import load as load_plan
 from cutover.steps import Outcome, Phase
 
@@ -171,19 +173,104 @@ def prepare_command(
     ] = False,
     dry_run: DryRunOption = False,
 ) -> None:
-    """Make both sides ready: logical decoding, replication role, schema, keys, publication.
+    """Make both sides ready: primary keys, logical decoding, replication role, schema, publication.
 
-    Safe to run again: what is already done is skipped, what was done but not
-    recorded is adopted. With --dry-run, prints the SQL and changes nothing.
+    First every source table without a primary key or replica identity gets
+    one (see `cutover backfill`). Safe to run again: what is already done is
+    skipped, what was done but not recorded is adopted. With --dry-run, prints
+    the SQL and changes nothing.
     """
     plan = load_plan(plan_path)
-    with pool(_servers(plan)) as connections:
+    with pool(_servers(plan)) as connections, _backfill_progress() as bars:
 
-        def phase_for(db: str) -> Phase:
+        def phases_for(db: str) -> list[Phase]:
             engine = engine_for(plan, connections, db)
-            return prepare.phase(plan, connections, db, engine, restart=restart)
+            keys = [
+                backfill.phase(plan, connections, db, table, on_progress=bars(db, table))
+                for table in backfill.tables_without_key(plan, connections, db)
+            ]
+            return [*keys, prepare.phase(plan, connections, db, engine, restart=restart)]
 
-        _run_phases(plan, phase_for, dry_run=dry_run)
+        _run_phases(plan, phases_for, dry_run=dry_run)
+
+
+@app.command("backfill")
+def backfill_command(
+    plan_path: PlanOption,
+    tables: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--table",
+            "-t",
+            help="Only this table (schema.table, quoted as SQL quotes it); may be repeated. "
+            "Default: backfill.tables of the plan, or every table without a key.",
+        ),
+    ] = None,
+    dry_run: DryRunOption = False,
+) -> None:
+    """Add a primary key to source tables that have none, without blocking their writers.
+
+    A bigint column (backfill.column, default cutover_id) with its own
+    sequence; existing rows numbered in batches of pages, each its own short
+    transaction; NOT NULL through a validated check; a unique index built
+    CONCURRENTLY; then the primary key. No statement waits for a lock longer
+    than thresholds.lock_timeout. Killed at any point, it resumes and never
+    renumbers a row. `cutover cleanup` drops exactly what it added.
+    """
+    plan = load_plan(plan_path)
+    if tables:
+        try:
+            chosen = [parse_table(t) for t in tables]
+        except ValueError as exc:
+            raise UsageError(str(exc), hint="e.g. --table public.events") from None
+        plan = plan.model_copy(
+            update={"backfill": plan.backfill.model_copy(update={"tables": chosen})}
+        )
+    with pool(_servers(plan)) as connections, _backfill_progress() as bars:
+        chosen_tables: list[tuple[str, str]] = []
+
+        def phases_for(db: str) -> list[Phase]:
+            tables = backfill.tables_without_key(plan, connections, db)
+            chosen_tables.extend(tables)
+            return [
+                backfill.phase(plan, connections, db, table, on_progress=bars(db, table))
+                for table in tables
+            ]
+
+        _run_phases(plan, phases_for, dry_run=dry_run)
+    if not chosen_tables:
+        out.print("every table has a primary key or a replica identity: nothing to backfill")
+
+
+@contextmanager
+def _backfill_progress() -> Iterator[
+    Callable[[str, tuple[str, str]], Callable[[FillProgress], None]]
+]:
+    """A bar per table being numbered: pages done, rows numbered, rows/s, ETA."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=out, transient=False) as bars:
+        tasks: dict[tuple[str, tuple[str, str]], TaskID] = {}
+
+        def for_table(db: str, table: tuple[str, str]) -> Callable[[FillProgress], None]:
+            def update(progress: FillProgress) -> None:
+                if (db, table) not in tasks:
+                    tasks[db, table] = bars.add_task(_escape(quote(table)), total=None, detail="")
+                rate = progress.rows / progress.seconds if progress.seconds else 0.0
+                bars.update(
+                    tasks[db, table],
+                    total=max(progress.pages_total, 1),
+                    completed=min(progress.pages_done, progress.pages_total),
+                    detail=f"{progress.rows:,} rows, {rate:,.0f} rows/s",
+                )
+
+            return update
+
+        yield for_table
 
 
 @app.command("start")
@@ -335,12 +422,16 @@ def _show(report: runner.StepReport) -> None:
         out.print(f"           [dim]{change.target}:[/] {_escape(action)}", soft_wrap=True)
 
 
-def _run_phases(plan: Plan, phase_for: Callable[[str], Phase], *, dry_run: bool) -> None:
-    """One phase per database, in the plan's order."""
+def _run_phases(
+    plan: Plan, phases_for: Callable[[str], Phase | list[Phase]], *, dry_run: bool
+) -> None:
+    """The phases of each database, in the plan's order."""
 
     def run_all(steps: runner.Runner) -> None:
         for db in plan.databases:
-            steps.run(phase_for(db), scope=db)
+            phases = phases_for(db)
+            for phase in phases if isinstance(phases, list) else [phases]:
+                steps.run(phase, scope=db)
 
     _with_runner(plan, run_all, dry_run=dry_run)
 

@@ -226,6 +226,43 @@ class Fence(_Model):
     read_only: bool = True
 
 
+_QUALIFIED = re.compile(r'(?:"((?:[^"]|"")+)"|([^".]+))')
+
+
+def parse_table(text: str) -> tuple[str, str]:
+    """`name`, `schema.name` or their quoted forms (`"My.Schema"."T"`) as (schema, name).
+
+    Unquoted parts are taken as written (no case folding): what `\\dt` shows.
+    A bare name is in `public`.
+    """
+    parts: list[str] = []
+    rest = text.strip()
+    while True:
+        match = _QUALIFIED.match(rest)
+        if match is None:
+            raise ValueError(f"not a table name: {text!r} (write schema.table)")
+        parts.append(match[1].replace('""', '"') if match[1] is not None else match[2].strip())
+        rest = rest[match.end() :]
+        if not rest:
+            break
+        if not rest.startswith(".") or len(parts) == 2:
+            raise ValueError(f"not a table name: {text!r} (write schema.table)")
+        rest = rest[1:]
+    if len(parts) == 1:
+        return ("public", parts[0])
+    return (parts[0], parts[1])
+
+
+TableName = Annotated[tuple[str, str], BeforeValidator(lambda v: parse_table(str(v)))]
+
+
+class Backfill(_Model):
+    """Primary keys that prepare adds to tables without one."""
+
+    column: str = Field(default="cutover_id", min_length=1, max_length=63)
+    tables: list[TableName] | None = None  # None: every table without a key or identity
+
+
 class FileRepoint(_Model):
     """Rewrite one key of an env or DSN file, atomically."""
 
@@ -285,6 +322,7 @@ class Plan(_Model):
     databases: list[DbName] = Field(min_length=1)
     writers: list[Writer] = []
     fence: Fence = Fence()
+    backfill: Backfill = Backfill()
     repoint: list[Repoint] = []
     thresholds: Thresholds = Thresholds()
     state_dir: Path = Path(".cutover")

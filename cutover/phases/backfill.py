@@ -1,0 +1,122 @@
+"""backfill: a primary key for each source table that has none, writers never blocked.
+
+One phase per table (`backfill <table>`), each step read from the catalog, so
+a killed run resumes where it stopped and never numbers a row twice:
+
+1. add_column: `<column> bigint`, marked as the move's, its sequence and default.
+2. number_rows: existing rows numbered in batches of pages (see pg/backfill.py).
+3. set_not_null: NOT VALID check, VALIDATE, SET NOT NULL without a scan.
+4. build_unique_index: CREATE UNIQUE INDEX CONCURRENTLY (an invalid one is rebuilt).
+5. add_primary_key: ADD PRIMARY KEY USING INDEX.
+"""
+
+from collections.abc import Callable, Sequence
+
+from cutover.errors import PreconditionFailed
+from cutover.pg import backfill, replication
+from cutover.pg.backfill import FillProgress, Key
+from cutover.pg.connect import Connection, Pool
+from cutover.pg.ident import quote
+from cutover.plan import Plan
+from cutover.steps import Change, Phase, Step
+
+Table = tuple[str, str]
+
+
+def tables_without_key(plan: Plan, pool: Pool, db: str) -> list[Table]:
+    """The plan's backfill tables, or every replicated table with no key and no identity."""
+    if plan.backfill.tables is not None:
+        return list(plan.backfill.tables)
+    return [
+        (t.schema, t.name)
+        for t in replication.replicated_tables(pool.get("source", db))
+        if not t.has_primary_key and not t.has_identity_index and t.replica_identity != "f"
+    ]
+
+
+def phase(
+    plan: Plan,
+    pool: Pool,
+    db: str,
+    table: Table,
+    *,
+    on_progress: Callable[[FillProgress], None] = lambda _: None,
+) -> Phase:
+    """The backfill steps of one table of database `db`, on the source."""
+    key = Key(table, plan.backfill.column, plan.move)
+    lock_timeout = plan.thresholds.lock_timeout
+    where = f"source/{db}"
+
+    def conn() -> Connection:
+        return pool.get("source", db)
+
+    def state() -> backfill.State:
+        return backfill.state(conn(), key)
+
+    def add_column(*, dry_run: bool) -> Sequence[Change]:
+        current = state()
+        if current.column and not current.ours:
+            raise PreconditionFailed(
+                f"{key.label} exists and is not cutover's: it is left alone",
+                hint="name cutover's column otherwise with backfill.column in the plan",
+            )
+        if current.table_has_key and not current.primary_key:
+            raise PreconditionFailed(
+                f"{quote(table)} has a primary key already",
+                hint="leave it out of backfill.tables",
+            )
+        if not dry_run:
+            backfill.add_column(conn(), key, lock_timeout=lock_timeout)
+        return [Change(where, f"ALTER TABLE {quote(table)} ADD COLUMN {quote(key.column)} bigint")]
+
+    def number_rows(*, dry_run: bool) -> Sequence[Change]:
+        if not dry_run:
+            done = backfill.fill(conn(), key, lock_timeout=lock_timeout, on_progress=on_progress)
+            return [
+                Change(
+                    where, f"numbered {done.rows} rows of {quote(table)} in {done.batches} batches"
+                )
+            ]
+        return [Change(where, f"UPDATE {quote(table)} in batches of pages, rows without a number")]
+
+    def set_not_null(*, dry_run: bool) -> Sequence[Change]:
+        if not dry_run:
+            backfill.set_not_null(conn(), key, lock_timeout=lock_timeout)
+        return [
+            Change(
+                where, f"ALTER TABLE {quote(table)} ALTER COLUMN {quote(key.column)} SET NOT NULL"
+            )
+        ]
+
+    def build_unique_index(*, dry_run: bool) -> Sequence[Change]:
+        if not dry_run:
+            backfill.build_index(conn(), key, index_state=state().index)
+        return [Change(where, f"CREATE UNIQUE INDEX CONCURRENTLY {quote(key.index)}")]
+
+    def add_primary_key(*, dry_run: bool) -> Sequence[Change]:
+        if not dry_run:
+            backfill.add_primary_key(conn(), key, lock_timeout=lock_timeout)
+        return [
+            Change(
+                where, f"ALTER TABLE {quote(table)} ADD PRIMARY KEY USING INDEX {quote(key.index)}"
+            )
+        ]
+
+    def column_ready() -> bool:
+        current = state()
+        return current.column and current.ours and current.default
+
+    return Phase(
+        f"backfill {quote(table)}",
+        (
+            Step("add_column", add_column, column_ready),
+            Step("number_rows", number_rows, lambda: state().not_null, attempts=1),
+            Step("set_not_null", set_not_null, lambda: state().not_null),
+            Step(
+                "build_unique_index",
+                build_unique_index,
+                lambda: state().index == "valid" or state().primary_key,
+            ),
+            Step("add_primary_key", add_primary_key, lambda: state().primary_key),
+        ),
+    )

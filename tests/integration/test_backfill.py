@@ -1,0 +1,215 @@
+"""Primary keys added to tables without one while writers keep writing."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from cutover.lab import Lab
+from cutover.pg import backfill
+from cutover.pg.backfill import Key
+from cutover.pg.connect import connect as cutover_connect
+from tests.conftest import REPO, Databases, Result, connect
+
+pytestmark = pytest.mark.integration
+
+ROWS = 200_000
+TABLE = '"Log ""lines"""'
+
+
+def make_table(lab: Lab, db: str, rows: int = ROWS) -> None:
+    with connect(lab.server("source"), db) as conn:
+        conn.execute(
+            f"CREATE TABLE {TABLE} (v bigint, note text);"
+            f"INSERT INTO {TABLE} SELECT g, 'n' || g FROM generate_series(1, {rows}) g"
+        )
+
+
+def numbered(lab: Lab, db: str) -> dict[str, object]:
+    with connect(lab.server("source"), db) as conn:
+        row = conn.execute(
+            f"SELECT count(*) AS rows, count(cutover_id) AS numbered, "
+            f"count(DISTINCT cutover_id) AS distinct FROM {TABLE}"
+        ).fetchone()
+        key = conn.execute(
+            "SELECT pg_get_constraintdef(oid) AS d FROM pg_constraint "
+            f"WHERE conrelid = '{TABLE}'::regclass AND contype = 'p'"
+        ).fetchone()
+    assert row is not None
+    return {**row, "key": key["d"] if key else None}
+
+
+class Writers:
+    """Inserts, updates and deletes on the table, timing each write."""
+
+    def __init__(self, lab: Lab, db: str) -> None:
+        self.conn = connect(lab.server("source"), db)
+        self.stop = threading.Event()
+        self.errors: list[str] = []
+        self.longest = 0.0
+        self.writes = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            statement = (
+                f"INSERT INTO {TABLE} (v, note) VALUES (-{n}, 'new')",
+                f"UPDATE {TABLE} SET note = 'upd' WHERE v = {n * 37 % ROWS + 1}",
+                f"DELETE FROM {TABLE} WHERE v = {n * 91 % ROWS + 1}",
+            )[n % 3]
+            started = time.monotonic()
+            try:
+                self.conn.execute(statement)
+            except psycopg.Error as exc:
+                self.errors.append(str(exc))
+            self.longest = max(self.longest, time.monotonic() - started)
+            self.writes += 1
+
+    def __enter__(self) -> "Writers":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.conn.close()
+
+
+def test_backfill_under_concurrent_writes_numbers_every_row_once(
+    lab: Lab, databases: Databases, write_plan: Callable[..., Path], cutover: Callable[..., Result]
+) -> None:
+    db = databases.create()
+    make_table(lab, db)
+    plan = write_plan([db], move=f"t{uuid.uuid4().hex[:8]}")
+    with Writers(lab, db) as writers:
+        time.sleep(0.2)
+        result = cutover("backfill", "-p", str(plan))
+        time.sleep(0.2)
+    assert result.code == 0, result.stdout + result.stderr
+    assert writers.errors == []
+    assert writers.writes > 100
+    assert writers.longest < 2.0  # thresholds.lock_timeout
+    shown = numbered(lab, db)
+    assert shown["rows"] == shown["numbered"] == shown["distinct"]
+    assert shown["key"] == "PRIMARY KEY (cutover_id)"
+    again = cutover("backfill", "-p", str(plan))
+    assert again.code == 0
+    assert "every table has a primary key or a replica identity" in again.stdout
+    listed = cutover("backfill", "-p", str(plan), "--table", TABLE)
+    assert listed.code == 0 and listed.stdout.count("skipped") == 5
+
+
+def test_a_killed_backfill_resumes_without_renumbering(
+    lab: Lab, databases: Databases, write_plan: Callable[..., Path], cutover: Callable[..., Result]
+) -> None:
+    db = databases.create()
+    make_table(lab, db, rows=400_000)
+    plan = str(write_plan([db], move=f"t{uuid.uuid4().hex[:8]}"))
+    child = subprocess.Popen(
+        [sys.executable, "-m", "cutover", "backfill", "-p", plan],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    before: dict[int, int] = {}
+    while not before:
+        assert child.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+        with connect(lab.server("source"), db) as conn:
+            column = conn.execute(
+                f"SELECT 1 FROM pg_attribute WHERE attrelid = '{TABLE}'::regclass "
+                "AND attname = 'cutover_id'"
+            ).fetchone()
+            if column:
+                rows = conn.execute(
+                    f"SELECT v, cutover_id FROM {TABLE} WHERE cutover_id IS NOT NULL"
+                ).fetchall()
+                before = {r["v"]: r["cutover_id"] for r in rows}
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert len(before) < 400_000  # killed halfway
+
+    again = cutover("backfill", "-p", plan)
+    assert again.code == 0, again.stdout + again.stderr
+    shown = numbered(lab, db)
+    assert shown["rows"] == shown["numbered"] == shown["distinct"] == 400_000
+    with connect(lab.server("source"), db) as conn:
+        after = {
+            r["v"]: r["cutover_id"] for r in conn.execute(f"SELECT v, cutover_id FROM {TABLE}")
+        }
+    assert all(after[v] == n for v, n in before.items())  # nothing renumbered
+
+
+def test_an_invalid_index_from_a_failed_build_is_rebuilt(
+    lab: Lab, databases: Databases, write_plan: Callable[..., Path], cutover: Callable[..., Result]
+) -> None:
+    db = databases.create()
+    make_table(lab, db, rows=1000)
+    plan = write_plan([db], move=f"t{uuid.uuid4().hex[:8]}")
+    key = Key(("public", 'Log "lines"'), "cutover_id", "x")
+    with connect(lab.server("source"), db) as conn:
+        conn.execute(f"INSERT INTO {TABLE} (v) VALUES (1)")  # v is not unique now
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute(f'CREATE UNIQUE INDEX CONCURRENTLY "{key.index}" ON {TABLE} (v)')
+    with cutover_connect(lab.server("source"), db, label="source") as conn:
+        assert backfill.state(conn, key).index == "invalid"
+    result = cutover("backfill", "-p", str(plan))
+    assert result.code == 0, result.stdout + result.stderr
+    assert numbered(lab, db)["key"] == "PRIMARY KEY (cutover_id)"
+
+
+def test_drop_restores_the_table_and_never_touches_a_users_column(
+    lab: Lab, databases: Databases, write_plan: Callable[..., Path], cutover: Callable[..., Result]
+) -> None:
+    db = databases.create()
+    make_table(lab, db, rows=1000)
+    with connect(lab.server("source"), db) as conn:
+        conn.execute("CREATE TABLE mine (cutover_id bigint, x int)")  # the user's own column
+    plan = write_plan([db], move="keep", backfill={"tables": [TABLE]})
+    assert cutover("backfill", "-p", str(plan)).code == 0
+    with cutover_connect(lab.server("source"), db, label="source") as conn:
+        ours = Key(("public", 'Log "lines"'), "cutover_id", "keep")
+        assert backfill.drop(conn, ours, lock_timeout=2.0) is True
+        assert (
+            backfill.drop(conn, Key(("public", "mine"), "cutover_id", "keep"), lock_timeout=2.0)
+            is False
+        )
+        columns = conn.execute(
+            "SELECT attrelid::regclass::text AS t, attname FROM pg_attribute "
+            f"WHERE attrelid IN ('{TABLE}'::regclass, 'mine'::regclass) AND attnum > 0 "
+            "AND NOT attisdropped ORDER BY 1, attnum"
+        ).fetchall()
+        sequences = conn.execute(
+            "SELECT count(*) AS n FROM pg_class WHERE relkind = 'S'"
+        ).fetchone()
+    assert [(c["t"], c["attname"]) for c in columns] == [
+        (TABLE, "v"),
+        (TABLE, "note"),
+        ("mine", "cutover_id"),
+        ("mine", "x"),
+    ]
+    assert sequences == {"n": 0}
+
+
+def test_a_column_of_the_same_name_stops_backfill(
+    lab: Lab, databases: Databases, write_plan: Callable[..., Path], cutover: Callable[..., Result]
+) -> None:
+    db = databases.create()
+    with connect(lab.server("source"), db) as conn:
+        conn.execute("CREATE TABLE mine (cutover_id bigint, x int); INSERT INTO mine VALUES (1, 1)")
+    plan = write_plan([db], move=f"t{uuid.uuid4().hex[:8]}")
+    result = cutover("backfill", "-p", str(plan), "--table", "public.mine")
+    assert result.code == 1
+    assert '"public"."mine"."cutover_id" exists and is not cutover\'s' in result.stderr
+    assert "backfill.column" in result.stderr
