@@ -29,7 +29,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from cutover import __version__, lab, load, log, preflight, runner
+from cutover import __version__, lab, load, log, metrics, preflight, runner
 from cutover.engines import engine_for, reversed_plan
 from cutover.errors import CutoverError, UsageError
 from cutover.ledger import Journal
@@ -73,7 +73,7 @@ LabDirOption = Annotated[
     Path,
     typer.Option("--dir", envvar="CUTOVER_LAB_DIR", help="The lab's folder. Also CUTOVER_LAB_DIR."),
 ]
-BACKGROUND_GRACE_SECONDS = 2.0  # a background start that fails this fast is reported here
+BACKGROUND_GRACE_SECONDS = 1.0  # a background start that fails this fast is reported here
 STATUS_STYLE = {"OK": "green", "WARN": "yellow", "FAIL": "bold red"}
 OUTCOME_STYLE = {
     Outcome.APPLIED: "green",
@@ -181,7 +181,7 @@ def prepare_command(
     the SQL and changes nothing.
     """
     plan = load_plan(plan_path)
-    with pool(_servers(plan)) as connections, _backfill_progress() as bars:
+    with pool(_servers(plan)) as connections, _backfill_progress(plan.move) as bars:
 
         def phases_for(db: str) -> list[Phase]:
             engine = engine_for(plan, connections, db)
@@ -206,6 +206,14 @@ def backfill_command(
             "Default: backfill.tables of the plan, or every table without a key.",
         ),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            help="Serve Prometheus metrics (rows and pages done and total per table) on this "
+            "port while it runs.",
+        ),
+    ] = None,
     dry_run: DryRunOption = False,
 ) -> None:
     """Add a primary key to source tables that have none, without blocking their writers.
@@ -218,6 +226,8 @@ def backfill_command(
     renumbers a row. `cutover cleanup` drops exactly what it added.
     """
     plan = load_plan(plan_path)
+    if metrics_port is not None:
+        metrics.serve(metrics_port)
     if tables:
         try:
             chosen = [parse_table(t) for t in tables]
@@ -226,7 +236,7 @@ def backfill_command(
         plan = plan.model_copy(
             update={"backfill": plan.backfill.model_copy(update={"tables": chosen})}
         )
-    with pool(_servers(plan)) as connections, _backfill_progress() as bars:
+    with pool(_servers(plan)) as connections, _backfill_progress(plan.move) as bars:
         chosen_tables: list[tuple[str, str]] = []
 
         def phases_for(db: str) -> list[Phase]:
@@ -243,10 +253,10 @@ def backfill_command(
 
 
 @contextmanager
-def _backfill_progress() -> Iterator[
-    Callable[[str, tuple[str, str]], Callable[[FillProgress], None]]
-]:
-    """A bar per table being numbered: pages done, rows numbered, rows/s, ETA."""
+def _backfill_progress(
+    move: str,
+) -> Iterator[Callable[[str, tuple[str, str]], Callable[[FillProgress], None]]]:
+    """A bar per table being numbered (pages done, rows numbered, rows/s, ETA), and metrics."""
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -260,6 +270,15 @@ def _backfill_progress() -> Iterator[
             def update(progress: FillProgress) -> None:
                 if (db, table) not in tasks:
                     tasks[db, table] = bars.add_task(_escape(quote(table)), total=None, detail="")
+                metrics.backfill_progress(
+                    move,
+                    db,
+                    quote(table),
+                    rows_done=progress.rows,
+                    rows_total=progress.rows_total,
+                    pages_done=progress.pages_done,
+                    pages_total=progress.pages_total,
+                )
                 rate = progress.rows / progress.seconds if progress.seconds else 0.0
                 bars.update(
                     tasks[db, table],

@@ -261,6 +261,7 @@ class Backfill(_Model):
 
     column: str = Field(default="cutover_id", min_length=1, max_length=63)
     tables: list[TableName] | None = None  # None: every table without a key or identity
+    max_replica_lag: Bytes = 64 * 1024**2  # batches pause while a replica is further behind
 
 
 class FileRepoint(_Model):

@@ -43,6 +43,11 @@ LOCK_ATTEMPTS = 30
 MAX_PASSES = 5  # one pass, then sweeps for rows that writers moved behind the batches
 
 
+def mark(move: str) -> str:
+    """The comment on each column a move added: what cleanup looks for, exactly."""
+    return f"added by cutover for move {move}; dropped by cutover cleanup"
+
+
 @dataclass(frozen=True)
 class Key:
     """The key cutover adds to one table, and the names of its parts."""
@@ -73,7 +78,7 @@ class Key:
     @property
     def mark(self) -> str:
         """The column's comment: this column is the move's, cleanup may drop it."""
-        return f"added by cutover for move {self.move}; dropped by cutover cleanup"
+        return mark(self.move)
 
     @property
     def label(self) -> str:
@@ -192,6 +197,7 @@ class FillProgress:
     """Where the numbering stands."""
 
     rows: int = 0  # rows numbered by this run
+    rows_total: int = 0  # the table's rows when it started (the planner's estimate)
     pages_done: int = 0
     pages_total: int = 0
     batches: int = 0
@@ -216,7 +222,7 @@ def fill(
     TARGET_BATCH_SECONDS whatever the rows' width.
     """
     table, column = sql.Identifier(*key.table), sql.Identifier(key.column)
-    progress = FillProgress(pages_total=_pages(conn, key.table))
+    progress = FillProgress(pages_total=_pages(conn, key.table), rows_total=_rows(conn, key.table))
     started = clock()
     update = sql.SQL(
         "UPDATE {t} SET {c} = pg_catalog.nextval({s}) WHERE ctid >= {lo}::pg_catalog.tid "
@@ -290,6 +296,16 @@ def _pages(conn: Connection, table: Table) -> int:
         ).format(sql.Literal(quote(table)))
     ).fetchone()
     return int(row["pages"]) if row else 0
+
+
+def _rows(conn: Connection, table: Table) -> int:
+    row = conn.execute(
+        sql.SQL(
+            "SELECT greatest(reltuples, 0)::bigint AS n FROM pg_catalog.pg_class "
+            "WHERE oid = {}::pg_catalog.regclass"
+        ).format(sql.Literal(quote(table)))
+    ).fetchone()
+    return int(row["n"]) if row else 0
 
 
 def _has_nulls(conn: Connection, key: Key) -> bool:
@@ -392,3 +408,42 @@ def drop(conn: Connection, key: Key, *, lock_timeout: float) -> bool:
     )
     ddl(conn, statements, lock_timeout=lock_timeout, what=f"dropping {key.label}")
     return True
+
+
+def marked_keys(conn: Connection, move: str) -> list[Key]:
+    """The keys this move added in the connected database, found by their columns' mark."""
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT n.nspname AS schema, c.relname AS name, a.attname AS column "
+            "FROM pg_catalog.pg_attribute a "
+            "JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
+            "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped "
+            "AND pg_catalog.col_description(c.oid, a.attnum) = %s "
+            "ORDER BY 1, 2"
+        ),
+        (mark(move),),
+    ).fetchall()
+    return [Key((r["schema"], r["name"]), r["column"], move) for r in rows]
+
+
+@dataclass(frozen=True)
+class Pressure:
+    """What the batches cost the server right now."""
+
+    waiting: int  # sessions waiting for a lock on the table
+    replica_lag: int  # bytes the furthest replica of the server is behind
+
+
+def pressure(conn: Connection, table: Table) -> Pressure:
+    """Lock waits on the table and the replicas' lag, to slow the batches down."""
+    row = conn.execute(
+        sql.SQL(
+            "SELECT (SELECT count(*) FROM pg_catalog.pg_locks WHERE NOT granted "
+            "AND relation = {t}::pg_catalog.regclass) AS waiting, "
+            "(SELECT coalesce(max(pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), "
+            "replay_lsn)), 0) FROM pg_catalog.pg_stat_replication) AS lag"
+        ).format(t=sql.Literal(quote(table)))
+    ).fetchone()
+    assert row is not None
+    return Pressure(int(row["waiting"]), int(row["lag"]))

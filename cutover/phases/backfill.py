@@ -21,6 +21,7 @@ from cutover.plan import Plan
 from cutover.steps import Change, Phase, Step
 
 Table = tuple[str, str]
+THROTTLE_SECONDS = 0.5
 
 
 def tables_without_key(plan: Plan, pool: Pool, db: str) -> list[Table]:
@@ -69,9 +70,18 @@ def phase(
             backfill.add_column(conn(), key, lock_timeout=lock_timeout)
         return [Change(where, f"ALTER TABLE {quote(table)} ADD COLUMN {quote(key.column)} bigint")]
 
+    def throttle() -> float:
+        """Seconds to pause: writers queue behind a batch, or a replica falls behind."""
+        now = backfill.pressure(conn(), table)
+        if now.waiting or now.replica_lag > plan.backfill.max_replica_lag:
+            return THROTTLE_SECONDS
+        return 0.0
+
     def number_rows(*, dry_run: bool) -> Sequence[Change]:
         if not dry_run:
-            done = backfill.fill(conn(), key, lock_timeout=lock_timeout, on_progress=on_progress)
+            done = backfill.fill(
+                conn(), key, lock_timeout=lock_timeout, on_progress=on_progress, throttle=throttle
+            )
             return [
                 Change(
                     where, f"numbered {done.rows} rows of {quote(table)} in {done.batches} batches"

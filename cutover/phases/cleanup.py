@@ -5,10 +5,13 @@
 2. drop_subscription: on the target (before a switch, this abandons the move).
 3. drop_slot: on the source, so no slot pins WAL there.
 4. drop_publication: on the source.
-5. drop_barrier_tables: the `_cutover` schema on both sides.
-6. drop_replication_role: `cutover_<move>` on both sides, after REASSIGN OWNED and
+5. drop_backfilled_keys: the primary keys and columns `backfill` added, on both
+   sides, found by the move's mark on each column (a user's column of the same
+   name carries none and is never touched).
+6. drop_barrier_tables: the `_cutover` schema on both sides.
+7. drop_replication_role: `cutover_<move>` on both sides, after REASSIGN OWNED and
    DROP OWNED in each database of the move.
-7. remove_schema_archive: the schema dump kept in the state directory.
+8. remove_schema_archive: the schema dump kept in the state directory.
 
 The source may have been made read-only: cleanup's own sessions may still write.
 """
@@ -17,8 +20,9 @@ from collections.abc import Sequence
 
 from cutover.engines.base import Engine
 from cutover.errors import PreconditionFailed
-from cutover.pg import admin, barrier, fence, replication
+from cutover.pg import admin, backfill, barrier, fence, replication
 from cutover.pg.connect import Connection, Pool
+from cutover.pg.ident import quote
 from cutover.phases.prepare import archive_path
 from cutover.plan import Plan
 from cutover.steps import Change, Phase, Step
@@ -66,6 +70,28 @@ def phase(plan: Plan, pool: Pool, db: str, engine: Engine) -> Phase:
         if not replication.slot_exists(conn, slot):
             return []
         return replication.drop_slot(conn, slot, target="source", dry_run=dry_run)
+
+    def sides() -> list[tuple[str, Connection]]:
+        conn = target()
+        return [("source", source())] + ([("target", conn)] if conn is not None else [])
+
+    def drop_backfilled_keys(*, dry_run: bool) -> Sequence[Change]:
+        changes = []
+        for label, conn in sides():
+            for key in backfill.marked_keys(conn, plan.move):
+                if not dry_run:
+                    backfill.drop(conn, key, lock_timeout=plan.thresholds.lock_timeout)
+                changes.append(
+                    Change(
+                        f"{label}/{db}",
+                        f"ALTER TABLE {quote(key.table)} DROP COLUMN {quote(key.column)} "
+                        "(with its primary key and sequence)",
+                    )
+                )
+        return changes
+
+    def backfilled_keys_gone() -> bool:
+        return not any(backfill.marked_keys(conn, plan.move) for _, conn in sides())
 
     def drop_barrier_tables(*, dry_run: bool) -> Sequence[Change]:
         changes = barrier.drop_schema(source(), target=f"source/{db}", dry_run=dry_run)
@@ -120,6 +146,7 @@ def phase(plan: Plan, pool: Pool, db: str, engine: Engine) -> Phase:
                 ),
                 lambda: not engine.publication_exists(),
             ),
+            Step("drop_backfilled_keys", drop_backfilled_keys, backfilled_keys_gone),
             Step("drop_barrier_tables", drop_barrier_tables, barrier_tables_gone),
             Step("drop_replication_role", drop_replication_role, role_gone),
             Step("remove_schema_archive", remove_schema_archive, lambda: not archive.exists()),

@@ -213,3 +213,52 @@ def test_a_column_of_the_same_name_stops_backfill(
     assert result.code == 1
     assert '"public"."mine"."cutover_id" exists and is not cutover\'s' in result.stderr
     assert "backfill.column" in result.stderr
+
+
+def test_a_whole_move_of_a_keyless_table_then_cleanup_leaves_it_as_it_was(
+    lab: Lab, databases: Databases, write_plan: Callable[..., Path], cutover: Callable[..., Result]
+) -> None:
+    db = databases.create()
+    make_table(lab, db, rows=5000)
+    with connect(lab.server("source"), db) as conn:
+        conn.execute("CREATE TABLE mine (id int PRIMARY KEY, cutover_id bigint)")  # the user's
+        conn.execute("INSERT INTO mine VALUES (1, 7)")
+    plan = str(write_plan([db], move=f"t{uuid.uuid4().hex[:8]}", thresholds={"lag_window": "0s"}))
+    for command in (["prepare"], ["start", "--wait"]):
+        result = cutover(*command, "-p", plan)
+        assert result.code == 0, result.stdout + result.stderr
+    # With the key, updates and deletes replicate.
+    with connect(lab.server("source"), db) as conn:
+        conn.execute(f"UPDATE {TABLE} SET note = 'changed' WHERE v <= 100")
+        conn.execute(f"DELETE FROM {TABLE} WHERE v > 4900")
+        conn.execute(f"INSERT INTO {TABLE} (v) VALUES (-1)")
+    result = cutover("switch", "-p", plan, "--yes")
+    assert result.code == 0, result.stdout + result.stderr
+    with connect(lab.server("target"), db) as conn:
+        row = conn.execute(
+            "SELECT count(*) AS n, count(*) FILTER (WHERE note = 'changed') AS changed "
+            f"FROM {TABLE}"
+        ).fetchone()
+    assert row == {"n": 4901, "changed": 100}
+
+    done = cutover("cleanup", "-p", plan, "--yes")
+    assert done.code == 0, done.stdout + done.stderr
+    for side in ("source", "target"):
+        with connect(lab.server(side), db) as conn:
+            columns = conn.execute(
+                "SELECT attrelid::regclass::text AS t, attname FROM pg_attribute "
+                f"WHERE attrelid IN ('{TABLE}'::regclass, 'mine'::regclass) AND attnum > 0 "
+                "AND NOT attisdropped ORDER BY 1, attnum"
+            ).fetchall()
+            keys = conn.execute(
+                f"SELECT count(*) AS n FROM pg_constraint WHERE conrelid = '{TABLE}'::regclass"
+            ).fetchone()
+            mine = conn.execute("SELECT cutover_id FROM mine").fetchone()
+        assert [(c["t"], c["attname"]) for c in columns] == [
+            (TABLE, "v"),
+            (TABLE, "note"),
+            ("mine", "id"),
+            ("mine", "cutover_id"),
+        ], side
+        assert keys == {"n": 0}, side
+        assert mine == {"cutover_id": 7}, side

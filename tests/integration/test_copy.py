@@ -179,7 +179,7 @@ def test_start_runs_in_the_background_and_status_follows_it(
     with connect(lab.server("source"), db) as conn:
         conn.execute(
             "CREATE TABLE big (id bigint PRIMARY KEY, pad text);"
-            "INSERT INTO big SELECT g, repeat('p', 200) FROM generate_series(1, 300000) g"
+            "INSERT INTO big SELECT g, repeat('p', 200) FROM generate_series(1, 1000000) g"
         )
     plan = write_plan([db], move=f"t{uuid.uuid4().hex[:8]}")
     assert cutover("prepare", "-p", str(plan)).code == 0
