@@ -398,6 +398,24 @@ def _replica_identity(plan: Plan, scope: str, tables: list[catalog.Relation]) ->
     if plan.engine is Engine.PGLOGICAL:
         # pglogical has no REPLICA IDENTITY FULL: one table without a key fails the whole set.
         missing, full = missing + full, []
+    # prepare numbers the rows of a table with the default identity (see `cutover backfill`).
+    chosen = plan.backfill.tables
+    keyed = [
+        t
+        for t in missing
+        if t.replica_identity == "d" and (chosen is None or (t.schema, t.name) in chosen)
+    ]
+    missing = [t for t in missing if t not in keyed]
+    if keyed:
+        yield Finding(
+            "replica_identity",
+            scope,
+            Status.WARN,
+            f"{_count(len(keyed), 'table')} without a primary key, which `cutover prepare` "
+            f"adds ({plan.backfill.column} bigint, writers not blocked): "
+            + ", ".join(t.display for t in keyed),
+            "UPDATE and DELETE need a key to replicate; `cutover cleanup` drops it again",
+        )
     if missing:
         fixes = [
             statement("ALTER TABLE {} REPLICA IDENTITY DEFAULT;", (t.schema, t.name))
@@ -411,7 +429,8 @@ def _replica_identity(plan: Plan, scope: str, tables: list[catalog.Relation]) ->
             f"{_count(len(missing), 'table')} without a primary key or replica identity: "
             + ", ".join(t.display for t in missing),
             "UPDATE and DELETE on them would fail on the source once they are published; "
-            "`cutover prepare` adds a temporary primary key without blocking writers",
+            "with REPLICA IDENTITY DEFAULT (the fix) `cutover prepare` adds a primary key "
+            "without blocking writers, unless backfill.tables leaves them out",
             tuple(fixes),
         )
     if full:
@@ -424,7 +443,7 @@ def _replica_identity(plan: Plan, scope: str, tables: list[catalog.Relation]) ->
             "each UPDATE or DELETE scans the table on the target; "
             "`cutover prepare` can add a temporary primary key instead",
         )
-    if not missing and not full:
+    if not missing and not full and not keyed:
         yield Finding(
             "replica_identity",
             scope,
