@@ -24,7 +24,8 @@ the table, so they fit in 63 bytes whatever the table is called.
 import hashlib
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg
@@ -137,6 +138,18 @@ def state(conn: Connection, key: Key) -> State:
     )
 
 
+@contextmanager
+def _bounded(conn: Connection, lock_timeout: float) -> Iterator[None]:
+    """One transaction in which no lock is waited for longer than `lock_timeout`."""
+    with conn.transaction():
+        conn.execute(
+            sql.SQL("SET LOCAL lock_timeout = {}").format(
+                sql.Literal(f"{int(lock_timeout * 1000)}ms")
+            )
+        )
+        yield
+
+
 def ddl(
     conn: Connection,
     statements: list[sql.Composed],
@@ -152,12 +165,7 @@ def ddl(
     """
     for attempt in range(1, LOCK_ATTEMPTS + 1):
         try:
-            with conn.transaction():
-                conn.execute(
-                    sql.SQL("SET LOCAL lock_timeout = {}").format(
-                        sql.Literal(f"{int(lock_timeout * 1000)}ms")
-                    )
-                )
+            with _bounded(conn, lock_timeout):
                 for statement in statements:
                     conn.execute(statement)
             return
@@ -202,7 +210,6 @@ class FillProgress:
     pages_total: int = 0
     batches: int = 0
     seconds: float = 0.0
-    longest_batch: float = 0.0
 
 
 def fill(
@@ -222,7 +229,8 @@ def fill(
     TARGET_BATCH_SECONDS whatever the rows' width.
     """
     table, column = sql.Identifier(*key.table), sql.Identifier(key.column)
-    progress = FillProgress(pages_total=_pages(conn, key.table), rows_total=_rows(conn, key.table))
+    pages, rows = _extent(conn, key.table)
+    progress = FillProgress(pages_total=pages, rows_total=rows)
     started = clock()
     update = sql.SQL(
         "UPDATE {t} SET {c} = pg_catalog.nextval({s}) WHERE ctid >= {lo}::pg_catalog.tid "
@@ -242,7 +250,7 @@ def fill(
                     hint="something writes NULL into the column explicitly; stop it and run "
                     "again: numbered rows are kept",
                 )
-            progress.pages_total = _pages(conn, key.table)
+            progress.pages_total, _ = _extent(conn, key.table)
             progress.pages_done = 0
         first, end = progress.pages_done, progress.pages_done + step
         statement = update.format(
@@ -253,16 +261,15 @@ def fill(
             hi=sql.Literal(f"({end},0)"),
         )
         batch_started = clock()
-        rows = _batch(conn, statement, lock_timeout=lock_timeout)
+        numbered = _batch(conn, statement, lock_timeout=lock_timeout)
         elapsed = clock() - batch_started
-        if rows is None:  # a writer held a row: smaller batches, after a pause
+        if numbered is None:  # a writer held a row: smaller batches, after a pause
             step = max(1, step // 4)
             sleep(0.1)
             continue
-        progress.rows += rows
+        progress.rows += numbered
         progress.pages_done = end
         progress.batches += 1
-        progress.longest_batch = max(progress.longest_batch, elapsed)
         progress.seconds = clock() - started
         on_progress(progress)
         scale = TARGET_BATCH_SECONDS / max(elapsed, 1e-3)
@@ -277,35 +284,23 @@ def fill(
 def _batch(conn: Connection, statement: sql.Composed, *, lock_timeout: float) -> int | None:
     """One batch in its own transaction; None when a lock was not granted in time."""
     try:
-        with conn.transaction():
-            conn.execute(
-                sql.SQL("SET LOCAL lock_timeout = {}").format(
-                    sql.Literal(f"{int(lock_timeout * 1000)}ms")
-                )
-            )
+        with _bounded(conn, lock_timeout):
             return conn.execute(statement).rowcount
     except psycopg.errors.LockNotAvailable:
         return None
 
 
-def _pages(conn: Connection, table: Table) -> int:
+def _extent(conn: Connection, table: Table) -> tuple[int, int]:
+    """The table's pages now, and its rows as the planner estimates them."""
     row = conn.execute(
         sql.SQL(
-            "SELECT pg_catalog.pg_relation_size({}::pg_catalog.regclass) / "
-            "pg_catalog.current_setting('block_size')::bigint AS pages"
-        ).format(sql.Literal(quote(table)))
-    ).fetchone()
-    return int(row["pages"]) if row else 0
-
-
-def _rows(conn: Connection, table: Table) -> int:
-    row = conn.execute(
-        sql.SQL(
-            "SELECT greatest(reltuples, 0)::bigint AS n FROM pg_catalog.pg_class "
+            "SELECT pg_catalog.pg_relation_size(oid) / "
+            "pg_catalog.current_setting('block_size')::bigint AS pages, "
+            "greatest(reltuples, 0)::bigint AS rows FROM pg_catalog.pg_class "
             "WHERE oid = {}::pg_catalog.regclass"
         ).format(sql.Literal(quote(table)))
     ).fetchone()
-    return int(row["n"]) if row else 0
+    return (int(row["pages"]), int(row["rows"])) if row else (0, 0)
 
 
 def _has_nulls(conn: Connection, key: Key) -> bool:

@@ -112,6 +112,10 @@ def phase(
             )
         ]
 
+    def index_ready() -> bool:
+        current = state()
+        return current.index == "valid" or current.primary_key
+
     def column_ready() -> bool:
         current = state()
         return current.column and current.ours and current.default
@@ -122,11 +126,7 @@ def phase(
             Step("add_column", add_column, column_ready),
             Step("number_rows", number_rows, lambda: state().not_null, attempts=1),
             Step("set_not_null", set_not_null, lambda: state().not_null),
-            Step(
-                "build_unique_index",
-                build_unique_index,
-                lambda: state().index == "valid" or state().primary_key,
-            ),
+            Step("build_unique_index", build_unique_index, index_ready),
             Step("add_primary_key", add_primary_key, lambda: state().primary_key),
         ),
     )

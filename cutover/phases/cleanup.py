@@ -72,6 +72,7 @@ def phase(plan: Plan, pool: Pool, db: str, engine: Engine) -> Phase:
         return replication.drop_slot(conn, slot, target="source", dry_run=dry_run)
 
     def sides() -> list[tuple[str, Connection]]:
+        """The database on the source, and on the target when it exists there."""
         conn = target()
         return [("source", source())] + ([("target", conn)] if conn is not None else [])
 
@@ -94,17 +95,13 @@ def phase(plan: Plan, pool: Pool, db: str, engine: Engine) -> Phase:
         return not any(backfill.marked_keys(conn, plan.move) for _, conn in sides())
 
     def drop_barrier_tables(*, dry_run: bool) -> Sequence[Change]:
-        changes = barrier.drop_schema(source(), target=f"source/{db}", dry_run=dry_run)
-        conn = target()
-        if conn is not None:
-            changes += barrier.drop_schema(conn, target=f"target/{db}", dry_run=dry_run)
+        changes = []
+        for label, conn in sides():
+            changes += barrier.drop_schema(conn, target=f"{label}/{db}", dry_run=dry_run)
         return changes
 
     def barrier_tables_gone() -> bool:
-        conn = target()
-        return not barrier.schema_exists(source()) and (
-            conn is None or not barrier.schema_exists(conn)
-        )
+        return not any(barrier.schema_exists(conn) for _, conn in sides())
 
     def drop_replication_role(*, dry_run: bool) -> Sequence[Change]:
         changes = []

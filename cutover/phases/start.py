@@ -19,6 +19,7 @@ from cutover.errors import PreconditionFailed, StepFailed
 from cutover.pg import admin, catalog, replication, schema
 from cutover.pg.connect import Pool
 from cutover.pg.copy import CopyProgress
+from cutover.pg.replication import SlotState
 from cutover.phases.prepare import archive_path
 from cutover.plan import Plan
 from cutover.steps import Change, Phase, Step
@@ -79,9 +80,13 @@ def phase(
             )
         return [Change(f"target/{db}", e.line) for e in entries]
 
+    def close_enough(slot: SlotState) -> bool:
+        """Streaming, and less than max_switch_lag behind the source's current WAL."""
+        return slot.active and slot.lag_bytes <= plan.thresholds.max_switch_lag
+
     def caught_up() -> bool:
         slot = engine.slot() if subscribed() and engine.streaming() else None
-        return bool(slot and slot.active and slot.lag_bytes <= plan.thresholds.max_switch_lag)
+        return slot is not None and close_enough(slot)
 
     def wait_for_catchup(*, dry_run: bool) -> Sequence[Change]:
         if dry_run:
@@ -99,7 +104,7 @@ def phase(
                     "run start again to copy anew",
                 )
             on_lag(slot.lag_bytes)
-            if slot.active and slot.lag_bytes <= plan.thresholds.max_switch_lag:
+            if close_enough(slot):
                 return []
             if not slot.active and clock() > started + CONNECT_SECONDS:
                 raise StepFailed(
