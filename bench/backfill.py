@@ -26,19 +26,12 @@ import yaml
 from psycopg.conninfo import make_conninfo
 
 from cutover.lab import Lab
-from cutover.plan import dump, resolve_secret
+from cutover.pg.connect import conninfo
+from cutover.plan import dump
 
 
 def uri(lab: Lab, db: str) -> str:
-    server = lab.server("source")
-    assert server.password is not None
-    return make_conninfo(
-        host=server.host,
-        port=server.port,
-        user=server.user,
-        password=resolve_secret(server.password, where="bench"),
-        dbname=db,
-    )
+    return make_conninfo(**conninfo(lab.server("source"), db, label="source"))
 
 
 class Writer(threading.Thread):

@@ -31,21 +31,14 @@ from psycopg.conninfo import make_conninfo
 
 from cutover.lab import Lab
 from cutover.pg import tools
-from cutover.plan import dump, resolve_secret
+from cutover.pg.connect import conninfo
+from cutover.plan import dump
 
 TABLES = ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history")
 
 
 def uri(lab: Lab, side: str, db: str) -> str:
-    server = lab.server(side)
-    assert server.password is not None
-    return make_conninfo(
-        host=server.host,
-        port=server.port,
-        user=server.user,
-        password=resolve_secret(server.password, where="bench"),
-        dbname=db,
-    )
+    return make_conninfo(**conninfo(lab.server(side), db, label=side))
 
 
 def run(argv: list[str], **kwargs: object) -> float:

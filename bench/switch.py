@@ -22,30 +22,21 @@ import time
 import uuid
 from pathlib import Path
 
-import psycopg
 import yaml
 
 from cutover import load
 from cutover.lab import Lab, free_port
 from cutover.pg import load as load_sql
 from cutover.pg import tools
-from cutover.plan import dump, resolve_secret
+from cutover.pg.connect import Connection
+from cutover.pg.connect import connect as cutover_connect
+from cutover.plan import dump
 
 ROLE = "bench_writer"
 
 
-def connect(lab: Lab, side: str, db: str = "postgres") -> psycopg.Connection[dict[str, object]]:
-    server = lab.server(side)
-    assert server.password is not None
-    return psycopg.connect(
-        host=server.host,
-        port=server.port,
-        user=server.user,
-        password=resolve_secret(server.password, where="bench"),
-        dbname=db,
-        autocommit=True,
-        row_factory=psycopg.rows.dict_row,
-    )
+def connect(lab: Lab, side: str, db: str = "postgres") -> Connection:
+    return cutover_connect(lab.server(side), db, label=side)
 
 
 def make_database(lab: Lab, db: str, *, tables: int, rows: int, password: str) -> None:

@@ -17,10 +17,10 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
-from psycopg.rows import dict_row
 
 from cutover.lab import Lab
-from cutover.plan import Server, dump, resolve_secret
+from cutover.pg.connect import connect as cutover_connect
+from cutover.plan import Server, dump
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,16 +36,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 def connect(server: Server, dbname: str = "postgres") -> psycopg.Connection[dict[str, Any]]:
     """A superuser connection for a test to build or inspect a database."""
-    assert server.password is not None
-    return psycopg.connect(
-        host=server.host,
-        port=server.port,
-        user=server.user,
-        password=resolve_secret(server.password, where="test"),
-        dbname=dbname,
-        autocommit=True,
-        row_factory=dict_row,
-    )
+    return cutover_connect(server, dbname, label="test")
 
 
 @dataclass
