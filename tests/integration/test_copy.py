@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import yaml
 
 from cutover.lab import Lab
 from cutover.pg import copy, schema
@@ -94,11 +93,11 @@ def test_rows_already_on_the_target_stop_start_and_stay(
     db = databases.create()
     with connect(lab.server("source"), db) as conn:
         conn.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
-    plan = str(write_plan([db], move=f"t{uuid.uuid4().hex[:8]}"))
+    move = f"t{uuid.uuid4().hex[:8]}"
+    plan = str(write_plan([db], move=move))
     assert cutover("prepare", "-p", plan).code == 0
     with connect(lab.server("target"), db) as conn:
         conn.execute("INSERT INTO t VALUES (42)")
-    move = yaml.safe_load(Path(plan).read_text())["move"]
     result = cutover("start", "-p", plan, "--wait")
     assert result.code == 1
     assert "tables of " in result.stderr and 'on the target already hold rows: "public"."t"' in (
@@ -107,12 +106,27 @@ def test_rows_already_on_the_target_stop_start_and_stay(
     assert "hint: the initial copy fills empty tables" in result.stderr
     with connect(lab.server("target"), db) as conn:
         assert conn.execute("SELECT array_agg(id) AS ids FROM t").fetchone() == {"ids": [42]}
+    assert move_slots(lab, move) == 0  # refused before the slot: no WAL pinned
+
+
+def big_table(lab: Lab, db: str, rows: int) -> None:
+    """`big`: `rows` rows of about 200 bytes on the source, long enough to catch its copy."""
     with connect(lab.server("source"), db) as conn:
-        slots = conn.execute(
+        conn.execute(
+            "CREATE TABLE big (id bigint PRIMARY KEY, pad text);"
+            f"INSERT INTO big SELECT g, repeat('p', 200) FROM generate_series(1, {rows}) g"
+        )
+
+
+def move_slots(lab: Lab, move: str) -> int:
+    """How many replication slots of the move the source has."""
+    with connect(lab.server("source")) as conn:
+        row = conn.execute(
             "SELECT count(*) AS n FROM pg_replication_slots WHERE slot_name LIKE %s",
             (f"cutover_{move}%",),
         ).fetchone()
-    assert slots == {"n": 0}  # refused before the slot: no WAL pinned
+    assert row is not None
+    return int(row["n"])
 
 
 def _copying(lab: Lab, db: str) -> bool:
@@ -128,12 +142,9 @@ def test_start_killed_in_the_middle_of_the_copy_copies_again_exactly(
     lab: Lab, databases: Databases, write_plan: Callable[..., Path], cutover: Callable[..., Result]
 ) -> None:
     db = databases.create()
+    big_table(lab, db, 600_000)
     with connect(lab.server("source"), db) as conn:
-        conn.execute(
-            "CREATE TABLE big (id bigint PRIMARY KEY, pad text);"
-            "INSERT INTO big SELECT g, repeat('p', 200) FROM generate_series(1, 600000) g;"
-            "CREATE TABLE small (id int PRIMARY KEY); INSERT INTO small VALUES (1), (2)"
-        )
+        conn.execute("CREATE TABLE small (id int PRIMARY KEY); INSERT INTO small VALUES (1), (2)")
     move = f"t{uuid.uuid4().hex[:8]}"
     plan = str(write_plan([db], move=move))
     assert cutover("prepare", "-p", plan).code == 0
@@ -157,11 +168,7 @@ def test_start_killed_in_the_middle_of_the_copy_copies_again_exactly(
     assert again.code == 0, again.stdout + again.stderr
     with connect(lab.server("source"), db) as conn:
         conn.execute("INSERT INTO big VALUES (0, 'after')")  # streamed, not copied
-        slots = conn.execute(
-            "SELECT count(*) AS n FROM pg_replication_slots WHERE slot_name LIKE %s",
-            (f"cutover_{move}%",),
-        ).fetchone()
-    assert slots == {"n": 1}
+    assert move_slots(lab, move) == 1
     deadline = time.monotonic() + 20
     while True:
         with connect(lab.server("target"), db) as conn:
@@ -176,11 +183,7 @@ def test_start_runs_in_the_background_and_status_follows_it(
     lab: Lab, databases: Databases, write_plan: Callable[..., Path], cutover: Callable[..., Result]
 ) -> None:
     db = databases.create()
-    with connect(lab.server("source"), db) as conn:
-        conn.execute(
-            "CREATE TABLE big (id bigint PRIMARY KEY, pad text);"
-            "INSERT INTO big SELECT g, repeat('p', 200) FROM generate_series(1, 1000000) g"
-        )
+    big_table(lab, db, 1_000_000)
     plan = write_plan([db], move=f"t{uuid.uuid4().hex[:8]}")
     assert cutover("prepare", "-p", str(plan)).code == 0
     started = time.monotonic()
