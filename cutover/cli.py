@@ -263,33 +263,40 @@ def _backfill_progress(
         TextColumn("{task.fields[detail]}"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=out, transient=False) as bars:
-        tasks: dict[tuple[str, tuple[str, str]], TaskID] = {}
+    # Started with the first table: a prepare with nothing to number shows no bar.
+    bars = Progress(*columns, console=out, transient=False)
+    tasks: dict[tuple[str, tuple[str, str]], TaskID] = {}
 
-        def for_table(db: str, table: tuple[str, str]) -> Callable[[FillProgress], None]:
-            def update(progress: FillProgress) -> None:
-                if (db, table) not in tasks:
-                    tasks[db, table] = bars.add_task(_escape(quote(table)), total=None, detail="")
-                metrics.backfill_progress(
-                    move,
-                    db,
-                    quote(table),
-                    rows_done=progress.rows,
-                    rows_total=progress.rows_total,
-                    pages_done=progress.pages_done,
-                    pages_total=progress.pages_total,
-                )
-                rate = progress.rows / progress.seconds if progress.seconds else 0.0
-                bars.update(
-                    tasks[db, table],
-                    total=max(progress.pages_total, 1),
-                    completed=min(progress.pages_done, progress.pages_total),
-                    detail=f"{progress.rows:,} rows, {rate:,.0f} rows/s",
-                )
+    def for_table(db: str, table: tuple[str, str]) -> Callable[[FillProgress], None]:
+        def update(progress: FillProgress) -> None:
+            if not tasks:
+                bars.start()
+            if (db, table) not in tasks:
+                tasks[db, table] = bars.add_task(_escape(quote(table)), total=None, detail="")
+            metrics.backfill_progress(
+                move,
+                db,
+                quote(table),
+                rows_done=progress.rows,
+                rows_total=progress.rows_total,
+                pages_done=progress.pages_done,
+                pages_total=progress.pages_total,
+            )
+            rate = progress.rows / progress.seconds if progress.seconds else 0.0
+            bars.update(
+                tasks[db, table],
+                total=max(progress.pages_total, 1),
+                completed=min(progress.pages_done, progress.pages_total),
+                detail=f"{progress.rows:,} rows, {rate:,.0f} rows/s",
+            )
 
-            return update
+        return update
 
+    try:
         yield for_table
+    finally:
+        if tasks:
+            bars.stop()
 
 
 @app.command("start")
