@@ -585,13 +585,17 @@ def cleanup_command(
         def both_ways(steps: runner.Runner) -> None:
             for db in plan.databases:
                 engine = engine_for(plan, connections, db)
-                steps.run(cleanup.phase(plan, connections, db, engine), scope=db)
-                # The fallback replication (target to source) a switch may have started.
+                forward = cleanup.phase(plan, connections, db, engine)
+                # A half-done switch is refused before anything is removed.
+                steps.run(Phase(forward.name, forward.steps[:1]), scope=db)
+                # The fallback replication (target to source) a switch may have started:
+                # first, since it uses what the forward replication installed.
                 back_engine = engine_for(back, back_connections, db)
                 steps.run(
                     cleanup.phase(back, back_connections, db, back_engine),
                     scope=f"{db}/fallback",
                 )
+                steps.run(forward, scope=db)
 
         _with_runner(plan, both_ways, dry_run=dry_run)
 
@@ -678,6 +682,7 @@ def _replication_data(plan: Plan, connections: Any, db: str) -> dict[str, Any]:
         "replicating": subscribed,
         "copying": not subscribed,  # the slot exists: the initial copy runs (or was cut short)
         "streaming": subscribed and engine.streaming(),
+        "engine": engine.describe(),
         "tables": states,
         "table_states": progress.tables,
         "tables_total": len(progress.tables),
@@ -751,6 +756,8 @@ def _replication_line(db: str, info: dict[str, Any]) -> str:
         line += f" tables ({states})"
     elif not info["streaming"]:
         line += "; the subscription is disabled: no change is applied"
+    if info.get("engine"):
+        line += f"; {info['engine']}"
     slot = info["slot"]
     if slot is None:
         return line + "; the replication slot is missing on the source"

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
-from cutover.pg import catalog
+from cutover.pg import catalog, pglogical
 from cutover.pg.connect import Connection, Pool
 from cutover.pg.ident import quote, statement
 from cutover.plan import Engine, Plan
@@ -90,6 +90,8 @@ def run(plan: Plan, pool: Pool) -> Report:
     findings += _slots(plan, source)
     findings += _target_settings(plan, target)
     findings += _fallback(plan, source, target)
+    if plan.engine is Engine.PGLOGICAL:
+        findings += _pglogical(plan, source, target)
     findings += _source_role(plan, source)
     present_on_source = catalog.existing_databases(source, plan.databases)
     present_on_target = catalog.existing_databases(target, plan.databases)
@@ -249,6 +251,68 @@ def _fallback(plan: Plan, source: Connection, target: Connection) -> Iterator[Fi
         yield Finding("fallback", "target", Status.OK, "switch --keep-fallback is possible")
 
 
+def _pglogical(plan: Plan, source: Connection, target: Connection) -> Iterator[Finding]:
+    """What the pglogical engine needs of both servers, each with the statement that fixes it."""
+    role = f"cutover_{plan.move}"
+    for side, conn in (("source", source), ("target", target)):
+        names = ["shared_preload_libraries", "track_commit_timestamp", "max_worker_processes"]
+        values = catalog.settings(conn, names)
+        preload = [v.strip() for v in values["shared_preload_libraries"].split(",") if v.strip()]
+        if "pglogical" in preload:
+            yield Finding("pglogical", side, Status.OK, "pglogical is preloaded")
+        else:
+            wanted = ", ".join([*preload, "pglogical"])
+            yield Finding(
+                "pglogical",
+                side,
+                Status.FAIL,
+                "pglogical is not in shared_preload_libraries",
+                "takes effect after a restart; the package is postgresql-<version>-pglogical; "
+                "on Cloud SQL set the flag cloudsql.enable_pglogical=on",
+                (f"ALTER SYSTEM SET shared_preload_libraries = '{wanted}';",),
+            )
+        if not pglogical.extension_available(conn):
+            yield Finding(
+                "pglogical",
+                side,
+                Status.FAIL,
+                "the pglogical extension is not installed on this server",
+                "install the package postgresql-<version>-pglogical",
+            )
+        if values["track_commit_timestamp"] != "on":
+            yield Finding(
+                "track_commit_timestamp",
+                side,
+                Status.WARN,
+                "track_commit_timestamp is off",
+                "pglogical records no commit time, so its conflict resolution and its log "
+                "cannot tell which change is newer; takes effect after a restart",
+                ("ALTER SYSTEM SET track_commit_timestamp = on;",),
+            )
+        # pglogical's supervisor, one manager per database, the apply workers and a copy.
+        workers = 2 + catalog.connectable_databases(conn) + 2 * len(plan.databases)
+        yield _setting_finding(
+            "max_worker_processes",
+            side,
+            int(values["max_worker_processes"]),
+            workers,
+            why="pglogical's supervisor, a manager per database, apply and copy workers",
+        )
+        admin = catalog.current_role(conn)
+        if not admin.superuser and not catalog.is_member_of(conn, "cloudsqlsuperuser"):
+            yield Finding(
+                "privileges",
+                side,
+                Status.FAIL,
+                f"{admin.name} may not create the pglogical extension nor grant what its "
+                "roles need",
+                f"cutover grants {role} REPLICATION, SELECT on the tables and USAGE and "
+                "SELECT on schema pglogical on the source; INSERT on the tables, SET on "
+                "session_replication_role and the replication-origin functions on the target",
+                (statement("ALTER ROLE {} SUPERUSER;", admin.name),),
+            )
+
+
 def _target_settings(plan: Plan, conn: Connection) -> Iterator[Finding]:
     names = ["max_logical_replication_workers", "max_worker_processes"]
     values = {k: int(v) for k, v in catalog.settings(conn, names).items()}
@@ -406,7 +470,19 @@ def _replica_identity(plan: Plan, scope: str, tables: list[catalog.Relation]) ->
         if t.replica_identity == "d" and (chosen is None or (t.schema, t.name) in chosen)
     ]
     missing = [t for t in missing if t not in keyed]
-    if keyed:
+    if keyed and plan.engine is Engine.PGLOGICAL:
+        yield Finding(
+            "replica_identity",
+            scope,
+            Status.FAIL,
+            f"{_count(len(keyed), 'table')} without a primary key, which pglogical cannot "
+            "carry (one such table makes the whole replication set fail): "
+            + ", ".join(t.display for t in keyed),
+            f"`cutover backfill` adds one ({plan.backfill.column} bigint, writers not "
+            "blocked; `cutover prepare` runs it first); `cutover cleanup` drops it again",
+            ("cutover backfill -p <plan>",),
+        )
+    elif keyed:
         yield Finding(
             "replica_identity",
             scope,

@@ -8,7 +8,10 @@ from cutover.pg.connect import Pool
 from cutover.plan import Engine as EngineKind
 from cutover.plan import Plan
 
-_MODULES = {EngineKind.NATIVE: "cutover.engines.native"}
+_MODULES = {
+    EngineKind.NATIVE: "cutover.engines.native",
+    EngineKind.PGLOGICAL: "cutover.engines.pglogical",
+}
 
 
 def engine_for(plan: Plan, pool: Pool, db: str) -> Engine:
@@ -17,7 +20,7 @@ def engine_for(plan: Plan, pool: Pool, db: str) -> Engine:
     if module_name is None:
         raise UsageError(
             f"the {plan.engine.value} engine is not available yet",
-            hint="use engine: native",
+            hint="use engine: native or pglogical",
         )
     engine: Engine = import_module(module_name).build(plan, pool, db)
     return engine

@@ -4,7 +4,6 @@ import secrets
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 
-from cutover.errors import PreconditionFailed
 from cutover.log import register_secret
 from cutover.pg import barrier, catalog, copy, replication
 from cutover.pg.catalog import Relation
@@ -17,6 +16,8 @@ from cutover.steps import Change
 
 class NativeEngine:
     """Publication on the source, subscription on the target, one slot per database."""
+
+    keys_before_copy = False  # the copy fills bare tables; keys are built once, after it
 
     def __init__(self, plan: Plan, pool: Pool, db: str) -> None:
         self._plan = plan
@@ -31,6 +32,14 @@ class NativeEngine:
 
     def _tables(self) -> list[Relation]:
         return replication.replicated_tables(self._pool.get("source", self._db))
+
+    def installed(self) -> bool:
+        """Native replication needs nothing installed."""
+        return True
+
+    def install(self, *, dry_run: bool) -> Sequence[Change]:
+        """Nothing to install."""
+        return []
 
     def replication_role_ready(self) -> bool:
         """The role exists and may read every replicated table."""
@@ -123,15 +132,8 @@ class NativeEngine:
         if dry_run:
             return described + self._subscribe(create_slot=False, enabled=False, dry_run=True)
         leftover = replication.slot_exists(source, self.slot_name)
-        holding = catalog.tables_with_rows(target, tables)
-        if holding and not leftover:
-            raise PreconditionFailed(
-                f"tables of {self._db} on the target already hold rows: "
-                + ", ".join(quote(t) for t in holding[:5])
-                + (f" and {len(holding) - 5} more" if len(holding) > 5 else ""),
-                hint="the initial copy fills empty tables and never deletes what it did not "
-                "write; empty them on the target (TRUNCATE) if they are leftovers",
-            )
+        if not leftover:
+            copy.refuse_rows(target, tables, self._db)
         if leftover:
             replication.drop_slot(source, self.slot_name, target="source", dry_run=False)
         parts = copy.plan_parts(source, tables, jobs=jobs)
@@ -187,6 +189,13 @@ class NativeEngine:
             bytes_done=sum(min(c.bytes_source, c.bytes_target) for c in copies),
         )
 
+    def describe(self) -> str | None:
+        """Nothing beyond the subscription's state and the slot."""
+        return None
+
+    def heartbeat(self) -> None:
+        """Not needed: the subscription confirms positions on an idle source too."""
+
     def slot(self) -> replication.SlotState | None:
         """The slot's lag and retained WAL on the source."""
         return replication.slot_state(self._pool.get("source", self._db), self.slot_name)
@@ -235,6 +244,37 @@ class NativeEngine:
                 self._pool.get("source", self._db), self.slot_name, target="source", dry_run=dry_run
             ),
         ]
+
+    def drop_subscription(self, *, dry_run: bool) -> Sequence[Change]:
+        """Drop the subscription, leaving the slot (dropped next, even when unreachable now)."""
+        target = self._pool.get("target", self._db)
+        if not replication.subscription_exists(target, self.name):
+            return []
+        return replication.drop_subscription(
+            target, self.name, target=self._where[1], dry_run=dry_run
+        )
+
+    def drop_slot(self, *, dry_run: bool) -> Sequence[Change]:
+        """Drop the move's slot on the source."""
+        source = self._pool.get("source", self._db)
+        if not replication.slot_exists(source, self.slot_name):
+            return []
+        return replication.drop_slot(source, self.slot_name, target="source", dry_run=dry_run)
+
+    def drop_publication(self, *, dry_run: bool) -> Sequence[Change]:
+        """Drop the publication."""
+        source = self._pool.get("source", self._db)
+        return replication.drop_publication(
+            source, self.name, target=self._where[0], dry_run=dry_run
+        )
+
+    def uninstalled(self) -> bool:
+        """Nothing was installed."""
+        return True
+
+    def uninstall(self, *, dry_run: bool) -> Sequence[Change]:
+        """Nothing to remove."""
+        return []
 
 
 def build(plan: Plan, pool: Pool, db: str) -> NativeEngine:

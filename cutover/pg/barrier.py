@@ -47,6 +47,13 @@ def marker_arrived(target: Connection, token: str) -> bool:
     return row is not None
 
 
+def flush(target: Connection) -> None:
+    """A synchronous commit on the target: its WAL, every commit before this one, is on disk."""
+    with target.transaction():
+        target.execute(sql.SQL("SET LOCAL synchronous_commit = on"))
+        target.execute(sql.SQL("SELECT pg_catalog.txid_current()"))
+
+
 def slot_confirmed(source: Connection, slot: str, lsn: str) -> bool:
     """Whether the subscriber has confirmed everything up to `lsn` as flushed."""
     row = source.execute(

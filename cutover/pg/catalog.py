@@ -91,6 +91,13 @@ def settings(conn: Connection, names: list[str]) -> dict[str, str]:
     return {r["name"]: r["setting"] for r in rows}
 
 
+def connectable_databases(conn: Connection) -> int:
+    """How many databases of the server accept connections (pglogical runs a worker in each)."""
+    return int(
+        _value(conn, sql.SQL("SELECT count(*) FROM pg_catalog.pg_database WHERE datallowconn"))
+    )
+
+
 def current_role(conn: Connection) -> Role:
     """The connected role's attributes."""
     row = conn.execute(

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 
 from psycopg import sql
 
-from cutover.errors import StepFailed
+from cutover.errors import PreconditionFailed, StepFailed
 from cutover.log import redact
-from cutover.pg import tools
+from cutover.pg import catalog, tools
 from cutover.pg.connect import Connection, connect
 from cutover.pg.ident import quote
 from cutover.pg.queries import load
@@ -290,6 +290,19 @@ class Copier:
             process.wait()
             with tracker.lock:
                 tracker.processes.discard(process)
+
+
+def refuse_rows(conn: Connection, tables: list[Table], db: str) -> None:
+    """Raise unless every target table is empty: a copy never deletes what it did not write."""
+    holding = catalog.tables_with_rows(conn, tables)
+    if holding:
+        raise PreconditionFailed(
+            f"tables of {db} on the target already hold rows: "
+            + ", ".join(quote(t) for t in holding[:5])
+            + (f" and {len(holding) - 5} more" if len(holding) > 5 else ""),
+            hint="the initial copy fills empty tables and never deletes what it did not "
+            "write; empty them on the target (TRUNCATE) if they are leftovers",
+        )
 
 
 def truncate(conn: Connection, tables: Sequence[Table]) -> None:

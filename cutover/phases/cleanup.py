@@ -4,7 +4,7 @@
    not promoted (finish the switch first, or roll it back).
 2. drop_subscription: on the target (before a switch, this abandons the move).
 3. drop_slot: on the source, so no slot pins WAL there.
-4. drop_publication: on the source.
+4. drop_publication: on the source (pglogical: the replication set).
 5. drop_backfilled_keys: the primary keys and columns `backfill` added, on both
    sides, found by the move's mark on each column (a user's column of the same
    name carries none and is never touched).
@@ -12,6 +12,8 @@
 7. drop_replication_role: `cutover_<move>` on both sides, after REASSIGN OWNED and
    DROP OWNED in each database of the move.
 8. remove_schema_archive: the schema dump kept in the state directory.
+9. uninstall_engine: pglogical's nodes cutover made, and the extension where
+   this move created it (last: the fallback's cleanup runs before this one).
 
 The source may have been made read-only: cleanup's own sessions may still write.
 """
@@ -31,7 +33,6 @@ from cutover.steps import Change, Phase, Step
 def phase(plan: Plan, pool: Pool, db: str, engine: Engine) -> Phase:
     """The cleanup steps for database `db`."""
     name = replication.object_name(plan.move)
-    slot = replication.slot_name(plan.move, db)
     archive = archive_path(plan, db)
 
     def source() -> Connection:
@@ -45,8 +46,7 @@ def phase(plan: Plan, pool: Pool, db: str, engine: Engine) -> Phase:
         return pool.get("target", db)
 
     def subscribed() -> bool:
-        conn = target()
-        return conn is not None and replication.subscription_exists(conn, name)
+        return target() is not None and engine.subscription_exists()
 
     def check_no_switch_in_progress(*, dry_run: bool) -> Sequence[Change]:
         fenced = fence.fenced_roles(pool.get("source"), plan.move)
@@ -60,16 +60,22 @@ def phase(plan: Plan, pool: Pool, db: str, engine: Engine) -> Phase:
         return []
 
     def drop_subscription(*, dry_run: bool) -> Sequence[Change]:
-        conn = target()
-        if conn is None:
-            return []
-        return replication.drop_subscription(conn, name, target=f"target/{db}", dry_run=dry_run)
+        return [] if target() is None else engine.drop_subscription(dry_run=dry_run)
 
     def drop_slot(*, dry_run: bool) -> Sequence[Change]:
-        conn = pool.get("source")
-        if not replication.slot_exists(conn, slot):
-            return []
-        return replication.drop_slot(conn, slot, target="source", dry_run=dry_run)
+        source()
+        return engine.drop_slot(dry_run=dry_run)
+
+    def drop_publication(*, dry_run: bool) -> Sequence[Change]:
+        source()
+        return engine.drop_publication(dry_run=dry_run)
+
+    def uninstall_engine(*, dry_run: bool) -> Sequence[Change]:
+        source()
+        return [] if target() is None else engine.uninstall(dry_run=dry_run)
+
+    def engine_uninstalled() -> bool:
+        return target() is None or engine.uninstalled()
 
     def sides() -> list[tuple[str, Connection]]:
         """The database on the source, and on the target when it exists there."""
@@ -131,22 +137,13 @@ def phase(plan: Plan, pool: Pool, db: str, engine: Engine) -> Phase:
         (
             Step("check_no_switch_in_progress", check_no_switch_in_progress, attempts=1),
             Step("drop_subscription", drop_subscription, lambda: not subscribed()),
-            Step(
-                "drop_slot",
-                drop_slot,
-                lambda: not replication.slot_exists(pool.get("source"), slot),
-            ),
-            Step(
-                "drop_publication",
-                lambda *, dry_run: replication.drop_publication(
-                    source(), name, target=f"source/{db}", dry_run=dry_run
-                ),
-                lambda: not engine.publication_exists(),
-            ),
+            Step("drop_slot", drop_slot, lambda: engine.slot() is None),
+            Step("drop_publication", drop_publication, lambda: not engine.publication_exists()),
             Step("drop_backfilled_keys", drop_backfilled_keys, backfilled_keys_gone),
             Step("drop_barrier_tables", drop_barrier_tables, barrier_tables_gone),
             Step("drop_replication_role", drop_replication_role, role_gone),
             Step("remove_schema_archive", remove_schema_archive, lambda: not archive.exists()),
+            Step("uninstall_engine", uninstall_engine, engine_uninstalled),
         ),
     )
 

@@ -4,11 +4,14 @@
    one downtime of a move, so it is never done without being asked).
 2. create_target_database: the database exists on the target.
 3. create_source_barrier: `_cutover.barrier`, for the switch's proof of zero lag.
-4. create_replication_role: a role that may replicate and read, nothing more.
-5. copy_schema: pg_dump the schema; restore its pre-data part on the target
+4. install_engine: what the engine needs on the source (pglogical: its extension,
+   which the schema copy brings to the target).
+5. create_replication_role: a role that may replicate and read, nothing more.
+6. copy_schema: pg_dump the schema; restore its pre-data part on the target
    (tables, types, functions: no index yet, so the copy fills bare tables).
-6. create_target_barrier: adopted when the schema copy brought it.
-7. create_publication: every replicated table of the source.
+7. create_target_barrier: adopted when the schema copy brought it.
+8. create_publication: every replicated table of the source (pglogical: a
+   replication set of the tables and sequences, on the source's node).
 """
 
 import time
@@ -203,6 +206,7 @@ def phase(
                 partial(prepare.create_barrier, "source"),
                 partial(prepare.barrier_exists, "source"),
             ),
+            Step("install_engine", engine.install, engine.installed),
             Step(
                 "create_replication_role",
                 engine.create_replication_role,

@@ -8,7 +8,12 @@
    them row by row during the copy.
 3. start_streaming: the subscription applies the changes the source made
    since the snapshot; the keys exist by now, so each is applied by index.
-4. wait_for_catchup: until the target is within `thresholds.max_switch_lag`.
+4. wait_for_catchup: until every table is ready and the target is within
+   `thresholds.max_switch_lag`.
+
+An engine that copies with its own subscription (pglogical) applies changes as
+soon as its copy commits: for it restore_post_data comes first, and
+copy_data waits for that copy.
 """
 
 import time
@@ -69,6 +74,7 @@ def phase(
         return schema.missing_on_target(pool.get("source", db), pool.get("target", db), entries)
 
     def restore_post_data(*, dry_run: bool) -> Sequence[Change]:
+        require_prepared(pool, db, engine)
         if not archive.exists():
             if dry_run:
                 return [Change(f"target/{db}", "pg_restore --section=post-data (what is missing)")]
@@ -86,7 +92,7 @@ def phase(
 
     def caught_up() -> bool:
         slot = engine.slot() if subscribed() and engine.streaming() else None
-        return slot is not None and close_enough(slot)
+        return slot is not None and close_enough(slot) and engine.progress().done
 
     def wait_for_catchup(*, dry_run: bool) -> Sequence[Change]:
         if dry_run:
@@ -103,9 +109,14 @@ def phase(
                     hint="see `cutover status`; drop the subscription on the target and "
                     "run start again to copy anew",
                 )
-            on_lag(slot.lag_bytes)
-            if close_enough(slot):
-                return []
+            progress = engine.progress()
+            if progress.done:
+                on_lag(slot.lag_bytes)
+                if close_enough(slot):
+                    return []
+            else:  # the engine's own copy goes on (a start that resumed while it ran)
+                on_progress(progress)
+            engine.heartbeat()
             if not slot.active and clock() > started + CONNECT_SECONDS:
                 raise StepFailed(
                     f"the subscription of {db} has not connected to the source "
@@ -128,15 +139,22 @@ def phase(
                 )
             sleep(CATCHUP_POLL_SECONDS)
 
+    def post_data_restored() -> bool:
+        ready = (
+            subscribed()
+            if not engine.keys_before_copy
+            else admin.database_exists(pool.get("target"), db)
+        )
+        return ready and archive.exists() and not missing_post_data()
+
+    steps = [
+        Step("copy_data", copy_data, subscribed, attempts=1),
+        Step("restore_post_data", restore_post_data, post_data_restored),
+    ]
     return Phase(
         "start",
         (
-            Step("copy_data", copy_data, subscribed, attempts=1),
-            Step(
-                "restore_post_data",
-                restore_post_data,
-                lambda: subscribed() and archive.exists() and not missing_post_data(),
-            ),
+            *(reversed(steps) if engine.keys_before_copy else steps),
             Step("start_streaming", engine.start_streaming, engine.streaming),
             Step("wait_for_catchup", wait_for_catchup, caught_up, attempts=1),
         ),

@@ -95,6 +95,7 @@ class Switch:
             )
 
     def _check_lag(self, db: str, engine: Engine) -> None:
+        engine.heartbeat()
         slot = engine.slot()
         if slot is None:
             raise PreconditionFailed(

@@ -1,0 +1,422 @@
+"""The pglogical engine: nodes, a replication set and a pglogical subscription.
+
+pglogical copies the tables itself, in one transaction on the subscriber, in
+the snapshot its slot starts from; cutover builds the target's keys and indexes
+first, since changes are applied by key as soon as that copy commits. The
+schema is never synchronised by pglogical: prepare copied it.
+"""
+
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+
+from cutover.errors import StepFailed
+from cutover.log import register_secret
+from cutover.pg import barrier, copy, pglogical, replication, sequences
+from cutover.pg.catalog import Relation
+from cutover.pg.connect import Connection, Pool
+from cutover.pg.copy import CopyProgress
+from cutover.plan import Plan, Server
+from cutover.steps import Change
+
+HEARTBEAT_SECONDS = 1.0
+POLL_SECONDS = 0.2
+DOWN_SECONDS = 30.0  # a subscription whose worker stays down this long will not recover by itself
+
+
+class PglogicalEngine:
+    """A provider node and replication set on the source, a subscriber node and subscription."""
+
+    keys_before_copy = True
+
+    def __init__(self, plan: Plan, pool: Pool, db: str) -> None:
+        self._plan = plan
+        self._pool = pool
+        self._db = db
+        self.name = replication.object_name(plan.move)
+        self._slot_name: str | None = None
+        self._last_heartbeat = 0.0
+
+    @property
+    def _where(self) -> tuple[str, str]:
+        return f"source/{self._db}", f"target/{self._db}"
+
+    def _source(self) -> Connection:
+        return self._pool.get("source", self._db)
+
+    def _target(self) -> Connection:
+        return self._pool.get("target", self._db)
+
+    def _tables(self) -> list[Relation]:
+        return replication.replicated_tables(self._source())
+
+    # -- prepare -------------------------------------------------------------------------------
+
+    def installed(self) -> bool:
+        """The extension exists in the source database."""
+        return pglogical.extension_installed(self._source())
+
+    def install(self, *, dry_run: bool) -> Sequence[Change]:
+        """CREATE EXTENSION pglogical on the source, marked as this move's.
+
+        The target gets it with the schema copy, comment included, so both sides
+        say alike whether cutover created it.
+        """
+        return pglogical.create_extension(
+            self._source(), self._plan.move, target=self._where[0], dry_run=dry_run
+        )
+
+    def replication_role_ready(self) -> bool:
+        """The role exists and may read every table and pglogical's catalog."""
+        source = self._source()
+        return (
+            replication.role_exists(source, self.name)
+            and replication.can_read(source, self.name, self._tables())
+            and pglogical.can_read_catalog(source, self.name)
+        )
+
+    def create_replication_role(self, *, dry_run: bool) -> Sequence[Change]:
+        """A role that may replicate, read the tables and read pglogical's catalog."""
+        source = self._source()
+        schemas = sorted({t.schema for t in self._tables()})
+        return [
+            *replication.create_role(source, self.name, target="source", dry_run=dry_run),
+            *replication.grant_read(
+                source, self.name, schemas, target=self._where[0], dry_run=dry_run
+            ),
+            *pglogical.grant_provider(source, self.name, target=self._where[0], dry_run=dry_run),
+        ]
+
+    def publication_exists(self) -> bool:
+        """The replication set exists on the source."""
+        return pglogical.set_exists(self._source(), self.name)
+
+    def create_publication(self, *, dry_run: bool) -> Sequence[Change]:
+        """The source's node (unless it has one), then a set of every table and sequence."""
+        source = self._source()
+        changes = self._ensure_node(source, self._plan.source, "source", dry_run=dry_run)
+        tables = [(t.schema, t.name) for t in self._tables()]
+        return changes + pglogical.create_set(
+            source,
+            self.name,
+            tables,
+            sequences.names(source),
+            target=self._where[0],
+            dry_run=dry_run,
+        )
+
+    def _role_password(
+        self, conn: Connection, role: str, where: str, *, dry_run: bool
+    ) -> tuple[str, list[Change]]:
+        """The password of the move's role on one side.
+
+        A node connection string that names the role keeps working only as long as
+        the role's password stays: that password is reused, never replaced.
+        """
+        node = pglogical.local_node(conn)
+        if node is not None and node.user == role and node.password:
+            register_secret(node.password)
+            return node.password, []
+        password = secrets.token_urlsafe(32)
+        register_secret(password)
+        return password, [
+            replication.set_password(conn, role, password, target=where, dry_run=dry_run)
+        ]
+
+    def _ensure_node(
+        self, conn: Connection, server: Server, side: str, *, dry_run: bool
+    ) -> list[Change]:
+        """This database's node on one side, unless it has one (pglogical allows one)."""
+        if pglogical.local_node(conn) is not None:
+            return []
+        where = f"{side}/{self._db}"
+        password, changes = self._role_password(conn, self.name, where, dry_run=dry_run)
+        dsn = replication.source_conninfo(server, self._db, role=self.name, password=password)
+        node = f"{self.name}_{side}"
+        return [*changes, pglogical.create_node(conn, node, dsn, target=where, dry_run=dry_run)]
+
+    # -- start ---------------------------------------------------------------------------------
+
+    def subscription_exists(self) -> bool:
+        """Whether the target subscribes for this move."""
+        return pglogical.subscription(self._target(), self.name) is not None
+
+    def create_subscription(self, *, dry_run: bool) -> Sequence[Change]:
+        """A subscription without a copy, for a target that has the rows already (fallback)."""
+        return self._subscribe(with_copy=False, dry_run=dry_run)
+
+    def _subscribe(self, *, with_copy: bool, dry_run: bool) -> list[Change]:
+        """The subscriber's node and the grants its copy needs, then the subscription."""
+        source, target = self._source(), self._target()
+        changes = pglogical.create_extension(
+            target, self._plan.move, target=self._where[1], dry_run=dry_run
+        )  # already there when the schema copy brought it
+        changes += self._ensure_node(target, self._plan.target, "target", dry_run=dry_run)
+        if with_copy:
+            schemas = sorted({t.schema for t in self._tables()})
+            changes += pglogical.grant_copy(
+                target, self.name, schemas, target=self._where[1], dry_run=dry_run
+            )
+        password, rotated = self._role_password(source, self.name, "source", dry_run=dry_run)
+        dsn = replication.source_conninfo(
+            self._plan.source, self._db, role=self.name, password=password
+        )
+        return [
+            *changes,
+            *rotated,
+            pglogical.create_subscription(
+                target,
+                self.name,
+                provider_dsn=dsn,
+                sets=[self.name],
+                copy=with_copy,
+                target=self._where[1],
+                dry_run=dry_run,
+            ),
+        ]
+
+    def copy_data(
+        self,
+        *,
+        jobs: int,
+        deadline: float,
+        on_progress: Callable[[CopyProgress], None],
+        dry_run: bool,
+    ) -> Sequence[Change]:
+        """Subscribe with pglogical's own copy of every table, and wait until it committed.
+
+        The copy runs in the target server: a controller that dies leaves it going.
+        A copy that fails, or outlasts copy_timeout, is undone: the subscription
+        and its slot are dropped and the tables emptied, so start begins anew.
+        """
+        tables = [(t.schema, t.name) for t in self._tables()]
+        if not dry_run:
+            copy.refuse_rows(self._target(), tables, self._db)
+        changes = self._subscribe(with_copy=True, dry_run=dry_run)
+        if dry_run:
+            return changes
+        try:
+            self._wait_for_copy(deadline, on_progress)
+        except StepFailed:
+            with suppress(Exception):
+                self.promote(dry_run=False)
+                copy.truncate(self._target(), tables)
+            raise
+        return changes
+
+    def _wait_for_copy(self, deadline: float, on_progress: Callable[[CopyProgress], None]) -> None:
+        down_since: float | None = None
+        while True:
+            sub = pglogical.subscription(self._target(), self.name)
+            if sub is None:
+                raise StepFailed(
+                    f"the pglogical subscription of {self._db} disappeared during its copy",
+                    hint="someone dropped it; run start again to copy anew",
+                )
+            if sub.sync == "ready":
+                on_progress(self.progress())
+                return
+            on_progress(self.progress())
+            self.heartbeat()
+            now = time.monotonic()
+            down_since = (down_since or now) if sub.status == "down" else None
+            if down_since is not None and now - down_since > DOWN_SECONDS:
+                raise StepFailed(
+                    f"pglogical's copy of {self._db} stopped: its worker has been down for "
+                    f"{DOWN_SECONDS:g} s",
+                    hint="the target server's log says why (a grant, a row that breaks a "
+                    "constraint, the source unreachable); fix it and run start again",
+                )
+            if now > deadline:
+                raise StepFailed(
+                    f"pglogical's copy of {self._db} did not finish within "
+                    f"{self._plan.thresholds.copy_timeout:g} s",
+                    hint="raise thresholds.copy_timeout and run start again",
+                )
+            time.sleep(POLL_SECONDS)
+
+    def streaming(self) -> bool:
+        """The subscription exists and is enabled (pglogical streams once its copy is done)."""
+        sub = pglogical.subscription(self._target(), self.name)
+        return sub is not None and sub.status != "disabled"
+
+    def start_streaming(self, *, dry_run: bool) -> Sequence[Change]:
+        """Enable the subscription (it is enabled when made; this undoes a manual disable)."""
+        return [
+            pglogical.enable_subscription(
+                self._target(), self.name, target=self._where[1], dry_run=dry_run
+            )
+        ]
+
+    def progress(self) -> CopyProgress:
+        """pglogical's state per table once its copy committed; before, what the target shows."""
+        source, target = self._source(), self._target()
+        tables = [(t.schema, t.name) for t in self._tables()]
+        sub = pglogical.subscription(target, self.name)
+        if sub is not None and sub.sync == "ready":
+            # A subscription made without a copy keeps no state per table: all are ready.
+            known = {(t.schema, t.name): t.state for t in pglogical.table_states(target, self.name)}
+            total = sum(replication.table_sizes(source, tables).values())
+            states = {replication.display(t): known.get(t, "ready") for t in tables}
+            return CopyProgress(states, total, total)
+        copies = replication.copy_states(source, target, tables)
+        # One transaction copies every table: none is there before it commits.
+        return CopyProgress(
+            tables={
+                replication.display((c.schema, c.name)): "queued"
+                if c.state == "queued"
+                else "copying"
+                for c in copies
+            },
+            bytes_total=sum(c.bytes_source for c in copies),
+            bytes_done=sum(min(c.bytes_source, c.bytes_target) for c in copies),
+        )
+
+    def describe(self) -> str | None:
+        """pglogical's own status of the subscription and of its initial copy."""
+        sub = pglogical.subscription(self._target(), self.name)
+        if sub is None:
+            return None
+        return f"pglogical subscription {sub.status}, initial copy {sub.sync}"
+
+    def heartbeat(self) -> None:
+        """At most one small commit a second on the source, so its WAL moves and is confirmed."""
+        now = time.monotonic()
+        if now - self._last_heartbeat >= HEARTBEAT_SECONDS:
+            pglogical.heartbeat(self._source(), self._plan.move)
+            self._last_heartbeat = now
+
+    def _slot(self) -> str | None:
+        """The subscription's slot on the source, as pglogical names it."""
+        if self._slot_name is None:
+            sub = pglogical.subscription(self._target(), self.name)
+            if sub is not None:
+                self._slot_name = sub.slot
+            else:
+                node = pglogical.local_node(self._source())
+                if node is None:
+                    return None
+                self._slot_name = pglogical.slot_name(
+                    self._source(), self._db, node.name, self.name
+                )
+        return self._slot_name
+
+    def slot(self) -> replication.SlotState | None:
+        """The slot's lag and retained WAL on the source."""
+        name = self._slot()
+        return None if name is None else replication.slot_state(self._source(), name)
+
+    # -- switch --------------------------------------------------------------------------------
+
+    def ready_to_switch(self) -> bool:
+        """Nothing to prepare: the barrier is made durable on the target by a flush."""
+        return True
+
+    def prepare_switch(self, *, dry_run: bool) -> Sequence[Change]:
+        """Nothing to prepare."""
+        return []
+
+    def write_barrier(self, token: str) -> str:
+        """Commit the marker on the source; the WAL position after it."""
+        return barrier.write_marker(self._source(), self._plan.move, token)
+
+    def barrier_reached(self, token: str, lsn: str) -> bool:
+        """The target applied the marker, and its WAL is flushed past it.
+
+        pglogical's apply commits asynchronously and confirms to the slot about
+        once a second; a synchronous commit on the target flushes every commit
+        before it, the marker's included, in milliseconds.
+        """
+        target = self._target()
+        if not barrier.marker_arrived(target, token):
+            return False
+        barrier.flush(target)
+        return True
+
+    def is_promoted(self) -> bool:
+        """The subscription and its slot are gone: the target stands alone."""
+        name = self._slot()
+        return not self.subscription_exists() and (
+            name is None or not replication.slot_exists(self._source(), name)
+        )
+
+    def promote(self, *, dry_run: bool) -> Sequence[Change]:
+        """Drop the subscription, then its slot on the source if pglogical left it."""
+        name = self._slot()
+        changes = list(self.drop_subscription(dry_run=dry_run))
+        if name is not None and (dry_run or replication.slot_exists(self._source(), name)):
+            changes += replication.drop_slot(self._source(), name, target="source", dry_run=dry_run)
+        return changes
+
+    def _wait_slot_released(self, name: str, timeout: float = 10.0) -> None:
+        """Until no sender streams from the slot: the apply worker that read it has ended."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = replication.slot_state(self._source(), name)
+            if state is None or not state.active:
+                return
+            time.sleep(0.005)
+
+    # -- cleanup -------------------------------------------------------------------------------
+
+    def drop_subscription(self, *, dry_run: bool) -> Sequence[Change]:
+        """Stop the apply worker, then drop the pglogical subscription.
+
+        Stopping the worker first and waiting until its sender is gone spares
+        drop_subscription its own wait for the worker, up to a second.
+        """
+        name = self._slot()  # remembered while the subscription tells it
+        target = self._target()
+        if not self.subscription_exists():
+            return []
+        changes = [
+            pglogical.disable_subscription(
+                target, self.name, target=self._where[1], dry_run=dry_run
+            )
+        ]
+        if not dry_run and name is not None:
+            self._wait_slot_released(name)
+        return changes + pglogical.drop_subscription(
+            target, self.name, target=self._where[1], dry_run=dry_run
+        )
+
+    def drop_slot(self, *, dry_run: bool) -> Sequence[Change]:
+        """Drop the subscription's slot, if pglogical could not."""
+        name = self._slot()
+        if name is None or not replication.slot_exists(self._source(), name):
+            return []
+        return replication.drop_slot(self._source(), name, target="source", dry_run=dry_run)
+
+    def drop_publication(self, *, dry_run: bool) -> Sequence[Change]:
+        """Drop the replication set."""
+        return pglogical.drop_set(self._source(), self.name, target=self._where[0], dry_run=dry_run)
+
+    def _ours(self) -> list[tuple[Connection, str, str | None, bool]]:
+        """Each side: its connection, where, its node if cutover made it, the extension if ours."""
+        found = []
+        for side, conn in (("source", self._source()), ("target", self._target())):
+            node = pglogical.local_node(conn)
+            mine = node.name if node is not None and node.name == f"{self.name}_{side}" else None
+            ours = pglogical.extension_ours(conn, self._plan.move)
+            found.append((conn, f"{side}/{self._db}", mine, ours))
+        return found
+
+    def uninstalled(self) -> bool:
+        """No node and no extension of this move is left."""
+        return not any(node or ours for _, _, node, ours in self._ours())
+
+    def uninstall(self, *, dry_run: bool) -> Sequence[Change]:
+        """Drop the nodes cutover made, then the extension where cutover created it."""
+        changes: list[Change] = []
+        for conn, where, node, ours in self._ours():
+            if node is not None:
+                changes.append(pglogical.drop_node(conn, node, target=where, dry_run=dry_run))
+            if ours:
+                changes += pglogical.drop_extension(conn, target=where, dry_run=dry_run)
+        return changes
+
+
+def build(plan: Plan, pool: Pool, db: str) -> PglogicalEngine:
+    """The engine for one database."""
+    return PglogicalEngine(plan, pool, db)

@@ -1,0 +1,349 @@
+"""pglogical: the extension, nodes, replication sets, subscriptions and their state.
+
+One database holds at most one pglogical node. Cutover makes one where there
+is none (`cutover_<move>_source`, `cutover_<move>_target`) and uses the node it
+finds otherwise, so a database pglogical already serves keeps its node. The
+extension, when cutover creates it, carries a comment naming the move, and only
+then is it dropped again.
+
+Connection strings: the subscription reaches the provider as the move's
+replication role, and pglogical's table copy writes through the subscriber
+node's own connection string, as the move's role on that side (granted INSERT
+and `session_replication_role`, not superuser). Both passwords are generated
+here, sent to the servers as SCRAM verifiers and kept only in pglogical's
+catalog, where it needs them.
+"""
+
+from dataclasses import dataclass
+
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from cutover.pg.connect import Connection
+from cutover.pg.execute import change
+from cutover.pg.queries import load
+from cutover.steps import Change
+
+EXTENSION = "pglogical"
+SCHEMA = "pglogical"
+
+# pglogical.local_sync_status.sync_status, per table and for the whole subscription
+STATES = {
+    "i": "queued",
+    "s": "copying",  # structure: never asked for, the schema is copied in prepare
+    "d": "copying",
+    "c": "copying",
+    "w": "catching up",
+    "u": "catching up",
+    "y": "ready",
+    "r": "ready",
+}
+
+
+def mark(move: str) -> str:
+    """The comment on an extension cutover created; nothing else carries it."""
+    return f"created by cutover for move {move}; dropped by cutover cleanup"
+
+
+# -- the extension ----------------------------------------------------------------------------
+
+
+def extension_installed(conn: Connection) -> bool:
+    """Whether the connected database has the extension."""
+    row = conn.execute(
+        sql.SQL("SELECT 1 FROM pg_catalog.pg_extension WHERE extname = %s"), (EXTENSION,)
+    ).fetchone()
+    return row is not None
+
+
+def extension_available(conn: Connection) -> bool:
+    """Whether the server has the extension's files."""
+    row = conn.execute(
+        sql.SQL("SELECT 1 FROM pg_catalog.pg_available_extensions WHERE name = %s"), (EXTENSION,)
+    ).fetchone()
+    return row is not None
+
+
+def extension_ours(conn: Connection, move: str) -> bool:
+    """Whether cutover created the extension here for this move."""
+    row = conn.execute(
+        sql.SQL(
+            "SELECT pg_catalog.obj_description(oid, 'pg_extension') = %s AS ours "
+            "FROM pg_catalog.pg_extension WHERE extname = %s"
+        ),
+        (mark(move), EXTENSION),
+    ).fetchone()
+    return bool(row and row["ours"])
+
+
+def create_extension(conn: Connection, move: str, *, target: str, dry_run: bool) -> list[Change]:
+    """CREATE EXTENSION, marked with the move's comment."""
+    if extension_installed(conn):
+        return []
+    ident = sql.Identifier(EXTENSION)
+    return [
+        change(conn, sql.SQL("CREATE EXTENSION {}").format(ident), target=target, dry_run=dry_run),
+        change(
+            conn,
+            sql.SQL("COMMENT ON EXTENSION {} IS {}").format(ident, sql.Literal(mark(move))),
+            target=target,
+            dry_run=dry_run,
+        ),
+    ]
+
+
+def drop_extension(conn: Connection, *, target: str, dry_run: bool) -> list[Change]:
+    """DROP EXTENSION (cleanup calls it only for an extension carrying the move's mark)."""
+    statement = sql.SQL("DROP EXTENSION IF EXISTS {}").format(sql.Identifier(EXTENSION))
+    return [change(conn, statement, target=target, dry_run=dry_run)]
+
+
+# -- nodes ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Node:
+    """The database's own pglogical node."""
+
+    name: str
+    dsn: str
+
+    @property
+    def user(self) -> str | None:
+        """The role its connection string names."""
+        user = conninfo_to_dict(self.dsn).get("user")
+        return None if user is None else str(user)
+
+    @property
+    def password(self) -> str | None:
+        """The password its connection string carries (a secret: never shown)."""
+        password = conninfo_to_dict(self.dsn).get("password")
+        return None if password is None else str(password)
+
+
+def local_node(conn: Connection) -> Node | None:
+    """The connected database's node, or None (also without the extension)."""
+    if not extension_installed(conn):
+        return None
+    row = conn.execute(load("pglogical_local_node")).fetchone()
+    return None if row is None else Node(row["name"], row["dsn"])
+
+
+def create_node(conn: Connection, name: str, dsn: str, *, target: str, dry_run: bool) -> Change:
+    """This database's node; `dsn` is how the server itself reaches it."""
+    statement = sql.SQL("SELECT pglogical.create_node(node_name := %s, dsn := %s)")
+    return change(conn, statement, (name, dsn), target=target, dry_run=dry_run)
+
+
+def drop_node(conn: Connection, name: str, *, target: str, dry_run: bool) -> Change:
+    """Drop the database's node (its subscriptions and sets are gone by then)."""
+    statement = sql.SQL("SELECT pglogical.drop_node(node_name := %s, ifexists := true)")
+    return change(conn, statement, (name,), target=target, dry_run=dry_run)
+
+
+# -- replication sets (provider) --------------------------------------------------------------
+
+
+def set_exists(conn: Connection, name: str) -> bool:
+    """Whether the replication set exists in the connected database."""
+    if not extension_installed(conn):
+        return False
+    row = conn.execute(
+        sql.SQL("SELECT 1 FROM pglogical.replication_set WHERE set_name = %s"), (name,)
+    ).fetchone()
+    return row is not None
+
+
+def create_set(
+    conn: Connection,
+    name: str,
+    tables: list[tuple[str, str]],
+    sequences: list[tuple[str, str]],
+    *,
+    target: str,
+    dry_run: bool,
+) -> list[Change]:
+    """A set replicating every change of `tables`, and `sequences`, in one transaction."""
+    changes = [
+        change(
+            conn,
+            sql.SQL("SELECT pglogical.create_replication_set(set_name := %s)"),
+            (name,),
+            target=target,
+            dry_run=dry_run,
+        )
+    ]
+    add_table = sql.SQL(
+        "SELECT pglogical.replication_set_add_table(set_name := %s, relation := %s::regclass, "
+        "synchronize_data := true)"
+    )
+    add_sequence = sql.SQL(
+        "SELECT pglogical.replication_set_add_sequence(set_name := %s, relation := %s::regclass, "
+        "synchronize_data := false)"
+    )
+    for statement, relations in ((add_table, tables), (add_sequence, sequences)):
+        for schema, rel in relations:
+            regclass = sql.Identifier(schema, rel).as_string(conn)
+            changes.append(
+                change(conn, statement, (name, regclass), target=target, dry_run=dry_run)
+            )
+    return changes
+
+
+def drop_set(conn: Connection, name: str, *, target: str, dry_run: bool) -> list[Change]:
+    """Drop the replication set, if there is one."""
+    if not set_exists(conn, name):
+        return []
+    statement = sql.SQL("SELECT pglogical.drop_replication_set(set_name := %s, ifexists := true)")
+    return [change(conn, statement, (name,), target=target, dry_run=dry_run)]
+
+
+# -- subscriptions (subscriber) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A pglogical subscription as the subscriber sees it."""
+
+    status: str  # replicating, initializing, down, disabled, unknown
+    slot: str
+    sync: str  # the state of its initial copy, a value of STATES
+
+
+def subscription(conn: Connection, name: str) -> Subscription | None:
+    """The subscription of that name in the connected database, or None."""
+    if not extension_installed(conn):
+        return None
+    row = conn.execute(load("pglogical_subscription"), (name,)).fetchone()
+    if row is None:
+        return None
+    return Subscription(
+        status=row["status"] or "unknown",
+        slot=row["slot"],
+        sync=STATES.get(row["sync"] or "", "queued"),
+    )
+
+
+def create_subscription(
+    conn: Connection,
+    name: str,
+    *,
+    provider_dsn: str,
+    sets: list[str],
+    copy: bool,
+    target: str,
+    dry_run: bool,
+) -> Change:
+    """Subscribe to `sets`; with `copy`, pglogical copies every table first. Never the schema."""
+    statement = sql.SQL(
+        "SELECT pglogical.create_subscription(subscription_name := %s, provider_dsn := %s, "
+        "replication_sets := %s, synchronize_structure := false, synchronize_data := %s, "
+        "forward_origins := '{}')"
+    )
+    return change(conn, statement, (name, provider_dsn, sets, copy), target=target, dry_run=dry_run)
+
+
+def drop_subscription(conn: Connection, name: str, *, target: str, dry_run: bool) -> list[Change]:
+    """Drop the subscription; pglogical drops its slot on the provider when it can reach it."""
+    if subscription(conn, name) is None and not dry_run:
+        return []
+    statement = sql.SQL(
+        "SELECT pglogical.drop_subscription(subscription_name := %s, ifexists := true)"
+    )
+    return [change(conn, statement, (name,), target=target, dry_run=dry_run)]
+
+
+def enable_subscription(conn: Connection, name: str, *, target: str, dry_run: bool) -> Change:
+    """Enable the subscription now."""
+    statement = sql.SQL(
+        "SELECT pglogical.alter_subscription_enable(subscription_name := %s, immediate := true)"
+    )
+    return change(conn, statement, (name,), target=target, dry_run=dry_run)
+
+
+def disable_subscription(conn: Connection, name: str, *, target: str, dry_run: bool) -> Change:
+    """Stop applying: the apply worker ends at once (enable_subscription resumes)."""
+    statement = sql.SQL(
+        "SELECT pglogical.alter_subscription_disable(subscription_name := %s, immediate := true)"
+    )
+    return change(conn, statement, (name,), target=target, dry_run=dry_run)
+
+
+@dataclass(frozen=True)
+class TableState:
+    """One subscribed table's state."""
+
+    schema: str
+    name: str
+    state: str  # a value of STATES
+
+
+def table_states(conn: Connection, name: str) -> list[TableState]:
+    """Each table's state once the initial copy of the subscription is done."""
+    rows = conn.execute(load("pglogical_tables"), (name,)).fetchall()
+    return [TableState(r["schema"], r["name"], STATES.get(r["state"], "queued")) for r in rows]
+
+
+def slot_name(conn: Connection, db: str, provider_node: str, subscription_name: str) -> str:
+    """The slot pglogical makes for a subscription, computed as pglogical does it."""
+    row = conn.execute(load("pglogical_slot_name"), (db, provider_node, subscription_name))
+    name = row.fetchone()
+    assert name is not None
+    return str(name["slot"])
+
+
+def grant_copy(
+    conn: Connection, role: str, schemas: list[str], *, target: str, dry_run: bool
+) -> list[Change]:
+    """What pglogical's table copy needs on the subscriber, for the role its node names."""
+    ident = sql.Identifier(role)
+    statements = [
+        sql.SQL("GRANT SET ON PARAMETER session_replication_role TO {}").format(ident),
+        sql.SQL(
+            "GRANT EXECUTE ON FUNCTION pg_catalog.pg_replication_origin_session_setup(text) TO {}"
+        ).format(ident),
+        sql.SQL(
+            "GRANT EXECUTE ON FUNCTION pg_catalog.pg_replication_origin_session_reset() TO {}"
+        ).format(ident),
+    ]
+    for schema in schemas:
+        statements += [
+            sql.SQL(template).format(sql.Identifier(schema), ident)
+            for template in (
+                "GRANT USAGE ON SCHEMA {} TO {}",
+                "GRANT INSERT ON ALL TABLES IN SCHEMA {} TO {}",
+            )
+        ]
+    return [change(conn, s, target=target, dry_run=dry_run) for s in statements]
+
+
+def grant_provider(conn: Connection, role: str, *, target: str, dry_run: bool) -> list[Change]:
+    """What a subscriber reads of the provider's pglogical catalog, as the replication role."""
+    ident = sql.Identifier(role)
+    schema = sql.Identifier(SCHEMA)
+    return [
+        change(conn, s, target=target, dry_run=dry_run)
+        for s in (
+            sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, ident),
+            sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(schema, ident),
+        )
+    ]
+
+
+def can_read_catalog(conn: Connection, role: str) -> bool:
+    """Whether the role may read the provider's pglogical catalog."""
+    if not extension_installed(conn):
+        return False
+    row = conn.execute(
+        sql.SQL(
+            "SELECT pg_catalog.has_schema_privilege(%s, %s, 'USAGE') AND "
+            "pg_catalog.has_table_privilege(%s, 'pglogical.replication_set', 'SELECT') AS ok"
+        ),
+        (role, SCHEMA, role),
+    ).fetchone()
+    return bool(row and row["ok"])
+
+
+def heartbeat(conn: Connection, move: str) -> None:
+    """A small commit on the provider: the initial copy waits for WAL to move on an idle source."""
+    conn.execute(load("pglogical_heartbeat"), (f"heartbeat {move}", move))
