@@ -317,10 +317,9 @@ class Lab:
         return root
 
     def _configure(self, state: LabState, instance: Instance) -> None:
-        settings = {**self.settings, **self.per_server.get(instance.name, {})}
+        preload = {"shared_preload_libraries": "'pglogical'"} if state.pglogical else {}
+        settings = {**self.settings, **preload, **self.per_server.get(instance.name, {})}
         settings["port"] = str(instance.port)
-        if state.pglogical:
-            settings["shared_preload_libraries"] = "'pglogical'"
         lines = [f"{key} = {value}" for key, value in settings.items()]
         conf = Path(instance.datadir) / "postgresql.conf"
         # The data directory belongs to the server's user; appending as root keeps its owner.

@@ -43,7 +43,9 @@ def phase(plan: Plan, pool: Pool, db: str, engine: Engine) -> Phase:
     def target() -> Connection | None:
         if not admin.database_exists(pool.get("target"), db):
             return None
-        return pool.get("target", db)
+        conn = pool.get("target", db)
+        admin.allow_writes(conn)  # the fallback's target is the old source
+        return conn
 
     def subscribed() -> bool:
         return target() is not None and engine.subscription_exists()

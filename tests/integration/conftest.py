@@ -16,6 +16,7 @@ from cutover.pg import load as load_sql
 from tests.conftest import Databases, Result, connect
 
 TABLES = 12
+ENGINES = ["native", "pglogical"]
 
 
 @dataclass
@@ -24,6 +25,7 @@ class Running:
 
     db: str
     plan: Path
+    engine: str
     role: str
     log_path: Path
     work: load.Load
@@ -34,8 +36,15 @@ class Running:
         self.thread.join(timeout=30)
 
 
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    """Each replication engine in turn."""
+    return str(request.param)
+
+
 @pytest.fixture
 def under_load(
+    engine: str,
     lab: Lab,
     databases: Databases,
     write_plan: Callable[..., Path],
@@ -58,6 +67,7 @@ def under_load(
     plan = write_plan(
         [db],
         move=f"t{uuid.uuid4().hex[:8]}",
+        engine=engine,
         writers=[
             {
                 "name": "app",
@@ -83,7 +93,7 @@ def under_load(
     )
     thread = threading.Thread(target=work.run, kwargs={"port": control, "duration": None})
     thread.start()
-    running = Running(db, plan, role, log_path, work, thread)
+    running = Running(db, plan, engine, role, log_path, work, thread)
     try:
         assert cutover("prepare", "-p", str(plan)).code == 0
         started = cutover("start", "-p", str(plan), "--wait")
@@ -130,3 +140,38 @@ def can_login(lab: Lab, role: str) -> bool:
         ).fetchone()
     assert row is not None
     return bool(row["rolcanlogin"])
+
+
+def set_replication(lab: Lab, running: Running, *, enabled: bool) -> None:
+    """Stop or resume applying changes on the target, the engine's own way."""
+    name = f"cutover_{move_of(running)}"
+    with connect(lab.server("target"), running.db) as conn:
+        if running.engine == "pglogical":
+            verb = "enable" if enabled else "disable"
+            conn.execute(f"SELECT pglogical.alter_subscription_{verb}(%s, true)", (name,))
+        else:
+            conn.execute(f"ALTER SUBSCRIPTION {name} {'ENABLE' if enabled else 'DISABLE'}")
+
+
+def replication_objects(lab: Lab, running: Running) -> dict[str, int]:
+    """Slots, subscriptions and publications or replication sets of the move's database."""
+    counts = {"slots": 0, "subscriptions": 0, "publications": 0, "extensions": 0}
+    for side in ("source", "target"):
+        with connect(lab.server(side), running.db) as conn:
+            queries = {
+                "slots": "SELECT count(*) AS n FROM pg_replication_slots "
+                "WHERE database = current_database()",
+                "subscriptions": "SELECT count(*) AS n FROM pg_subscription s JOIN pg_database d "
+                "ON d.oid = s.subdbid WHERE d.datname = current_database()",
+                "publications": "SELECT count(*) AS n FROM pg_publication",
+                "extensions": "SELECT count(*) AS n FROM pg_extension WHERE extname = 'pglogical'",
+            }
+            if conn.execute(queries["extensions"]).fetchone() == {"n": 1}:
+                queries["subscriptions"] += " UNION ALL SELECT count(*) FROM pglogical.subscription"
+                queries["publications"] += (
+                    " UNION ALL SELECT count(*) FROM pglogical.replication_set "
+                    "WHERE set_name LIKE 'cutover%%'"
+                )
+            for what, query in queries.items():
+                counts[what] += sum(row["n"] for row in conn.execute(query).fetchall())
+    return counts

@@ -26,6 +26,8 @@ from tests.integration.conftest import (
     can_login,
     ledger_of,
     move_of,
+    replication_objects,
+    set_replication,
 )
 
 pytestmark = pytest.mark.integration
@@ -59,16 +61,9 @@ def test_a_switch_under_load_loses_no_acknowledged_write(
         target_value = target.execute(seq).fetchone()
         assert source_value is not None and target_value is not None
         assert target_value["last_value"] >= source_value["last_value"]  # ahead, never behind
-        slots = source.execute(
-            "SELECT count(*) AS n FROM pg_replication_slots WHERE slot_name LIKE %s",
-            (f"cutover_{move_of(under_load)}%",),
-        ).fetchone()
-        subs = target.execute(
-            "SELECT count(*) AS n FROM pg_subscription s JOIN pg_database d "
-            "ON d.oid = s.subdbid WHERE d.datname = current_database()"
-        ).fetchone()
-    assert subs == {"n": 0}
-    assert slots == {"n": 0}  # no slot left to pin WAL on the old server
+    objects = replication_objects(lab, under_load)
+    assert objects["subscriptions"] == 0
+    assert objects["slots"] == 0  # no slot left to pin WAL on the old server
     assert not can_login(lab, under_load.role)  # still fenced: the source is retired
 
     status = json.loads(cutover("status", "-p", str(under_load.plan), "--json").stdout)
@@ -81,8 +76,7 @@ def test_a_switch_under_load_loses_no_acknowledged_write(
 def test_a_barrier_timeout_rolls_back_and_a_second_switch_succeeds(
     lab: Lab, under_load: Running, cutover: Callable[..., Result]
 ) -> None:
-    with connect(lab.server("target"), under_load.db) as conn:
-        conn.execute(f"ALTER SUBSCRIPTION cutover_{move_of(under_load)} DISABLE")
+    set_replication(lab, under_load, enabled=False)
     failed = cutover("switch", "-p", str(under_load.plan), "--yes")
     assert failed.code == 1
     assert "did not confirm the barrier within 5 s" in failed.stderr
@@ -96,8 +90,7 @@ def test_a_barrier_timeout_rolls_back_and_a_second_switch_succeeds(
     assert acked_on(under_load, source_port) > before + 50
 
     # Replication resumes; the next switch starts again from its first step.
-    with connect(lab.server("target"), under_load.db) as conn:
-        conn.execute(f"ALTER SUBSCRIPTION cutover_{move_of(under_load)} ENABLE")
+    set_replication(lab, under_load, enabled=True)
     second = cutover("switch", "-p", str(under_load.plan), "--yes")
     assert second.code == 0, second.stdout + second.stderr
     assert "applied all/switch.check_ready" in second.stdout
@@ -111,22 +104,15 @@ def test_a_barrier_timeout_rolls_back_and_a_second_switch_succeeds(
 def leftovers(lab: Lab, running: Running) -> dict[str, int]:
     """What of the move is still on the servers."""
     name = f"cutover_{move_of(running)}"
-    counts = {}
-    with connect(lab.server("source"), running.db) as source:
-        for what, query in {
-            "slots": "SELECT count(*) AS n FROM pg_replication_slots WHERE slot_name LIKE %s",
-            "publications": "SELECT count(*) AS n FROM pg_publication WHERE pubname LIKE %s",
-            "source roles": "SELECT count(*) AS n FROM pg_roles WHERE rolname LIKE %s",
-        }.items():
-            row = source.execute(query, (f"{name}%",)).fetchone()
-            counts[what] = row["n"] if row else -1
-        row = source.execute("SELECT count(*) AS n FROM pg_namespace WHERE nspname = '_cutover'")
-        counts["source schema"] = row.fetchone()["n"]  # type: ignore[index]
-    with connect(lab.server("target"), running.db) as target:
-        row = target.execute("SELECT count(*) AS n FROM pg_roles WHERE rolname = %s", (name,))
-        counts["target roles"] = row.fetchone()["n"]  # type: ignore[index]
-        row = target.execute("SELECT count(*) AS n FROM pg_namespace WHERE nspname = '_cutover'")
-        counts["target schema"] = row.fetchone()["n"]  # type: ignore[index]
+    counts = replication_objects(lab, running)
+    for side in ("source", "target"):
+        with connect(lab.server(side), running.db) as conn:
+            row = conn.execute(
+                "SELECT count(*) AS n FROM pg_roles WHERE rolname LIKE %s", (f"{name}%",)
+            )
+            counts[f"{side} roles"] = row.fetchone()["n"]  # type: ignore[index]
+            row = conn.execute("SELECT count(*) AS n FROM pg_namespace WHERE nspname = '_cutover'")
+            counts[f"{side} schema"] = row.fetchone()["n"]  # type: ignore[index]
     return counts
 
 
@@ -152,7 +138,8 @@ def test_cleanup_refuses_a_half_done_switch_then_removes_exactly_the_move(
             "SET default_transaction_read_only = on"
         )
     dry = cutover("cleanup", "-p", plan, "--dry-run")
-    assert dry.code == 0 and "DROP PUBLICATION" in dry.stdout
+    dropped = {"native": "DROP PUBLICATION", "pglogical": "pglogical.drop_replication_set"}
+    assert dry.code == 0 and dropped[under_load.engine] in dry.stdout
     assert leftovers(lab, under_load)["publications"] == 1
 
     done = cutover("cleanup", "-p", plan, "--yes")
@@ -197,22 +184,7 @@ def test_rollback_after_a_switch_with_fallback_loses_nothing_written_on_the_targ
 
     done = cutover("cleanup", "-p", plan, "--yes")
     assert done.code == 0, done.stdout + done.stderr
-    with (
-        connect(lab.server("source"), under_load.db) as source,
-        connect(lab.server("target"), under_load.db) as target,
-    ):
-        pattern = f"cutover_{move_of(under_load)}%"
-        for conn in (source, target):
-            slots = conn.execute(
-                "SELECT count(*) AS n FROM pg_replication_slots WHERE slot_name LIKE %s", (pattern,)
-            ).fetchone()
-            subs = conn.execute(
-                "SELECT count(*) AS n FROM pg_subscription WHERE subname LIKE %s", (pattern,)
-            ).fetchone()
-            pubs = conn.execute(
-                "SELECT count(*) AS n FROM pg_publication WHERE pubname LIKE %s", (pattern,)
-            ).fetchone()
-            assert (slots, subs, pubs) == ({"n": 0}, {"n": 0}, {"n": 0})
+    assert set(replication_objects(lab, under_load).values()) == {0}
 
 
 def test_a_superuser_still_writing_after_the_fence_aborts_the_switch(
@@ -237,8 +209,7 @@ def test_a_superuser_still_writing_after_the_fence_aborts_the_switch(
 def test_sigterm_during_the_switch_rolls_it_back(
     lab: Lab, under_load: Running, cutover: Callable[..., Result]
 ) -> None:
-    with connect(lab.server("target"), under_load.db) as conn:
-        conn.execute(f"ALTER SUBSCRIPTION cutover_{move_of(under_load)} DISABLE")
+    set_replication(lab, under_load, enabled=False)
     switch = subprocess.Popen(
         [sys.executable, "-m", "cutover", "switch", "-p", str(under_load.plan), "--yes"],
         stdout=subprocess.PIPE,
