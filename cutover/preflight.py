@@ -8,7 +8,7 @@ Nothing here changes a server.
 
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -291,12 +291,15 @@ def _pglogical(plan: Plan, source: Connection, target: Connection) -> Iterator[F
             )
         # pglogical's supervisor, one manager per database, the apply workers and a copy.
         workers = 2 + catalog.connectable_databases(conn) + 2 * len(plan.databases)
-        yield _setting_finding(
-            "max_worker_processes",
-            side,
-            int(values["max_worker_processes"]),
-            workers,
-            why="pglogical's supervisor, a manager per database, apply and copy workers",
+        yield replace(
+            _setting_finding(
+                "max_worker_processes",
+                side,
+                int(values["max_worker_processes"]),
+                workers,
+                why="pglogical's supervisor, a manager per database, apply and copy workers",
+            ),
+            check="pglogical_workers",
         )
         admin = catalog.current_role(conn)
         if not admin.superuser and not catalog.is_member_of(conn, "cloudsqlsuperuser"):

@@ -234,6 +234,8 @@ def plain_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             "max_wal_senders": "0",
             "max_logical_replication_workers": "0",
             "max_worker_processes": "2",
+            "shared_preload_libraries": "''",
+            "track_commit_timestamp": "off",
         },
     )
     the_lab.up(sample=False)
@@ -269,6 +271,28 @@ def test_replication_settings_are_checked_with_the_values_to_set(
     fallback = found[("target", "fallback", "WARN")]
     assert "the target's wal_level is replica" in fallback["detail"]
     assert "the target has no free replication slot" in fallback["detail"]
+
+
+def test_pglogical_needs_are_checked_with_the_statements_to_run(
+    plain_lab: Lab, tmp_path: Path, cutover: Callable[..., Result]
+) -> None:
+    plan = tmp_path / "plan.yaml"
+    data = yaml.safe_load(yaml.safe_dump(plain_lab.plan(["postgres"]).model_dump(mode="json")))
+    data.update(state_dir=str(tmp_path), engine="pglogical")
+    plan.write_text(yaml.safe_dump(data))
+    result = cutover("check", "-p", str(plan), "--json")
+    assert result.code == 1, result.stderr
+    found = findings(result)
+    for side in ("source", "target"):
+        preload = found[(side, "pglogical", "FAIL")]
+        assert preload["detail"] == "pglogical is not in shared_preload_libraries"
+        assert preload["fix"] == ["ALTER SYSTEM SET shared_preload_libraries = 'pglogical';"]
+        assert found[(side, "track_commit_timestamp", "WARN")]["fix"] == [
+            "ALTER SYSTEM SET track_commit_timestamp = on;"
+        ]
+        # 2 + a manager for each connectable database (postgres, template1) + 2 per moved one
+        workers = found[(side, "pglogical_workers", "FAIL")]
+        assert workers["fix"] == ["ALTER SYSTEM SET max_worker_processes = 6;"]
 
 
 def test_an_extension_the_target_cannot_install_is_a_blocker(
