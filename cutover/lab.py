@@ -318,7 +318,7 @@ class Lab:
 
     def _configure(self, state: LabState, instance: Instance) -> None:
         preload = {"shared_preload_libraries": "'pglogical'"} if state.pglogical else {}
-        settings = {**self.settings, **preload, **self.per_server.get(instance.name, {})}
+        settings = {**preload, **self.settings, **self.per_server.get(instance.name, {})}
         settings["port"] = str(instance.port)
         lines = [f"{key} = {value}" for key, value in settings.items()]
         conf = Path(instance.datadir) / "postgresql.conf"
