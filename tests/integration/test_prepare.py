@@ -63,6 +63,7 @@ def test_prepare_applies_once_then_skips(
         "prepare.enable_logical_decoding": "adopted",  # the lab has wal_level = logical
         "prepare.create_target_database": "applied",
         "prepare.create_source_barrier": "applied",
+        "prepare.install_engine": "adopted",  # the native engine needs nothing installed
         "prepare.create_replication_role": "applied",
         "prepare.copy_schema": "applied",
         "prepare.create_target_barrier": "adopted",  # the schema copy brought it
@@ -71,7 +72,7 @@ def test_prepare_applies_once_then_skips(
 
     second = cutover("prepare", "-p", str(plan))
     assert second.code == 0
-    assert second.stdout.count("skipped") == 7
+    assert second.stdout.count("skipped") == 8
     assert all(v["runs"] == 1 for v in ledger(plan).values())
 
     # Dropped behind cutover's back: only that step runs again.
@@ -79,7 +80,7 @@ def test_prepare_applies_once_then_skips(
         conn.execute("DROP PUBLICATION cutover_test")
     third = cutover("prepare", "-p", str(plan))
     assert third.code == 0
-    assert third.stdout.count("skipped") == 6
+    assert third.stdout.count("skipped") == 7
     assert f"applied {db}/prepare.create_publication" in third.stdout
 
 
@@ -143,7 +144,7 @@ def test_status_shows_steps_and_says_loudly_when_a_run_was_interrupted(
     assert "INTERRUPTED: a run stopped during x/switch.fence_source" in result.stdout
     as_json = json.loads(cutover("status", "-p", str(plan), "--json").stdout)
     assert as_json["interrupted"] == ["x/switch.fence_source"]
-    assert len(as_json["steps"]) == 8
+    assert len(as_json["steps"]) == 9
 
 
 def test_wal_level_is_set_but_the_source_restarts_only_with_restart(
