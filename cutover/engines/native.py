@@ -134,7 +134,7 @@ class NativeEngine:
         leftover = replication.slot_exists(source, self.slot_name)
         if not leftover:
             copy.refuse_rows(target, tables, self._db)
-        if leftover:
+        else:
             replication.drop_slot(source, self.slot_name, target="source", dry_run=False)
         parts = copy.plan_parts(source, tables, jobs=jobs)
         # Keys on the target mean a copy is done again after the indexes were built:
@@ -233,17 +233,7 @@ class NativeEngine:
 
     def promote(self, *, dry_run: bool) -> Sequence[Change]:
         """End the subscription, then drop the slot so it pins no WAL on the source."""
-        return [
-            *replication.drop_subscription(
-                self._pool.get("target", self._db),
-                self.name,
-                target=self._where[1],
-                dry_run=dry_run,
-            ),
-            *replication.drop_slot(
-                self._pool.get("source", self._db), self.slot_name, target="source", dry_run=dry_run
-            ),
-        ]
+        return [*self.drop_subscription(dry_run=dry_run), *self.drop_slot(dry_run=dry_run)]
 
     def drop_subscription(self, *, dry_run: bool) -> Sequence[Change]:
         """Drop the subscription, leaving the slot (dropped next, even when unreachable now)."""

@@ -214,10 +214,9 @@ class PglogicalEngine:
                     f"the pglogical subscription of {self._db} disappeared during its copy",
                     hint="someone dropped it; run start again to copy anew",
                 )
-            if sub.sync == "ready":
-                on_progress(self.progress())
-                return
             on_progress(self.progress())
+            if sub.sync == "ready":
+                return
             self.heartbeat()
             now = time.monotonic()
             down_since = (down_since or now) if sub.status == "down" else None
@@ -343,20 +342,7 @@ class PglogicalEngine:
 
     def promote(self, *, dry_run: bool) -> Sequence[Change]:
         """Drop the subscription, then its slot on the source if pglogical left it."""
-        name = self._slot()
-        changes = list(self.drop_subscription(dry_run=dry_run))
-        if name is not None and (dry_run or replication.slot_exists(self._source(), name)):
-            changes += replication.drop_slot(self._source(), name, target="source", dry_run=dry_run)
-        return changes
-
-    def _wait_slot_released(self, name: str, timeout: float = 10.0) -> None:
-        """Until no sender streams from the slot: the apply worker that read it has ended."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            state = replication.slot_state(self._source(), name)
-            if state is None or not state.active:
-                return
-            time.sleep(0.005)
+        return [*self.drop_subscription(dry_run=dry_run), *self.drop_slot(dry_run=dry_run)]
 
     # -- cleanup -------------------------------------------------------------------------------
 
@@ -375,8 +361,8 @@ class PglogicalEngine:
                 target, self.name, target=self._where[1], dry_run=dry_run
             )
         ]
-        if not dry_run and name is not None:
-            self._wait_slot_released(name)
+        if not dry_run and name is not None:  # the worker ends with its sender
+            replication.released(self._source(), name, timeout=10.0, poll=0.005)
         return changes + pglogical.drop_subscription(
             target, self.name, target=self._where[1], dry_run=dry_run
         )

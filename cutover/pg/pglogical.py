@@ -22,6 +22,7 @@ from psycopg.conninfo import conninfo_to_dict
 from cutover.pg.connect import Connection
 from cutover.pg.execute import change
 from cutover.pg.queries import load
+from cutover.pg.replication import TableSync
 from cutover.steps import Change
 
 EXTENSION = "pglogical"
@@ -245,8 +246,6 @@ def create_subscription(
 
 def drop_subscription(conn: Connection, name: str, *, target: str, dry_run: bool) -> list[Change]:
     """Drop the subscription; pglogical drops its slot on the provider when it can reach it."""
-    if subscription(conn, name) is None and not dry_run:
-        return []
     statement = sql.SQL(
         "SELECT pglogical.drop_subscription(subscription_name := %s, ifexists := true)"
     )
@@ -269,19 +268,10 @@ def disable_subscription(conn: Connection, name: str, *, target: str, dry_run: b
     return change(conn, statement, (name,), target=target, dry_run=dry_run)
 
 
-@dataclass(frozen=True)
-class TableState:
-    """One subscribed table's state."""
-
-    schema: str
-    name: str
-    state: str  # a value of STATES
-
-
-def table_states(conn: Connection, name: str) -> list[TableState]:
+def table_states(conn: Connection, name: str) -> list[TableSync]:
     """Each table's state once the initial copy of the subscription is done."""
     rows = conn.execute(load("pglogical_tables"), (name,)).fetchall()
-    return [TableState(r["schema"], r["name"], STATES.get(r["state"], "queued")) for r in rows]
+    return [TableSync(r["schema"], r["name"], STATES.get(r["state"], "queued")) for r in rows]
 
 
 def slot_name(conn: Connection, db: str, provider_node: str, subscription_name: str) -> str:

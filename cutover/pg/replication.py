@@ -331,22 +331,29 @@ def drop_slot(
     statement = sql.SQL("SELECT pg_catalog.pg_drop_replication_slot(%s)")
     if dry_run:
         return [change(conn, statement, (slot,), target=target, dry_run=True)]
+    if not released(conn, slot, timeout=timeout):
+        raise StepFailed(
+            f"the replication slot {slot} is still in use after {timeout:g} s",
+            hint="another subscriber uses it; drop it by hand once it is free",
+        )
+    if not slot_exists(conn, slot):
+        return []
+    return [change(conn, statement, (slot,), target=target, dry_run=False)]
+
+
+def released(conn: Connection, slot: str, *, timeout: float, poll: float = 0.05) -> bool:
+    """Wait until no sender streams from the slot, or it is gone; False if still in use."""
     deadline = time.monotonic() + timeout
     while True:
         row = conn.execute(
             sql.SQL("SELECT active FROM pg_catalog.pg_replication_slots WHERE slot_name = %s"),
             (slot,),
         ).fetchone()
-        if row is None:
-            return []
-        if not row["active"]:
-            return [change(conn, statement, (slot,), target=target, dry_run=False)]
+        if row is None or not row["active"]:
+            return True
         if time.monotonic() > deadline:
-            raise StepFailed(
-                f"the replication slot {slot} is still in use after {timeout:g} s",
-                hint="another subscriber uses it; drop it by hand once it is free",
-            )
-        time.sleep(0.05)
+            return False
+        time.sleep(poll)
 
 
 def slot_exists(conn: Connection, slot: str) -> bool:
