@@ -29,10 +29,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from cutover import __version__, lab, load, log, metrics, preflight, runner
+from cutover import __version__, lab, load, log, metrics, observe, preflight, runner
 from cutover.engines import engine_for, reversed_plan
 from cutover.errors import CutoverError, UsageError
-from cutover.ledger import Journal
+from cutover.ledger import Journal, journal_for
 from cutover.pg import fence
 from cutover.pg.backfill import FillProgress
 from cutover.pg.connect import Pool, pool
@@ -68,6 +68,17 @@ PlanOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 DryRunOption = Annotated[
     bool, typer.Option("--dry-run", help="Print the SQL that would run; change nothing.")
+]
+MetricsPortOption = Annotated[
+    int | None,
+    typer.Option(
+        "--metrics-port",
+        min=1,
+        max=65535,
+        help="Serve the move's Prometheus metrics on this port while the command runs "
+        "(what `cutover metrics` serves).",
+        show_default=False,
+    ),
 ]
 LabDirOption = Annotated[
     Path,
@@ -206,14 +217,7 @@ def backfill_command(
             "Default: backfill.tables of the plan, or every table without a key.",
         ),
     ] = None,
-    metrics_port: Annotated[
-        int | None,
-        typer.Option(
-            "--metrics-port",
-            help="Serve Prometheus metrics (rows and pages done and total per table) on this "
-            "port while it runs.",
-        ),
-    ] = None,
+    metrics_port: MetricsPortOption = None,
     dry_run: DryRunOption = False,
 ) -> None:
     """Add a primary key to source tables that have none, without blocking their writers.
@@ -226,8 +230,7 @@ def backfill_command(
     renumbers a row. `cutover cleanup` drops exactly what it added.
     """
     plan = load_plan(plan_path)
-    if metrics_port is not None:
-        metrics.serve(metrics_port)
+    _serve_metrics(plan, metrics_port)
     if tables:
         try:
             chosen = [parse_table(t) for t in tables]
@@ -320,6 +323,7 @@ def start_command(
             "built at a time. More jobs load both servers more.",
         ),
     ] = 2,
+    metrics_port: MetricsPortOption = None,
     dry_run: DryRunOption = False,
 ) -> None:
     """Copy the data, build the indexes, then stream the source's changes to the target.
@@ -336,8 +340,10 @@ def start_command(
     """
     plan = load_plan(plan_path)
     if not wait and not dry_run:
-        _start_in_background(plan, plan_path, parallel)
+        _start_in_background(plan, plan_path, parallel, metrics_port)
         return
+    if not dry_run:
+        _serve_metrics(plan, metrics_port)
     with pool(_servers(plan)) as connections, _copy_progress(enabled=not dry_run) as bars:
 
         def phase_for(db: str) -> Phase:
@@ -350,7 +356,9 @@ def start_command(
         _run_phases(plan, phase_for, dry_run=dry_run)
 
 
-def _start_in_background(plan: Plan, plan_path: Path, parallel: int) -> None:
+def _start_in_background(
+    plan: Plan, plan_path: Path, parallel: int, metrics_port: int | None
+) -> None:
     """Check what start needs, then run `start --wait` detached, its output in a log file."""
     with pool(_servers(plan)) as connections:
         for db in plan.databases:
@@ -358,6 +366,8 @@ def _start_in_background(plan: Plan, plan_path: Path, parallel: int) -> None:
     plan.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     log_path = plan.state_dir / f"{plan.move}.start.log"
     argv = [sys.executable, "-m", "cutover", "start", "-p", str(plan_path.resolve())]
+    if metrics_port is not None:
+        argv += ["--metrics-port", str(metrics_port)]
     with log_path.open("ab") as log_file:
         child = subprocess.Popen(
             [*argv, "--wait", "--parallel", str(parallel)],
@@ -464,7 +474,7 @@ def _run_phases(
 
 def _with_runner(plan: Plan, work: Callable[[runner.Runner], object], *, dry_run: bool) -> Journal:
     if dry_run:
-        journal = runner.journal_for(plan)
+        journal = journal_for(plan)
         work(runner.Runner(journal, move=plan.move, dry_run=True, on_step=_show))
         out.print("[yellow]dry run: nothing was changed[/]")
         return journal
@@ -487,6 +497,7 @@ def switch_command(
             help="Replicate target to source after the switch, so `cutover rollback` can go back.",
         ),
     ] = False,
+    metrics_port: MetricsPortOption = None,
     dry_run: DryRunOption = False,
 ) -> None:
     """Move the writes to the target, with seconds of write pause.
@@ -503,6 +514,8 @@ def switch_command(
         yes=yes,
         dry_run=dry_run,
     )
+    if not dry_run:
+        _serve_metrics(plan, metrics_port)
     back = reversed_plan(plan)
     with _both_ways(plan) as (connections, back_connections):
         engines = {db: engine_for(plan, connections, db) for db in plan.databases}
@@ -610,6 +623,7 @@ def status(
     watch: Annotated[
         bool, typer.Option("--watch", "-w", help="Refresh every 2 seconds until Ctrl-C.")
     ] = False,
+    metrics_port: MetricsPortOption = None,
 ) -> None:
     """Where the move stands: each step from the ledger, and live replication per database.
 
@@ -624,6 +638,7 @@ def status(
     if not watch:
         out.print(_status_view(_status_data(plan)))
         return
+    _serve_metrics(plan, metrics_port)
     with Live(console=out, auto_refresh=False) as live:
         try:
             while True:
@@ -634,7 +649,7 @@ def status(
 
 
 def _status_data(plan: Plan) -> dict[str, Any]:
-    journal = runner.journal_for(plan)
+    journal = journal_for(plan)
     records = sorted(journal.steps().values(), key=lambda r: r.started_at)
     data: dict[str, Any] = {
         "move": plan.move,
@@ -789,6 +804,53 @@ def _bytes(n: int) -> str:
     return f"{n:.1f} TB"
 
 
+# -- metrics ----------------------------------------------------------------------------------
+
+
+@app.command("metrics")
+def metrics_command(
+    plan_path: PlanOption,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to serve on.")] = 9187,
+    address: Annotated[str, typer.Option("--address", help="Address to listen on.")] = "0.0.0.0",
+    once: Annotated[
+        bool, typer.Option("--once", help="Print one scrape to standard output and exit.")
+    ] = False,
+) -> None:
+    """Serve the move's Prometheus metrics at /metrics until Ctrl-C.
+
+    Replication lag (bytes, seconds), WAL retained by the move's slot, tables
+    by sync state, bytes and rows copied, the phase and step, step durations,
+    the last switch's write pause, rollbacks, and cutover_up per server. Every
+    scrape reads the servers and the ledger anew; a server that does not
+    answer shows as cutover_up 0 and the exporter keeps serving.
+    `docs/observability.md` lists the metrics, the dashboard and the alerts.
+    """
+    plan = load_plan(plan_path)
+    collector = _collector(plan)
+    if once:
+        sys.stdout.write(metrics.exposition(collector))  # as served: no wrapping, no markup
+        return
+    metrics.serve(port, address, collector=collector)
+    out.print(
+        f"serving move '{plan.move}' metrics on http://{address}:{port}/metrics; Ctrl-C stops"
+    )
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
+def _collector(plan: Plan) -> metrics.MoveCollector:
+    return metrics.MoveCollector(plan.move, observe.Observer(plan).snapshot)
+
+
+def _serve_metrics(plan: Plan, port: int | None) -> None:
+    """The move's metrics on `port` while this command runs, if asked for."""
+    if port is not None:
+        metrics.serve(port, collector=_collector(plan))
+
+
 # -- lab --------------------------------------------------------------------------------------
 
 
@@ -901,7 +963,7 @@ def lab_audit(directory: LabDirOption = Path(".lab")) -> None:
     if settings is None or not the_lab.write_log.exists():
         raise UsageError("there is no write log to audit", hint="run `cutover lab load` first")
     plan = load_plan(the_lab.plan_file)
-    journal = runner.journal_for(plan)
+    journal = journal_for(plan)
     fenced = journal.get(f"{switch.SCOPE}/switch.fence_source")
     with pool(_servers(plan)) as connections:
         rows = lab.load_rows(connections, settings)

@@ -262,6 +262,16 @@ class Lab:
                 shutil.rmtree(state.data_root, ignore_errors=True)
             shutil.rmtree(self.root, ignore_errors=True)
 
+    def stop(self, name: str) -> None:
+        """Stop one server (a fast shutdown): how a move sees a server go away."""
+        state = self._require_state()
+        self._pg_ctl(state, "stop", "-D", state.instance(name).datadir, "-m", "fast", "-w")
+
+    def start(self, name: str) -> None:
+        """Start one stopped server."""
+        state = self._require_state()
+        self._start(state, state.instance(name))
+
     def _create(self) -> LabState:
         bindir = tools.bindir()
         run_as = RUN_AS if os.geteuid() == 0 else None

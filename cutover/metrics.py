@@ -1,9 +1,29 @@
 """Prometheus metrics: the only module that imports prometheus_client.
 
-Label values are names of moves, databases and tables, never a secret.
+A move's metrics are read at scrape time: `MoveCollector` asks a reader for a
+`Snapshot` of the servers and the ledger on every scrape and keeps nothing
+between scrapes, so what Prometheus stores is never stale. The reader lives a
+layer up (`cutover.observe`); this module only names and shapes the values.
+The backfill's gauges are set by the running backfill, batch by batch.
+
+Label values are the move's name, its databases, servers, phases, steps and
+tables: bounded by the plan, never a secret, a DSN or a free text.
 """
 
-from prometheus_client import CollectorRegistry, Gauge, start_http_server
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Gauge, generate_latest, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    StateSetMetricFamily,
+)
+from prometheus_client.registry import Collector
+
+from cutover.errors import UsageError
 
 REGISTRY = CollectorRegistry()
 
@@ -34,9 +54,24 @@ BACKFILL_PAGES_TOTAL = Gauge(
 )
 
 
-def serve(port: int, address: str = "0.0.0.0") -> None:
-    """Expose the metrics over HTTP on `port`, in a background thread."""
-    start_http_server(port, addr=address, registry=REGISTRY)
+def serve(port: int, address: str = "0.0.0.0", *, collector: Collector | None = None) -> None:
+    """Expose the metrics over HTTP on `port`, in a background thread; with a move's collector."""
+    if collector is not None:
+        REGISTRY.register(collector)
+    try:
+        start_http_server(port, addr=address, registry=REGISTRY)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot serve metrics on {address}:{port}: {exc.strerror or exc}",
+            hint="choose a free port with --metrics-port (or --port for `cutover metrics`)",
+        ) from None
+
+
+def exposition(collector: Collector) -> str:
+    """One scrape of `collector` in the text format, as /metrics would serve it."""
+    registry = CollectorRegistry()
+    registry.register(collector)
+    return generate_latest(registry).decode()
 
 
 def backfill_progress(
@@ -55,3 +90,223 @@ def backfill_progress(
     BACKFILL_ROWS_TOTAL.labels(*labels).set(rows_total)
     BACKFILL_PAGES_DONE.labels(*labels).set(pages_done)
     BACKFILL_PAGES_TOTAL.labels(*labels).set(pages_total)
+
+
+# -- a move's state, read at scrape time -------------------------------------------------------
+
+PHASES = ("prepare", "backfill", "start", "switch", "rollback", "cleanup")
+TABLE_STATES = ("queued", "copying", "copied", "catching_up", "syncing", "ready", "unknown")
+
+
+@dataclass(frozen=True)
+class Replication:
+    """One database's replication as the servers show it; None where a server did not answer."""
+
+    database: str
+    engine: str
+    lag_bytes: int | None = None
+    lag_seconds: float | None = None
+    wal_retained_bytes: int | None = None
+    wal_safe_bytes: int | None = None  # left before max_slot_wal_keep_size invalidates the slot
+    slot_active: bool | None = None
+    streaming: bool | None = None  # None: no subscription (yet, or any more)
+    tables: dict[str, int] | None = None  # tables by sync state
+    copy_bytes_done: int | None = None
+    copy_bytes_total: int | None = None
+    rows_target: int | None = None
+    rows_source: int | None = None
+
+
+@dataclass(frozen=True)
+class StepSample:
+    """One step of the ledger: where it ran, and how long its last run took."""
+
+    scope: str
+    phase: str
+    step: str
+    seconds: float | None
+    started_at: str
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The last verification of one database: rows that differ (or tables, by count)."""
+
+    database: str
+    mode: str
+    mismatches: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything one scrape reports of a move."""
+
+    servers: dict[str, bool]  # server -> answered
+    replication: list[Replication] = field(default_factory=list)
+    steps: list[StepSample] = field(default_factory=list)
+    pauses: dict[str, tuple[float, float]] = field(default_factory=dict)  # phase -> pause, fence
+    rollbacks: dict[str, int] = field(default_factory=dict)  # phase -> count
+    verifications: list[Verification] = field(default_factory=list)
+    seconds: float = 0.0  # how long reading took
+
+
+def phase_family(name: str) -> str:
+    """A phase's kind: a backfill's phase is named after its table."""
+    return name.split(" ", 1)[0]
+
+
+class MoveCollector(Collector):
+    """Builds the move's metric families from a fresh snapshot on every scrape."""
+
+    def __init__(self, move: str, read: Callable[[], Snapshot]) -> None:
+        self._move = move
+        self._read = read
+        self._lock = threading.Lock()  # two scrapes at once would share the reader's connections
+
+    def describe(self) -> Iterable[Metric]:
+        """Nothing up front: registering must not read the servers."""
+        return ()
+
+    def collect(self) -> Iterator[Metric]:
+        """The move's metrics, read now."""
+        with self._lock:
+            snapshot = self._read()
+        yield from _server_families(self._move, snapshot)
+        yield from _replication_families(self._move, snapshot.replication)
+        yield from _ledger_families(self._move, snapshot)
+
+
+def _gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=["move", *labels])
+
+
+def _server_families(move: str, snapshot: Snapshot) -> Iterator[Metric]:
+    up = _gauge("cutover_up", "1 when the server answered this scrape, 0 when not", ["server"])
+    for server, answered in snapshot.servers.items():
+        up.add_metric([move, server], 1.0 if answered else 0.0)
+    took = _gauge("cutover_scrape_duration_seconds", "Time this scrape took to read the move", [])
+    took.add_metric([move], snapshot.seconds)
+    yield from (up, took)
+
+
+_REPLICATION_GAUGES = (
+    ("lag_bytes", "cutover_replication_lag_bytes", "WAL the target has not confirmed yet"),
+    (
+        "lag_seconds",
+        "cutover_replication_lag_seconds",
+        "Age of the oldest change the target has not confirmed (absent when unknown)",
+    ),
+    (
+        "wal_retained_bytes",
+        "cutover_slot_wal_retained_bytes",
+        "WAL the source keeps for the move's slot",
+    ),
+    (
+        "wal_safe_bytes",
+        "cutover_slot_wal_safe_bytes",
+        "WAL the slot may still retain before max_slot_wal_keep_size invalidates it",
+    ),
+    ("slot_active", "cutover_slot_active", "1 while a sender streams from the move's slot"),
+    (
+        "streaming",
+        "cutover_replication_streaming",
+        "1 while the subscription is enabled and its slot streams, 0 when replication stopped",
+    ),
+    ("copy_bytes_done", "cutover_copy_bytes_done", "Bytes of the tables copied to the target"),
+    ("copy_bytes_total", "cutover_copy_bytes_total", "Bytes of the tables to copy"),
+    (
+        "rows_target",
+        "cutover_copy_rows_done",
+        "Rows on the target, from statistics, plus rows a running COPY wrote",
+    ),
+    ("rows_source", "cutover_copy_rows_total", "Rows on the source, from statistics"),
+)
+
+
+def _replication_families(move: str, replication: list[Replication]) -> Iterator[Metric]:
+    labels = ["database", "engine"]
+    for attribute, name, doc in _REPLICATION_GAUGES:
+        family = _gauge(name, doc, labels)
+        for r in replication:
+            value = getattr(r, attribute)
+            if value is not None:
+                family.add_metric([move, r.database, r.engine], float(value))
+        yield family
+    tables = _gauge("cutover_tables", "Replicated tables by sync state", [*labels, "state"])
+    for r in replication:
+        if r.tables is None:
+            continue
+        counts = dict.fromkeys(TABLE_STATES, 0)
+        for state, n in r.tables.items():
+            key = state.replace(" ", "_")
+            counts[key if key in counts else "unknown"] += n
+        for state, n in counts.items():
+            tables.add_metric([move, r.database, r.engine, state], float(n))
+    yield tables
+
+
+def _ledger_families(move: str, snapshot: Snapshot) -> Iterator[Metric]:
+    latest = max(snapshot.steps, key=lambda s: s.started_at, default=None)
+    current = phase_family(latest.phase) if latest else None
+    phase = StateSetMetricFamily(
+        "cutover_phase", "The phase the move is in: the one of the step run last", labels=["move"]
+    )
+    phase.add_metric([move], {p: p == current for p in PHASES})
+    yield phase
+
+    step = StateSetMetricFamily(
+        "cutover_step",
+        "Per scope, the step of its current phase that ran last",
+        labels=["move", "scope", "phase"],
+    )
+    by_scope: dict[str, list[StepSample]] = {}
+    for s in snapshot.steps:
+        by_scope.setdefault(s.scope, []).append(s)
+    for scope, samples in by_scope.items():
+        last = max(samples, key=lambda s: s.started_at)
+        names = sorted({s.step for s in samples if s.phase == last.phase})
+        step.add_metric([move, scope, last.phase], {n: n == last.step for n in names})
+    yield step
+
+    durations = _gauge(
+        "cutover_step_duration_seconds",
+        "How long the last run of each step took",
+        ["scope", "phase", "step"],
+    )
+    for s in snapshot.steps:
+        if s.seconds is not None:
+            durations.add_metric([move, s.scope, s.phase, s.step], s.seconds)
+    yield durations
+
+    pause = _gauge(
+        "cutover_write_pause_seconds",
+        "How long the writers were stopped by the last switch or rollback",
+        ["phase"],
+    )
+    fence = _gauge(
+        "cutover_fence_to_promote_seconds",
+        "From fencing the old side to promoting the new one, in the last switch or rollback",
+        ["phase"],
+    )
+    for name, (writes_paused, fence_to_promote) in snapshot.pauses.items():
+        pause.add_metric([move, name], writes_paused)
+        fence.add_metric([move, name], fence_to_promote)
+    yield from (pause, fence)
+
+    rollbacks = CounterMetricFamily(
+        "cutover_rollbacks",
+        "Phases rolled back by themselves after a failure (a switch that did not finish)",
+        labels=["move", "phase"],
+    )
+    for name in sorted({"switch", "rollback", *snapshot.rollbacks}):
+        rollbacks.add_metric([move, name], float(snapshot.rollbacks.get(name, 0)))
+    yield rollbacks
+
+    mismatches = _gauge(
+        "cutover_verify_mismatches",
+        "Differences the last verification found: rows, or tables in count mode",
+        ["database", "mode"],
+    )
+    for v in snapshot.verifications:
+        mismatches.add_metric([move, v.database, v.mode], float(v.mismatches))
+    yield mismatches

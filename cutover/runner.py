@@ -16,12 +16,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
 from cutover.errors import CutoverError, Interrupted, Retryable, StepFailed
-from cutover.ledger import FileStore, Journal
+from cutover.ledger import FileStore, Journal, Pause
 from cutover.log import MoveAdapter, for_move, redact
 from cutover.plan import Plan
 from cutover.steps import Change, Outcome, Phase, Step
@@ -38,11 +37,6 @@ class StepReport:
     seconds: float
     changes: tuple[Change, ...] = ()
     error: str | None = None
-
-
-def journal_for(plan: Plan) -> Journal:
-    """The move's journal in its state directory."""
-    return Journal(FileStore(plan.state_dir, plan.move), move=plan.move)
 
 
 @contextmanager
@@ -118,7 +112,7 @@ class Runner:
         logger = for_move(log, move=self._move, phase=phase.name, step=step.name)
         started = self._clock()
         try:
-            return self._observe_and_apply(step, key, logger, started)
+            return self._observe_and_apply(phase, step, scope, logger, started)
         except (Exception, KeyboardInterrupt) as exc:  # Ctrl-C or SIGTERM: roll back too
             seconds = self._clock() - started
             if isinstance(exc, KeyboardInterrupt):
@@ -147,14 +141,17 @@ class Runner:
             raise  # a bug: keep its traceback
 
     def _observe_and_apply(
-        self, step: Step, key: str, logger: MoveAdapter, started: float
+        self, phase: Phase, step: Step, scope: str, logger: MoveAdapter, started: float
     ) -> StepReport:
+        key = phase.key(step, scope)
+        where = {"phase": phase.name, "scope": scope}
         recorded = self._journal.is_done(key)
         if step.is_done is not None:
             if step.is_done():
                 outcome = Outcome.SKIPPED if recorded else Outcome.ADOPTED
                 if outcome is Outcome.ADOPTED and not self._dry_run:
-                    self._journal.finished(key, outcome=outcome, seconds=self._clock() - started)
+                    seconds = self._clock() - started
+                    self._journal.finished(key, outcome=outcome, seconds=seconds, **where)
                 logger.info("%s", outcome.value)
                 return StepReport(key, outcome, self._clock() - started)
             if recorded:
@@ -167,7 +164,7 @@ class Runner:
             changes = tuple(step.apply(dry_run=True))
             return StepReport(key, Outcome.PLANNED, self._clock() - started, changes)
 
-        self._journal.started(key)
+        self._journal.started(key, **where)
         changes = tuple(self._apply(step))
         _failpoint(key, "applied")
         seconds = self._clock() - started
@@ -206,39 +203,25 @@ class Runner:
                     continue
             if step is not failed:
                 self._journal.undone(key)
+        self._journal.note(
+            "rollback",
+            key=phase.key(failed, scope),
+            outcome=phase.name,
+            detail=f"{phase.name} rolled back after {failed.name} failed"
+            + (f"; undo incomplete: {len(problems)} steps" if problems else ""),
+        )
         if problems:
             return "; undo incomplete: " + "; ".join(problems)
         return "; undone: the world is as before the phase"
 
 
-@dataclass(frozen=True)
-class Pause:
-    """How long the application could not write, and the switch's own share of it."""
-
-    writes_paused: float  # first writer stopped -> last writer started
-    fence_to_promote: float
-
-
-def _seconds_between(start: str, end: str) -> float:
-    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
-
-
 def record_pause(journal: Journal, *, phase: str, scope: str) -> Pause | None:
     """Measure the last switch's pause from its step records, and note it in the audit trail."""
-    steps = journal.steps()
-
-    def record(step: str) -> tuple[str, str] | None:
-        r = steps.get(f"{scope}/{phase}.{step}")
-        return (r.started_at, r.ended_at) if r and r.ended_at else None
-
-    stop, start, promote = (record(s) for s in ("stop_writers", "start_writers", "promote"))
-    fence = record("fence_source") or record("fence_target")
-    if not (stop and start and fence and promote):
-        return None
-    pause = Pause(_seconds_between(stop[0], start[1]), _seconds_between(fence[0], promote[1]))
-    journal.note(
-        "write_pause",
-        detail=f"writes paused {pause.writes_paused:.3f} s, "
-        f"fence to promote {pause.fence_to_promote:.3f} s",
-    )
+    pause = journal.pause(phase=phase, scope=scope)
+    if pause is not None:
+        journal.note(
+            "write_pause",
+            detail=f"writes paused {pause.writes_paused:.3f} s, "
+            f"fence to promote {pause.fence_to_promote:.3f} s",
+        )
     return pause

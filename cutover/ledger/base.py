@@ -41,6 +41,8 @@ class StepRecord:
     outcome: Outcome | None = None
     error: str | None = None
     runs: int = 1
+    phase: str | None = None  # the phase's name and the scope it ran for (older records: None)
+    scope: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "StepRecord":
@@ -55,6 +57,8 @@ class StepRecord:
             outcome=Outcome(outcome) if outcome else None,
             error=data.get("error"),
             runs=int(data.get("runs", 1)),
+            phase=data.get("phase"),
+            scope=data.get("scope"),
         )
 
 
@@ -95,6 +99,18 @@ class Document:
             steps={k: StepRecord.from_dict(v) for k, v in data.get("steps", {}).items()},
             events=[Event(**e) for e in data.get("events", [])],
         )
+
+
+@dataclass(frozen=True)
+class Pause:
+    """How long the application could not write, and the switch's own share of it."""
+
+    writes_paused: float  # first writer stopped -> last writer started
+    fence_to_promote: float
+
+
+def _seconds_between(start: str, end: str) -> float:
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
 
 
 class Store(Protocol):
@@ -143,16 +159,26 @@ class Journal:
         """Steps left `running`: a runner died during them."""
         return (r for r in self._doc.steps.values() if r.status is StepStatus.RUNNING)
 
-    def started(self, key: str) -> None:
-        """A step begins."""
+    def started(self, key: str, *, phase: str | None = None, scope: str | None = None) -> None:
+        """A step of `phase` begins for `scope` (a database)."""
         previous = self.get(key)
         runs = previous.runs + 1 if previous else 1
-        self._doc.steps[key] = StepRecord(key, StepStatus.RUNNING, now(), runs=runs)
+        self._doc.steps[key] = StepRecord(
+            key, StepStatus.RUNNING, now(), runs=runs, phase=phase, scope=scope
+        )
         self._append(Event(now(), actor(), "step", key, StepStatus.RUNNING.value))
 
-    def finished(self, key: str, *, outcome: Outcome, seconds: float) -> None:
-        """A step is done: applied or adopted."""
-        base = self.get(key) or StepRecord(key, StepStatus.RUNNING, now())
+    def finished(
+        self,
+        key: str,
+        *,
+        outcome: Outcome,
+        seconds: float,
+        phase: str | None = None,
+        scope: str | None = None,
+    ) -> None:
+        """A step is done: applied or adopted (`phase` and `scope` for a step never started)."""
+        base = self.get(key) or StepRecord(key, StepStatus.RUNNING, now(), phase=phase, scope=scope)
         self._doc.steps[key] = replace(
             base,
             status=StepStatus.DONE,
@@ -185,9 +211,25 @@ class Journal:
         )
         self._append(Event(now(), actor(), "step", key, Outcome.UNDONE.value))
 
-    def note(self, kind: str, *, detail: str, outcome: str | None = None) -> None:
+    def note(
+        self, kind: str, *, detail: str, outcome: str | None = None, key: str | None = None
+    ) -> None:
         """An event that is not a step transition (a command started, a fence lifted)."""
-        self._append(Event(now(), actor(), kind, None, outcome, redact(detail)))
+        self._append(Event(now(), actor(), kind, key, outcome, redact(detail)))
+
+    def pause(self, *, phase: str, scope: str) -> "Pause | None":
+        """The write pause of the last switch (or rollback) `phase`, from its step records."""
+        steps = self._doc.steps
+
+        def record(step: str) -> tuple[str, str] | None:
+            r = steps.get(f"{scope}/{phase}.{step}")
+            return (r.started_at, r.ended_at) if r and r.ended_at else None
+
+        stop, start, promote = (record(s) for s in ("stop_writers", "start_writers", "promote"))
+        fence = record("fence_source") or record("fence_target")
+        if not (stop and start and fence and promote):
+            return None
+        return Pause(_seconds_between(stop[0], start[1]), _seconds_between(fence[0], promote[1]))
 
     def _append(self, event: Event) -> None:
         self._doc.events.append(event)

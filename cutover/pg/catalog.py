@@ -338,3 +338,11 @@ def tables_with_rows(conn: Connection, tables: list[tuple[str, str]]) -> list[tu
         for schema, name in tables
     )
     return [(r["schema"], r["name"]) for r in conn.execute(query)]
+
+
+def estimated_rows(conn: Connection) -> int:
+    """The user's rows as the statistics count them, plus those a running COPY has written.
+
+    An estimate that costs no scan: what a scrape can afford on a large database.
+    """
+    return int(_value(conn, load("estimated_rows")) or 0)

@@ -12,6 +12,7 @@ from cutover.log import redact, register_secret
 from cutover.plan import Server, resolve_secret
 
 Connection = psycopg.Connection[dict[str, Any]]
+DatabaseError = psycopg.Error  # what a query on a lost connection raises
 
 
 def conninfo(server: Server, dbname: str | None = None, *, label: str) -> dict[str, Any]:
@@ -76,6 +77,20 @@ class Pool:
             conn = connect(self._servers[label], dbname, label=label)
             self._open[key] = conn
         return conn
+
+    def is_up(self, label: str) -> bool:
+        """Whether the server answers now; a connection it broke is closed and opened anew."""
+        try:
+            self.get(label).execute("SELECT 1")
+        except (psycopg.Error, ConnectionFailed):
+            self.discard(label)
+            return False
+        return True
+
+    def discard(self, label: str) -> None:
+        """Close the connections to one server (after it failed), so the next use reconnects."""
+        for key in [k for k in self._open if k[0] == label]:
+            self._open.pop(key).close()
 
     def close(self) -> None:
         """Close every connection."""

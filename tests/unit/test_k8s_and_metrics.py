@@ -1,11 +1,17 @@
-"""The backfill Job's manifest is consistent with the plan loader; its metrics read right."""
+"""The Kubernetes manifests agree with the code; the metrics read right and match the dashboard."""
 
+import json
+import re
 from pathlib import Path
 
+import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
-from cutover import metrics
+from cutover import metrics, observe
+from cutover.ledger import FileStore, Journal
 from cutover.plan import load
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,3 +52,129 @@ def test_backfill_progress_is_exposed_per_table() -> None:
     assert f"cutover_backfill_rows_done{{{labels}}} 10.0" in text
     assert f"cutover_backfill_rows_total{{{labels}}} 40.0" in text
     assert f"cutover_backfill_pages_total{{{labels}}} 4.0" in text
+
+
+# -- the move's exporter, the dashboard and the alerts ------------------------------------------
+
+MONITORING = REPO / "k8s" / "monitoring"
+
+
+def exposed_names() -> set[str]:
+    """Every metric name the exporter serves: the move's families and the backfill's gauges."""
+    collector = metrics.MoveCollector("m", lambda: metrics.Snapshot(servers={}))
+    text = metrics.exposition(collector) + generate_latest(metrics.REGISTRY).decode()
+    names = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            names |= {name, f"{name}_total"} if kind == "counter" else {name}
+    return names
+
+
+def queried_names(expression: str) -> set[str]:
+    """The cutover_ names a PromQL expression reads (label names such as cutover_phase too)."""
+    return set(re.findall(r"\bcutover_[a-z_]+\b", expression))
+
+
+def test_every_metric_the_dashboard_and_the_rules_query_is_exposed() -> None:
+    dashboard = json.loads((MONITORING / "dashboard.json").read_text())
+    panel_exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    variable_exprs = [v["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    rules = yaml.safe_load((MONITORING / "rules.yaml").read_text())
+    rule_exprs = [r["expr"] for g in rules["spec"]["groups"] for r in g["rules"]]
+    assert len(panel_exprs) >= 12 and len(rule_exprs) >= 5
+
+    exposed = exposed_names()
+    for expression in panel_exprs + variable_exprs + rule_exprs:
+        queried = queried_names(expression)
+        assert queried, expression
+        assert queried <= exposed, f"{expression}: {sorted(queried - exposed)} not exposed"
+    # What the issue asks the dashboard to show, and the alerts to watch.
+    shown = set().union(*(queried_names(e) for e in panel_exprs))
+    for name in (
+        "cutover_replication_lag_bytes",
+        "cutover_replication_lag_seconds",
+        "cutover_tables",
+        "cutover_phase",
+        "cutover_slot_wal_retained_bytes",
+        "cutover_write_pause_seconds",
+    ):
+        assert name in shown
+    alerts = {r["alert"]: r for g in rules["spec"]["groups"] for r in g["rules"]}
+    assert alerts["CutoverReplicationLagHigh"]["for"] == "10m"
+    assert {
+        "CutoverReplicationStopped",
+        "CutoverSlotRetainingWAL",
+        "CutoverSwitchRolledBack",
+    } <= set(alerts)
+
+
+def test_the_dashboard_is_provisioned_from_its_file_and_the_exporter_runs_the_plan() -> None:
+    kustomization = yaml.safe_load((MONITORING / "kustomization.yaml").read_text())
+    for resource in kustomization["resources"]:
+        assert (MONITORING / resource).exists()
+    generated = kustomization["configMapGenerator"][0]
+    assert generated["options"]["labels"]["grafana_dashboard"] == "1"
+    assert generated["files"] == ["cutover.json=dashboard.json"]
+
+    documents = list(yaml.safe_load_all((MONITORING / "exporter.yaml").read_text()))
+    deployment = next(d for d in documents if d["kind"] == "Deployment")
+    service = next(d for d in documents if d["kind"] == "Service")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][:3] == ["metrics", "--plan", "/etc/cutover/plan.yaml"]
+    port = int(container["args"][container["args"].index("--port") + 1])
+    assert container["ports"][0]["containerPort"] == port
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    monitors = {
+        d["kind"]: d for d in yaml.safe_load_all((MONITORING / "monitors.yaml").read_text())
+    }
+    assert (
+        monitors["ServiceMonitor"]["spec"]["selector"]["matchLabels"]
+        == service["metadata"]["labels"]
+    )
+    job = next(
+        d
+        for d in yaml.safe_load_all((REPO / "k8s" / "backfill-job.yaml").read_text())
+        if d["kind"] == "Job"
+    )
+    pod_labels = job["spec"]["template"]["metadata"]["labels"]
+    assert monitors["PodMonitor"]["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+
+@given(
+    st.dictionaries(
+        st.text(min_size=1, max_size=30),
+        st.sampled_from(["queued", "copying", "catching up", "ready", "syncing", "x y", ""]),
+        max_size=50,
+    )
+)
+def test_tables_by_state_count_every_table_once_under_a_bounded_label(
+    table_states: dict[str, str],
+) -> None:
+    by_state: dict[str, int] = {}
+    for state in table_states.values():
+        by_state[state] = by_state.get(state, 0) + 1
+    snapshot = metrics.Snapshot(
+        servers={"source": True},
+        replication=[metrics.Replication("db", "native", tables=by_state)],
+    )
+    families = list(metrics.MoveCollector("m", lambda: snapshot).collect())
+    tables = next(f for f in families if f.name == "cutover_tables")
+    assert sum(s.value for s in tables.samples) == len(table_states)
+    assert {s.labels["state"] for s in tables.samples} == set(metrics.TABLE_STATES)
+
+
+@given(
+    scope=st.text(min_size=1, max_size=20),
+    phase=st.sampled_from(["prepare", "start", "switch", "cleanup"]),
+    step=st.from_regex(r"[a-z]+(_[a-z]+)*", fullmatch=True),
+)
+def test_steps_recorded_without_phase_and_scope_are_read_back_from_their_key(
+    tmp_path_factory: pytest.TempPathFactory, scope: str, phase: str, step: str
+) -> None:
+    journal = Journal(FileStore(tmp_path_factory.mktemp("ledger"), "m"), move="m")
+    journal.started(f"{scope}/{phase}.{step}")  # as an older version recorded it
+    journal.started(f"{scope}/{phase}.x", phase=phase, scope=scope)
+    samples = {s.step: s for s in observe.steps(journal)}
+    assert (samples[step].scope, samples[step].phase) == (scope, phase)
+    assert (samples["x"].scope, samples["x"].phase) == (scope, phase)
