@@ -29,10 +29,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from cutover import __version__, lab, load, log, metrics, observe, preflight, runner
+from cutover import __version__, lab, load, log, metrics, observe, preflight, runner, verify
 from cutover.engines import engine_for, reversed_plan
 from cutover.errors import CutoverError, UsageError
-from cutover.ledger import Journal, journal_for
+from cutover.ledger import Journal, journal_for, save_verification
 from cutover.pg import fence
 from cutover.pg.backfill import FillProgress
 from cutover.pg.connect import Pool, pool
@@ -802,6 +802,166 @@ def _bytes(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024  # type: ignore[assignment]
     return f"{n:.1f} TB"
+
+
+# -- verify -----------------------------------------------------------------------------------
+
+
+@app.command("verify")
+def verify_command(
+    plan_path: PlanOption,
+    *,
+    mode: Annotated[
+        verify.Mode,
+        typer.Option(
+            "--mode",
+            "-m",
+            help="count: exact row counts. checksum: every row's content, by chunks of keys.",
+        ),
+    ] = verify.Mode.CHECKSUM,
+    tables: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--table",
+            "-t",
+            help="Only this table (schema.table, quoted as SQL quotes it); may be repeated.",
+        ),
+    ] = None,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", min=1, max=64, help="Tables compared at a time.")
+    ] = 2,
+    max_keys: Annotated[
+        int, typer.Option("--max-keys", min=0, help="Differing keys listed per table.")
+    ] = 20,
+    as_json: JsonOption = False,
+) -> None:
+    """Compare every replicated table, source against target: exit 0 equal, 1 differ, 2 error.
+
+    Both servers are read at the same time, each in one snapshot. While the
+    move replicates, the target is read only after it applied a barrier
+    written after the source's snapshot, and rows that changed meanwhile are
+    read again, so a running move is verified without false differences.
+    Values are compared by meaning: 1.50 equals 1.5, timestamps are compared
+    in UTC, json by content; NULL never equals ''. In checksum mode a table
+    without a primary key is compared by row count. Run checksum before
+    `cutover cleanup` retires the old server.
+    """
+    plan = load_plan(plan_path)
+    try:
+        chosen = [parse_table(t) for t in tables] if tables else None
+    except ValueError as exc:
+        raise UsageError(str(exc), hint="e.g. --table public.events") from None
+    report = verify.Report(mode)
+    began = time.monotonic()
+    with pool(_servers(plan)) as connections, _verify_progress(enabled=not as_json) as shown:
+        for db in plan.databases:
+            verify.verify_database(
+                plan.source,
+                plan.target,
+                db,
+                mode=mode,
+                tables=chosen,
+                settle=observe.consistent_point(plan, connections, db),
+                jobs=jobs,
+                max_keys=max_keys,
+                report=report,
+                on_table=shown,
+            )
+    report.seconds = time.monotonic() - began
+    if chosen is None:
+        save_verification(plan, mode=mode.value, mismatches=report.mismatches())
+    if as_json:
+        out.print_json(json.dumps(_verify_data(report), default=str))
+    else:
+        out.print(_verify_view(report))
+    if report.errors:
+        raise typer.Exit(2)
+    if report.differences:
+        raise typer.Exit(1)
+
+
+@contextmanager
+def _verify_progress(*, enabled: bool) -> Iterator[Callable[[verify.TableResult], None]]:
+    """A line per table compared, as they finish."""
+    if not enabled:
+        yield lambda result: None
+        return
+
+    def shown(result: verify.TableResult) -> None:
+        state = "[green]equal[/]" if result.equal else "[bold red]differs[/]"
+        if result.error:
+            state = "[bold red]error[/]"
+        err.print(f"  {_escape(result.database)} {_escape(result.table)}: {state}")
+
+    yield shown
+
+
+def _verify_data(report: verify.Report) -> dict[str, Any]:
+    return {
+        "mode": report.mode.value,
+        "equal": report.differences == 0 and report.errors == 0,
+        "differences": report.differences,
+        "errors": report.errors,
+        "seconds": round(report.seconds, 3),
+        "consistent_points": report.points,
+        "tables": [
+            {
+                "database": t.database,
+                "table": t.table,
+                "source_rows": t.source_rows,
+                "target_rows": t.target_rows,
+                "chunks": t.chunks,
+                "chunks_differ": t.chunks_differ,
+                "differences": t.differences,
+                "keys": [{"kind": d.kind, "key": list(d.key)} for d in t.keys],
+                "show": t.show,
+                "note": t.note,
+                "error": t.error,
+            }
+            for t in report.tables
+        ],
+    }
+
+
+def _verify_view(report: verify.Report) -> Group:
+    table = Table(title=f"verify ({report.mode.value}), {report.seconds:.1f} s")
+    several = len(report.points) > 1
+    for column in ("table", "source rows", "target rows", "chunks", "result"):
+        table.add_column(column, justify="right" if "rows" in column else "left")
+    for t in report.tables:
+        if t.error:
+            result = f"[bold red]error:[/] {_escape(t.error)}"
+        elif t.differences:
+            result = f"[bold red]{t.differences:,} differ[/]"
+        else:
+            result = "[green]equal[/]"
+        if t.note:
+            result += f" [dim]({_escape(t.note)})[/]"
+        chunks = f"{t.chunks_differ}/{t.chunks} differ" if t.chunks_differ else str(t.chunks or "")
+        table.add_row(
+            _escape(f"{t.database}: {t.table}" if several else t.table),
+            "" if t.source_rows is None else f"{t.source_rows:,}",
+            "" if t.target_rows is None else f"{t.target_rows:,}",
+            chunks,
+            result,
+        )
+    parts: list[Any] = [table]
+    for db, point in report.points.items():
+        parts.append(f"[dim]{_escape(db)}: {_escape(point)}[/]")
+    for t in report.tables:
+        if not t.keys:
+            continue
+        listed = ", ".join(f"{d.kind} {d.key if len(d.key) > 1 else d.key[0]!r}" for d in t.keys)
+        more = f" (first {len(t.keys)} of {t.differences:,})" if t.differences > len(t.keys) else ""
+        parts.append(f"{_escape(t.database)} {_escape(t.table)}{more}: {_escape(listed)}")
+        parts.append(f"  [dim]see them on either side:[/] {_escape(t.show or '')}")
+    if report.errors:
+        parts.append(f"[bold red]{report.errors} tables could not be compared[/]")
+    elif report.differences:
+        parts.append(f"[bold red]{report.differences:,} differences[/]")
+    else:
+        parts.append(f"[green]source and target are equal ({len(report.tables)} tables)[/]")
+    return Group(*parts)
 
 
 # -- metrics ----------------------------------------------------------------------------------

@@ -44,6 +44,12 @@ class PreconditionFailed(CutoverError):
     """The world is not ready for this step; nothing was changed. Fix and run again."""
 
 
+class CannotCompare(CutoverError):
+    """Verification could not reach a point where source and target are comparable."""
+
+    exit_code = 2
+
+
 class Retryable(CutoverError):
     """A passing condition (a lock wait, a busy server): the runner tries the step again."""
 

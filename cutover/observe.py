@@ -9,13 +9,14 @@ is away); the reading itself never fails because a server did.
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import TypeVar
 
-from cutover import metrics
+from cutover import metrics, verify
 from cutover.engines import engine_for
-from cutover.errors import CutoverError
-from cutover.ledger import Journal, journal_for
+from cutover.errors import CannotCompare, CutoverError
+from cutover.ledger import Journal, journal_for, last_verification
 from cutover.pg import catalog
 from cutover.pg.connect import DatabaseError, Pool
 from cutover.phases import switch
@@ -42,6 +43,7 @@ class Observer:
             replication = [self._replication(db, up) for db in self._plan.databases]
             try:
                 journal = journal_for(self._plan)
+                verified = last_verification(self._plan)
             except CutoverError as exc:  # a ledger that cannot be read: the servers still can
                 log.warning("%s", exc.message)
                 return metrics.Snapshot(up, replication, seconds=time.monotonic() - began)
@@ -51,6 +53,12 @@ class Observer:
                 steps=steps(journal),
                 pauses=pauses(journal),
                 rollbacks=rollbacks(journal),
+                verifications=[
+                    metrics.Verification(db, verified["mode"], int(n))
+                    for db, n in verified["mismatches"].items()
+                ]
+                if verified
+                else [],
                 seconds=time.monotonic() - began,
             )
 
@@ -100,6 +108,37 @@ class Observer:
             for label in SERVERS:  # the next reading opens fresh connections
                 self._pool.discard(label)
             return None
+
+
+def consistent_point(plan: Plan, pool: Pool, db: str) -> verify.Settle:
+    """How verify waits until the target holds what the source committed.
+
+    While the move replicates: a barrier row written on the source after its
+    snapshot, applied on the target before the target's snapshot. Without a
+    subscription (before start, after the switch) both sides are read as they are.
+    """
+    engine = engine_for(plan, pool, db)
+    if not engine.subscription_exists():
+        return lambda: verify.NOTHING_RUNS
+    timeout = max(30.0, plan.thresholds.switch_timeout)
+
+    def settle() -> str:
+        token = uuid.uuid4().hex
+        lsn = engine.write_barrier(token)
+        deadline = time.monotonic() + timeout
+        while not engine.barrier_reached(token, lsn):
+            if time.monotonic() > deadline:
+                raise CannotCompare(
+                    f"{db}: the target did not apply a barrier within {timeout:g} s, so no "
+                    "point exists where both sides can be compared",
+                    hint="replication is slow or stopped (`cutover status`); verify once it "
+                    "streams again, or after the switch",
+                )
+            engine.heartbeat()
+            time.sleep(0.05)
+        return f"barrier at {lsn} applied by the target"
+
+    return settle
 
 
 def steps(journal: Journal) -> list[metrics.StepSample]:

@@ -5,7 +5,9 @@ Kubernetes ConfigMap in a cluster) only reads, writes and locks one document.
 The ledger never holds a secret: error texts are redacted before they arrive.
 """
 
-from cutover.ledger.base import Event, Journal, Pause, StepRecord, Store
+from typing import Any
+
+from cutover.ledger.base import Event, Journal, Pause, StepRecord, Store, now
 from cutover.ledger.file import FileStore
 from cutover.plan import Plan
 
@@ -15,4 +17,29 @@ def journal_for(plan: Plan) -> Journal:
     return Journal(FileStore(plan.state_dir, plan.move), move=plan.move)
 
 
-__all__ = ["Event", "FileStore", "Journal", "Pause", "StepRecord", "Store", "journal_for"]
+def save_verification(plan: Plan, *, mode: str, mismatches: dict[str, int]) -> None:
+    """Keep the last verification's differences per database, for the exporter.
+
+    A document of its own, written atomically without the move's lock: a
+    verification may run while another command holds it.
+    """
+    store = FileStore(plan.state_dir, plan.move, kind="verify")
+    store.write({"at": now(), "mode": mode, "mismatches": mismatches})
+
+
+def last_verification(plan: Plan) -> dict[str, Any] | None:
+    """What `save_verification` kept, if a verification ran."""
+    return FileStore(plan.state_dir, plan.move, kind="verify").read()
+
+
+__all__ = [
+    "Event",
+    "FileStore",
+    "Journal",
+    "Pause",
+    "StepRecord",
+    "Store",
+    "journal_for",
+    "last_verification",
+    "save_verification",
+]

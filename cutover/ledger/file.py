@@ -20,10 +20,10 @@ from cutover.ledger.base import actor, now
 
 
 class FileStore:
-    """A move's ledger as `<state_dir>/<move>.ledger.json`."""
+    """A move's ledger as `<state_dir>/<move>.ledger.json` (another `kind`: another document)."""
 
-    def __init__(self, state_dir: Path, move: str) -> None:
-        self.path = state_dir / f"{move}.ledger.json"
+    def __init__(self, state_dir: Path, move: str, *, kind: str = "ledger") -> None:
+        self.path = state_dir / f"{move}.{kind}.json"
         self._lock_path = state_dir / f"{move}.lock"
 
     def describe(self) -> str:

@@ -20,12 +20,11 @@ writers start again on the source, which keeps replicating.
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
-from cutover import preflight
+from cutover import preflight, verify
 from cutover.engines.base import Engine
 from cutover.errors import PreconditionFailed, StepFailed
-from cutover.pg import catalog, fence, replication, sequences
+from cutover.pg import fence, replication, sequences
 from cutover.pg.connect import Pool
 from cutover.plan import Plan
 from cutover.repoint import repoint_for
@@ -233,17 +232,13 @@ class Switch:
         return changes
 
     def _compare_counts(self, db: str, tables: list[tuple[str, str]]) -> None:
-        def count(side: str) -> dict[tuple[str, str], int]:
-            return catalog.exact_counts(self.pool.get(side, db), tables)
-
-        with ThreadPoolExecutor(max_workers=2) as both:
-            source_counts, target_counts = both.map(count, ("source", "target"))
-        differ = [t for t in tables if source_counts.get(t) != target_counts.get(t)]
+        """verify's count mode; the source is fenced and the target has applied all of it."""
+        counts = verify.count_tables(
+            self.pool.get("source", db), self.pool.get("target", db), db, tables
+        )
+        differ = [c for c in counts if c.differences]
         if differ:
-            detail = ", ".join(
-                f"{replication.display(t)} {source_counts.get(t)} vs {target_counts.get(t)}"
-                for t in differ[:10]
-            )
+            detail = ", ".join(f"{c.table} {c.source_rows} vs {c.target_rows}" for c in differ[:10])
             raise StepFailed(
                 f"{db}: row counts differ between source and target: {detail}",
                 hint="the switch rolled back; compare the tables before trying again",
