@@ -851,23 +851,14 @@ def verify_command(
         chosen = [parse_table(t) for t in tables] if tables else None
     except ValueError as exc:
         raise UsageError(str(exc), hint="e.g. --table public.events") from None
-    report = verify.Report(mode)
-    began = time.monotonic()
-    with pool(_servers(plan)) as connections, _verify_progress(enabled=not as_json) as shown:
-        for db in plan.databases:
-            verify.verify_database(
-                plan.source,
-                plan.target,
-                db,
-                mode=mode,
-                tables=chosen,
-                settle=observe.consistent_point(plan, connections, db),
-                jobs=jobs,
-                max_keys=max_keys,
-                report=report,
-                on_table=shown,
-            )
-    report.seconds = time.monotonic() - began
+    report = observe.compare(
+        plan,
+        mode=mode,
+        tables=chosen,
+        jobs=jobs,
+        max_keys=max_keys,
+        on_table=(lambda _: None) if as_json else _verify_line,
+    )
     if chosen is None:
         save_verification(plan, mode=mode.value, mismatches=report.mismatches())
     if as_json:
@@ -880,20 +871,13 @@ def verify_command(
         raise typer.Exit(1)
 
 
-@contextmanager
-def _verify_progress(*, enabled: bool) -> Iterator[Callable[[verify.TableResult], None]]:
-    """A line per table compared, as they finish."""
-    if not enabled:
-        yield lambda result: None
-        return
+def _verify_line(result: verify.TableResult) -> None:
+    """A line per table as its first pass ends: progress on a long verification.
 
-    def shown(result: verify.TableResult) -> None:
-        state = "[green]equal[/]" if result.equal else "[bold red]differs[/]"
-        if result.error:
-            state = "[bold red]error[/]"
-        err.print(f"  {_escape(result.database)} {_escape(result.table)}: {state}")
-
-    yield shown
+    The verdict comes with the summary: rows that differ are read again first.
+    """
+    done = f"{result.source_rows or 0:,} rows read" if result.error is None else "error"
+    err.print(f"  {_escape(result.database)} {_escape(result.table)}: {done}")
 
 
 def _verify_data(report: verify.Report) -> dict[str, Any]:

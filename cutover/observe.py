@@ -18,7 +18,7 @@ from cutover.engines import engine_for
 from cutover.errors import CannotCompare, CutoverError
 from cutover.ledger import Journal, journal_for, last_verification
 from cutover.pg import catalog
-from cutover.pg.connect import DatabaseError, Pool
+from cutover.pg.connect import DatabaseError, Pool, pool
 from cutover.phases import switch
 from cutover.plan import Plan
 
@@ -108,6 +108,36 @@ class Observer:
             for label in SERVERS:  # the next reading opens fresh connections
                 self._pool.discard(label)
             return None
+
+
+def compare(
+    plan: Plan,
+    *,
+    mode: verify.Mode,
+    tables: list[tuple[str, str]] | None,
+    jobs: int,
+    max_keys: int,
+    on_table: Callable[[verify.TableResult], None] = lambda _: None,
+) -> verify.Report:
+    """`cutover verify`: every database of the plan, each at a consistent point."""
+    report = verify.Report(mode)
+    began = time.monotonic()
+    with pool({"source": plan.source, "target": plan.target}) as connections:
+        for db in plan.databases:
+            verify.verify_database(
+                plan.source,
+                plan.target,
+                db,
+                mode=mode,
+                tables=tables,
+                settle=consistent_point(plan, connections, db),
+                jobs=jobs,
+                max_keys=max_keys,
+                report=report,
+                on_table=on_table,
+            )
+    report.seconds = time.monotonic() - began
+    return report
 
 
 def consistent_point(plan: Plan, pool: Pool, db: str) -> verify.Settle:

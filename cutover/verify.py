@@ -32,7 +32,7 @@ from cutover.plan import Server
 Table = tuple[str, str]
 T = TypeVar("T")
 RECHECKS = 3  # rounds of reading differing rows again while replication runs
-DRILL_BATCH = 200  # chunks read row by row in one statement
+DRILL_BATCH = 20  # chunks read row by row in one statement (about 200,000 rows)
 
 
 class Mode(StrEnum):

@@ -51,18 +51,22 @@ def until(check: Callable[[], Samples | None], *, timeout: float = 30, what: str
     raise AssertionError(f"never seen within {timeout:g} s: {what}")
 
 
-@contextmanager
-def exporter(plan: Path) -> Iterator[int]:
-    """`cutover metrics` in its own process, as a Deployment runs it."""
-    port = free_port()
-    argv = ["metrics", "-p", str(plan), "--port", str(port), "--address", "127.0.0.1"]
-    proc = subprocess.Popen(
+def spawn(*argv: str) -> "subprocess.Popen[str]":
+    """The command line in a child process that runs on while the test goes on."""
+    return subprocess.Popen(
         [sys.executable, "-m", "cutover", *argv],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+@contextmanager
+def exporter(plan: Path) -> Iterator[int]:
+    """`cutover metrics` in its own process, as a Deployment runs it."""
+    port = free_port()
+    proc = spawn("metrics", "-p", str(plan), "--port", str(port), "--address", "127.0.0.1")
     try:
         until(lambda: _serving(port), timeout=15, what="the exporter serving")
         yield port
@@ -149,20 +153,15 @@ def test_the_exporter_shows_lag_rise_and_fall_states_change_and_a_server_go_down
 
         # The switch serves the same metrics while it runs.
         switch_port = free_port()
-        argv = ["switch", "-p", str(under_load.plan), "--yes", "--metrics-port", str(switch_port)]
-        switching = subprocess.Popen(
-            [sys.executable, "-m", "cutover", *argv],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+        switching = spawn(
+            "switch", "-p", str(under_load.plan), "--yes", "--metrics-port", str(switch_port)
         )
         during: list[Samples] = []
         while switching.poll() is None:
             if (samples := _serving(switch_port)) is not None:
                 during.append(samples)
             time.sleep(0.05)
-        output = switching.communicate()[0]
+        output = "".join(switching.communicate())
         assert switching.returncode == 0, output
         assert during and value(during[-1], "cutover_up", server="source") == 1
 

@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from psycopg.types.json import Json, Jsonb
 
 from cutover import observe, verify
-from cutover.pg.connect import pool
 from cutover.plan import load as load_plan
 from tests.conftest import Databases, Result, connect
 from tests.integration.conftest import Running
@@ -92,23 +91,10 @@ def moving(
     yield db, plan
 
 
-def run_verify(plan_path: Path, db: str, mode: verify.Mode = verify.Mode.CHECKSUM) -> verify.Report:
+def run_verify(plan_path: Path) -> verify.Report:
     """verify as the command runs it, in this process."""
     plan = load_plan(plan_path)
-    report = verify.Report(mode)
-    with pool({"source": plan.source, "target": plan.target}) as connections:
-        verify.verify_database(
-            plan.source,
-            plan.target,
-            db,
-            mode=mode,
-            tables=None,
-            settle=observe.consistent_point(plan, connections, db),
-            jobs=2,
-            max_keys=20,
-            report=report,
-        )
-    return report
+    return observe.compare(plan, mode=verify.Mode.CHECKSUM, tables=None, jobs=2, max_keys=20)
 
 
 def insert(
@@ -143,7 +129,7 @@ def test_rows_of_many_types_compare_equal_and_each_injected_difference_is_found_
     def check(table_rows: list[dict[str, Any]], injection: str, pick: int) -> None:
         with connect(plan.source, db) as source, connect(plan.target, db) as target:
             inserted = insert(source, table_rows, next(ids))
-            equal = run_verify(plan_path, db)
+            equal = run_verify(plan_path)
             assert equal.differences == 0 and equal.errors == 0, equal.tables
 
             key = inserted[pick % len(inserted)]
@@ -153,7 +139,7 @@ def test_rows_of_many_types_compare_equal_and_each_injected_difference_is_found_
                 target.execute("INSERT INTO typed (id, t) VALUES (%s, 'only here')", (key,))
             else:
                 target.execute(statement, (key,))
-            found = run_verify(plan_path, db)
+            found = run_verify(plan_path)
             typed = next(t for t in found.tables if t.name == "typed")
             assert typed.differences == 1, (injection, typed)
             assert typed.keys == (verify.Difference(kind, (key,)),)
@@ -179,7 +165,7 @@ def test_values_equal_in_meaning_are_equal_whatever_the_target_renders(
         source.execute(
             "INSERT INTO pairs VALUES ('Zebra', 1, 'x'), ('apfel', 2, 'y'), ('Äpfel', 3, NULL)"
         )
-        assert run_verify(plan_path, db).differences == 0
+        assert run_verify(plan_path).differences == 0
         # The same meanings, written differently on the target.
         target.execute(
             f"ALTER DATABASE \"{db.replace(chr(34), chr(34) * 2)}\" SET TimeZone = 'Asia/Kathmandu'"
@@ -190,7 +176,7 @@ def test_values_equal_in_meaning_are_equal_whatever_the_target_renders(
         )
         target.execute('ALTER TABLE typed ALTER COLUMN tc TYPE text COLLATE "POSIX"')
         target.execute('ALTER TABLE pairs ALTER COLUMN a TYPE text COLLATE "C"')
-    report = run_verify(plan_path, db)
+    report = run_verify(plan_path)
     assert report.differences == 0, report.tables
     pairs = next(t for t in report.tables if t.name == "pairs")
     assert pairs.source_rows == pairs.target_rows == 3
