@@ -276,6 +276,7 @@ def _checksum_table(source: Connection, target: Connection, db: str, table: Tabl
     if not shape.key:
         counted = count_tables(source, target, db, [table])[0]
         return _Found(replace(counted, note="by count: no primary key"))
+    shape = checksum.hashed(source, shape)
     chunks = checksum.chunking(source, shape)
     source_chunks, target_chunks = _both(
         lambda: checksum.summarise(source, shape, chunks),

@@ -1,33 +1,42 @@
 """Row counts and checksums of tables, computed by the server, compared by meaning.
 
-A table's rows are hashed on the server: each row is rendered as text from
-normalised values (numeric without trailing zeros, floats without negative
-zero, json as jsonb) in a session with fixed output settings (UTC, ISO dates,
-hex bytea, shortest exact floats), so two servers render equal values the same
-whatever their time zone, collation or column order. The md5 of that text goes
-into an XOR per chunk of keys, with the chunk's row count: one scan of the
-table gives every chunk. Chunks that differ are read again row by row.
+A row is hashed on the server by `hash_record_extended` (PostgreSQL 14+):
+each column by its type's own hash function, which gives equal values equal
+hashes (1.5 and 1.50, 0 and -0, one instant in any time zone, jsonb by
+content), with the source's column order on both sides. json is hashed as
+jsonb; a type without a hash function is hashed as its text, rendered in a
+session with fixed output settings (UTC, ISO dates, hex bytea, shortest exact
+floats). A chunk of keys gets the XOR of its rows' hashes and its row count,
+all chunks from one scan; chunks that differ are read again row by row.
+Hashing typed values costs a third of rendering rows as text and hashing that.
 """
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
+from cutover.errors import CannotCompare
+from cutover.pg.catalog import server_version
 from cutover.pg.connect import Connection
+from cutover.pg.ident import quote
 from cutover.pg.queries import load
 
 Table = tuple[str, str]
 
-# Output settings that make a value's text depend on the value alone.
+# The session of a comparison: output settings that make a value's text depend on the value alone.
 SESSION = {
     "TimeZone": "UTC",
     "DateStyle": "ISO, YMD",
     "IntervalStyle": "postgres",
     "extra_float_digits": "1",
     "bytea_output": "hex",
+    # The planner cannot estimate how many chunks `key / width` makes, and may sort
+    # every row to group them; hashing them into a few thousand groups is what fits.
+    "enable_sort": "off",
 }
 INTEGER_KEYS = {"smallint", "integer", "bigint"}
 CHUNK_ROWS = 10_000
@@ -35,10 +44,11 @@ CHUNK_ROWS = 10_000
 
 @dataclass(frozen=True)
 class Column:
-    """A column and its type as `format_type` spells it."""
+    """A column, its type as `format_type` spells it, and whether the type has a hash function."""
 
     name: str
     type: str
+    hashable: bool = True
 
 
 @dataclass(frozen=True)
@@ -98,30 +108,56 @@ def shapes(conn: Connection, tables: Sequence[Table]) -> dict[Table, Shape]:
 
 
 def _value(column: Column) -> sql.Composable:
-    """The column's value in a form equal on both sides exactly when the values mean the same."""
+    """The column's value as it is hashed: equal hashes exactly when the values mean the same."""
     ident = sql.Identifier(column.name)
-    if column.type.startswith("numeric") and not column.type.endswith("[]"):
-        return sql.SQL("pg_catalog.trim_scale({})").format(ident)  # 1.50 is 1.5
-    if column.type in ("double precision", "real"):
-        return sql.SQL("({} + 0)").format(ident)  # -0 + 0 is 0; NaN stays NaN
     if column.type == "json":
         return sql.SQL("{}::jsonb").format(ident)  # key order and spaces do not matter
+    if not column.hashable:
+        return sql.SQL("{}::text").format(ident)
     return ident
 
 
 def row_hash(columns: Sequence[Column]) -> sql.Composable:
-    """A 64-bit hash of the row's normalised text (NULL and '' render differently)."""
+    """A 64-bit hash of the row's values (a NULL hashes apart from '')."""
     values = sql.SQL(", ").join(_value(c) for c in columns)
-    return sql.SQL(
-        "('x' || pg_catalog.left(pg_catalog.md5(ROW({})::text), 16))::bit(64)::bigint"
-    ).format(values)
+    return sql.SQL("pg_catalog.hash_record_extended(ROW({}), 0)").format(values)
+
+
+def hashed(conn: Connection, shape: Shape) -> Shape:
+    """The shape with each column marked whether its type can be hashed as it is."""
+    if server_version(conn) < 140000:
+        raise CannotCompare(
+            f"checksums need PostgreSQL 14 or later (hash_record_extended); {quote(shape.table)} "
+            "is on an older server",
+            hint="use --mode count",
+        )
+    if _can_hash(conn, shape.table, shape.columns):
+        return shape
+    columns = tuple(replace(c, hashable=_can_hash(conn, shape.table, [c])) for c in shape.columns)
+    keys = {c.name: c for c in columns}
+    return replace(shape, columns=columns, key=tuple(keys[k.name] for k in shape.key))
+
+
+def _can_hash(conn: Connection, table: Table, columns: Sequence[Column]) -> bool:
+    """Whether the server hashes these columns: a NULL of each column's type is hashed once."""
+    names = sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
+    probe = sql.SQL(
+        "SELECT {hash} FROM (SELECT 1 AS cutover_one) AS one "
+        "LEFT JOIN (SELECT {names} FROM ONLY {table} LIMIT 0) AS x ON true"
+    ).format(hash=row_hash(columns), names=names, table=sql.Identifier(*table))
+    try:
+        with conn.transaction():  # a savepoint: a type without a hash only fails the probe
+            conn.execute(probe)
+    except psycopg.Error:
+        return False
+    return True
 
 
 def _chunk(shape: Shape, width: int, buckets: int) -> sql.Composable:
     if shape.integer_key:
         return sql.SQL("({} / {})").format(sql.Identifier(shape.key[0].name), sql.Literal(width))
     keys = sql.SQL(", ").join(_value(c) for c in shape.key)
-    return sql.SQL("(pg_catalog.hashtextextended(ROW({})::text, 0) & {})").format(
+    return sql.SQL("(pg_catalog.hash_record_extended(ROW({}), 0) & {})").format(
         keys, sql.Literal(buckets - 1)
     )
 
