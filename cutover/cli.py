@@ -690,15 +690,12 @@ def _replication_data(plan: Plan, connections: Any, db: str) -> dict[str, Any]:
     if not subscribed and slot is None:
         return {"replicating": False, "copying": False}
     progress = engine.progress()
-    states: dict[str, int] = {}
-    for state in progress.tables.values():
-        states[state] = states.get(state, 0) + 1
     return {
         "replicating": subscribed,
         "copying": not subscribed,  # the slot exists: the initial copy runs (or was cut short)
         "streaming": subscribed and engine.streaming(),
         "engine": engine.describe(),
-        "tables": states,
+        "tables": progress.by_state,
         "table_states": progress.tables,
         "tables_total": len(progress.tables),
         "copy_bytes_done": progress.bytes_done,

@@ -10,7 +10,6 @@ Label values are the move's name, its databases, servers, phases, steps and
 tables: bounded by the plan, never a secret, a DSN or a free text.
 """
 
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -161,7 +160,6 @@ class MoveCollector(Collector):
     def __init__(self, move: str, read: Callable[[], Snapshot]) -> None:
         self._move = move
         self._read = read
-        self._lock = threading.Lock()  # two scrapes at once would share the reader's connections
 
     def describe(self) -> Iterable[Metric]:
         """Nothing up front: registering must not read the servers."""
@@ -169,8 +167,7 @@ class MoveCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """The move's metrics, read now."""
-        with self._lock:
-            snapshot = self._read()
+        snapshot = self._read()  # the reader serialises its own readings
         yield from _server_families(self._move, snapshot)
         yield from _replication_families(self._move, snapshot.replication)
         yield from _ledger_families(self._move, snapshot)

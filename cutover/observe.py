@@ -28,7 +28,10 @@ SERVERS = ("source", "target")
 
 
 class Observer:
-    """Reads one move; holds its own connections, reopened after a server comes back."""
+    """Reads one move; holds its own connections, reopened after a server comes back.
+
+    One reading at a time (a lock): two scrapes at once would share the connections.
+    """
 
     def __init__(self, plan: Plan) -> None:
         self._plan = plan
@@ -62,10 +65,6 @@ class Observer:
                 seconds=time.monotonic() - began,
             )
 
-    def close(self) -> None:
-        """Close the connections."""
-        self._pool.close()
-
     def _replication(self, db: str, up: dict[str, bool]) -> metrics.Replication:
         engine = engine_for(self._plan, self._pool, db)
         source, target = up["source"], up["target"]
@@ -74,11 +73,6 @@ class Observer:
         streaming = subscribed and bool(self._read(db, engine.streaming))
         moving = subscribed or slot is not None  # copying, or replicating
         progress = self._read(db, engine.progress) if source and target and moving else None
-        tables: dict[str, int] | None = None
-        if progress is not None:
-            tables = {}
-            for state in progress.tables.values():
-                tables[state] = tables.get(state, 0) + 1
         return metrics.Replication(
             database=db,
             engine=self._plan.engine.value,
@@ -88,7 +82,7 @@ class Observer:
             wal_safe_bytes=slot.safe_wal_size if slot else None,
             slot_active=slot.active if slot else None,
             streaming=bool(streaming and slot and slot.active) if subscribed else None,
-            tables=tables,
+            tables=progress.by_state if progress else None,
             copy_bytes_done=progress.bytes_done if progress else None,
             copy_bytes_total=progress.bytes_total if progress else None,
             rows_target=self._rows("target", db) if target and moving else None,

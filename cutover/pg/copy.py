@@ -20,6 +20,7 @@ import math
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -61,6 +62,11 @@ class CopyProgress:
     def done(self) -> bool:
         """Every table is ready."""
         return bool(self.tables) and self.ready == len(self.tables)
+
+    @property
+    def by_state(self) -> dict[str, int]:
+        """How many tables are in each state."""
+        return dict(Counter(self.tables.values()))
 
 
 @dataclass(frozen=True)
