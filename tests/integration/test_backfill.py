@@ -262,3 +262,99 @@ def test_a_whole_move_of_a_keyless_table_then_cleanup_leaves_it_as_it_was(
         ], side
         assert keys == {"n": 0}, side
         assert mine == {"cutover_id": 7}, side
+
+
+def test_backfill_under_application_ownership_never_fails_a_write(
+    lab: Lab, databases: Databases, write_plan: Callable[..., Path], cutover: Callable[..., Result]
+) -> None:
+    """The table is the application's; others insert by grant, PUBLIC, or membership."""
+    db = databases.create()
+    tag = uuid.uuid4().hex[:6]
+    owner, clerk, intern, stranger = (f"{r}_{tag}" for r in ("shop", "clerk", "intern", "anyone"))
+    password = uuid.uuid4().hex
+    with connect(lab.server("source")) as conn:
+        for role in (owner, clerk, intern, stranger):
+            conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+        conn.execute(f"GRANT {clerk} TO {intern}")
+    with connect(lab.server("source"), db) as conn:
+        conn.execute(f"GRANT CREATE, USAGE ON SCHEMA public TO {owner}")
+        conn.execute(f"SET ROLE {owner}")
+        conn.execute("CREATE TABLE ledger (v bigint, note text)")
+        conn.execute("INSERT INTO ledger SELECT g, 'n' FROM generate_series(1, 50000) g")
+        conn.execute("CREATE TABLE guestbook (v bigint)")
+        conn.execute("INSERT INTO guestbook SELECT generate_series(1, 1000)")
+        conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ledger TO {clerk}")
+        conn.execute("GRANT INSERT ON guestbook TO PUBLIC")
+    port = lab.server("source").port
+    writes = {
+        owner: "INSERT INTO ledger (v, note) VALUES (-1, 'owner')",
+        clerk: "INSERT INTO ledger (v, note) VALUES (-2, 'clerk')",
+        intern: "INSERT INTO ledger (v, note) VALUES (-3, 'intern')",
+        stranger: "INSERT INTO guestbook (v) VALUES (-4)",
+    }
+    stop, errors, counts = threading.Event(), [], dict.fromkeys(writes, 0)
+
+    def write(role: str) -> None:
+        dsn = f"host=127.0.0.1 port={port} dbname='{db}' user={role} password={password}"
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            while not stop.is_set():
+                try:
+                    conn.execute(writes[role])
+                    counts[role] += 1
+                except psycopg.Error as exc:
+                    errors.append(f"{role}: {exc}")
+                time.sleep(0.005)
+
+    threads = [threading.Thread(target=write, args=(role,)) for role in writes]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.3)
+        plan = write_plan([db], move=f"t{uuid.uuid4().hex[:8]}")
+        result = cutover("backfill", "-p", str(plan))
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert result.code == 0, result.stdout + result.stderr
+    assert errors == []
+    assert all(n > 10 for n in counts.values()), counts
+    with connect(lab.server("source"), db) as conn:
+        for table in ("ledger", "guestbook"):
+            row = conn.execute(
+                f"SELECT count(*) AS rows, count(DISTINCT cutover_id) AS numbered FROM {table}"
+            ).fetchone()
+            assert row is not None and row["rows"] == row["numbered"], table
+        # The final form: an identity column whose sequence is the owner's, with no grant.
+        columns = conn.execute(
+            "SELECT c.relname, a.attidentity, a.atthasdef, "
+            "pg_get_userbyid(s.relowner) AS seq_owner, s.relacl IS NULL AS no_grants "
+            "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+            "JOIN pg_depend d ON d.refobjid = c.oid AND d.refobjsubid = a.attnum "
+            "AND d.classid = 'pg_class'::regclass "
+            "JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' "
+            "WHERE a.attname = 'cutover_id' ORDER BY 1"
+        ).fetchall()
+        assert [dict(c) for c in columns] == [
+            {
+                "relname": t,
+                "attidentity": "d",
+                "atthasdef": False,
+                "seq_owner": owner,
+                "no_grants": True,
+            }
+            for t in ("guestbook", "ledger")
+        ]
+        # Every role still inserts, and numbers go on after the backfilled ones.
+        before = conn.execute("SELECT max(cutover_id) AS m FROM ledger").fetchone()
+    for role, statement in writes.items():
+        dsn = f"host=127.0.0.1 port={port} dbname='{db}' user={role} password={password}"
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(statement)
+    with connect(lab.server("source"), db) as conn:
+        after = conn.execute(
+            "SELECT min(cutover_id) AS m FROM ledger WHERE v = -1 AND cutover_id > %s",
+            (before["m"],),
+        ).fetchone()
+    assert after is not None and after["m"] is not None
