@@ -2,8 +2,9 @@
 
 Every command catches `CutoverError` in one spot (`main`), prints `FAILED:` and
 `hint:` and exits with the error's code: 0 success, 1 a failure or blockers,
-2 a usage, plan or connection error. Any other exception is a bug and keeps
-its traceback.
+2 a usage, plan or connection error. A database error is translated into one
+(pg/errors.py); its traceback is shown with --verbose. Any other exception is
+a bug and keeps its traceback.
 """
 
 import json
@@ -11,10 +12,11 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console, Group
@@ -33,6 +35,7 @@ from cutover import __version__, lab, load, log, metrics, observe, preflight, ru
 from cutover.engines import engine_for, reversed_plan
 from cutover.errors import CutoverError, UsageError
 from cutover.ledger import Journal, journal_for, save_verification
+from cutover.pg import errors as pg_errors
 from cutover.pg import fence
 from cutover.pg.backfill import FillProgress
 from cutover.pg.connect import Pool, pool
@@ -1148,7 +1151,21 @@ def main() -> None:
         err.print("[bold red]INTERRUPTED[/]")
         sys.exit(130)
     except CutoverError as exc:
-        err.print(f"[bold red]FAILED:[/] {_escape(log.redact(exc.message))}")
-        if exc.hint:
-            err.print(f"[dim]hint:[/] {_escape(log.redact(exc.hint))}")
-        sys.exit(exc.exit_code)
+        _fail(exc)
+    except Exception as exc:
+        # A database error outside a step (check, status) is the operator's, not a bug.
+        translated = pg_errors.translate(exc)
+        if translated is None:
+            raise  # a bug: keep its traceback
+        _fail(translated)
+
+
+def _fail(exc: CutoverError) -> NoReturn:
+    """One line and a hint; the traceback of what caused it only with --verbose."""
+    if exc.__cause__ is not None and log.is_verbose():
+        trace = "".join(traceback.format_exception(exc))
+        err.print(pg_errors.mask(trace), markup=False, soft_wrap=True, end="")
+    err.print(f"[bold red]FAILED:[/] {_escape(pg_errors.mask(exc.message))}", soft_wrap=True)
+    if exc.hint:
+        err.print(f"[dim]hint:[/] {_escape(pg_errors.mask(exc.hint))}", soft_wrap=True)
+    sys.exit(exc.exit_code)

@@ -76,6 +76,11 @@ def setup(*, verbose: bool, json_format: bool) -> None:
     logging.getLogger("cutover").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
+def is_verbose() -> bool:
+    """Whether `setup` was asked for every step's log (--verbose)."""
+    return logging.getLogger("cutover").isEnabledFor(logging.DEBUG)
+
+
 class MoveAdapter(logging.LoggerAdapter[logging.Logger]):
     """Adds the move, phase and step to every record, as fields and as a prefix."""
 

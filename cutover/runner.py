@@ -22,6 +22,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 from cutover.errors import CutoverError, Interrupted, Retryable, StepFailed
 from cutover.ledger import FileStore, Journal, Pause
 from cutover.log import MoveAdapter, for_move, redact
+from cutover.pg.errors import translate
 from cutover.plan import Plan
 from cutover.steps import Change, Outcome, Phase, Step
 
@@ -113,12 +114,14 @@ class Runner:
         started = self._clock()
         try:
             return self._observe_and_apply(phase, step, scope, logger, started)
-        except (Exception, KeyboardInterrupt) as exc:  # Ctrl-C or SIGTERM: roll back too
+        except (Exception, KeyboardInterrupt) as raised:  # Ctrl-C or SIGTERM: roll back too
             seconds = self._clock() - started
+            # A database error (in is_done, say) is the operator's to fix, not a bug.
+            exc = translate(raised, step=key) or raised
             if isinstance(exc, KeyboardInterrupt):
                 message = "interrupted (Ctrl-C or SIGTERM)"
             elif isinstance(exc, CutoverError):
-                message = exc.message
+                message = exc.message.removeprefix(f"{key}: ")  # named once, below
             else:
                 message = f"{type(exc).__name__}: {exc}"
             if not self._dry_run:
@@ -165,14 +168,24 @@ class Runner:
             return StepReport(key, Outcome.PLANNED, self._clock() - started, changes)
 
         self._journal.started(key, **where)
-        changes = tuple(self._apply(step))
+        changes = tuple(self._apply(step, key))
         _failpoint(key, "applied")
         seconds = self._clock() - started
         self._journal.finished(key, outcome=Outcome.APPLIED, seconds=seconds)
         logger.info("done in %.0f ms", seconds * 1000)
         return StepReport(key, Outcome.APPLIED, seconds, changes)
 
-    def _apply(self, step: Step) -> Sequence[Change]:
+    def _apply(self, step: Step, key: str) -> Sequence[Change]:
+        def attempt() -> Sequence[Change]:
+            try:
+                return step.apply(dry_run=False)
+            except Exception as exc:
+                # Translated here, so that a lock timeout (Retryable) is tried again.
+                translated = translate(exc, step=key)
+                if translated is None:
+                    raise
+                raise translated from exc
+
         retrying = Retrying(
             stop=stop_after_attempt(max(1, step.attempts)),
             wait=_retry_delay,
@@ -180,7 +193,7 @@ class Runner:
             sleep=self._sleep,
             reraise=True,
         )
-        return retrying(step.apply, dry_run=False)
+        return retrying(attempt)
 
     def _undo(self, phase: Phase, scope: str, *, failed: Step) -> str:
         """Roll the phase back: undo its done steps and the one that failed, in reverse.
@@ -198,7 +211,8 @@ class Runner:
                 try:
                     step.undo(dry_run=False)
                 except Exception as exc:  # keep undoing the rest: each undo is independent
-                    problems.append(f"{key}: {exc}")
+                    translated = translate(exc)
+                    problems.append(f"{key}: {translated.message if translated else exc}")
                     log.exception("%s: undo failed", key)
                     continue
             if step is not failed:

@@ -1,18 +1,54 @@
-"""Opening connections: credentials resolved at the last moment, errors made plain."""
+"""Opening connections: credentials resolved at the last moment, errors made plain.
+
+Each connection knows its server's label ('source', 'target'), and a statement
+that fails on it leaves the label, the database and the statement on the
+error (see pg/errors.py), which is re-raised as it was.
+"""
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Self, cast
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.abc import Params, Query, QueryNoTemplate
+from psycopg.rows import Row, dict_row
 
 from cutover.errors import ConnectionFailed
 from cutover.log import redact, register_secret
+from cutover.pg import errors
 from cutover.plan import Server, resolve_secret
 
 Connection = psycopg.Connection[dict[str, Any]]
 DatabaseError = psycopg.Error  # what a query on a lost connection raises
+
+
+class LabeledConnection(psycopg.Connection[dict[str, Any]]):
+    """A connection that knows which server it is on, for the errors of its statements."""
+
+    label = "server"
+
+
+class LabeledCursor(psycopg.Cursor[Row]):
+    """A cursor whose failing statement's error says where it ran and what it was."""
+
+    def execute(
+        self,
+        query: Query,
+        params: Params | None = None,
+        *,
+        prepare: bool | None = None,
+        binary: bool | None = None,
+    ) -> Self:
+        """Execute `query`; an error carries the server's label and the statement."""
+        try:
+            # cutover sends no t-string templates: the overload without them applies.
+            text = cast(QueryNoTemplate, query)
+            return super().execute(text, params, prepare=prepare, binary=binary)
+        except psycopg.Error as exc:
+            conn = self.connection
+            label = conn.label if isinstance(conn, LabeledConnection) else LabeledConnection.label
+            errors.remember(exc, conn, query, label=label)
+            raise
 
 
 def conninfo(server: Server, dbname: str | None = None, *, label: str) -> dict[str, Any]:
@@ -52,7 +88,9 @@ def connect(
     if replication:
         params["replication"] = "database"
     try:
-        return psycopg.connect(**params, autocommit=autocommit, row_factory=dict_row)
+        conn = LabeledConnection.connect(
+            **params, autocommit=autocommit, row_factory=dict_row, cursor_factory=LabeledCursor
+        )
     except psycopg.OperationalError as exc:
         reason = redact(str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc))
         raise ConnectionFailed(
@@ -60,6 +98,8 @@ def connect(
             hint=f"check {label}.host/port/user and the password reference in the plan, "
             "and that the server accepts connections from here (pg_hba.conf, firewall)",
         ) from None
+    conn.label = label
+    return conn
 
 
 class Pool:
