@@ -152,6 +152,13 @@ class Engine(StrEnum):
     DMS = "dms"
 
 
+class LargeObjects(StrEnum):
+    """What a move does with large objects, which logical replication does not carry."""
+
+    FAIL = "fail"  # `check` reports them as a blocker: the move would leave them behind
+    COPY = "copy"  # the switch copies them while the source is fenced
+
+
 class SslMode(StrEnum):
     """libpq's sslmode values."""
 
@@ -324,6 +331,7 @@ class Plan(_Model):
     writers: list[Writer] = []
     fence: Fence = Fence()
     backfill: Backfill = Backfill()
+    large_objects: LargeObjects = LargeObjects.FAIL
     repoint: list[Repoint] = []
     thresholds: Thresholds = Thresholds()
     state_dir: Path = Path(".cutover")

@@ -185,12 +185,18 @@ class Copier:
     """Copy the parts of one database from source to target in `jobs` jobs."""
 
     def __init__(
-        self, source: Server, target: Server, db: str, *, snapshot: str, freeze: set[Table]
+        self,
+        source: Server,
+        target: Server,
+        db: str,
+        *,
+        snapshot: str | None,
+        freeze: set[Table],
     ) -> None:
         self.source_env = tools.client_env(source, db, label="source")
         self.target = target
         self.db = db
-        self.snapshot = snapshot
+        self.snapshot = snapshot  # None: each part reads what is committed when it starts
         self.freeze = freeze  # whole tables truncated and filled in one transaction
 
     def run(
@@ -242,7 +248,6 @@ class Copier:
             tracker.finished.add(index)
 
     def _copy_part(self, index: int, part: Part, conn: Connection, tracker: _Tracker) -> None:
-        snapshot = sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self.snapshot))
         argv = [
             str(tools.bindir() / "psql"),
             "-X",
@@ -251,11 +256,11 @@ class Copier:
             "ON_ERROR_STOP=1",
             "-c",
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-            "-c",
-            snapshot.as_string(conn),
-            "-c",
-            _read_command(part, conn),
         ]
+        if self.snapshot is not None:
+            snapshot = sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self.snapshot))
+            argv += ["-c", snapshot.as_string(conn)]
+        argv += ["-c", _read_command(part, conn)]
         freeze = part.pages is None and part.table in self.freeze
         table = sql.Identifier(*part.table)
         columns = sql.SQL(", ").join(sql.Identifier(c) for c in part.columns)
