@@ -7,6 +7,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 LAB    ?= .lab
+# `make demo MANAGED=1`: the source reached as a user that is no superuser (as on Cloud SQL)
+MANAGED ?=
 
 .PHONY: test demo lint unit system venv clean
 
@@ -23,7 +25,7 @@ unit: venv  ## the tests that need no server
 	$(BIN)/pytest tests/unit
 
 demo: system venv  ## a live move on local servers, under a write load, audited
-	BIN=$(BIN) LAB=$(LAB) scripts/demo.sh
+	BIN=$(BIN) LAB=$(LAB) MANAGED=$(MANAGED) scripts/demo.sh
 	@echo
 	@echo "The lab keeps running: 'cutover lab status --dir $(LAB)', 'cutover lab down --dir $(LAB) --purge'."
 

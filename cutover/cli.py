@@ -35,8 +35,8 @@ from cutover import __version__, lab, load, log, metrics, observe, preflight, ru
 from cutover.engines import engine_for, reversed_plan
 from cutover.errors import CutoverError, UsageError
 from cutover.ledger import Journal, journal_for, save_verification
+from cutover.pg import admin, fence, matviews
 from cutover.pg import errors as pg_errors
-from cutover.pg import fence
 from cutover.pg.backfill import FillProgress
 from cutover.pg.connect import Pool, pool
 from cutover.pg.copy import READY_STATES, CopyProgress
@@ -677,13 +677,29 @@ def _status_data(plan: Plan) -> dict[str, Any]:
     data["switched"] = switched
     try:
         with pool(_servers(plan)) as connections:
-            data["fenced_roles"] = fence.fenced_roles(connections.get("source"), plan.move)
+            data["fenced_roles"] = fence.fenced_roles(
+                connections.get("source", plan.databases[0]), plan.move
+            )
             for db in plan.databases:
                 info = _replication_data(plan, connections, db)
-                data["databases"][db] = {**info, "switched": switched and not info["replicating"]}
+                data["databases"][db] = {
+                    **info,
+                    "switched": switched and not info["replicating"],
+                    "materialized_views": _views_data(connections, db),
+                }
     except CutoverError as exc:
         data["servers_error"] = exc.message
     return data
+
+
+def _views_data(connections: Pool, db: str) -> dict[str, Any]:
+    """The views populated on the source, and those of them not populated on the target."""
+    source = connections.get("source", db)
+    populated = [quote(v.view) for v in matviews.views(source) if v.populated]
+    if not populated or not admin.database_exists(connections.get("target"), db):
+        return {"populated_on_source": populated, "unpopulated_on_target": populated}
+    missing = matviews.unpopulated(source, connections.get("target", db))
+    return {"populated_on_source": populated, "unpopulated_on_target": [quote(v) for v in missing]}
 
 
 def _replication_data(plan: Plan, connections: Any, db: str) -> dict[str, Any]:
@@ -759,6 +775,18 @@ def _status_view(data: dict[str, Any]) -> Group:
 
 
 def _replication_line(db: str, info: dict[str, Any]) -> str:
+    line = _replication_state(db, info)
+    views = info.get("materialized_views") or {}
+    if views.get("populated_on_source"):
+        missing = views["unpopulated_on_target"]
+        line += f"; materialized views: {len(views['populated_on_source']) - len(missing)} of "
+        line += f"{len(views['populated_on_source'])} populated on the target"
+        if missing:
+            line += " (not yet: " + ", ".join(missing) + ")"
+    return line
+
+
+def _replication_state(db: str, info: dict[str, Any]) -> str:
     if info.get("switched"):
         return f"{db}: switched; the target is promoted and the source no longer replicates"
     if not info["replicating"] and not info["copying"]:
@@ -1004,11 +1032,24 @@ def lab_up(
     sample: Annotated[
         bool, typer.Option("--sample/--no-sample", help="Load the sample database 'app'.")
     ] = True,
+    managed: Annotated[
+        bool,
+        typer.Option(
+            "--managed",
+            help="Reach the source as 'cutover_admin', no superuser (CREATEROLE, CREATEDB, "
+            "REPLICATION, member of the tables' owner 'shop'), as on Cloud SQL or RDS. "
+            "Chosen when the lab is created.",
+        ),
+    ] = False,
 ) -> None:
-    """Start two local PostgreSQL 15 servers (source, target) and write a ready plan."""
+    """Start two local PostgreSQL 15 servers (source, target) and write a ready plan.
+
+    The sample database 'app' belongs to the application's role 'shop'; the role
+    'app_writer' writes to it with grants only; `cutover lab load` writes as both.
+    """
     the_lab = lab.Lab(directory)
     with err.status("starting the lab servers..."):
-        state = the_lab.up(sample=sample)
+        state = the_lab.up(sample=sample, managed=managed)
     for instance in state.instances:
         out.print(
             f"{instance.name:>6}: postgresql://postgres@127.0.0.1:{instance.port}/postgres "
@@ -1016,6 +1057,8 @@ def lab_up(
         )
     if state.pglogical:
         out.print("pglogical: preloaded")
+    if state.managed:
+        out.print(f"source plan user: {lab.CONTROLLER_ROLE} (no superuser)")
     out.print(f"plan: {the_lab.plan_file}")
     out.print(f"next: cutover check -p {the_lab.plan_file}")
 
@@ -1067,7 +1110,8 @@ def lab_load(
 ) -> None:
     """Write to the lab's app database without pause: the application stand-in.
 
-    It follows the DATABASE_URL in the lab's app.env (so a switch repoints it),
+    It follows DATABASE_URL (the tables' owner) and WRITER_URL (a role with grants)
+    in the lab's app.env (so a switch repoints them),
     pauses and resumes over HTTP (the plan's writer tier), and logs every write
     to writes.jsonl for `cutover lab audit`.
     """
@@ -1081,7 +1125,7 @@ def lab_load(
     with the_lab.write_log.open("a") as handle:
         work = load.Load(
             env_file=the_lab.app_env,
-            key=lab.APP_KEY,
+            keys=lab.APP_KEYS,
             tables=settings["tables"],
             log=load.WriteLog(handle),
             workers=workers,
@@ -1100,7 +1144,8 @@ def lab_load(
 def lab_audit(directory: LabDirOption = Path(".lab")) -> None:
     """Check every acknowledged write of the load against the target, after a switch.
 
-    Exit code 0: nothing lost and the source took no write after the fence.
+    Exit code 0: nothing lost, the source took no write after the fence, and the
+    application saw no error but the ones the fence causes during the switch.
     """
     the_lab = lab.Lab(directory)
     settings = the_lab.load_settings()
@@ -1109,6 +1154,11 @@ def lab_audit(directory: LabDirOption = Path(".lab")) -> None:
     plan = load_plan(the_lab.plan_file)
     journal = journal_for(plan)
     fenced = journal.get(f"{switch.SCOPE}/switch.fence_source")
+    stopped = journal.get(f"{switch.SCOPE}/switch.stop_writers")
+    started = journal.get(f"{switch.SCOPE}/switch.start_writers")
+    window = (
+        (stopped.started_at, started.ended_at) if stopped and started and started.ended_at else None
+    )
     with pool(_servers(plan)) as connections:
         rows = lab.load_rows(connections, settings)
     state = the_lab.state()
@@ -1118,6 +1168,7 @@ def lab_audit(directory: LabDirOption = Path(".lab")) -> None:
         rows,
         source_port=state.instance("source").port,
         fenced_at=fenced.ended_at if fenced else None,
+        switch_window=window,
     )
     moved = sum(len(r) for r in rows.values())
     pause = next(
@@ -1128,9 +1179,13 @@ def lab_audit(directory: LabDirOption = Path(".lab")) -> None:
     out.print(f"acknowledged writes: {result.acknowledged}")
     out.print(f"acknowledged writes missing on the target: {len(result.missing)}")
     out.print(f"writes the source took after the fence: {result.after_fence}")
-    for problem in result.missing[:20]:
+    out.print(
+        f"errors the application saw from the fence, during the switch: {result.fenced_errors}"
+    )
+    out.print(f"other errors the application saw: {len(result.errors)}")
+    for problem in [*result.missing[:20], *result.errors[:20]]:
         out.print(f"  {_escape(problem)}")
-    raise typer.Exit(1 if result.missing or result.after_fence else 0)
+    raise typer.Exit(1 if result.missing or result.after_fence or result.errors else 0)
 
 
 # -- entry point ------------------------------------------------------------------------------

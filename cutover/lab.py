@@ -6,6 +6,15 @@ it is installed; starts them; writes a ready plan whose password is a file
 reference; and optionally loads a sample database. PostgreSQL refuses to run
 as root, so as root the servers run as the `postgres` user, with their data in
 a folder that user can reach. The same code gives the tests their servers.
+
+The sample is laid out as applications lay out their databases: the
+database and its tables belong to the application's own role (`shop`), and a
+second role (`app_writer`) writes with table grants only; the write load
+writes as both. With `managed`, cutover's plan reaches the source as
+`cutover_admin`, who is no superuser: CREATEROLE, CREATEDB, REPLICATION,
+membership in `shop`, `pg_signal_backend` and `pg_read_all_stats`, what a
+managed service's admin user has (Cloud SQL's `postgres`). The target is
+reached as its superuser: on PostgreSQL 15 only a superuser may subscribe.
 """
 
 import json
@@ -27,6 +36,7 @@ from cutover.pg import admin, tools
 from cutover.pg import load as load_sql
 from cutover.pg.connect import Pool, connect
 from cutover.plan import (
+    Fence,
     FileRepoint,
     HttpWriter,
     Plan,
@@ -42,19 +52,25 @@ log = logging.getLogger(__name__)
 
 SERVERS = ("source", "target")
 SAMPLE_DATABASE = "app"
-LOAD_ROLE = "app_writer"
+OWNER_ROLE = "shop"  # owns the sample database and its tables, and writes to them
+LOAD_ROLE = "app_writer"  # writes with table grants only
+CONTROLLER_ROLE = "cutover_admin"  # the managed layout's source user: no superuser
+CONTROLLER_GRANTS = (OWNER_ROLE, "pg_signal_backend", "pg_read_all_stats")
 LOAD_TABLES = 12
-APP_KEY = "DATABASE_URL"
+APP_KEY = "DATABASE_URL"  # the owner's connection string
+WRITER_KEY = "WRITER_URL"  # the grant-only writer's
+APP_KEYS = (APP_KEY, WRITER_KEY)
 RUN_AS = "postgres"
 SETTINGS = {
     "listen_addresses": "'127.0.0.1'",
     "unix_socket_directories": "''",
     "wal_level": "logical",
     "max_connections": "200",
-    "max_replication_slots": "32",
-    "max_wal_senders": "32",
-    "max_worker_processes": "32",
-    "max_logical_replication_workers": "16",
+    # The tests leave many moves replicating in one lab: room for all of them.
+    "max_replication_slots": "64",
+    "max_wal_senders": "64",
+    "max_worker_processes": "96",
+    "max_logical_replication_workers": "48",
     "max_sync_workers_per_subscription": "4",
     "track_commit_timestamp": "on",
     "shared_buffers": "256MB",
@@ -84,6 +100,7 @@ class LabState:
     run_as: str | None
     pglogical: bool
     instances: tuple[Instance, ...]
+    managed: bool = False  # the source's plan user is CONTROLLER_ROLE, not a superuser
 
     def instance(self, name: str) -> Instance:
         """The server called `name`."""
@@ -154,6 +171,13 @@ class Lab:
             ],
         )
 
+    def controller(self, name: str) -> Server:
+        """How cutover's plan reaches a lab server: the superuser, or the managed layout's admin."""
+        server = self.server(name)
+        if name == "source" and self._require_state().managed:
+            return server.model_copy(update={"user": CONTROLLER_ROLE})
+        return server
+
     def restart(self, name: str) -> None:
         """Restart one server (settings such as wal_level take effect)."""
         state = self._require_state()
@@ -182,15 +206,19 @@ class Lab:
                     ),
                 )
             ]
-            repoint = [Repoint(name="app-env", file=FileRepoint(path=self.app_env, key=APP_KEY))]
+            repoint = [
+                Repoint(name=f"app-env-{key.lower()}", file=FileRepoint(path=self.app_env, key=key))
+                for key in APP_KEYS
+            ]
         return Plan(
             move=move,
-            source=self.server("source"),
-            target=self.server("target"),
+            source=self.controller("source"),
+            target=self.controller("target"),
             databases=databases,
             writers=writers,
             repoint=repoint,
             thresholds=Thresholds(lag_window=2.0),
+            fence=Fence(roles=[OWNER_ROLE, LOAD_ROLE] if load is not None else None),
             state_dir=self.root / "state",
         )
 
@@ -203,29 +231,59 @@ class Lab:
         return data
 
     def setup_load(self, *, database: str, tables: int = LOAD_TABLES) -> None:
-        """The load's role on both servers, its tables on the source, and the app's env file."""
-        password = secrets.token_urlsafe(18)
-        for name in SERVERS:
-            conn = connect(self.server(name), label=name)
-            try:
-                load_sql.ensure_login_role(conn, LOAD_ROLE, password)
-            finally:
-                conn.close()
+        """The load's tables on the source (the owner's, and one without a key), the app's env."""
         conn = connect(self.server("source"), database, label="source")
         try:
-            load_sql.create_schema(conn, tables=tables, writer=LOAD_ROLE)
+            load_sql.create_schema(
+                conn, tables=tables, writer=LOAD_ROLE, owner=OWNER_ROLE, keyless=True
+            )
         finally:
             conn.close()
         port = self._require_state().instance("source").port
+        password = self._app_password()
         self.app_env.touch(mode=0o600)
-        dsn = f"postgresql://{LOAD_ROLE}:{password}@127.0.0.1:{port}/{database}"
-        self.app_env.write_text(f"# the application's settings\n{APP_KEY}={dsn}\n")
+        lines = [
+            f"{key}=postgresql://{role}:{password}@127.0.0.1:{port}/{database}"
+            for key, role in zip(APP_KEYS, (OWNER_ROLE, LOAD_ROLE), strict=True)
+        ]
+        self.app_env.write_text("# the application's settings\n" + "\n".join(lines) + "\n")
         settings = {
             "port": free_port(),
             "database": database,
-            "tables": load_sql.table_names(tables),
+            "tables": [*load_sql.table_names(tables), load_sql.KEYLESS],
         }
         self.load_file.write_text(json.dumps(settings))
+
+    def _app_password(self) -> str:
+        """The application roles' password (kept in the lab, mode 0600)."""
+        path = self.root / "app-password"
+        if not path.exists():
+            path.touch(mode=0o600)
+            path.write_text(secrets.token_urlsafe(18) + "\n")
+        return path.read_text().strip()
+
+    def _create_roles(self, state: LabState) -> None:
+        """The application's roles on both servers; the managed layout's admin on the source."""
+        app_password = self._app_password()
+        for name in SERVERS:
+            conn = connect(self.server(name), label=name)
+            try:
+                for role in (OWNER_ROLE, LOAD_ROLE):
+                    load_sql.ensure_login_role(conn, role, app_password)
+                if state.managed and name == "target":  # as on Cloud SQL: both sides have it
+                    load_sql.ensure_login_role(conn, CONTROLLER_ROLE, app_password)
+                if name == "source" and state.managed:
+                    password = self.password_file.read_text().strip()
+                    load_sql.ensure_login_role(
+                        conn,
+                        CONTROLLER_ROLE,
+                        password,
+                        options="NOSUPERUSER CREATEROLE CREATEDB REPLICATION",
+                    )
+                    for granted in CONTROLLER_GRANTS:
+                        load_sql.grant_role(conn, granted, CONTROLLER_ROLE)
+            finally:
+                conn.close()
 
     def running(self) -> dict[str, bool]:
         """Whether each server runs."""
@@ -236,13 +294,17 @@ class Lab:
 
     # -- changing ----------------------------------------------------------------------------
 
-    def up(self, *, sample: bool) -> LabState:
-        """Create (once) and start both servers; write the plan; load the sample if asked."""
+    def up(self, *, sample: bool, managed: bool = False) -> LabState:
+        """Create (once) and start both servers; write the plan; load the sample if asked.
+
+        `managed` lays out a source whose plan user is no superuser (once, at creation).
+        """
         self.root.mkdir(parents=True, exist_ok=True)
-        state = self.state() or self._create()
+        state = self.state() or self._create(managed=managed)
         for instance in state.instances:
             if not self._is_running(state, instance):
                 self._start(state, instance)
+        self._create_roles(state)
         databases = [SAMPLE_DATABASE] if sample else []
         if sample and self._load_sample():
             self.setup_load(database=SAMPLE_DATABASE)
@@ -272,7 +334,7 @@ class Lab:
         state = self._require_state()
         self._start(state, state.instance(name))
 
-    def _create(self) -> LabState:
+    def _create(self, *, managed: bool) -> LabState:
         bindir = tools.bindir()
         run_as = RUN_AS if os.geteuid() == 0 else None
         data_root = self._make_data_root(run_as)
@@ -305,7 +367,9 @@ class Lab:
             instances.append(
                 Instance(name, free_port(), str(datadir), str(data_root / f"{name}.log"))
             )
-        state = LabState(str(bindir), str(data_root), run_as, pglogical, tuple(instances))
+        state = LabState(
+            str(bindir), str(data_root), run_as, pglogical, tuple(instances), managed=managed
+        )
         for instance in instances:
             self._configure(state, instance)
         self.state_file.write_text(json.dumps(asdict(state), indent=1))
@@ -364,12 +428,14 @@ class Lab:
         try:
             if admin.database_exists(maintenance, SAMPLE_DATABASE):
                 return False
-            admin.create_database(maintenance, SAMPLE_DATABASE, target="source", dry_run=False)
+            admin.create_database(
+                maintenance, SAMPLE_DATABASE, target="source", dry_run=False, owner=OWNER_ROLE
+            )
         finally:
             maintenance.close()
         conn = connect(self.server("source"), SAMPLE_DATABASE, label="source")
         try:
-            admin.run_script(conn, "lab_sample")
+            admin.run_script(conn, "lab_sample", as_role=OWNER_ROLE)
         finally:
             conn.close()
         return True

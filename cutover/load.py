@@ -8,7 +8,13 @@ POST /pause, POST /resume, GET /drained (200 once paused with no write in
 flight). Every write is logged before it is sent (`try`) and once the server
 acknowledged it (`ack`), with the port of the server that took it, so a test
 can prove that no acknowledged write was lost and that the source took none
-after the fence.
+after the fence. A write that fails is logged too (`error`, with its
+SQLSTATE), so a test can prove from the application's side that the move
+caused no error but the ones the fence exists for.
+
+The env file may name several connection strings (`keys`), one per
+application role (the owner of the tables, a role writing with grants):
+the workers take them in turn.
 """
 
 import json
@@ -18,7 +24,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TextIO
@@ -96,7 +102,7 @@ class Load:
     """The whole load: workers, control server, log."""
 
     env_file: Path
-    key: str
+    keys: tuple[str, ...]
     tables: list[str]
     log: WriteLog
     workers: int = 4
@@ -113,6 +119,7 @@ class Load:
     def run_worker(self, seed: int) -> None:
         """Write until stopped; reconnect (re-reading the env file) after any failure."""
         rng = random.Random(seed)
+        key = self.keys[seed % len(self.keys)]
         mine: dict[str, list[int]] = {t: [] for t in self.tables}
         conn: Connection | None = None
         interval = self.workers / self.rate if self.rate > 0 else 0.0
@@ -122,9 +129,18 @@ class Load:
                     break
                 try:
                     if conn is None or conn.closed:
-                        conn = sql.connect_dsn(read_dsn(self.env_file, self.key))
+                        conn = sql.connect_dsn(read_dsn(self.env_file, key))
                     self._write_once(conn, rng, mine)
-                except (sql.DatabaseError, OSError, KeyError):
+                except (sql.DatabaseError, OSError, KeyError) as exc:
+                    self.log.record(
+                        {
+                            "op": "error",
+                            "key": key,
+                            "code": sql.error_code(exc),
+                            "error": str(exc).strip().splitlines()[0] if str(exc) else repr(exc),
+                            "ack": False,
+                        }
+                    )
                     if conn is not None:
                         conn.close()
                     conn = None
@@ -238,22 +254,46 @@ class Audit:
     acknowledged: int
     missing: list[str]  # acknowledged writes the target does not show
     after_fence: int  # writes the source acknowledged after the fence
+    errors: list[str]  # errors the application saw that the switch's fence does not explain
+    fenced_errors: int  # errors of the fence: refused logins, ended sessions, in the switch
+
+
+# What the fence does to the application: its sessions end, its logins are refused, its
+# transactions become read-only; a lost connection has no SQLSTATE.
+FENCE_CODES = {None, "57P01", "28000", "25006", "08000", "08003", "08006"}
+FENCE_GRACE = 5.0  # seconds after the switch ends in which a worker meets its ended session
 
 
 def audit(
-    log_path: Path, rows: dict[str, dict[int, int]], *, source_port: int, fenced_at: str | None
+    log_path: Path,
+    rows: dict[str, dict[int, int]],
+    *,
+    source_port: int,
+    fenced_at: str | None,
+    switch_window: tuple[str, str] | None = None,
 ) -> Audit:
     """Check every acknowledged write against the target's rows (table -> id -> value).
 
     A row's value may be its last acknowledged one or any later write that was
     tried but not acknowledged (it may have committed just as a connection dropped).
+    An error the application saw counts as the fence's only when its kind is one the
+    fence causes and it came within `switch_window` (first writer stopped, last writer
+    started; ISO times), give or take FENCE_GRACE.
     """
+    errors: list[str] = []
+    fenced_errors = 0
     allowed: dict[tuple[str, int], set[int]] = {}
     deleted_acked: set[tuple[str, int]] = set()
     delete_tried: set[tuple[str, int]] = set()
     acknowledged = after_fence = 0
     for line in log_path.read_text().splitlines():
         entry = json.loads(line)
+        if entry["op"] == "error":
+            if _explained_by_fence(entry, switch_window):
+                fenced_errors += 1
+            else:
+                errors.append(f"{entry['at']} {entry['key']}: [{entry['code']}] {entry['error']}")
+            continue
         if not entry["ack"]:
             if entry["op"] == "delete":
                 delete_tried.add((entry["table"], entry["id"]))
@@ -282,4 +322,12 @@ def audit(
             missing.append(
                 f"{table} id {row_id}: value {present}, expected one of {sorted(values)}"
             )
-    return Audit(acknowledged, missing, after_fence)
+    return Audit(acknowledged, missing, after_fence, errors, fenced_errors)
+
+
+def _explained_by_fence(entry: dict[str, Any], window: tuple[str, str] | None) -> bool:
+    if window is None or entry["code"] not in FENCE_CODES:
+        return False
+    at = datetime.fromisoformat(entry["at"])
+    began, ended = (datetime.fromisoformat(t) for t in window)
+    return began <= at <= ended + timedelta(seconds=FENCE_GRACE)

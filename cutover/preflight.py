@@ -6,20 +6,26 @@ blocker), with a hint and, where one exists, the exact statement to run.
 Nothing here changes a server.
 """
 
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from cutover.pg import catalog, pglogical
+from cutover.pg import catalog, fence, large_objects, matviews, pglogical
 from cutover.pg.connect import Connection, Pool
 from cutover.pg.ident import quote, statement
-from cutover.plan import Engine, Plan
+from cutover.plan import Engine, LargeObjects, Plan
 
 MIN_SOURCE_VERSION = 100000  # logical replication appeared in PostgreSQL 10
 SUBSCRIPTION_ROLE_VERSION = 160000  # pg_create_subscription appeared in PostgreSQL 16
 SYNC_WORKERS = 2  # max_sync_workers_per_subscription's default: tables copied at once
+# The switch's copy of large objects, measured between two lab servers on one machine
+# (tests/integration/test_large_objects.py); a network between the servers slows it.
+LARGE_OBJECTS_PER_SECOND = 5000.0
+LARGE_OBJECT_BYTES_PER_SECOND = 50 * 1024**2
+LARGE_OBJECT_PAUSE_SECONDS = 5.0  # a copy longer than this is a WARN: the pause grows
 
 
 def _count(n: int, noun: str) -> str:
@@ -85,18 +91,19 @@ def run(plan: Plan, pool: Pool) -> Report:
     source, target = pool.get("source"), pool.get("target")
     findings: list[Finding] = []
     source_version = catalog.server_version(source)
-    findings += _versions(source_version, catalog.server_version(target))
+    target_version = catalog.server_version(target)
+    findings += _versions(source_version, target_version)
     findings += _source_settings(plan, source)
     findings += _slots(plan, source)
     findings += _target_settings(plan, target)
     findings += _fallback(plan, source, target)
     if plan.engine is Engine.PGLOGICAL:
-        findings += _pglogical(plan, source, target)
+        findings += _pglogical(plan, pool, source, target)
     findings += _source_role(plan, source)
     present_on_source = catalog.existing_databases(source, plan.databases)
     present_on_target = catalog.existing_databases(target, plan.databases)
     findings += _target_role(plan, target, present_on_target)
-    target_extensions = catalog.available_extensions(target)
+    target_extensions = Extensions(frozenset(catalog.available_extensions(target)), target_version)
     for db in plan.databases:
         scope = f"source/{db}"
         if db not in present_on_source:
@@ -111,7 +118,7 @@ def run(plan: Plan, pool: Pool) -> Report:
             )
             continue
         conn = pool.get("source", db)
-        findings += _source_database(plan, conn, scope, target_extensions)
+        findings += _source_database(plan, conn, scope, target_extensions, target=target)
         if db in present_on_target:
             findings += _target_database(plan, pool.get("target", db), f"target/{db}")
     return Report(tuple(findings))
@@ -251,14 +258,56 @@ def _fallback(plan: Plan, source: Connection, target: Connection) -> Iterator[Fi
         yield Finding("fallback", "target", Status.OK, "switch --keep-fallback is possible")
 
 
-def _pglogical(plan: Plan, source: Connection, target: Connection) -> Iterator[Finding]:
+def _pglogical_source_grants(plan: Plan, pool: Pool, user: str) -> Iterator[Finding]:
+    """What a superuser must do once per database for a source user that is none.
+
+    pglogical's extension is untrusted, and its functions write its catalog as the
+    caller: on PostgreSQL (Cloud SQL's admin excepted) only a superuser can create
+    it and give the plan's user its tables.
+    """
+    for db in plan.databases:
+        if db not in catalog.existing_databases(pool.get("source"), [db]):
+            continue
+        conn = pool.get("source", db)
+        if pglogical.usable_by(conn, user):
+            yield Finding("privileges", f"source/{db}", Status.OK, f"{user} may use pglogical")
+            continue
+        yield Finding(
+            "privileges",
+            f"source/{db}",
+            Status.FAIL,
+            f"{user} is no superuser: pglogical's extension and catalog need one first",
+            f"run these as a superuser in database {quote(db)}, then check again",
+            (
+                statement("CREATE EXTENSION IF NOT EXISTS {};", pglogical.EXTENSION),
+                statement("GRANT USAGE ON SCHEMA {} TO PUBLIC;", pglogical.SCHEMA),
+                statement("GRANT ALL ON ALL TABLES IN SCHEMA {} TO {};", pglogical.SCHEMA, user),
+            ),
+        )
+
+
+def _pglogical(plan: Plan, pool: Pool, source: Connection, target: Connection) -> Iterator[Finding]:
     """What the pglogical engine needs of both servers, each with the statement that fixes it."""
     role = f"cutover_{plan.move}"
     for side, conn in (("source", source), ("target", target)):
         names = ["shared_preload_libraries", "track_commit_timestamp", "max_worker_processes"]
         values = catalog.settings(conn, names)
-        preload = [v.strip() for v in values["shared_preload_libraries"].split(",") if v.strip()]
-        if "pglogical" in preload:
+        preload = [
+            v.strip() for v in values.get("shared_preload_libraries", "").split(",") if v.strip()
+        ]
+        if "shared_preload_libraries" not in values:
+            # Only superusers and pg_read_all_settings see it.
+            user = catalog.current_role(conn).name
+            yield Finding(
+                "pglogical",
+                side,
+                Status.WARN,
+                f"{user} may not read shared_preload_libraries: whether pglogical is "
+                "preloaded is unknown",
+                "start fails with a clear error if it is not",
+                (statement("GRANT pg_read_all_settings TO {};", user),),
+            )
+        elif "pglogical" in preload:
             yield Finding("pglogical", side, Status.OK, "pglogical is preloaded")
         else:
             wanted = ", ".join([*preload, "pglogical"])
@@ -302,7 +351,9 @@ def _pglogical(plan: Plan, source: Connection, target: Connection) -> Iterator[F
             check="pglogical_workers",
         )
         admin = catalog.current_role(conn)
-        if not admin.superuser and not catalog.is_member_of(conn, "cloudsqlsuperuser"):
+        if side == "source" and not admin.superuser:
+            yield from _pglogical_source_grants(plan, pool, admin.name)
+        elif not admin.superuser and not catalog.is_member_of(conn, "cloudsqlsuperuser"):
             yield Finding(
                 "privileges",
                 side,
@@ -356,6 +407,41 @@ def _source_role(plan: Plan, conn: Connection) -> Iterator[Finding]:
             "logical replication connects as this role",
             (statement("ALTER ROLE {} REPLICATION;", role.name),),
         )
+    yield from _fence_privileges(plan, conn, role)
+
+
+def _fence_privileges(plan: Plan, conn: Connection, role: catalog.Role) -> Iterator[Finding]:
+    """What a source user that is no superuser needs for the switch's fence."""
+    fixes: list[str] = []
+    if not role.createrole:  # ALTER ROLE ... NOLOGIN
+        fixes.append(statement("ALTER ROLE {} CREATEROLE;", role.name))
+    fenced = fence.roles_to_fence(conn, named=plan.fence.roles, keep=[role.name])
+    strangers = [r for r in fenced if not catalog.is_member_of(conn, r)]
+    if strangers and not catalog.is_member_of(conn, "pg_signal_backend"):
+        fixes.append(statement("GRANT pg_signal_backend TO {};", role.name))
+    if not catalog.is_member_of(conn, "pg_read_all_stats"):
+        # Without it pg_stat_activity hides other roles' transactions: the check that
+        # nobody writes after the fence would see nothing.
+        fixes.append(statement("GRANT pg_read_all_stats TO {};", role.name))
+    if fixes:
+        yield Finding(
+            "privileges",
+            "source",
+            Status.FAIL,
+            f"{role.name} is no superuser and lacks what the switch's fence needs",
+            "the fence takes LOGIN from the application's roles, ends their sessions"
+            + (f" ({', '.join(strangers)}: not roles it is a member of)" if strangers else "")
+            + " and must see every session's transaction; run these as a superuser "
+            "(on a managed service, its admin user)",
+            tuple(fixes),
+        )
+    else:
+        yield Finding(
+            "privileges",
+            "source",
+            Status.OK,
+            f"{role.name} may fence {_count(len(fenced), 'role')} and see every session",
+        )
 
 
 def _target_role(plan: Plan, conn: Connection, present: set[str]) -> Iterator[Finding]:
@@ -397,13 +483,13 @@ def _target_role(plan: Plan, conn: Connection, present: set[str]) -> Iterator[Fi
 
 
 def _source_database(
-    plan: Plan, conn: Connection, scope: str, target_extensions: set[str]
+    plan: Plan, conn: Connection, scope: str, target_extensions: "Extensions", *, target: Connection
 ) -> Iterator[Finding]:
     relations = catalog.relations(conn)
     tables = [r for r in relations if r.is_table]
     yield from _database_privileges(plan, conn, scope, relations)
     yield from _replica_identity(plan, scope, tables)
-    yield from _not_carried(conn, scope, relations)
+    yield from _not_carried(plan, conn, scope, relations, target=target)
     yield from _extensions(conn, scope, target_extensions)
     yield from _orphans(conn, scope)
     sequences = [r for r in relations if r.kind == "S"]
@@ -536,49 +622,29 @@ def _names(relations: Iterable[catalog.Relation]) -> str:
 
 
 def _not_carried(
-    conn: Connection, scope: str, relations: list[catalog.Relation]
+    plan: Plan,
+    conn: Connection,
+    scope: str,
+    relations: list[catalog.Relation],
+    *,
+    target: Connection,
 ) -> Iterator[Finding]:
     unlogged = [r for r in relations if r.kind in ("r", "p") and r.persistence == "u"]
     if unlogged:
         yield Finding(
             "unlogged_tables",
             scope,
-            Status.FAIL,
-            f"{_count(len(unlogged), 'unlogged table')}, not replicated: {_names(unlogged)}",
-            "their rows would be missing on the target; make them logged, or empty them "
-            "if they only hold a cache",
+            Status.WARN,
+            f"{_count(len(unlogged), 'unlogged table')}, copied once at start, changes after "
+            f"it are not carried: {_names(unlogged)}",
+            "their rows as of `cutover start` reach the target, later writes to them do not "
+            "(an unlogged table writes no WAL to replicate); if they matter, make them logged "
+            "before prepare",
             tuple(statement("ALTER TABLE {} SET LOGGED;", (r.schema, r.name)) for r in unlogged),
         )
-    large_objects = catalog.large_object_count(conn)
-    if large_objects:
-        yield Finding(
-            "large_objects",
-            scope,
-            Status.FAIL,
-            f"{_count(large_objects, 'large object')}: logical replication does not carry them",
-            "store them as bytea, or copy them during the write pause with "
-            "pg_dump --large-objects --data-only",
-        )
-    views = [r for r in relations if r.kind == "m"]
-    if views:
-        yield Finding(
-            "materialized_views",
-            scope,
-            Status.WARN,
-            f"{_count(len(views), 'materialized view')}, not replicated: {_names(views)}",
-            "refresh them on the target after the switch",
-            tuple(statement("REFRESH MATERIALIZED VIEW {};", (r.schema, r.name)) for r in views),
-        )
-    foreign = [r for r in relations if r.kind == "f"]
-    if foreign:
-        yield Finding(
-            "foreign_tables",
-            scope,
-            Status.WARN,
-            f"{_count(len(foreign), 'foreign table')}: definitions move, data stays remote: "
-            + _names(foreign),
-            "make sure the target can reach the foreign servers",
-        )
+    yield from _large_objects(plan, conn, scope, target)
+    yield from _materialized_views(conn, scope)
+    yield from _foreign_tables(conn, scope)
     triggers = catalog.event_triggers(conn)
     if triggers:
         yield Finding(
@@ -592,25 +658,265 @@ def _not_carried(
         )
 
 
-def _extensions(conn: Connection, scope: str, available: set[str]) -> Iterator[Finding]:
-    installed = catalog.installed_extensions(conn)
-    missing = sorted(set(installed) - available)
-    if missing:
+def _size(n: float) -> str:
+    """`512 B`, `3.2 MB`, `1.5 GB` (powers of 1024, as PostgreSQL counts)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def large_object_seconds(count: int, size: int) -> float:
+    """How long the switch's copy of large objects takes, as measured between lab servers."""
+    return count / LARGE_OBJECTS_PER_SECOND + size / LARGE_OBJECT_BYTES_PER_SECOND
+
+
+def _large_objects(
+    plan: Plan, conn: Connection, scope: str, target: Connection
+) -> Iterator[Finding]:
+    found = large_objects.summary(conn)
+    if not found.count:
+        return
+    # Only a superuser may read pg_largeobject: others learn its size on disk, no more.
+    size = found.bytes if found.bytes is not None else found.disk_bytes
+    what = f"{_count(found.count, 'large object')} ({_size(size)})"
+    if found.bytes is None:
+        what = f"{_count(found.count, 'large object')} (about {_size(size)} on disk)"
+    seconds = large_object_seconds(found.count, size)
+    estimate = f"about {seconds:.1f} s"
+    if plan.large_objects is LargeObjects.FAIL:
         yield Finding(
-            "extensions",
+            "large_objects",
             scope,
             Status.FAIL,
-            f"{_count(len(missing), 'extension')} not available on the target: "
-            + ", ".join(missing),
-            "install their packages on the target server (or enable them in its cloud console)",
+            f"{what}: logical replication does not carry them",
+            "set `large_objects: copy` in the plan: the switch then copies them while the "
+            f"source is fenced ({estimate} more write pause); or store them as bytea",
         )
-    elif installed:
+        return
+    missing = large_objects.missing_roles(conn, target)
+    if missing:
         yield Finding(
-            "extensions",
+            "large_objects",
             scope,
-            Status.OK,
-            f"{_count(len(installed), 'extension')}, all available on the target",
+            Status.FAIL,
+            f"{what}: roles that own or are granted them do not exist on the target: "
+            + ", ".join(missing),
+            "the copy gives each object the same owner and privileges; create the roles on "
+            "the target (pg_dumpall --roles-only on the source has their attributes)",
+            tuple(statement("CREATE ROLE {};", r) for r in missing),
         )
+        return
+    detail = f"{what}: copied during the write pause (large_objects: copy), {estimate}"
+    superusers = catalog.current_role(conn).superuser and catalog.current_role(target).superuser
+    if superusers and seconds <= LARGE_OBJECT_PAUSE_SECONDS:
+        yield Finding("large_objects", scope, Status.OK, detail)
+        return
+    hints = []
+    if seconds > LARGE_OBJECT_PAUSE_SECONDS:
+        hints.append(
+            "the copy lengthens the write pause by that much; storing them as bytea lets "
+            "replication carry them instead"
+        )
+    if not superusers:
+        hints.append(
+            "the copy reads every object on the source (SELECT on each, or "
+            "lo_compat_privileges) and sets owners and grants on the target (a member of each "
+            "owner role); without those rights, which superusers have, that step fails and "
+            "the switch rolls back"
+        )
+    yield Finding("large_objects", scope, Status.WARN, detail, "; ".join(hints))
+
+
+def _materialized_views(conn: Connection, scope: str) -> Iterator[Finding]:
+    views = matviews.views(conn)
+    if not views:
+        return
+    populated = [v for v in views if v.populated]
+    empty = [v for v in views if not v.populated]
+    parts = []
+    if populated:
+        parts.append(
+            ", ".join(v.label for v in populated)
+            + " refreshed on the target after the copy and after the switch"
+        )
+    if empty:
+        parts.append(", ".join(v.label for v in empty) + " left unpopulated as on the source")
+    detail = f"{_count(len(views), 'materialized view')}: " + "; ".join(parts)
+    blocking = [v for v in populated if not v.unique_index]
+    if not blocking:
+        yield Finding("materialized_views", scope, Status.OK, detail)
+        return
+    yield Finding(
+        "materialized_views",
+        scope,
+        Status.WARN,
+        detail,
+        "without a unique index the refresh after the switch cannot run CONCURRENTLY, so "
+        "reads of " + ", ".join(v.label for v in blocking) + " wait for it; a unique index "
+        "over plain columns avoids that",
+    )
+
+
+def _foreign_tables(conn: Connection, scope: str) -> Iterator[Finding]:
+    foreign = catalog.foreign_tables(conn)
+    if not foreign:
+        return
+    servers: dict[str, list[catalog.ForeignTable]] = defaultdict(list)
+    for table in foreign:
+        servers[table.server].append(table)
+    through = "; ".join(
+        f"server {quote(server)} ({tables[0].wrapper}, "
+        f"{_count(tables[0].user_mappings, 'user mapping')}): "
+        + ", ".join(t.display for t in tables)
+        for server, tables in servers.items()
+    )
+    yield Finding(
+        "foreign_tables",
+        scope,
+        Status.WARN,
+        f"{_count(len(foreign), 'foreign table')}: definitions move, data stays remote: " + through,
+        "the schema copy brings the foreign servers and their user mappings; on the target, "
+        "check that it reaches each server (its host and port options, pg_hba.conf there) "
+        "and that the user mappings hold credentials that work (pg_dump carries a mapping's "
+        "password only when it may read it: see pg_user_mappings); the wrapper's extension "
+        "must be on the target too",
+    )
+
+
+@dataclass(frozen=True)
+class Extensions:
+    """What the target server can install, and its version (which names the packages)."""
+
+    available: frozenset[str]
+    server_version: int
+
+
+# The extensions of PostgreSQL's contrib: on Debian and Ubuntu they are part of the
+# server package postgresql-<major> (postgresql-contrib pulls in the default one).
+CONTRIB = frozenset(
+    "adminpack amcheck autoinc bloom btree_gin btree_gist chkpass citext cube dblink "  # noqa: SIM905
+    "dict_int dict_xsyn earthdistance file_fdw fuzzystrmatch hstore insert_username intagg "
+    "intarray isn lo ltree moddatetime old_snapshot pageinspect pg_buffercache "
+    "pg_freespacemap pg_logicalinspect pg_prewarm pg_stat_statements pg_surgery pg_trgm "
+    "pg_visibility pg_walinspect pgcrypto pgrowlocks pgstattuple postgres_fdw refint seg "
+    "sslinfo tablefunc tcn timetravel tsm_system_rows tsm_system_time unaccent uuid-ossp "
+    "xml2".split()
+)
+# Procedural languages and their transforms: postgresql-<language>-<major>.
+LANGUAGES = {
+    "plperl": "plperl",
+    "plperlu": "plperl",
+    "bool_plperl": "plperl",
+    "bool_plperlu": "plperl",
+    "hstore_plperl": "plperl",
+    "hstore_plperlu": "plperl",
+    "jsonb_plperl": "plperl",
+    "jsonb_plperlu": "plperl",
+    "plpython3u": "plpython3",
+    "hstore_plpython3u": "plpython3",
+    "jsonb_plpython3u": "plpython3",
+    "ltree_plpython3u": "plpython3",
+    "pltcl": "pltcl",
+    "pltclu": "pltcl",
+}
+# Extensions whose package is not named after them: postgresql-<major>-<this>.
+PACKAGES = {
+    "pglogical": "pglogical",
+    "pglogical_origin": "pglogical",
+    "postgis": "postgis-3",
+    "postgis_raster": "postgis-3",
+    "postgis_topology": "postgis-3",
+    "postgis_sfcgal": "postgis-3",
+    "postgis_tiger_geocoder": "postgis-3",
+    "address_standardizer": "postgis-3",
+    "address_standardizer_data_us": "postgis-3",
+    "vector": "pgvector",
+    "pg_cron": "cron",
+    "pg_partman": "partman",
+    "pg_repack": "repack",
+    "pg_squeeze": "squeeze",
+    "pg_similarity": "similarity",
+    "pg_sphere": "pgsphere",
+    "pg_rational": "rational",
+    "pg_dirtyread": "dirtyread",
+    "pgq": "pgq3",
+    "pldbgapi": "pldebugger",
+    "pointcloud_postgis": "pointcloud",
+}
+_NOT_IN_A_PACKAGE_NAME = re.compile(r"[^a-z0-9+.]+")
+
+
+def debian_major(server_version: int) -> str:
+    """The major version as Debian's package names spell it: `15`, or `9.6` before 10."""
+    if server_version >= 100000:
+        return str(server_version // 10000)
+    return f"{server_version // 10000}.{server_version // 100 % 100}"
+
+
+def package_for(extension: str, server_version: int) -> str | None:
+    """The Debian/Ubuntu package that ships an extension for that server (None: no guess).
+
+    Packages not in Debian itself come from PGDG's apt repository (apt.postgresql.org)
+    under the same names; TimescaleDB from its own repository.
+    """
+    major = debian_major(server_version)
+    if extension in CONTRIB:
+        return f"postgresql-{major}"
+    if extension in LANGUAGES:
+        return f"postgresql-{LANGUAGES[extension]}-{major}"
+    if extension == "timescaledb":
+        return f"timescaledb-2-postgresql-{major}"
+    # Debian names hold lowercase letters, digits, +, - and . only: pg_hint_plan is
+    # postgresql-15-pg-hint-plan.
+    name = PACKAGES.get(extension) or _NOT_IN_A_PACKAGE_NAME.sub("-", extension.lower()).strip("-")
+    return f"postgresql-{major}-{name}" if name else None
+
+
+def _extensions(conn: Connection, scope: str, target: Extensions) -> Iterator[Finding]:
+    installed = catalog.installed_extensions(conn)
+    yield from extension_findings(installed, target, scope)
+
+
+def extension_findings(
+    installed: dict[str, str], target: Extensions, scope: str
+) -> Iterator[Finding]:
+    """OK, or a FAIL naming the package that brings each extension the target lacks."""
+    missing = sorted(set(installed) - target.available)
+    if not missing:
+        if installed:
+            yield Finding(
+                "extensions",
+                scope,
+                Status.OK,
+                f"{_count(len(installed), 'extension')}, all available on the target",
+            )
+        return
+    packages = {name: package_for(name, target.server_version) for name in missing}
+
+    def note(name: str) -> str:
+        package = packages[name]
+        if package is None:
+            return f"{name} (no package known: find the one with {name}.control)"
+        if name in CONTRIB:
+            return f"{name} (contrib: part of {package})"
+        return f"{name} (package {package})"
+
+    wanted = sorted({p for p in packages.values() if p})
+    yield Finding(
+        "extensions",
+        scope,
+        Status.FAIL,
+        f"{_count(len(missing), 'extension')} not available on the target: "
+        + ", ".join(note(name) for name in missing),
+        "install the packages on the target server (Debian/Ubuntu; those Debian lacks are in "
+        "PGDG's apt repository, apt.postgresql.org), then check again; on a managed service "
+        "(Cloud SQL, RDS, Azure) enable the extension in its console or flags instead "
+        "(cloudsql.enable_<name>, rds.allowed_extensions, azure.extensions): it must be one "
+        "the service offers",
+        (f"apt-get install {' '.join(wanted)}",) if wanted else (),
+    )
 
 
 def _orphans(conn: Connection, scope: str) -> Iterator[Finding]:

@@ -4,13 +4,16 @@
 set -euo pipefail
 BIN=${BIN:-.venv/bin}
 LAB=${LAB:-.lab}
+# MANAGED=1: cutover reaches the source as 'cutover_admin', no superuser (as on Cloud SQL).
+LAB_FLAGS=()
+if [ -n "${MANAGED:-}" ]; then LAB_FLAGS=(--managed); fi
 PLAN="$LAB/plan.yaml"
 cutover() { "$BIN/cutover" "$@"; }
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "a fresh lab: two PostgreSQL 15 servers, a shop database and its writers"
+step "a fresh lab: two PostgreSQL 15 servers, a shop database owned by its application, two writer roles"
 cutover lab down --dir "$LAB" --purge >/dev/null 2>&1 || true
-cutover lab up --dir "$LAB"
+cutover lab up --dir "$LAB" "${LAB_FLAGS[@]}"
 
 step "the application writes without pause from now on"
 "$BIN/cutover" lab load --dir "$LAB" >"$LAB/load.out" 2>&1 &

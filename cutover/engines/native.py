@@ -10,7 +10,7 @@ from cutover.pg.catalog import Relation
 from cutover.pg.connect import Pool
 from cutover.pg.copy import CopyProgress
 from cutover.pg.ident import quote
-from cutover.plan import Plan
+from cutover.plan import Plan, resolve_secret
 from cutover.steps import Change
 
 
@@ -44,13 +44,16 @@ class NativeEngine:
     def replication_role_ready(self) -> bool:
         """The role exists and may read every replicated table."""
         source = self._pool.get("source", self._db)
-        return replication.role_exists(source, self.name) and replication.can_read(
-            source, self.name, self._tables()
+        role = replication.replicating_role(source, self.name, self._plan.source.user)
+        return replication.role_exists(source, role) and replication.can_read(
+            source, role, self._tables()
         )
 
     def create_replication_role(self, *, dry_run: bool) -> Sequence[Change]:
         """A role that may replicate and read the replicated tables, nothing more."""
         source = self._pool.get("source", self._db)
+        if replication.replicating_role(source, self.name, self._plan.source.user) != self.name:
+            return []  # the plan's user replicates: it may not create a replication role
         schemas = sorted({t.schema for t in self._tables()})
         return [
             *replication.create_role(source, self.name, target="source", dry_run=dry_run),
@@ -80,19 +83,20 @@ class NativeEngine:
 
     def _subscribe(self, *, create_slot: bool, enabled: bool, dry_run: bool) -> list[Change]:
         """A new password for the role, then the subscription that uses it."""
-        password = secrets.token_urlsafe(32)
-        register_secret(password)
-        dsn = replication.source_conninfo(
-            self._plan.source, self._db, role=self.name, password=password
-        )
+        source = self._pool.get("source", self._db)
+        role = replication.replicating_role(source, self.name, self._plan.source.user)
+        changes = []
+        if role == self.name:
+            password = secrets.token_urlsafe(32)
+            register_secret(password)
+            changes.append(
+                replication.set_password(source, role, password, target="source", dry_run=dry_run)
+            )
+        else:  # the plan's own user, with its own password
+            password = resolve_secret(self._plan.source.password or "", where="source.password")
+        dsn = replication.source_conninfo(self._plan.source, self._db, role=role, password=password)
         return [
-            replication.set_password(
-                self._pool.get("source", self._db),
-                self.name,
-                password,
-                target="source",
-                dry_run=dry_run,
-            ),
+            *changes,
             replication.create_subscription(
                 self._pool.get("target", self._db),
                 self.name,
@@ -121,7 +125,9 @@ class NativeEngine:
         """
         source = self._pool.get("source", self._db)
         target = self._pool.get("target", self._db)
-        tables = [(t.schema, t.name) for t in self._tables()]
+        # Unlogged tables are copied here, once, and never published: they write no WAL.
+        copied = [*self._tables(), *replication.unlogged_tables(source)]
+        tables = [(t.schema, t.name) for t in copied]
         described = [
             Change(
                 self._where[0],

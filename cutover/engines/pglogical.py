@@ -17,7 +17,7 @@ from cutover.pg import barrier, copy, pglogical, replication, sequences
 from cutover.pg.catalog import Relation
 from cutover.pg.connect import Connection, Pool
 from cutover.pg.copy import CopyProgress
-from cutover.plan import Plan, Server
+from cutover.plan import Plan, Server, resolve_secret
 from cutover.steps import Change
 
 HEARTBEAT_SECONDS = 1.0
@@ -67,18 +67,24 @@ class PglogicalEngine:
             self._source(), self._plan.move, target=self._where[0], dry_run=dry_run
         )
 
+    def _source_role(self) -> str:
+        """The role the target replicates as: the move's, or the plan's user (see replication)."""
+        return replication.replicating_role(self._source(), self.name, self._plan.source.user)
+
     def replication_role_ready(self) -> bool:
         """The role exists and may read every table and pglogical's catalog."""
-        source = self._source()
+        source, role = self._source(), self._source_role()
         return (
-            replication.role_exists(source, self.name)
-            and replication.can_read(source, self.name, self._tables())
-            and pglogical.can_read_catalog(source, self.name)
+            replication.role_exists(source, role)
+            and replication.can_read(source, role, self._tables())
+            and pglogical.can_read_catalog(source, role)
         )
 
     def create_replication_role(self, *, dry_run: bool) -> Sequence[Change]:
         """A role that may replicate, read the tables and read pglogical's catalog."""
         source = self._source()
+        if self._source_role() != self.name:
+            return []  # the plan's user replicates: it may not create a replication role
         schemas = sorted({t.schema for t in self._tables()})
         return [
             *replication.create_role(source, self.name, target="source", dry_run=dry_run),
@@ -114,6 +120,8 @@ class PglogicalEngine:
         A node connection string that names the role keeps working only as long as
         the role's password stays: that password is reused, never replaced.
         """
+        if role != self.name:  # the plan's own user, with its own password
+            return resolve_secret(self._plan.source.password or "", where="source.password"), []
         node = pglogical.local_node(conn)
         if node is not None and node.user == role and node.password:
             register_secret(node.password)
@@ -131,8 +139,9 @@ class PglogicalEngine:
         if pglogical.local_node(conn) is not None:
             return []
         where = f"{side}/{self._db}"
-        password, changes = self._role_password(conn, self.name, where, dry_run=dry_run)
-        dsn = replication.source_conninfo(server, self._db, role=self.name, password=password)
+        role = self._source_role() if side == "source" else self.name
+        password, changes = self._role_password(conn, role, where, dry_run=dry_run)
+        dsn = replication.source_conninfo(server, self._db, role=role, password=password)
         node = f"{self.name}_{side}"
         return [*changes, pglogical.create_node(conn, node, dsn, target=where, dry_run=dry_run)]
 
@@ -158,10 +167,9 @@ class PglogicalEngine:
             changes += pglogical.grant_copy(
                 target, self.name, schemas, target=self._where[1], dry_run=dry_run
             )
-        password, rotated = self._role_password(source, self.name, "source", dry_run=dry_run)
-        dsn = replication.source_conninfo(
-            self._plan.source, self._db, role=self.name, password=password
-        )
+        role = self._source_role()
+        password, rotated = self._role_password(source, role, "source", dry_run=dry_run)
+        dsn = replication.source_conninfo(self._plan.source, self._db, role=role, password=password)
         return [
             *changes,
             *rotated,
@@ -191,17 +199,28 @@ class PglogicalEngine:
         and its slot are dropped and the tables emptied, so start begins anew.
         """
         tables = [(t.schema, t.name) for t in self._tables()]
+        # Unlogged tables are no replication set's: copied once, after pglogical's copy
+        # (their keys may point at its tables), outside its snapshot.
+        unlogged = [(t.schema, t.name) for t in replication.unlogged_tables(self._source())]
         if not dry_run:
-            copy.refuse_rows(self._target(), tables, self._db)
+            copy.refuse_rows(self._target(), tables + unlogged, self._db)
         changes = self._subscribe(with_copy=True, dry_run=dry_run)
+        if unlogged:
+            changes.append(Change(self._where[1], f"COPY {len(unlogged)} unlogged tables, once"))
         if dry_run:
             return changes
         try:
             self._wait_for_copy(deadline, on_progress)
+            if unlogged:
+                parts = copy.plan_parts(self._source(), unlogged, jobs=jobs)
+                copier = copy.Copier(
+                    self._plan.source, self._plan.target, self._db, snapshot=None, freeze=set()
+                )
+                copier.run(parts, jobs=jobs, deadline=deadline, on_progress=on_progress)
         except StepFailed:
             with suppress(Exception):
                 self.promote(dry_run=False)
-                copy.truncate(self._target(), tables)
+                copy.truncate(self._target(), tables + unlogged)
             raise
         return changes
 

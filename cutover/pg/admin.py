@@ -16,17 +16,23 @@ def database_exists(conn: Connection, name: str) -> bool:
     return row is not None
 
 
-def create_database(conn: Connection, name: str, *, target: str, dry_run: bool) -> list[Change]:
+def create_database(
+    conn: Connection, name: str, *, target: str, dry_run: bool, owner: str | None = None
+) -> list[Change]:
     """CREATE DATABASE unless it exists (the connection must be in autocommit)."""
     if database_exists(conn, name):
         return []
     statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if owner is not None:
+        statement = sql.SQL("{} OWNER {}").format(statement, sql.Identifier(owner))
     return [change(conn, statement, target=target, dry_run=dry_run)]
 
 
-def run_script(conn: Connection, name: str) -> None:
-    """Run the shipped script `queries/<name>.sql` in one transaction."""
+def run_script(conn: Connection, name: str, *, as_role: str | None = None) -> None:
+    """Run the shipped script `queries/<name>.sql` in one transaction (as `as_role`)."""
     with conn.transaction():
+        if as_role is not None:
+            conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(as_role)))
         conn.execute(load(name))
 
 

@@ -20,17 +20,20 @@ a table without one, in this order, no writer waiting longer than
 
 Ownership: the table usually belongs to the application's own role, and other
 roles may insert with grants only. Every row any of them inserts must get a
-number, so for the length of the backfill the sequence belongs to the table's
-owner (PostgreSQL requires it of a sequence owned by a column) and each role
-that may insert into the table (PUBLIC included; members inherit) gets USAGE
-on it, in the same transaction that sets the default: no insert ever meets a
-default it may not call. An identity column would need no grant at all (its
-implicit sequence is the table's own), but PostgreSQL fills an identity column
-added to a populated table by rewriting it under an exclusive lock; and an
-identity column is NOT NULL, which the rows cannot be until they are numbered.
-So the column becomes an identity once it is NOT NULL, and its temporary
-sequence goes, with its grants: what is left, on the source and on the target
-the schema is copied to, needs no privilege that was not there before.
+number, so for the length of the backfill each role that may insert into the
+table (its owner, PUBLIC included; members inherit) gets USAGE on the temporary sequence,
+in the same transaction that sets the default: no insert ever meets a default
+it may not call. An identity column would need no grant at all (its implicit
+sequence is the table owner's), but PostgreSQL fills an identity column added
+to a populated table by rewriting it under an exclusive lock; and an identity
+column is NOT NULL, which the rows cannot be until they are numbered. So the
+column becomes an identity once it is NOT NULL, and the temporary sequence
+goes, with its grants: what is left, on the source and on the target the schema
+is copied to, belongs to the table's owner and needs no privilege that was not
+there before. The temporary sequence is the plan user's and not owned by the
+column: giving it to the table's owner would need that owner to hold CREATE on
+the schema, which an application's role often does not (PostgreSQL 15's
+`public`); `drop` removes it with the column.
 
 Every DDL statement runs with `lock_timeout` and is tried again on a lock
 timeout. Names of the sequence, index and constraints derive from a hash of
@@ -216,11 +219,11 @@ def bounded(
 
 
 def add_column(conn: Connection, key: Key, *, lock_timeout: float) -> None:
-    """The nullable column with the move's mark, its sequence (the table owner's, usable by
-    every role that may insert) and its default."""
+    """The nullable column with the move's mark, its sequence (usable by every role that may
+    insert) and its default."""
     table, column = sql.Identifier(*key.table), sql.Identifier(key.column)
     sequence = sql.Identifier(*key.sequence)
-    owner, inserters = table_owner(conn, key.table), _inserters(conn, key.table)
+    inserters = _inserters(conn, key.table)
     grants = [
         sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(
             sequence, sql.SQL("PUBLIC") if role is None else sql.Identifier(role)
@@ -233,9 +236,6 @@ def add_column(conn: Connection, key: Key, *, lock_timeout: float) -> None:
             sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} bigint").format(table, column),
             sql.SQL("COMMENT ON COLUMN {}.{} IS {}").format(table, column, sql.Literal(key.mark)),
             sql.SQL("CREATE SEQUENCE IF NOT EXISTS {} AS bigint").format(sequence),
-            # A sequence owned by a column must belong to the table's owner.
-            sql.SQL("ALTER SEQUENCE {} OWNER TO {}").format(sequence, sql.Identifier(owner)),
-            sql.SQL("ALTER SEQUENCE {} OWNED BY {}.{}").format(sequence, table, column),
             *grants,
             sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET DEFAULT pg_catalog.nextval({})").format(
                 table, column, sql.Literal(quote(key.sequence))
@@ -246,30 +246,20 @@ def add_column(conn: Connection, key: Key, *, lock_timeout: float) -> None:
     )
 
 
-def table_owner(conn: Connection, table: Table) -> str:
-    """The role that owns a table."""
-    row = conn.execute(
-        sql.SQL(
-            "SELECT pg_catalog.pg_get_userbyid(relowner) AS owner FROM pg_catalog.pg_class "
-            "WHERE oid = {}::pg_catalog.regclass"
-        ).format(sql.Literal(quote(table)))
-    ).fetchone()
-    assert row is not None
-    return str(row["owner"])
-
-
 def _inserters(conn: Connection, table: Table) -> list[str | None]:
-    """Roles other than the owner granted INSERT on the table or a column of it (None: PUBLIC)."""
+    """The table's owner and the roles granted INSERT on it or a column of it (None: PUBLIC)."""
     rows = conn.execute(
         sql.SQL(
-            "SELECT DISTINCT CASE WHEN g.grantee = 0 THEN NULL "
-            "ELSE pg_catalog.pg_get_userbyid(g.grantee) END AS role "
+            "SELECT pg_catalog.pg_get_userbyid(c.relowner) AS role FROM pg_catalog.pg_class c "
+            "WHERE c.oid = {t}::pg_catalog.regclass "
+            "UNION SELECT CASE WHEN g.grantee = 0 THEN NULL "
+            "ELSE pg_catalog.pg_get_userbyid(g.grantee) END "
             "FROM pg_catalog.pg_class c, LATERAL (SELECT * FROM pg_catalog.aclexplode(c.relacl) "
             " UNION ALL SELECT e.* FROM pg_catalog.pg_attribute a, "
             " LATERAL pg_catalog.aclexplode(a.attacl) e WHERE a.attrelid = c.oid) g "
-            "WHERE c.oid = {}::pg_catalog.regclass AND g.privilege_type = 'INSERT' "
-            "AND g.grantee <> c.relowner ORDER BY 1"
-        ).format(sql.Literal(quote(table)))
+            "WHERE c.oid = {t}::pg_catalog.regclass AND g.privilege_type = 'INSERT' "
+            "ORDER BY 1"
+        ).format(t=sql.Literal(quote(table)))
     ).fetchall()
     return [r["role"] for r in rows]
 
@@ -484,7 +474,7 @@ def add_primary_key(conn: Connection, key: Key, *, lock_timeout: float) -> None:
 
 
 def drop(conn: Connection, key: Key, *, lock_timeout: float) -> bool:
-    """Drop the key and the column (its sequence goes with it), only if the column is ours."""
+    """Drop the key, the column and its sequence, only if the column is ours."""
     current = state(conn, key)
     if not (current.column and current.ours):
         return False
@@ -496,9 +486,12 @@ def drop(conn: Connection, key: Key, *, lock_timeout: float) -> bool:
                 table, sql.Identifier(key.index)
             )
         )
-    statements.append(
-        sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(table, sql.Identifier(key.column))
-    )
+    statements += [
+        sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(table, sql.Identifier(key.column)),
+        # A backfill that never finished leaves its temporary sequence (an identity's
+        # went with the column).
+        sql.SQL("DROP SEQUENCE IF EXISTS {}").format(sql.Identifier(*key.sequence)),
+    ]
     ddl(conn, statements, lock_timeout=lock_timeout, what=f"dropping {key.label}")
     return True
 

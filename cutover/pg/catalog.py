@@ -76,6 +76,7 @@ class Role:
     superuser: bool
     replication: bool
     createdb: bool
+    createrole: bool = False
 
 
 def server_version(conn: Connection) -> int:
@@ -102,12 +103,31 @@ def current_role(conn: Connection) -> Role:
     """The connected role's attributes."""
     row = conn.execute(
         sql.SQL(
-            "SELECT rolname, rolsuper, rolreplication, rolcreatedb "
+            "SELECT rolname, rolsuper, rolreplication, rolcreatedb, rolcreaterole "
             "FROM pg_catalog.pg_roles WHERE rolname = current_user"
         )
     ).fetchone()
     assert row is not None  # the connected role always exists
-    return Role(row["rolname"], row["rolsuper"], row["rolreplication"], row["rolcreatedb"])
+    return Role(
+        row["rolname"],
+        row["rolsuper"],
+        row["rolreplication"],
+        row["rolcreatedb"],
+        row["rolcreaterole"],
+    )
+
+
+def may_create_replication_roles(conn: Connection) -> bool:
+    """Whether the connected role may create a role with REPLICATION.
+
+    A superuser may; so may Cloud SQL's admin users (cloudsqlsuperuser); from
+    PostgreSQL 16 a CREATEROLE role that has REPLICATION itself. On PostgreSQL 15
+    any other role may not (and may not alter a replication role either).
+    """
+    role = current_role(conn)
+    if role.superuser or is_member_of(conn, "cloudsqlsuperuser"):
+        return True
+    return server_version(conn) >= 160000 and role.createrole and role.replication
 
 
 def is_member_of(conn: Connection, role: str) -> bool:
@@ -245,9 +265,25 @@ def count_orphans(conn: Connection, fk: ForeignKey) -> int:
     return int(_value(conn, orphan_query(fk, count=True)))
 
 
-def large_object_count(conn: Connection) -> int:
-    """Large objects in the current database (logical replication does not carry them)."""
-    return int(_value(conn, sql.SQL("SELECT count(*) FROM pg_catalog.pg_largeobject_metadata")))
+@dataclass(frozen=True)
+class ForeignTable:
+    """A foreign table and the foreign server it reads through."""
+
+    schema: str
+    name: str
+    server: str
+    wrapper: str  # the foreign data wrapper, e.g. postgres_fdw
+    user_mappings: int  # of its server
+
+    @property
+    def display(self) -> str:
+        """The qualified name as SQL would spell it."""
+        return quote((self.schema, self.name))
+
+
+def foreign_tables(conn: Connection) -> list[ForeignTable]:
+    """Every foreign table of the current database, by server."""
+    return [ForeignTable(**row) for row in conn.execute(load("foreign_tables")).fetchall()]
 
 
 def event_triggers(conn: Connection) -> list[tuple[str, str]]:

@@ -1,9 +1,13 @@
 """Fencing the source: the application's roles lose LOGIN and their sessions end.
 
-The fence is recorded on each fenced role itself (the role setting
-`cutover.fence = <move>`), so a controller that died while the source was
-fenced leaves the server able to say exactly which roles to give LOGIN back.
-Only roles that could log in are fenced, so lifting it grants nothing new.
+The fence is recorded on the server, in `_cutover.fence` of the move's first
+database, before any role loses LOGIN, so a controller that died while the
+source was fenced leaves the server able to say exactly which roles to give
+LOGIN back. (A mark on the role itself, a role setting, would need a
+superuser: PostgreSQL 15 lets no one else set a custom parameter.) The table
+is cutover's own and never replicated. Only roles that could log in are
+fenced, so lifting it grants nothing new; what the fence needs is CREATEROLE,
+and membership in each role (or pg_signal_backend) to end its sessions.
 """
 
 from psycopg import sql
@@ -12,7 +16,7 @@ from cutover.pg.connect import Connection
 from cutover.pg.execute import change
 from cutover.steps import Change
 
-MARK = "cutover.fence"
+TABLE = sql.Identifier("_cutover", "fence")
 # Roles a managed service needs for itself; fencing them would break the service, not the app.
 SERVICE_ROLES = ("cloudsqladmin", "cloudsqlagent", "cloudsqlreplica", "rdsadmin", "rdsrepladmin")
 
@@ -22,7 +26,11 @@ def roles_to_fence(conn: Connection, *, named: list[str] | None, keep: list[str]
     rows = conn.execute(
         sql.SQL(
             "SELECT rolname FROM pg_catalog.pg_roles WHERE rolcanlogin "
-            "AND rolname <> ALL(%s) AND rolname NOT LIKE 'pg\\_%%' ORDER BY rolname"
+            "AND rolname <> ALL(%s) AND rolname NOT LIKE 'pg\\_%%' "
+            # Only a superuser may alter a superuser: a managed service's admin cannot fence
+            # one, and the check after the fence finds it if it writes.
+            "AND (NOT rolsuper OR (SELECT rolsuper FROM pg_catalog.pg_roles "
+            "WHERE rolname = current_user)) ORDER BY rolname"
         ),
         ([*keep, *SERVICE_ROLES],),
     ).fetchall()
@@ -31,31 +39,43 @@ def roles_to_fence(conn: Connection, *, named: list[str] | None, keep: list[str]
 
 
 def fenced_roles(conn: Connection, move: str) -> list[str]:
-    """The roles this move has fenced."""
+    """The roles this move has fenced (`conn`: the move's first database)."""
+    row = conn.execute(sql.SQL("SELECT pg_catalog.to_regclass('_cutover.fence') AS t")).fetchone()
+    if row is None or row["t"] is None:
+        return []
     rows = conn.execute(
-        sql.SQL(
-            "SELECT r.rolname FROM pg_catalog.pg_db_role_setting s "
-            "JOIN pg_catalog.pg_roles r ON r.oid = s.setrole "
-            "WHERE s.setdatabase = 0 AND %s = ANY(s.setconfig) ORDER BY r.rolname"
-        ),
-        (f"{MARK}={move}",),
+        sql.SQL("SELECT role FROM {} WHERE move = %s ORDER BY role").format(TABLE), (move,)
     ).fetchall()
-    return [r["rolname"] for r in rows]
+    return [r["role"] for r in rows]
 
 
 def fence(
     conn: Connection, roles: list[str], move: str, *, read_only: bool, dry_run: bool
 ) -> list[Change]:
-    """Mark, then take LOGIN away from, each role; end their sessions."""
-    changes = []
+    """Record, then take LOGIN away from, each role; end their sessions."""
+    changes = [
+        change(
+            conn,
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (role text PRIMARY KEY, move text NOT NULL, "
+                "fenced_at timestamptz NOT NULL DEFAULT pg_catalog.now())"
+            ).format(TABLE),
+            target="source",
+            dry_run=dry_run,
+        ),
+        change(
+            conn,
+            sql.SQL(
+                "INSERT INTO {} (role, move) SELECT unnest(%s::text[]), %s ON CONFLICT DO NOTHING"
+            ).format(TABLE),
+            (roles, move),
+            target="source",
+            dry_run=dry_run,
+        ),
+    ]
     for role in roles:
         ident = sql.Identifier(role)
-        statements = [
-            sql.SQL("ALTER ROLE {} SET {} = {}").format(
-                ident, sql.Identifier(*MARK.split(".")), sql.Literal(move)
-            ),
-            sql.SQL("ALTER ROLE {} NOLOGIN").format(ident),
-        ]
+        statements = [sql.SQL("ALTER ROLE {} NOLOGIN").format(ident)]
         if read_only:
             statements.append(
                 sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(ident)
@@ -78,16 +98,26 @@ def fence(
 
 
 def unfence(conn: Connection, move: str, *, dry_run: bool) -> list[Change]:
-    """Give LOGIN back to every role this move fenced, and remove the marks."""
+    """Give LOGIN back to every role this move fenced, then forget the record."""
     changes = []
-    for role in fenced_roles(conn, move):
+    roles = fenced_roles(conn, move)
+    for role in roles:
         ident = sql.Identifier(role)
         for statement in (
             sql.SQL("ALTER ROLE {} LOGIN").format(ident),
             sql.SQL("ALTER ROLE {} RESET default_transaction_read_only").format(ident),
-            sql.SQL("ALTER ROLE {} RESET {}").format(ident, sql.Identifier(*MARK.split("."))),
         ):
             changes.append(change(conn, statement, target="source", dry_run=dry_run))
+    if roles:
+        changes.append(
+            change(
+                conn,
+                sql.SQL("DELETE FROM {} WHERE move = %s").format(TABLE),
+                (move,),
+                target="source",
+                dry_run=dry_run,
+            )
+        )
     return changes
 
 

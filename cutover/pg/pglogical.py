@@ -4,7 +4,8 @@ One database holds at most one pglogical node. Cutover makes one where there
 is none (`cutover_<move>_source`, `cutover_<move>_target`) and uses the node it
 finds otherwise, so a database pglogical already serves keeps its node. The
 extension, when cutover creates it, carries a comment naming the move, and only
-then is it dropped again.
+then is it dropped again; its schema is then usable by PUBLIC, which pglogical
+needs of any role that drops a table (see `install`).
 
 Connection strings: the subscription reaches the provider as the move's
 replication role, and pglogical's table copy writes through the subscriber
@@ -57,6 +58,20 @@ def extension_installed(conn: Connection) -> bool:
     return row is not None
 
 
+def usable_by(conn: Connection, role: str) -> bool:
+    """Whether the extension is installed, its schema usable by all, its catalog by `role`."""
+    row = conn.execute(
+        sql.SQL(
+            "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = %s) "
+            "THEN pg_catalog.has_schema_privilege('public', %s, 'USAGE') "
+            "AND pg_catalog.has_table_privilege(%s, 'pglogical.node', 'INSERT') "
+            "ELSE false END AS ok"
+        ),
+        (EXTENSION, SCHEMA, role),
+    ).fetchone()
+    return bool(row and row["ok"])
+
+
 def extension_available(conn: Connection) -> bool:
     """Whether the server has the extension's files."""
     row = conn.execute(
@@ -87,6 +102,16 @@ def create_extension(conn: Connection, move: str, *, target: str, dry_run: bool)
         change(
             conn,
             sql.SQL("COMMENT ON EXTENSION {} IS {}").format(ident, sql.Literal(mark(move))),
+            target=target,
+            dry_run=dry_run,
+        ),
+        # pglogical's hooks read its schema whenever a table is dropped in a database with
+        # a node, as the dropping role: without this, every DROP TABLE of the application
+        # (and REFRESH MATERIALIZED VIEW CONCURRENTLY, which drops a temporary table) fails
+        # with "permission denied for schema pglogical". USAGE lets no one read its tables.
+        change(
+            conn,
+            sql.SQL("GRANT USAGE ON SCHEMA {} TO PUBLIC").format(sql.Identifier(SCHEMA)),
             target=target,
             dry_run=dry_run,
         ),

@@ -16,6 +16,7 @@ from psycopg.conninfo import make_conninfo
 
 from cutover.errors import StepFailed
 from cutover.log import register_secret
+from cutover.pg import catalog
 from cutover.pg.catalog import Relation, relations
 from cutover.pg.connect import Connection, conninfo
 from cutover.pg.execute import change
@@ -41,8 +42,20 @@ def slot_name(move: str, db: str) -> str:
 
 
 def replicated_tables(conn: Connection) -> list[Relation]:
-    """The tables logical replication carries: permanent, ordinary, not an extension's."""
-    return [r for r in relations(conn) if r.is_table and r.persistence == "p"]
+    """The tables logical replication carries: permanent, ordinary, not an extension's.
+
+    Of cutover's own tables only the barrier is carried (the fence's record is not).
+    """
+    return [
+        r
+        for r in relations(conn)
+        if r.is_table and r.persistence == "p" and (r.schema, r.name) != ("_cutover", "fence")
+    ]
+
+
+def unlogged_tables(conn: Connection) -> list[Relation]:
+    """The tables copied once at start and never replicated: unlogged ones write no WAL."""
+    return [r for r in relations(conn) if r.is_table and r.persistence == "u"]
 
 
 def display(table: Table) -> str:
@@ -60,6 +73,14 @@ def _exists(conn: Connection, query: sql.SQL, name: str) -> bool:
 def role_exists(conn: Connection, role: str) -> bool:
     """Whether the role exists on the connected server."""
     return _exists(conn, sql.SQL("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s"), role)
+
+
+def replicating_role(conn: Connection, own: str, plan_user: str) -> str:
+    """The role the target replicates as: the move's own, or the plan's user where that
+    user may not create a replication role (a non-superuser on PostgreSQL 15)."""
+    if role_exists(conn, own) or catalog.may_create_replication_roles(conn):
+        return own
+    return plan_user
 
 
 def create_role(conn: Connection, role: str, *, target: str, dry_run: bool) -> list[Change]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from cutover.pg import tools
+from cutover.pg import barrier, tools
 from cutover.pg.connect import Connection
 from cutover.plan import Server
 
@@ -50,6 +50,9 @@ def dump(server: Server, db: str, path: Path) -> None:
             "--format=custom",
             "--no-publications",
             "--no-subscriptions",
+            # cutover's own schema belongs to the plan's user, who may not exist on the
+            # target: create_target_barrier makes the target's.
+            f"--exclude-schema={barrier.SCHEMA}",
             f"--file={tmp}",
             env=tools.client_env(server, db, label="source"),
             what="pg_dump of the schema",
@@ -207,13 +210,15 @@ def missing_roles(source: Connection, target: Connection) -> list[str]:
 _ROLES_QUERY = """
 SELECT pg_catalog.pg_get_userbyid(c.relowner) AS role FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', '_cutover')
+AND n.nspname NOT LIKE 'pg\\_%'
 UNION
 SELECT pg_catalog.pg_get_userbyid(n.nspowner) FROM pg_catalog.pg_namespace n
-WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', '_cutover')
+AND n.nspname NOT LIKE 'pg\\_%'
 UNION
 SELECT pg_catalog.pg_get_userbyid(a.grantee) FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace,
 LATERAL pg_catalog.aclexplode(c.relacl) a
-WHERE a.grantee <> 0 AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+WHERE a.grantee <> 0 AND n.nspname NOT IN ('pg_catalog', 'information_schema', '_cutover')
 """

@@ -3,9 +3,11 @@
 One phase per table (`backfill <table>`), each step read from the catalog, so
 a killed run resumes where it stopped and never numbers a row twice:
 
-1. add_column: `<column> bigint`, marked as the move's, its sequence and default.
+1. add_column: `<column> bigint`, marked as the move's, its sequence (the table
+   owner's, usable by every role that may insert) and default.
 2. number_rows: existing rows numbered in batches of pages (see pg/backfill.py).
-3. set_not_null: NOT VALID check, VALIDATE, SET NOT NULL without a scan.
+3. set_not_null: NOT VALID check, VALIDATE, SET NOT NULL without a scan; the
+   column becomes an identity and the temporary sequence goes.
 4. build_unique_index: CREATE UNIQUE INDEX CONCURRENTLY (an invalid one is rebuilt).
 5. add_primary_key: ADD PRIMARY KEY USING INDEX.
 """

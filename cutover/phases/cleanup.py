@@ -51,7 +51,7 @@ def phase(plan: Plan, pool: Pool, db: str, engine: Engine) -> Phase:
         return target() is not None and engine.subscription_exists()
 
     def check_no_switch_in_progress(*, dry_run: bool) -> Sequence[Change]:
-        fenced = fence.fenced_roles(pool.get("source"), plan.move)
+        fenced = fence.fenced_roles(pool.get("source", plan.databases[0]), plan.move)
         if fenced and subscribed():
             raise PreconditionFailed(
                 f"a switch of this move is half done: {', '.join(fenced)} are fenced on the "

@@ -44,7 +44,7 @@ def phase(
         return []
 
     def unfence_source(*, dry_run: bool) -> Sequence[Change]:
-        return fence.unfence(pool.get("source"), plan.move, dry_run=dry_run)
+        return fence.unfence(pool.get("source", plan.databases[0]), plan.move, dry_run=dry_run)
 
     return Phase(
         "rollback",
@@ -60,7 +60,7 @@ def phase(
             Step(
                 "unfence_source",
                 unfence_source,
-                lambda: not fence.fenced_roles(pool.get("source"), plan.move),
+                lambda: not fence.fenced_roles(pool.get("source", plan.databases[0]), plan.move),
             ),
             Step("repoint", back.repoint, back.is_repointed if back.repoints else None),
             Step("start_writers", back.start_writers, attempts=1),

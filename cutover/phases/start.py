@@ -10,6 +10,8 @@
    since the snapshot; the keys exist by now, so each is applied by index.
 4. wait_for_catchup: until every table is ready and the target is within
    `thresholds.max_switch_lag`.
+5. refresh_materialized_views: each view populated on the source is
+   populated on the target too (replication carries no view's rows).
 
 An engine that copies with its own subscription (pglogical) applies changes as
 soon as its copy commits: for it restore_post_data comes first, and
@@ -18,10 +20,11 @@ copy_data waits for that copy.
 
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 
 from cutover.engines.base import Engine
 from cutover.errors import PreconditionFailed, StepFailed
-from cutover.pg import admin, catalog, replication, schema
+from cutover.pg import admin, catalog, matviews, replication, schema
 from cutover.pg.connect import Pool
 from cutover.pg.copy import CopyProgress
 from cutover.pg.replication import SlotState
@@ -40,6 +43,20 @@ def require_prepared(pool: Pool, db: str, engine: Engine) -> None:
             f"{db} is not prepared for this move (no target database or no publication)",
             hint="run `cutover prepare` until it finishes, then start again",
         )
+
+
+def refresh_materialized_views(pool: Pool, db: str, *, dry_run: bool) -> Sequence[Change]:
+    """Populate on the target each view that is populated on the source and not there."""
+    target = pool.get("target", db)
+    wanted = matviews.to_refresh(pool.get("source", db), target)
+    return matviews.refresh_all(
+        target, [v for v in wanted if not v.populated], where=f"target/{db}", dry_run=dry_run
+    )
+
+
+def views_populated(pool: Pool, db: str) -> bool:
+    """Every view populated on the source is populated on the target."""
+    return not matviews.unpopulated(pool.get("source", db), pool.get("target", db))
 
 
 def phase(
@@ -157,5 +174,10 @@ def phase(
             *(reversed(steps) if engine.keys_before_copy else steps),
             Step("start_streaming", engine.start_streaming, engine.streaming),
             Step("wait_for_catchup", wait_for_catchup, caught_up, attempts=1),
+            Step(
+                "refresh_materialized_views",
+                partial(refresh_materialized_views, pool, db),
+                partial(views_populated, pool, db),
+            ),
         ),
     )

@@ -8,10 +8,15 @@
 4. wait_for_barrier: a marker row committed after the fence; the target must
    have applied it and the slot confirmed its position: zero lag, proven.
 5. copy_sequences: each sequence's real state, source to target.
+   copy_large_objects (with `large_objects: copy`): every large object, same
+   OID, owner and privileges; those the source no longer has are deleted.
 6. verify_counts: exact row counts of every table, both sides at once.
 7. promote: the subscription ends and its slot is dropped (point of no return).
 8. repoint: connection strings now name the target.
 9. start_writers: tiers in reverse order, now writing to the target.
+10. refresh_materialized_views: the views populated on the source, refreshed
+    on the target with the writes made since the copy; after the pause,
+    CONCURRENTLY where a unique index allows it.
 
 A failure in steps 1-7 rolls back by itself: the fence is lifted and the
 writers start again on the source, which keeps replicating.
@@ -24,9 +29,9 @@ from collections.abc import Callable, Sequence
 from cutover import preflight, verify
 from cutover.engines.base import Engine
 from cutover.errors import PreconditionFailed, StepFailed
-from cutover.pg import fence, replication, sequences
+from cutover.pg import fence, large_objects, matviews, replication, sequences
 from cutover.pg.connect import Pool
-from cutover.plan import Plan
+from cutover.plan import LargeObjects, Plan
 from cutover.repoint import repoint_for
 from cutover.steps import Change, Phase, Step
 from cutover.writers import Writer, writer_for
@@ -72,6 +77,8 @@ class Switch:
                 changes += engine.prepare_switch(dry_run=dry_run)
         if self.fallback:
             self._check_fallback_possible()
+        if self.plan.large_objects is LargeObjects.COPY:
+            self._check_large_object_roles()
         if dry_run:
             return [*changes, Change("source", f"lag under {self.limits.max_switch_lag} B held")]
         deadline = self.clock() + self.limits.lag_window
@@ -92,6 +99,19 @@ class Switch:
                 "--keep-fallback cannot replicate back to the source: " + "; ".join(problems),
                 hint="fix the settings (they need a restart), or switch without --keep-fallback",
             )
+
+    def _check_large_object_roles(self) -> None:
+        """The copy gives each object its owner and grants: those roles must exist first."""
+        for db in self.engines:
+            missing = large_objects.missing_roles(
+                self.pool.get("source", db), self.pool.get("target")
+            )
+            if missing:
+                raise PreconditionFailed(
+                    f"{db}: roles that own or are granted large objects do not exist on the "
+                    "target: " + ", ".join(missing),
+                    hint="create them on the target (`cutover check` prints the statements)",
+                )
 
     def _check_lag(self, db: str, engine: Engine) -> None:
         engine.heartbeat()
@@ -139,7 +159,7 @@ class Switch:
 
     def fence_source(self, *, dry_run: bool) -> Sequence[Change]:
         """No LOGIN for the application's roles, their sessions ended, nobody left writing."""
-        conn = self.pool.get("source")
+        conn = self.pool.get("source", self.plan.databases[0])  # it holds the fence's record
         roles = fence.roles_to_fence(conn, named=self.plan.fence.roles, keep=self.ours)
         changes = fence.fence(
             conn, roles, self.plan.move, read_only=self.plan.fence.read_only, dry_run=dry_run
@@ -161,7 +181,9 @@ class Switch:
 
     def unfence_source(self, *, dry_run: bool) -> Sequence[Change]:
         """Give LOGIN back to every role this move fenced."""
-        return fence.unfence(self.pool.get("source"), self.plan.move, dry_run=dry_run)
+        return fence.unfence(
+            self.pool.get("source", self.plan.databases[0]), self.plan.move, dry_run=dry_run
+        )
 
     def wait_for_barrier(self, *, dry_run: bool) -> Sequence[Change]:
         """A marker committed after the fence, applied on the target, confirmed by the slot."""
@@ -217,6 +239,25 @@ class Switch:
         for db, (source_values, _) in self._sequence_values().items():
             changes += sequences.write(
                 self.pool.get("target", db), source_values, target=f"target/{db}", dry_run=dry_run
+            )
+        return changes
+
+    def large_objects_copied(self) -> bool:
+        """The target holds the source's large objects: bytes, owners and privileges."""
+        return all(
+            large_objects.is_copied(self.pool.get("source", db), self.pool.get("target", db))
+            for db in self.engines
+        )
+
+    def copy_large_objects(self, *, dry_run: bool) -> Sequence[Change]:
+        """Every large object to the target (logical replication carries none)."""
+        changes: list[Change] = []
+        for db in self.engines:
+            changes += large_objects.copy(
+                self.pool.get("source", db),
+                self.pool.get("target", db),
+                where=f"target/{db}",
+                dry_run=dry_run,
             )
         return changes
 
@@ -279,6 +320,16 @@ class Switch:
         """Every place that holds a connection string names the target."""
         return all(place.points_to(self.plan.target) for place in self.repoints)
 
+    def refresh_materialized_views(self, *, dry_run: bool) -> Sequence[Change]:
+        """Refresh on the target each view populated on the source; the writers write on."""
+        changes: list[Change] = []
+        for db in self.plan.databases:
+            wanted = matviews.to_refresh(self.pool.get("source", db), self.pool.get("target", db))
+            changes += matviews.refresh_all(
+                self.pool.get("target", db), wanted, where=f"target/{db}", dry_run=dry_run
+            )
+        return changes
+
     def repoint(self, *, dry_run: bool) -> Sequence[Change]:
         """Point every connection string at the target."""
         changes: list[Change] = []
@@ -302,12 +353,18 @@ def phase(
     replication between the promotion and the writers, for `cutover rollback`.
     """
     switch = Switch(plan, pool, engines, clock=clock, sleep=sleep, fallback=fallback)
+    large = (
+        [Step("copy_large_objects", switch.copy_large_objects, switch.large_objects_copied)]
+        if plan.large_objects is LargeObjects.COPY
+        else []
+    )
     steps = [
         Step("check_ready", switch.check_ready, attempts=1),
         Step("stop_writers", switch.stop_writers, undo=switch.start_writers, attempts=1),
         Step("fence_source", switch.fence_source, undo=switch.unfence_source, attempts=1),
         Step("wait_for_barrier", switch.wait_for_barrier, attempts=1),
         Step("copy_sequences", switch.copy_sequences, switch.sequences_copied),
+        *large,  # while the source is fenced: nobody changes them meanwhile
         Step("verify_counts", switch.verify_counts, attempts=1),
         Step("promote", switch.promote, switch.is_promoted, point_of_no_return=True),
     ]
@@ -316,5 +373,6 @@ def phase(
     steps += [
         Step("repoint", switch.repoint, switch.is_repointed if switch.repoints else None),
         Step("start_writers", switch.start_writers, attempts=1),
+        Step("refresh_materialized_views", switch.refresh_materialized_views, attempts=1),
     ]
     return Phase("switch", tuple(steps), undo_on_failure=True)

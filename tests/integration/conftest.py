@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
 import yaml
 
@@ -16,6 +17,8 @@ from cutover.pg import load as load_sql
 from tests.conftest import Databases, Result, connect
 
 TABLES = 12
+TABLE_NAMES = [*load_sql.table_names(TABLES), load_sql.KEYLESS]
+VIEW = "CREATE MATERIALIZED VIEW load_totals AS SELECT 1 AS n, count(*) AS rows FROM load_01"
 ENGINES = ["native", "pglogical"]
 
 
@@ -43,31 +46,110 @@ def engine(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
+def controller() -> str:
+    """How cutover reaches the source: `superuser`, or `managed` (a test overrides it)."""
+    return "superuser"
+
+
+def managed_controller(lab: Lab, owner: str, tmp_path: Path) -> dict[str, str]:
+    """A source user as managed services give one: no superuser, a member of the owner.
+
+    CREATEROLE, CREATEDB, REPLICATION, membership in the tables' owner, and the
+    predefined roles to end and see other roles' sessions. Returns the plan's
+    `source` keys for it.
+    """
+    name, password = f"ctl_{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
+    with connect(lab.server("source")) as conn:
+        load_sql.ensure_login_role(  # type: ignore[arg-type]
+            conn, name, password, options="NOSUPERUSER CREATEROLE CREATEDB REPLICATION"
+        )
+        for granted in (owner, "pg_signal_backend", "pg_read_all_stats"):
+            load_sql.grant_role(conn, granted, name)  # type: ignore[arg-type]
+    with connect(lab.server("target")) as conn:  # as on Cloud SQL, where both sides have it
+        load_sql.ensure_login_role(conn, name, password)  # type: ignore[arg-type]
+    secret = tmp_path / "controller.password"
+    secret.write_text(password + "\n")
+    return {"user": name, "password": f"file:{secret}"}
+
+
+def apply_superuser_fixes(lab: Lab, plan: Path, cutover: Callable[..., Result]) -> None:
+    """Run, as a superuser, the statements `check` names for a source user that is none."""
+    checked = cutover("check", "-p", str(plan), "--json")
+    assert checked.stdout.startswith("{"), checked.stderr
+    report = json.loads(checked.stdout)
+    blockers = [
+        f
+        for f in report["findings"]
+        if f["status"] == "FAIL" and f["check"] == "privileges" and f["scope"].startswith("source/")
+    ]
+    assert blockers, report  # the check must say what a superuser has to do
+    for finding in blockers:
+        db = finding["scope"].removeprefix("source/")
+        with connect(lab.server("source"), db) as conn:
+            for fix in finding["fix"]:
+                conn.execute(fix)
+    again = json.loads(cutover("check", "-p", str(plan), "--json").stdout)
+    # What is left is the keyless table, which prepare keys first.
+    assert [f["check"] for f in again["findings"] if f["status"] == "FAIL"] == [
+        "replica_identity"
+    ], again
+
+
+@pytest.fixture
 def under_load(
     engine: str,
+    controller: str,
     lab: Lab,
     databases: Databases,
     write_plan: Callable[..., Path],
     cutover: Callable[..., Result],
     tmp_path: Path,
 ) -> Iterator[Running]:
-    """A prepared, started move whose application writes without pause."""
+    """A prepared, started move whose application writes without pause.
+
+    The application owns its database and tables (role `app_*`) and writes as that
+    owner and as a second role with table grants only (`clerk_*`); one of its
+    tables has no key, so prepare backfills one while it writes. Every error the
+    application sees is in the write log.
+    """
     db = databases.create()
-    role, password = f"app_{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
+    tag = uuid.uuid4().hex[:6]
+    role, clerk, password = f"app_{tag}", f"clerk_{tag}", uuid.uuid4().hex
     for side in ("source", "target"):
         with connect(lab.server(side)) as conn:
-            load_sql.ensure_login_role(conn, role, password)  # type: ignore[arg-type]
+            for name in (role, clerk):
+                load_sql.ensure_login_role(conn, name, password)  # type: ignore[arg-type]
+    with connect(lab.server("source")) as conn:
+        conn.execute(
+            psycopg.sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                psycopg.sql.Identifier(db), psycopg.sql.Identifier(role)
+            )
+        )
     with connect(lab.server("source"), db) as conn:
-        load_sql.create_schema(conn, tables=TABLES, writer=role)  # type: ignore[arg-type]
+        load_sql.create_schema(  # type: ignore[arg-type]
+            conn, tables=TABLES, writer=clerk, owner=role, keyless=True
+        )
+        # A report the application reads: populated on the source, refreshed by the move.
+        conn.execute(psycopg.sql.SQL("SET ROLE {}").format(psycopg.sql.Identifier(role)))
+        conn.execute(VIEW)
+        conn.execute("CREATE UNIQUE INDEX ON load_totals (n)")
+        conn.execute("RESET ROLE")
+    source = managed_controller(lab, role, tmp_path) if controller == "managed" else {}
     env = tmp_path / "app.env"
     port = lab.server("source").port
     quoted_db = db.replace('"', "%22").replace(" ", "%20")
-    env.write_text(f"DATABASE_URL=postgresql://{role}:{password}@127.0.0.1:{port}/{quoted_db}\n")
+    env.write_text(
+        "".join(
+            f"{key}=postgresql://{name}:{password}@127.0.0.1:{port}/{quoted_db}\n"
+            for key, name in (("DATABASE_URL", role), ("WRITER_URL", clerk))
+        )
+    )
     control = free_port()
     plan = write_plan(
         [db],
         move=f"t{uuid.uuid4().hex[:8]}",
         engine=engine,
+        source=source,
         writers=[
             {
                 "name": "app",
@@ -78,24 +160,30 @@ def under_load(
                 },
             }
         ],
-        repoint=[{"name": "env", "file": {"path": str(env), "key": "DATABASE_URL"}}],
-        fence={"roles": [role]},
+        repoint=[
+            {"name": f"env-{key.lower()}", "file": {"path": str(env), "key": key}}
+            for key in ("DATABASE_URL", "WRITER_URL")
+        ],
+        fence={"roles": [role, clerk]},
         thresholds={"lag_window": "1s", "switch_timeout": "5s"},
     )
     log_path = tmp_path / "writes.jsonl"
     handle = log_path.open("a")
     work = load.Load(
         env_file=env,
-        key="DATABASE_URL",
-        tables=load_sql.table_names(TABLES),
+        keys=("DATABASE_URL", "WRITER_URL"),
+        tables=TABLE_NAMES,
         log=load.WriteLog(handle),
         rate=300,
     )
+    if controller == "managed" and engine == "pglogical":
+        apply_superuser_fixes(lab, plan, cutover)
     thread = threading.Thread(target=work.run, kwargs={"port": control, "duration": None})
     thread.start()
     running = Running(db, plan, engine, role, log_path, work, thread)
     try:
-        assert cutover("prepare", "-p", str(plan)).code == 0
+        prepared = cutover("prepare", "-p", str(plan))
+        assert prepared.code == 0, prepared.stdout + prepared.stderr
         started = cutover("start", "-p", str(plan), "--wait")
         assert started.code == 0, started.stdout + started.stderr
         yield running
@@ -105,18 +193,29 @@ def under_load(
 
 
 def audit(lab: Lab, running: Running) -> load.Audit:
-    ledger = next((running.plan.parent / "state").glob("*.ledger.json"))
-    steps = json.loads(ledger.read_text())["steps"]
+    """The write log against the target: what was lost, and what errors the application saw."""
+    steps = ledger_of(running)
     fenced = steps.get("all/switch.fence_source", {}).get("ended_at")
+    stopped = steps.get("all/switch.stop_writers", {}).get("started_at")
+    resumed = steps.get("all/switch.start_writers", {}).get("ended_at")
     with connect(lab.server("target"), running.db) as conn:
-        rows = {t: load_sql.rows(conn, t) for t in load_sql.table_names(TABLES)}  # type: ignore[arg-type]
+        rows = {t: load_sql.rows(conn, t) for t in TABLE_NAMES}  # type: ignore[arg-type]
     return load.audit(
-        running.log_path, rows, source_port=lab.server("source").port, fenced_at=fenced
+        running.log_path,
+        rows,
+        source_port=lab.server("source").port,
+        fenced_at=fenced,  # type: ignore[arg-type]
+        switch_window=(stopped, resumed) if stopped and resumed else None,  # type: ignore[arg-type]
     )
 
 
 def acked_on(running: Running, port: int) -> int:
-    lines = [json.loads(line) for line in running.log_path.read_text().splitlines()]
+    lines = []
+    for line in running.log_path.read_text().splitlines():
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError:  # the line the load is writing right now
+            continue
     return sum(1 for e in lines if e["ack"] and e.get("port") == port)
 
 

@@ -2,6 +2,10 @@
 
 import os
 import pwd
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,7 +13,7 @@ import pytest
 
 from cutover.lab import Lab
 from cutover.plan import load
-from tests.conftest import Result, connect
+from tests.conftest import REPO, Result, connect
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +29,7 @@ def test_the_demo_lab_from_up_to_purge(tmp_path: Path, cutover: Callable[..., Re
 
     check = cutover("check", "-p", str(root / "plan.yaml"))
     assert check.code == 0, check.stdout + check.stderr
-    assert "READY: 0 blockers, 2 warnings" in check.stdout
+    assert "READY: 0 blockers, 3 warnings" in check.stdout
 
     lab = Lab(root)
     with connect(lab.server("source"), "app") as conn:
@@ -74,3 +78,42 @@ def test_lab_status_without_a_lab_says_how_to_start_one(
     result = cutover("lab", "status", "--dir", str(tmp_path / "none"))
     assert result.code == 1
     assert "cutover lab up" in result.stdout
+
+
+def test_the_managed_lab_moves_its_live_database_as_a_user_that_is_no_superuser(
+    tmp_path: Path, cutover: Callable[..., Result]
+) -> None:
+    """What `make demo MANAGED=1` does: the source reached as a managed service's admin."""
+    root = tmp_path / "managed lab"
+    up = cutover("lab", "up", "--dir", str(root), "--managed")
+    assert up.code == 0, up.stderr
+    assert "source plan user: cutover_admin (no superuser)" in up.stdout
+    plan = str(root / "plan.yaml")
+    assert load(root / "plan.yaml").source.user == "cutover_admin"
+    lab = Lab(root)
+    with connect(lab.server("source"), "app") as conn:
+        row = conn.execute(
+            "SELECT rolsuper, (SELECT pg_get_userbyid(relowner) FROM pg_class "
+            "WHERE relname = 'orders') AS owner FROM pg_roles WHERE rolname = 'cutover_admin'"
+        ).fetchone()
+    assert row == {"rolsuper": False, "owner": "shop"}
+    load_process = subprocess.Popen(
+        [sys.executable, "-m", "cutover", "lab", "load", "--dir", str(root)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(1)
+        for command in (["check"], ["prepare"], ["start", "--wait"], ["switch", "--yes"]):
+            result = cutover(*command, "-p", plan)
+            assert result.code == 0, result.stdout + result.stderr
+        time.sleep(2)
+    finally:
+        load_process.send_signal(signal.SIGTERM)
+        load_process.wait(timeout=30)
+    audited = cutover("lab", "audit", "--dir", str(root))
+    assert audited.code == 0, audited.stdout
+    assert "other errors the application saw: 0" in audited.stdout
+    assert "acknowledged writes missing on the target: 0" in audited.stdout
+    assert cutover("lab", "down", "--dir", str(root), "--purge").code == 0

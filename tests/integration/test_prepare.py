@@ -66,7 +66,7 @@ def test_prepare_applies_once_then_skips(
         "prepare.install_engine": "adopted",  # the native engine needs nothing installed
         "prepare.create_replication_role": "applied",
         "prepare.copy_schema": "applied",
-        "prepare.create_target_barrier": "adopted",  # the schema copy brought it
+        "prepare.create_target_barrier": "applied",  # the schema copy leaves _cutover out
         "prepare.create_publication": "applied",
     }
 

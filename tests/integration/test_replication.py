@@ -185,7 +185,7 @@ def test_a_second_start_skips_everything(
     _, plan = replicated
     again = cutover("start", "-p", str(plan), "--wait")
     assert again.code == 0
-    assert again.stdout.count("skipped") == 4
+    assert again.stdout.count("skipped") == 5
     assert "applied" not in again.stdout
 
 

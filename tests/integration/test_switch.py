@@ -19,7 +19,7 @@ from cutover.plan import dump
 from cutover.runner import FAILPOINT
 from tests.conftest import Result, connect
 from tests.integration.conftest import (
-    TABLES,
+    TABLE_NAMES,
     Running,
     acked_on,
     audit,
@@ -33,9 +33,12 @@ from tests.integration.conftest import (
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.parametrize("controller", ["superuser", "managed"])
 def test_a_switch_under_load_loses_no_acknowledged_write(
     lab: Lab, under_load: Running, cutover: Callable[..., Result]
 ) -> None:
+    """The application owns its tables and writes as two roles; cutover reaches the source
+    as a superuser, or as a managed service's admin (no superuser)."""
     result = cutover("switch", "-p", str(under_load.plan), "--yes")
     assert result.code == 0, result.stdout + result.stderr
     assert "switched: writes paused" in result.stdout
@@ -50,7 +53,12 @@ def test_a_switch_under_load_loses_no_acknowledged_write(
     assert outcome.acknowledged > 500
     assert outcome.missing == []
     assert outcome.after_fence == 0
+    # From the application's side: prepare (with a backfill), start, the switch and after
+    # it, no write failed but those the fence ended (at most one per connection).
+    assert outcome.errors == []
+    assert outcome.fenced_errors <= under_load.work.workers
     assert acked_on(under_load, target_port) > 100
+    assert "REFRESH MATERIALIZED VIEW CONCURRENTLY" in result.stdout
 
     with (
         connect(lab.server("source"), under_load.db) as source,
@@ -61,6 +69,11 @@ def test_a_switch_under_load_loses_no_acknowledged_write(
         target_value = target.execute(seq).fetchone()
         assert source_value is not None and target_value is not None
         assert target_value["last_value"] >= source_value["last_value"]  # ahead, never behind
+        # The report is populated on the target, from the target's rows at the refresh.
+        view = target.execute(
+            "SELECT v.rows, (SELECT count(*) FROM load_01) AS now FROM load_totals v"
+        ).fetchone()
+        assert view is not None and 0 < view["rows"] <= view["now"]
     objects = replication_objects(lab, under_load)
     assert objects["subscriptions"] == 0
     assert objects["slots"] == 0  # no slot left to pin WAL on the old server
@@ -177,7 +190,7 @@ def test_rollback_after_a_switch_with_fallback_loses_nothing_written_on_the_targ
 
     # Every acknowledged write, on either server, is on the source now.
     with connect(lab.server("source"), under_load.db) as conn:
-        rows = {t: load_sql.rows(conn, t) for t in load_sql.table_names(TABLES)}  # type: ignore[arg-type]
+        rows = {t: load_sql.rows(conn, t) for t in TABLE_NAMES}  # type: ignore[arg-type]
     outcome = load.audit(under_load.log_path, rows, source_port=source_port, fenced_at=None)
     assert outcome.missing == []
     assert can_login(lab, under_load.role)
