@@ -192,7 +192,7 @@ def digests(lab: Lab, side: str, db: str) -> dict[int, tuple[str, str]]:
     return {r["oid"]: (r["owner"], hashlib.sha256(r["data"]).hexdigest()) for r in rows}
 
 
-def test_a_move_copies_large_objects_in_the_switch_and_unlogged_rows_at_start(
+def test_a_move_copies_large_objects_and_refreshes_views_in_the_switch(
     lab: Lab, databases: Databases, write_plan: Callable[..., Path], cutover: Callable[..., Result]
 ) -> None:
     db = databases.create()
@@ -203,6 +203,7 @@ def test_a_move_copies_large_objects_in_the_switch_and_unlogged_rows_at_start(
             CREATE TABLE docs (id int PRIMARY KEY, blob oid);
             CREATE UNLOGGED TABLE cache (k int PRIMARY KEY, v text);
             INSERT INTO cache SELECT g, 'v' || g FROM generate_series(1, 500) g;
+            CREATE MATERIALIZED VIEW doc_count AS SELECT count(*) AS n FROM docs;
             """
         )
         conn.execute("SELECT lo_from_bytea(%s, %s)", (BIG_OID, os.urandom(BIG)))
@@ -215,6 +216,7 @@ def test_a_move_copies_large_objects_in_the_switch_and_unlogged_rows_at_start(
             "SELECT lo_from_bytea(0, convert_to(g::text, 'UTF8')) FROM generate_series(1, 50) g"
         )
         conn.execute(f"INSERT INTO docs VALUES (1, {BIG_OID}), (2, {SMALL_OID})")
+        conn.execute("REFRESH MATERIALIZED VIEW doc_count")  # populated on the source: 2
     plan = str(
         write_plan(
             [db],
@@ -228,6 +230,8 @@ def test_a_move_copies_large_objects_in_the_switch_and_unlogged_rows_at_start(
         assert result.code == 0, result.stdout + result.stderr
     with connect(lab.server("target"), db) as conn:
         assert conn.execute("SELECT count(*) AS n FROM cache").fetchone() == {"n": 500}
+        # Populated on the target after the copy, as on the source.
+        assert conn.execute("SELECT n FROM doc_count").fetchone() == {"n": 2}
         conn.execute(f"SELECT lo_from_bytea({TARGET_ONLY_OID}, 'not on the source')")
     with connect(lab.server("source"), db) as conn:
         conn.execute("INSERT INTO cache VALUES (501, 'late'); DELETE FROM cache WHERE k = 1")
@@ -251,6 +255,8 @@ def test_a_move_copies_large_objects_in_the_switch_and_unlogged_rows_at_start(
         # The unlogged table holds its rows as of start: later writes were not carried.
         rows = conn.execute("SELECT min(k) AS lo, max(k) AS hi, count(*) AS n FROM cache")
         assert rows.fetchone() == {"lo": 1, "hi": 500, "n": 500}
+        # Refreshed again after the switch: the row inserted after the copy counts.
+        assert conn.execute("SELECT n FROM doc_count").fetchone() == {"n": 3}
         acl = conn.execute(
             "SELECT lomacl::text[] AS acl FROM pg_largeobject_metadata WHERE oid = %s",
             (SMALL_OID,),
