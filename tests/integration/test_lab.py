@@ -39,6 +39,9 @@ def test_the_demo_lab_from_up_to_purge(tmp_path: Path, cutover: Callable[..., Re
             "current_setting('shared_preload_libraries') AS preload"
         ).fetchone()
         server_pid = conn.execute("SELECT pg_backend_pid() AS pid").fetchone()
+        assert server_pid is not None
+        # Read while connected: the server process ends with the connection.
+        server_uid = os.stat(f"/proc/{server_pid['pid']}").st_uid
     assert orders is not None and orders["n"] == 10000
     assert settings is not None and settings["wal"] == "logical"
     state = lab.state()
@@ -46,9 +49,7 @@ def test_the_demo_lab_from_up_to_purge(tmp_path: Path, cutover: Callable[..., Re
     if state.pglogical:
         assert settings["preload"] == "pglogical"
     if os.geteuid() == 0:  # PostgreSQL refuses root: the servers run as postgres
-        assert server_pid is not None
-        uid = os.stat(f"/proc/{server_pid['pid']}").st_uid
-        assert pwd.getpwuid(uid).pw_name == "postgres"
+        assert pwd.getpwuid(server_uid).pw_name == "postgres"
 
     # Up again: same servers, same data, nothing loaded twice.
     ports = [i.port for i in state.instances]
