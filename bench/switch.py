@@ -71,7 +71,7 @@ def start_load(
     port = free_port()
     work = load.Load(
         env_file=env,
-        key="DATABASE_URL",
+        keys=("DATABASE_URL",),
         tables=load_sql.table_names(tables),
         log=load.WriteLog(log.open("a")),
         workers=6,
