@@ -22,7 +22,7 @@ MIN_SOURCE_VERSION = 100000  # logical replication appeared in PostgreSQL 10
 SUBSCRIPTION_ROLE_VERSION = 160000  # pg_create_subscription appeared in PostgreSQL 16
 SYNC_WORKERS = 2  # max_sync_workers_per_subscription's default: tables copied at once
 # The switch's copy of large objects, measured between two lab servers on one machine
-# (tests/integration/test_large_objects.py); a network between the servers slows it.
+# (tests/integration/test_not_carried.py); a network between the servers slows it.
 LARGE_OBJECTS_PER_SECOND = 5000.0
 LARGE_OBJECT_BYTES_PER_SECOND = 50 * 1024**2
 LARGE_OBJECT_PAUSE_SECONDS = 5.0  # a copy longer than this is a WARN: the pause grows
