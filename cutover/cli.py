@@ -1154,11 +1154,6 @@ def lab_audit(directory: LabDirOption = Path(".lab")) -> None:
     plan = load_plan(the_lab.plan_file)
     journal = journal_for(plan)
     fenced = journal.get(f"{switch.SCOPE}/switch.fence_source")
-    stopped = journal.get(f"{switch.SCOPE}/switch.stop_writers")
-    started = journal.get(f"{switch.SCOPE}/switch.start_writers")
-    window = (
-        (stopped.started_at, started.ended_at) if stopped and started and started.ended_at else None
-    )
     with pool(_servers(plan)) as connections:
         rows = lab.load_rows(connections, settings)
     state = the_lab.state()
@@ -1168,7 +1163,7 @@ def lab_audit(directory: LabDirOption = Path(".lab")) -> None:
         rows,
         source_port=state.instance("source").port,
         fenced_at=fenced.ended_at if fenced else None,
-        switch_window=window,
+        switch_window=journal.pause_window(phase="switch", scope=switch.SCOPE),
     )
     moved = sum(len(r) for r in rows.values())
     pause = next(

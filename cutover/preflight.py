@@ -265,9 +265,8 @@ def _pglogical_source_grants(plan: Plan, pool: Pool, user: str) -> Iterator[Find
     caller: on PostgreSQL (Cloud SQL's admin excepted) only a superuser can create
     it and give the plan's user its tables.
     """
-    for db in plan.databases:
-        if db not in catalog.existing_databases(pool.get("source"), [db]):
-            continue
+    present = catalog.existing_databases(pool.get("source"), plan.databases)
+    for db in [d for d in plan.databases if d in present]:
         conn = pool.get("source", db)
         if pglogical.usable_by(conn, user):
             yield Finding("privileges", f"source/{db}", Status.OK, f"{user} may use pglogical")

@@ -217,19 +217,27 @@ class Journal:
         """An event that is not a step transition (a command started, a fence lifted)."""
         self._append(Event(now(), actor(), kind, key, outcome, redact(detail)))
 
+    def _span(self, key: str) -> tuple[str, str] | None:
+        """When a finished step started and ended."""
+        r = self._doc.steps.get(key)
+        return (r.started_at, r.ended_at) if r and r.ended_at else None
+
+    def pause_window(self, *, phase: str, scope: str) -> tuple[str, str] | None:
+        """When the last switch (or rollback) stopped its first writer and started its last."""
+        stop = self._span(f"{scope}/{phase}.stop_writers")
+        start = self._span(f"{scope}/{phase}.start_writers")
+        return (stop[0], start[1]) if stop and start else None
+
     def pause(self, *, phase: str, scope: str) -> "Pause | None":
         """The write pause of the last switch (or rollback) `phase`, from its step records."""
-        steps = self._doc.steps
-
-        def record(step: str) -> tuple[str, str] | None:
-            r = steps.get(f"{scope}/{phase}.{step}")
-            return (r.started_at, r.ended_at) if r and r.ended_at else None
-
-        stop, start, promote = (record(s) for s in ("stop_writers", "start_writers", "promote"))
-        fence = record("fence_source") or record("fence_target")
-        if not (stop and start and fence and promote):
+        window = self.pause_window(phase=phase, scope=scope)
+        promote = self._span(f"{scope}/{phase}.promote")
+        fence = self._span(f"{scope}/{phase}.fence_source") or self._span(
+            f"{scope}/{phase}.fence_target"
+        )
+        if not (window and fence and promote):
             return None
-        return Pause(_seconds_between(stop[0], start[1]), _seconds_between(fence[0], promote[1]))
+        return Pause(_seconds_between(*window), _seconds_between(fence[0], promote[1]))
 
     def _append(self, event: Event) -> None:
         self._doc.events.append(event)

@@ -113,7 +113,6 @@ class State:
     column: bool  # the column exists
     ours: bool  # ... and carries the move's mark
     default: bool  # new rows get a number (the temporary default, or the identity)
-    identity: bool  # the column is an identity column (the backfill's final form)
     not_null: bool
     index: str  # missing, invalid or valid
     primary_key: bool  # the table's primary key is on the column
@@ -127,7 +126,6 @@ def state(conn: Connection, key: Key) -> State:
             "SELECT a.attnum IS NOT NULL AS column, "
             "coalesce(pg_catalog.col_description(c.oid, a.attnum) = %s, false) AS ours, "
             "coalesce(a.atthasdef OR a.attidentity <> '', false) AS default, "
-            "coalesce(a.attidentity <> '', false) AS identity, "
             "coalesce(a.attnotnull, false) AS not_null, "
             "(SELECT CASE WHEN i.indisvalid THEN 'valid' ELSE 'invalid' END "
             " FROM pg_catalog.pg_class ic JOIN pg_catalog.pg_index i ON i.indexrelid = ic.oid "
@@ -153,7 +151,6 @@ def state(conn: Connection, key: Key) -> State:
         column=bool(row["column"]),
         ours=bool(row["ours"]),
         default=bool(row["default"]),
-        identity=bool(row["identity"]),
         not_null=bool(row["not_null"]),
         index=row["index"] or "missing",
         primary_key=bool(row["primary_key"]),

@@ -13,7 +13,9 @@ import yaml
 
 from cutover import load
 from cutover.lab import Lab, free_port
+from cutover.ledger import journal_for
 from cutover.pg import load as load_sql
+from cutover.plan import load as load_plan
 from tests.conftest import Databases, Result, connect
 
 TABLES = 12
@@ -194,18 +196,16 @@ def under_load(
 
 def audit(lab: Lab, running: Running) -> load.Audit:
     """The write log against the target: what was lost, and what errors the application saw."""
-    steps = ledger_of(running)
-    fenced = steps.get("all/switch.fence_source", {}).get("ended_at")
-    stopped = steps.get("all/switch.stop_writers", {}).get("started_at")
-    resumed = steps.get("all/switch.start_writers", {}).get("ended_at")
+    journal = journal_for(load_plan(running.plan))
+    fenced = journal.get("all/switch.fence_source")
     with connect(lab.server("target"), running.db) as conn:
         rows = {t: load_sql.rows(conn, t) for t in TABLE_NAMES}  # type: ignore[arg-type]
     return load.audit(
         running.log_path,
         rows,
         source_port=lab.server("source").port,
-        fenced_at=fenced,  # type: ignore[arg-type]
-        switch_window=(stopped, resumed) if stopped and resumed else None,  # type: ignore[arg-type]
+        fenced_at=fenced.ended_at if fenced else None,
+        switch_window=journal.pause_window(phase="switch", scope="all"),
     )
 
 
