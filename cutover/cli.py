@@ -458,7 +458,7 @@ def _show(report: runner.StepReport) -> None:
     )
     for change in report.changes:
         action = change.action.replace("\n", "\n" + " " * 11)
-        out.print(f"           [dim]{change.target}:[/] {_escape(action)}", soft_wrap=True)
+        out.print(f"           [dim]{change.where}:[/] {_escape(action)}", soft_wrap=True)
 
 
 def _run_phases(

@@ -429,7 +429,7 @@ class Lab:
             if admin.database_exists(maintenance, SAMPLE_DATABASE):
                 return False
             admin.create_database(
-                maintenance, SAMPLE_DATABASE, target="source", dry_run=False, owner=OWNER_ROLE
+                maintenance, SAMPLE_DATABASE, where="source", dry_run=False, owner=OWNER_ROLE
             )
         finally:
             maintenance.close()

@@ -18,7 +18,7 @@ from typing import Protocol
 class Change:
     """One thing done to the world: where (a server, a writer) and what (SQL, a call)."""
 
-    target: str
+    where: str
     action: str
 
 

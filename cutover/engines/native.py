@@ -56,9 +56,9 @@ class NativeEngine:
             return []  # the plan's user replicates: it may not create a replication role
         schemas = sorted({t.schema for t in self._tables()})
         return [
-            *replication.create_role(source, self.name, target="source", dry_run=dry_run),
+            *replication.create_role(source, self.name, where="source", dry_run=dry_run),
             *replication.grant_read(
-                source, self.name, schemas, target=self._where[0], dry_run=dry_run
+                source, self.name, schemas, where=self._where[0], dry_run=dry_run
             ),
         ]
 
@@ -70,7 +70,7 @@ class NativeEngine:
         """Publish every replicated table, the barrier table included."""
         source = self._pool.get("source", self._db)
         return replication.create_publication(
-            source, self.name, self._tables(), target=self._where[0], dry_run=dry_run
+            source, self.name, self._tables(), where=self._where[0], dry_run=dry_run
         )
 
     def subscription_exists(self) -> bool:
@@ -90,7 +90,7 @@ class NativeEngine:
             password = secrets.token_urlsafe(32)
             register_secret(password)
             changes.append(
-                replication.set_password(source, role, password, target="source", dry_run=dry_run)
+                replication.set_password(source, role, password, where="source", dry_run=dry_run)
             )
         else:  # the plan's own user, with its own password
             password = resolve_secret(self._plan.source.password or "", where="source.password")
@@ -104,7 +104,7 @@ class NativeEngine:
                 slot=self.slot_name,
                 create_slot=create_slot,
                 enabled=enabled,
-                target=self._where[1],
+                where=self._where[1],
                 dry_run=dry_run,
             ),
         ]
@@ -141,7 +141,7 @@ class NativeEngine:
         if not leftover:
             copy.refuse_rows(target, tables, self._db)
         else:
-            replication.drop_slot(source, self.slot_name, target="source", dry_run=False)
+            replication.drop_slot(source, self.slot_name, where="source", dry_run=False)
         parts = copy.plan_parts(source, tables, jobs=jobs)
         # Keys on the target mean a copy is done again after the indexes were built:
         # every table is emptied in one statement, and none can be refilled with FREEZE.
@@ -160,7 +160,7 @@ class NativeEngine:
             # Leave nothing half done: no rows from this copy, no slot pinning WAL.
             with suppress(Exception):
                 copy.truncate(target, tables)
-                replication.drop_slot(source, self.slot_name, target="source", dry_run=False)
+                replication.drop_slot(source, self.slot_name, where="source", dry_run=False)
             raise
         return described + self._subscribe(create_slot=False, enabled=False, dry_run=False)
 
@@ -172,7 +172,7 @@ class NativeEngine:
         """Enable the subscription: the changes since the copy's snapshot are applied."""
         target = self._pool.get("target", self._db)
         where = self._where[1]
-        return [replication.enable_subscription(target, self.name, target=where, dry_run=dry_run)]
+        return [replication.enable_subscription(target, self.name, where=where, dry_run=dry_run)]
 
     def progress(self) -> CopyProgress:
         """Each table's state; during a copy that another process runs, as the target shows it."""
@@ -216,7 +216,7 @@ class NativeEngine:
             replication.set_synchronous_commit(
                 self._pool.get("target", self._db),
                 self.name,
-                target=self._where[1],
+                where=self._where[1],
                 dry_run=dry_run,
             )
         ]
@@ -247,7 +247,7 @@ class NativeEngine:
         if not replication.subscription_exists(target, self.name):
             return []
         return replication.drop_subscription(
-            target, self.name, target=self._where[1], dry_run=dry_run
+            target, self.name, where=self._where[1], dry_run=dry_run
         )
 
     def drop_slot(self, *, dry_run: bool) -> Sequence[Change]:
@@ -255,13 +255,13 @@ class NativeEngine:
         source = self._pool.get("source", self._db)
         if not replication.slot_exists(source, self.slot_name):
             return []
-        return replication.drop_slot(source, self.slot_name, target="source", dry_run=dry_run)
+        return replication.drop_slot(source, self.slot_name, where="source", dry_run=dry_run)
 
     def drop_publication(self, *, dry_run: bool) -> Sequence[Change]:
         """Drop the publication."""
         source = self._pool.get("source", self._db)
         return replication.drop_publication(
-            source, self.name, target=self._where[0], dry_run=dry_run
+            source, self.name, where=self._where[0], dry_run=dry_run
         )
 
     def uninstalled(self) -> bool:

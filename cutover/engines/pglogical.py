@@ -64,7 +64,7 @@ class PglogicalEngine:
         say alike whether cutover created it.
         """
         return pglogical.create_extension(
-            self._source(), self._plan.move, target=self._where[0], dry_run=dry_run
+            self._source(), self._plan.move, where=self._where[0], dry_run=dry_run
         )
 
     def _source_role(self) -> str:
@@ -87,11 +87,11 @@ class PglogicalEngine:
             return []  # the plan's user replicates: it may not create a replication role
         schemas = sorted({t.schema for t in self._tables()})
         return [
-            *replication.create_role(source, self.name, target="source", dry_run=dry_run),
+            *replication.create_role(source, self.name, where="source", dry_run=dry_run),
             *replication.grant_read(
-                source, self.name, schemas, target=self._where[0], dry_run=dry_run
+                source, self.name, schemas, where=self._where[0], dry_run=dry_run
             ),
-            *pglogical.grant_provider(source, self.name, target=self._where[0], dry_run=dry_run),
+            *pglogical.grant_provider(source, self.name, where=self._where[0], dry_run=dry_run),
         ]
 
     def publication_exists(self) -> bool:
@@ -108,7 +108,7 @@ class PglogicalEngine:
             self.name,
             tables,
             sequences.names(source),
-            target=self._where[0],
+            where=self._where[0],
             dry_run=dry_run,
         )
 
@@ -129,7 +129,7 @@ class PglogicalEngine:
         password = secrets.token_urlsafe(32)
         register_secret(password)
         return password, [
-            replication.set_password(conn, role, password, target=where, dry_run=dry_run)
+            replication.set_password(conn, role, password, where=where, dry_run=dry_run)
         ]
 
     def _ensure_node(
@@ -143,7 +143,7 @@ class PglogicalEngine:
         password, changes = self._role_password(conn, role, where, dry_run=dry_run)
         dsn = replication.source_conninfo(server, self._db, role=role, password=password)
         node = f"{self.name}_{side}"
-        return [*changes, pglogical.create_node(conn, node, dsn, target=where, dry_run=dry_run)]
+        return [*changes, pglogical.create_node(conn, node, dsn, where=where, dry_run=dry_run)]
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -159,13 +159,13 @@ class PglogicalEngine:
         """The subscriber's node and the grants its copy needs, then the subscription."""
         source, target = self._source(), self._target()
         changes = pglogical.create_extension(
-            target, self._plan.move, target=self._where[1], dry_run=dry_run
+            target, self._plan.move, where=self._where[1], dry_run=dry_run
         )  # already there when the schema copy brought it
         changes += self._ensure_node(target, self._plan.target, "target", dry_run=dry_run)
         if with_copy:
             schemas = sorted({t.schema for t in self._tables()})
             changes += pglogical.grant_copy(
-                target, self.name, schemas, target=self._where[1], dry_run=dry_run
+                target, self.name, schemas, where=self._where[1], dry_run=dry_run
             )
         role = self._source_role()
         password, rotated = self._role_password(source, role, "source", dry_run=dry_run)
@@ -179,7 +179,7 @@ class PglogicalEngine:
                 provider_dsn=dsn,
                 sets=[self.name],
                 copy=with_copy,
-                target=self._where[1],
+                where=self._where[1],
                 dry_run=dry_run,
             ),
         ]
@@ -263,7 +263,7 @@ class PglogicalEngine:
         """Enable the subscription (it is enabled when made; this undoes a manual disable)."""
         return [
             pglogical.enable_subscription(
-                self._target(), self.name, target=self._where[1], dry_run=dry_run
+                self._target(), self.name, where=self._where[1], dry_run=dry_run
             )
         ]
 
@@ -376,14 +376,12 @@ class PglogicalEngine:
         if not self.subscription_exists():
             return []
         changes = [
-            pglogical.disable_subscription(
-                target, self.name, target=self._where[1], dry_run=dry_run
-            )
+            pglogical.disable_subscription(target, self.name, where=self._where[1], dry_run=dry_run)
         ]
         if not dry_run and name is not None:  # the worker ends with its sender
             replication.released(self._source(), name, timeout=10.0, poll=0.005)
         return changes + pglogical.drop_subscription(
-            target, self.name, target=self._where[1], dry_run=dry_run
+            target, self.name, where=self._where[1], dry_run=dry_run
         )
 
     def drop_slot(self, *, dry_run: bool) -> Sequence[Change]:
@@ -391,11 +389,11 @@ class PglogicalEngine:
         name = self._slot()
         if name is None or not replication.slot_exists(self._source(), name):
             return []
-        return replication.drop_slot(self._source(), name, target="source", dry_run=dry_run)
+        return replication.drop_slot(self._source(), name, where="source", dry_run=dry_run)
 
     def drop_publication(self, *, dry_run: bool) -> Sequence[Change]:
         """Drop the replication set."""
-        return pglogical.drop_set(self._source(), self.name, target=self._where[0], dry_run=dry_run)
+        return pglogical.drop_set(self._source(), self.name, where=self._where[0], dry_run=dry_run)
 
     def _ours(self) -> list[tuple[Connection, str, str | None, bool]]:
         """Each side: its connection, where, its node if cutover made it, the extension if ours."""
@@ -416,9 +414,9 @@ class PglogicalEngine:
         changes: list[Change] = []
         for conn, where, node, ours in self._ours():
             if node is not None:
-                changes.append(pglogical.drop_node(conn, node, target=where, dry_run=dry_run))
+                changes.append(pglogical.drop_node(conn, node, where=where, dry_run=dry_run))
             if ours:
-                changes += pglogical.drop_extension(conn, target=where, dry_run=dry_run)
+                changes += pglogical.drop_extension(conn, where=where, dry_run=dry_run)
         return changes
 
 

@@ -17,7 +17,7 @@ def database_exists(conn: Connection, name: str) -> bool:
 
 
 def create_database(
-    conn: Connection, name: str, *, target: str, dry_run: bool, owner: str | None = None
+    conn: Connection, name: str, *, where: str, dry_run: bool, owner: str | None = None
 ) -> list[Change]:
     """CREATE DATABASE unless it exists (the connection must be in autocommit)."""
     if database_exists(conn, name):
@@ -25,7 +25,7 @@ def create_database(
     statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
     if owner is not None:
         statement = sql.SQL("{} OWNER {}").format(statement, sql.Identifier(owner))
-    return [change(conn, statement, target=target, dry_run=dry_run)]
+    return [change(conn, statement, where=where, dry_run=dry_run)]
 
 
 def run_script(conn: Connection, name: str, *, as_role: str | None = None) -> None:

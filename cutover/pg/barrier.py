@@ -16,16 +16,16 @@ def barrier_table_exists(conn: Connection) -> bool:
     return row is not None and row["t"] is not None
 
 
-def create_barrier_table(conn: Connection, *, target: str, dry_run: bool) -> list[Change]:
+def create_barrier_table(conn: Connection, *, where: str, dry_run: bool) -> list[Change]:
     """Create the schema and the barrier table; both statements guard themselves."""
     return [
         change(
             conn,
             sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)),
-            target=target,
+            where=where,
             dry_run=dry_run,
         ),
-        change(conn, load("create_barrier_table"), target=target, dry_run=dry_run),
+        change(conn, load("create_barrier_table"), where=where, dry_run=dry_run),
     ]
 
 
@@ -74,7 +74,7 @@ def schema_exists(conn: Connection) -> bool:
     return row is not None
 
 
-def drop_schema(conn: Connection, *, target: str, dry_run: bool) -> list[Change]:
+def drop_schema(conn: Connection, *, where: str, dry_run: bool) -> list[Change]:
     """Drop the `_cutover` schema and its barrier table."""
     statement = sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA))
-    return [change(conn, statement, target=target, dry_run=dry_run)]
+    return [change(conn, statement, where=where, dry_run=dry_run)]

@@ -344,10 +344,10 @@ def subscription_errors(conn: Connection, subscription: str) -> int:
     return int(row["n"]) if row else 0
 
 
-def alter_system(conn: Connection, name: str, value: str, *, target: str, dry_run: bool) -> Change:
+def alter_system(conn: Connection, name: str, value: str, *, where: str, dry_run: bool) -> Change:
     """ALTER SYSTEM SET a parameter (takes effect on reload or restart)."""
     statement = sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
-    return change(conn, statement, target=target, dry_run=dry_run)
+    return change(conn, statement, where=where, dry_run=dry_run)
 
 
 def exact_counts(conn: Connection, tables: list[tuple[str, str]]) -> dict[tuple[str, str], int]:

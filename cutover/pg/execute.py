@@ -25,11 +25,11 @@ def change(
     statement: Query,
     params: Params = None,
     *,
-    target: str,
+    where: str,
     dry_run: bool,
 ) -> Change:
     """Execute `statement` unless dry_run; either way return what it is."""
     text = render(conn, statement, params)
     if not dry_run:
         conn.execute(statement, params)
-    return Change(target=target, action=redact(text))  # a Change is shown and logged
+    return Change(where=where, action=redact(text))  # a Change is shown and logged

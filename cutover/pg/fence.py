@@ -60,7 +60,7 @@ def fence(
                 "CREATE TABLE IF NOT EXISTS {} (role text PRIMARY KEY, move text NOT NULL, "
                 "fenced_at timestamptz NOT NULL DEFAULT pg_catalog.now())"
             ).format(TABLE),
-            target="source",
+            where="source",
             dry_run=dry_run,
         ),
         change(
@@ -69,7 +69,7 @@ def fence(
                 "INSERT INTO {} (role, move) SELECT unnest(%s::text[]), %s ON CONFLICT DO NOTHING"
             ).format(TABLE),
             (roles, move),
-            target="source",
+            where="source",
             dry_run=dry_run,
         ),
     ]
@@ -80,7 +80,7 @@ def fence(
             statements.append(
                 sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(ident)
             )
-        changes += [change(conn, s, target="source", dry_run=dry_run) for s in statements]
+        changes += [change(conn, s, where="source", dry_run=dry_run) for s in statements]
     changes.append(
         change(
             conn,
@@ -90,7 +90,7 @@ def fence(
                 "WHERE usename = ANY(%s) AND pid <> pg_catalog.pg_backend_pid()"
             ),
             (roles,),
-            target="source",
+            where="source",
             dry_run=dry_run,
         )
     )
@@ -107,14 +107,14 @@ def unfence(conn: Connection, move: str, *, dry_run: bool) -> list[Change]:
             sql.SQL("ALTER ROLE {} LOGIN").format(ident),
             sql.SQL("ALTER ROLE {} RESET default_transaction_read_only").format(ident),
         ):
-            changes.append(change(conn, statement, target="source", dry_run=dry_run))
+            changes.append(change(conn, statement, where="source", dry_run=dry_run))
     if roles:
         changes.append(
             change(
                 conn,
                 sql.SQL("DELETE FROM {} WHERE move = %s").format(TABLE),
                 (move,),
-                target="source",
+                where="source",
                 dry_run=dry_run,
             )
         )

@@ -92,17 +92,17 @@ def extension_ours(conn: Connection, move: str) -> bool:
     return bool(row and row["ours"])
 
 
-def create_extension(conn: Connection, move: str, *, target: str, dry_run: bool) -> list[Change]:
+def create_extension(conn: Connection, move: str, *, where: str, dry_run: bool) -> list[Change]:
     """CREATE EXTENSION, marked with the move's comment."""
     if extension_installed(conn):
         return []
     ident = sql.Identifier(EXTENSION)
     return [
-        change(conn, sql.SQL("CREATE EXTENSION {}").format(ident), target=target, dry_run=dry_run),
+        change(conn, sql.SQL("CREATE EXTENSION {}").format(ident), where=where, dry_run=dry_run),
         change(
             conn,
             sql.SQL("COMMENT ON EXTENSION {} IS {}").format(ident, sql.Literal(mark(move))),
-            target=target,
+            where=where,
             dry_run=dry_run,
         ),
         # pglogical's hooks read its schema whenever a table is dropped in a database with
@@ -112,16 +112,16 @@ def create_extension(conn: Connection, move: str, *, target: str, dry_run: bool)
         change(
             conn,
             sql.SQL("GRANT USAGE ON SCHEMA {} TO PUBLIC").format(sql.Identifier(SCHEMA)),
-            target=target,
+            where=where,
             dry_run=dry_run,
         ),
     ]
 
 
-def drop_extension(conn: Connection, *, target: str, dry_run: bool) -> list[Change]:
+def drop_extension(conn: Connection, *, where: str, dry_run: bool) -> list[Change]:
     """DROP EXTENSION (cleanup calls it only for an extension carrying the move's mark)."""
     statement = sql.SQL("DROP EXTENSION IF EXISTS {}").format(sql.Identifier(EXTENSION))
-    return [change(conn, statement, target=target, dry_run=dry_run)]
+    return [change(conn, statement, where=where, dry_run=dry_run)]
 
 
 # -- nodes ------------------------------------------------------------------------------------
@@ -155,16 +155,16 @@ def local_node(conn: Connection) -> Node | None:
     return None if row is None else Node(row["name"], row["dsn"])
 
 
-def create_node(conn: Connection, name: str, dsn: str, *, target: str, dry_run: bool) -> Change:
+def create_node(conn: Connection, name: str, dsn: str, *, where: str, dry_run: bool) -> Change:
     """This database's node; `dsn` is how the server itself reaches it."""
     statement = sql.SQL("SELECT pglogical.create_node(node_name := %s, dsn := %s)")
-    return change(conn, statement, (name, dsn), target=target, dry_run=dry_run)
+    return change(conn, statement, (name, dsn), where=where, dry_run=dry_run)
 
 
-def drop_node(conn: Connection, name: str, *, target: str, dry_run: bool) -> Change:
+def drop_node(conn: Connection, name: str, *, where: str, dry_run: bool) -> Change:
     """Drop the database's node (its subscriptions and sets are gone by then)."""
     statement = sql.SQL("SELECT pglogical.drop_node(node_name := %s, ifexists := true)")
-    return change(conn, statement, (name,), target=target, dry_run=dry_run)
+    return change(conn, statement, (name,), where=where, dry_run=dry_run)
 
 
 # -- replication sets (provider) --------------------------------------------------------------
@@ -186,7 +186,7 @@ def create_set(
     tables: list[tuple[str, str]],
     sequences: list[tuple[str, str]],
     *,
-    target: str,
+    where: str,
     dry_run: bool,
 ) -> list[Change]:
     """A set replicating every change of `tables`, and `sequences`, in one transaction."""
@@ -195,7 +195,7 @@ def create_set(
             conn,
             sql.SQL("SELECT pglogical.create_replication_set(set_name := %s)"),
             (name,),
-            target=target,
+            where=where,
             dry_run=dry_run,
         )
     ]
@@ -210,18 +210,16 @@ def create_set(
     for statement, relations in ((add_table, tables), (add_sequence, sequences)):
         for schema, rel in relations:
             regclass = sql.Identifier(schema, rel).as_string(conn)
-            changes.append(
-                change(conn, statement, (name, regclass), target=target, dry_run=dry_run)
-            )
+            changes.append(change(conn, statement, (name, regclass), where=where, dry_run=dry_run))
     return changes
 
 
-def drop_set(conn: Connection, name: str, *, target: str, dry_run: bool) -> list[Change]:
+def drop_set(conn: Connection, name: str, *, where: str, dry_run: bool) -> list[Change]:
     """Drop the replication set, if there is one."""
     if not set_exists(conn, name):
         return []
     statement = sql.SQL("SELECT pglogical.drop_replication_set(set_name := %s, ifexists := true)")
-    return [change(conn, statement, (name,), target=target, dry_run=dry_run)]
+    return [change(conn, statement, (name,), where=where, dry_run=dry_run)]
 
 
 # -- subscriptions (subscriber) ---------------------------------------------------------------
@@ -257,7 +255,7 @@ def create_subscription(
     provider_dsn: str,
     sets: list[str],
     copy: bool,
-    target: str,
+    where: str,
     dry_run: bool,
 ) -> Change:
     """Subscribe to `sets`; with `copy`, pglogical copies every table first. Never the schema."""
@@ -266,31 +264,31 @@ def create_subscription(
         "replication_sets := %s, synchronize_structure := false, synchronize_data := %s, "
         "forward_origins := '{}')"
     )
-    return change(conn, statement, (name, provider_dsn, sets, copy), target=target, dry_run=dry_run)
+    return change(conn, statement, (name, provider_dsn, sets, copy), where=where, dry_run=dry_run)
 
 
-def drop_subscription(conn: Connection, name: str, *, target: str, dry_run: bool) -> list[Change]:
+def drop_subscription(conn: Connection, name: str, *, where: str, dry_run: bool) -> list[Change]:
     """Drop the subscription; pglogical drops its slot on the provider when it can reach it."""
     statement = sql.SQL(
         "SELECT pglogical.drop_subscription(subscription_name := %s, ifexists := true)"
     )
-    return [change(conn, statement, (name,), target=target, dry_run=dry_run)]
+    return [change(conn, statement, (name,), where=where, dry_run=dry_run)]
 
 
-def enable_subscription(conn: Connection, name: str, *, target: str, dry_run: bool) -> Change:
+def enable_subscription(conn: Connection, name: str, *, where: str, dry_run: bool) -> Change:
     """Enable the subscription now."""
     statement = sql.SQL(
         "SELECT pglogical.alter_subscription_enable(subscription_name := %s, immediate := true)"
     )
-    return change(conn, statement, (name,), target=target, dry_run=dry_run)
+    return change(conn, statement, (name,), where=where, dry_run=dry_run)
 
 
-def disable_subscription(conn: Connection, name: str, *, target: str, dry_run: bool) -> Change:
+def disable_subscription(conn: Connection, name: str, *, where: str, dry_run: bool) -> Change:
     """Stop applying: the apply worker ends at once (enable_subscription resumes)."""
     statement = sql.SQL(
         "SELECT pglogical.alter_subscription_disable(subscription_name := %s, immediate := true)"
     )
-    return change(conn, statement, (name,), target=target, dry_run=dry_run)
+    return change(conn, statement, (name,), where=where, dry_run=dry_run)
 
 
 def table_states(conn: Connection, name: str) -> list[TableSync]:
@@ -308,7 +306,7 @@ def slot_name(conn: Connection, db: str, provider_node: str, subscription_name: 
 
 
 def grant_copy(
-    conn: Connection, role: str, schemas: list[str], *, target: str, dry_run: bool
+    conn: Connection, role: str, schemas: list[str], *, where: str, dry_run: bool
 ) -> list[Change]:
     """What pglogical's table copy needs on the subscriber, for the role its node names."""
     ident = sql.Identifier(role)
@@ -329,15 +327,15 @@ def grant_copy(
                 "GRANT INSERT ON ALL TABLES IN SCHEMA {} TO {}",
             )
         ]
-    return [change(conn, s, target=target, dry_run=dry_run) for s in statements]
+    return [change(conn, s, where=where, dry_run=dry_run) for s in statements]
 
 
-def grant_provider(conn: Connection, role: str, *, target: str, dry_run: bool) -> list[Change]:
+def grant_provider(conn: Connection, role: str, *, where: str, dry_run: bool) -> list[Change]:
     """What a subscriber reads of the provider's pglogical catalog, as the replication role."""
     ident = sql.Identifier(role)
     schema = sql.Identifier(SCHEMA)
     return [
-        change(conn, s, target=target, dry_run=dry_run)
+        change(conn, s, where=where, dry_run=dry_run)
         for s in (
             sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, ident),
             sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(schema, ident),

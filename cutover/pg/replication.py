@@ -83,16 +83,16 @@ def replicating_role(conn: Connection, own: str, plan_user: str) -> str:
     return plan_user
 
 
-def create_role(conn: Connection, role: str, *, target: str, dry_run: bool) -> list[Change]:
+def create_role(conn: Connection, role: str, *, where: str, dry_run: bool) -> list[Change]:
     """A login role that may replicate and nothing else yet; its password comes later."""
     if role_exists(conn, role):
         return []
     statement = sql.SQL("CREATE ROLE {} LOGIN REPLICATION").format(sql.Identifier(role))
-    return [change(conn, statement, target=target, dry_run=dry_run)]
+    return [change(conn, statement, where=where, dry_run=dry_run)]
 
 
 def grant_read(
-    conn: Connection, role: str, schemas: list[str], *, target: str, dry_run: bool
+    conn: Connection, role: str, schemas: list[str], *, where: str, dry_run: bool
 ) -> list[Change]:
     """USAGE on the schemas and SELECT on their tables: what the initial copy reads."""
     changes = []
@@ -102,7 +102,7 @@ def grant_read(
             "GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}",
         ):
             statement = sql.SQL(template).format(sql.Identifier(schema), sql.Identifier(role))
-            changes.append(change(conn, statement, target=target, dry_run=dry_run))
+            changes.append(change(conn, statement, where=where, dry_run=dry_run))
     return changes
 
 
@@ -127,13 +127,13 @@ def password_verifier(conn: Connection, role: str, password: str) -> str:
 
 
 def set_password(
-    conn: Connection, role: str, password: str, *, target: str, dry_run: bool
+    conn: Connection, role: str, password: str, *, where: str, dry_run: bool
 ) -> Change:
     """Give the role a password, sent as a SCRAM verifier rather than in clear."""
     statement = sql.SQL("ALTER ROLE {} PASSWORD {}").format(
         sql.Identifier(role), sql.Literal(password_verifier(conn, role, password))
     )
-    return change(conn, statement, target=target, dry_run=dry_run)
+    return change(conn, statement, where=where, dry_run=dry_run)
 
 
 # -- the publication (source) --------------------------------------------------------------------
@@ -146,7 +146,7 @@ def publication_exists(conn: Connection, name: str) -> bool:
 
 
 def create_publication(
-    conn: Connection, name: str, tables: list[Relation], *, target: str, dry_run: bool
+    conn: Connection, name: str, tables: list[Relation], *, where: str, dry_run: bool
 ) -> list[Change]:
     """A publication of exactly these tables (FOR ALL TABLES would need a superuser)."""
     if publication_exists(conn, name):
@@ -155,7 +155,7 @@ def create_publication(
         sql.Identifier(name),
         sql.SQL(", ").join(sql.Identifier(t.schema, t.name) for t in tables),
     )
-    return [change(conn, statement, target=target, dry_run=dry_run)]
+    return [change(conn, statement, where=where, dry_run=dry_run)]
 
 
 # -- the subscription (target) -------------------------------------------------------------------
@@ -191,7 +191,7 @@ def create_subscription(
     slot: str,
     create_slot: bool,
     enabled: bool,
-    target: str,
+    where: str,
     dry_run: bool,
 ) -> Change:
     """Subscribe to the publication of the same name; the rows are on the target already.
@@ -209,7 +209,7 @@ def create_subscription(
         create=sql.Literal(create_slot),
         enabled=sql.Literal(enabled),
     )
-    return change(conn, statement, target=target, dry_run=dry_run)
+    return change(conn, statement, where=where, dry_run=dry_run)
 
 
 def subscription_enabled(conn: Connection, name: str) -> bool:
@@ -225,10 +225,10 @@ def subscription_enabled(conn: Connection, name: str) -> bool:
     return bool(row and row["subenabled"])
 
 
-def enable_subscription(conn: Connection, name: str, *, target: str, dry_run: bool) -> Change:
+def enable_subscription(conn: Connection, name: str, *, where: str, dry_run: bool) -> Change:
     """Start applying what the slot streams."""
     statement = sql.SQL("ALTER SUBSCRIPTION {} ENABLE").format(sql.Identifier(name))
-    return change(conn, statement, target=target, dry_run=dry_run)
+    return change(conn, statement, where=where, dry_run=dry_run)
 
 
 @dataclass(frozen=True)
@@ -315,12 +315,12 @@ def slot_state(conn: Connection, slot: str) -> SlotState | None:
     )
 
 
-def set_synchronous_commit(conn: Connection, name: str, *, target: str, dry_run: bool) -> Change:
+def set_synchronous_commit(conn: Connection, name: str, *, where: str, dry_run: bool) -> Change:
     """Apply commits flush at once, so the slot's confirmed position follows within ms."""
     statement = sql.SQL("ALTER SUBSCRIPTION {} SET (synchronous_commit = 'on')").format(
         sql.Identifier(name)
     )
-    return change(conn, statement, target=target, dry_run=dry_run)
+    return change(conn, statement, where=where, dry_run=dry_run)
 
 
 def synchronous_commit(conn: Connection, name: str) -> bool:
@@ -332,11 +332,11 @@ def synchronous_commit(conn: Connection, name: str) -> bool:
     return row is not None and row["subsynccommit"] == "on"
 
 
-def drop_subscription(conn: Connection, name: str, *, target: str, dry_run: bool) -> list[Change]:
+def drop_subscription(conn: Connection, name: str, *, where: str, dry_run: bool) -> list[Change]:
     """End the subscription without touching the source (its slot is dropped separately)."""
     ident = sql.Identifier(name)
     return [
-        change(conn, sql.SQL(s).format(ident), target=target, dry_run=dry_run)
+        change(conn, sql.SQL(s).format(ident), where=where, dry_run=dry_run)
         for s in (
             "ALTER SUBSCRIPTION {} DISABLE",
             "ALTER SUBSCRIPTION {} SET (slot_name = NONE)",
@@ -346,12 +346,12 @@ def drop_subscription(conn: Connection, name: str, *, target: str, dry_run: bool
 
 
 def drop_slot(
-    conn: Connection, slot: str, *, target: str, dry_run: bool, timeout: float = 10.0
+    conn: Connection, slot: str, *, where: str, dry_run: bool, timeout: float = 10.0
 ) -> list[Change]:
     """Drop the slot once its walsender has gone (it ends after the subscription is disabled)."""
     statement = sql.SQL("SELECT pg_catalog.pg_drop_replication_slot(%s)")
     if dry_run:
-        return [change(conn, statement, (slot,), target=target, dry_run=True)]
+        return [change(conn, statement, (slot,), where=where, dry_run=True)]
     if not released(conn, slot, timeout=timeout):
         raise StepFailed(
             f"the replication slot {slot} is still in use after {timeout:g} s",
@@ -359,7 +359,7 @@ def drop_slot(
         )
     if not slot_exists(conn, slot):
         return []
-    return [change(conn, statement, (slot,), target=target, dry_run=False)]
+    return [change(conn, statement, (slot,), where=where, dry_run=False)]
 
 
 def released(conn: Connection, slot: str, *, timeout: float, poll: float = 0.05) -> bool:
@@ -384,10 +384,10 @@ def slot_exists(conn: Connection, slot: str) -> bool:
     )
 
 
-def drop_publication(conn: Connection, name: str, *, target: str, dry_run: bool) -> list[Change]:
+def drop_publication(conn: Connection, name: str, *, where: str, dry_run: bool) -> list[Change]:
     """Drop the move's publication."""
     statement = sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(name))
-    return [change(conn, statement, target=target, dry_run=dry_run)]
+    return [change(conn, statement, where=where, dry_run=dry_run)]
 
 
 def drop_role(
@@ -396,7 +396,7 @@ def drop_role(
     role: str,
     *,
     heir: str,
-    target: str,
+    where: str,
     dry_run: bool,
 ) -> list[Change]:
     """Give what the role owns to `heir` and revoke its grants in each database, then drop it."""
@@ -406,8 +406,8 @@ def drop_role(
     for conn in conns:
         for template in ("REASSIGN OWNED BY {} TO {}", "DROP OWNED BY {}"):
             statement = sql.SQL(template).format(sql.Identifier(role), sql.Identifier(heir))
-            where = f"{target}/{conn.info.dbname}"
-            changes.append(change(conn, statement, target=where, dry_run=dry_run))
+            here = f"{where}/{conn.info.dbname}"
+            changes.append(change(conn, statement, where=here, dry_run=dry_run))
     statement = sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role))
-    changes.append(change(maintenance, statement, target=target, dry_run=dry_run))
+    changes.append(change(maintenance, statement, where=where, dry_run=dry_run))
     return changes

@@ -40,7 +40,7 @@ def read(conn: Connection, sequences: list[tuple[str, str]]) -> Values:
     return {r["name"]: (int(r["last_value"]), bool(r["is_called"])) for r in conn.execute(query)}
 
 
-def write(conn: Connection, values: Values, *, target: str, dry_run: bool) -> list[Change]:
+def write(conn: Connection, values: Values, *, where: str, dry_run: bool) -> list[Change]:
     """Set every sequence in one statement."""
     if not values:
         return []
@@ -49,7 +49,7 @@ def write(conn: Connection, values: Values, *, target: str, dry_run: bool) -> li
         "FROM unnest(%s::text[], %s::bigint[], %s::bool[]) AS v(name, last_value, is_called)"
     )
     params = (list(values), [v[0] for v in values.values()], [v[1] for v in values.values()])
-    return [change(conn, statement, params, target=target, dry_run=dry_run)]
+    return [change(conn, statement, params, where=where, dry_run=dry_run)]
 
 
 def increments(conn: Connection, sequences: list[tuple[str, str]]) -> Steps:

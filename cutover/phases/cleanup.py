@@ -105,7 +105,7 @@ def phase(plan: Plan, pool: Pool, db: str, engine: Engine) -> Phase:
     def drop_barrier_tables(*, dry_run: bool) -> Sequence[Change]:
         changes = []
         for label, conn in sides():
-            changes += barrier.drop_schema(conn, target=f"{label}/{db}", dry_run=dry_run)
+            changes += barrier.drop_schema(conn, where=f"{label}/{db}", dry_run=dry_run)
         return changes
 
     def barrier_tables_gone() -> bool:
@@ -118,7 +118,7 @@ def phase(plan: Plan, pool: Pool, db: str, engine: Engine) -> Phase:
             for conn in conns:
                 admin.allow_writes(conn)
             changes += replication.drop_role(
-                conns, pool.get(label), name, heir=server.user, target=label, dry_run=dry_run
+                conns, pool.get(label), name, heir=server.user, where=label, dry_run=dry_run
             )
         return changes
 

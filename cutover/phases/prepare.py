@@ -74,7 +74,7 @@ class Prepare:
         """ALTER SYSTEM; then a restart, only when asked for and the plan says how."""
         changes = [
             catalog.alter_system(
-                self.pool.get("source"), "wal_level", "logical", target="source", dry_run=dry_run
+                self.pool.get("source"), "wal_level", "logical", where="source", dry_run=dry_run
             )
         ]
         command = self.plan.source.restart
@@ -112,13 +112,13 @@ class Prepare:
     def create_target_database(self, *, dry_run: bool) -> Sequence[Change]:
         """CREATE DATABASE on the target."""
         return admin.create_database(
-            self.pool.get("target"), self.db, target="target", dry_run=dry_run
+            self.pool.get("target"), self.db, where="target", dry_run=dry_run
         )
 
     def create_barrier(self, side: str, *, dry_run: bool) -> Sequence[Change]:
         """`_cutover.barrier` on one side."""
         conn = self.source() if side == "source" else self.target(dry_run=dry_run)
-        return barrier.create_barrier_table(conn, target=f"{side}/{self.db}", dry_run=dry_run)
+        return barrier.create_barrier_table(conn, where=f"{side}/{self.db}", dry_run=dry_run)
 
     def barrier_exists(self, side: str) -> bool:
         """Whether `_cutover.barrier` exists on one side."""
@@ -161,7 +161,7 @@ class Prepare:
         # The move's own role is granted SELECT on the source: the target needs it too
         # for those grants to restore, and reverse replication connects as it later.
         role = replication.object_name(self.plan.move)
-        replication.create_role(conn, role, target=f"target/{db}", dry_run=False)
+        replication.create_role(conn, role, where=f"target/{db}", dry_run=False)
         missing = schema.missing_roles(self.source(), conn)
         if missing:
             raise PreconditionFailed(

@@ -238,7 +238,7 @@ class Switch:
         changes: list[Change] = []
         for db, (source_values, _) in self._sequence_values().items():
             changes += sequences.write(
-                self.pool.get("target", db), source_values, target=f"target/{db}", dry_run=dry_run
+                self.pool.get("target", db), source_values, where=f"target/{db}", dry_run=dry_run
             )
         return changes
 
