@@ -39,12 +39,12 @@ from cutover.pg import admin, fence, matviews
 from cutover.pg import errors as pg_errors
 from cutover.pg.backfill import FillProgress
 from cutover.pg.connect import Pool, pool
-from cutover.pg.copy import READY_STATES, CopyProgress
 from cutover.pg.ident import quote
 from cutover.phases import backfill, cleanup, prepare, rollback, start, switch
 from cutover.plan import Plan, Server, parse_table
 from cutover.plan import load as load_plan
 from cutover.steps import Outcome, Phase
+from cutover.types import SyncProgress, TableState
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -396,7 +396,7 @@ def _start_in_background(
 @contextmanager
 def _copy_progress(
     *, enabled: bool
-) -> Iterator[Callable[[str], tuple[Callable[[CopyProgress], None], Callable[[int], None]]]]:
+) -> Iterator[Callable[[str], tuple[Callable[[SyncProgress], None], Callable[[int], None]]]]:
     """Progress bars per database: tables copied and bytes with rate and ETA, then the lag."""
     if not enabled:
         yield lambda db: (lambda progress: None, lambda lag: None)
@@ -416,8 +416,8 @@ def _copy_progress(
                 tasks[db] = bars.add_task(_escape(db), total=None, detail="")
             return tasks[db]
 
-        def for_db(db: str) -> tuple[Callable[[CopyProgress], None], Callable[[int], None]]:
-            def copied(progress: CopyProgress) -> None:
+        def for_db(db: str) -> tuple[Callable[[SyncProgress], None], Callable[[int], None]]:
+            def copied(progress: SyncProgress) -> None:
                 bars.update(
                     task(db),
                     total=max(progress.bytes_total, 1),
@@ -810,7 +810,9 @@ def _replication_state(db: str, info: dict[str, Any]) -> str:
         f"{_bytes(slot['retained_bytes'])} ({slot['wal_status']})"
     )
     waiting = [
-        f"{t} ({state})" for t, state in info["table_states"].items() if state not in READY_STATES
+        f"{t} ({TableState(state).label})"
+        for t, state in info["table_states"].items()
+        if not TableState(state).is_ready
     ]
     if waiting:
         shown = ", ".join(waiting[:10]) + (

@@ -23,6 +23,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from cutover.errors import UsageError
+from cutover.types import TableState
 
 REGISTRY = CollectorRegistry()
 
@@ -94,7 +95,6 @@ def backfill_progress(
 # -- a move's state, read at scrape time -------------------------------------------------------
 
 PHASES = ("prepare", "backfill", "start", "switch", "rollback", "cleanup")
-TABLE_STATES = ("queued", "copying", "copied", "catching_up", "syncing", "ready", "unknown")
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ class Replication:
     wal_safe_bytes: int | None = None  # left before max_slot_wal_keep_size invalidates the slot
     slot_active: bool | None = None
     streaming: bool | None = None  # None: no subscription (yet, or any more)
-    tables: dict[str, int] | None = None  # tables by sync state
+    tables: dict[TableState, int] | None = None  # tables by sync state
     copy_bytes_done: int | None = None
     copy_bytes_total: int | None = None
     rows_target: int | None = None
@@ -233,10 +233,9 @@ def _replication_families(move: str, replication: list[Replication]) -> Iterator
     for r in replication:
         if r.tables is None:
             continue
-        counts = dict.fromkeys(TABLE_STATES, 0)
+        counts = dict.fromkeys(TableState, 0)
         for state, n in r.tables.items():
-            key = state.replace(" ", "_")
-            counts[key if key in counts else "unknown"] += n
+            counts[state] += n
         for state, n in counts.items():
             tables.add_metric([move, r.database, r.engine, state], float(n))
     yield tables

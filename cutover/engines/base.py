@@ -3,9 +3,9 @@
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from cutover.pg.copy import CopyProgress
 from cutover.pg.replication import SlotState
 from cutover.steps import Change
+from cutover.types import SyncProgress
 
 
 class Engine(Protocol):
@@ -38,7 +38,7 @@ class Engine(Protocol):
         *,
         jobs: int,
         deadline: float,
-        on_progress: Callable[[CopyProgress], None],
+        on_progress: Callable[[SyncProgress], None],
         dry_run: bool,
     ) -> Sequence[Change]:
         """Copy every table consistently with the changes streamed later; subscribe, disabled."""
@@ -48,7 +48,7 @@ class Engine(Protocol):
 
     def start_streaming(self, *, dry_run: bool) -> Sequence[Change]: ...
 
-    def progress(self) -> CopyProgress: ...
+    def progress(self) -> SyncProgress: ...
 
     def describe(self) -> str | None:
         """The engine's own view of its replication, for status (None: nothing to add)."""

@@ -8,10 +8,10 @@ from cutover.log import register_secret
 from cutover.pg import barrier, catalog, copy, replication
 from cutover.pg.catalog import Relation
 from cutover.pg.connect import Pool
-from cutover.pg.copy import CopyProgress
 from cutover.pg.ident import quote
 from cutover.plan import Plan, resolve_secret
 from cutover.steps import Change
+from cutover.types import SyncProgress
 
 
 class NativeEngine:
@@ -114,7 +114,7 @@ class NativeEngine:
         *,
         jobs: int,
         deadline: float,
-        on_progress: Callable[[CopyProgress], None],
+        on_progress: Callable[[SyncProgress], None],
         dry_run: bool,
     ) -> Sequence[Change]:
         """The slot and its snapshot, every table copied in it, then the subscription, disabled.
@@ -174,7 +174,7 @@ class NativeEngine:
         where = self._where[1]
         return [replication.enable_subscription(target, self.name, where=where, dry_run=dry_run)]
 
-    def progress(self) -> CopyProgress:
+    def progress(self) -> SyncProgress:
         """Each table's state; during a copy that another process runs, as the target shows it."""
         target = self._pool.get("target", self._db)
         if replication.subscription_exists(target, self.name):
@@ -185,11 +185,11 @@ class NativeEngine:
                     self._pool.get("source", self._db), [(t.schema, t.name) for t in states]
                 ).values()
             )
-            return CopyProgress(tables, total, total)
+            return SyncProgress(tables, total, total)
         copies = replication.copy_states(
             self._pool.get("source", self._db), target, [(t.schema, t.name) for t in self._tables()]
         )
-        return CopyProgress(
+        return SyncProgress(
             tables={replication.display((c.schema, c.name)): c.state for c in copies},
             bytes_total=sum(c.bytes_source for c in copies),
             bytes_done=sum(min(c.bytes_source, c.bytes_target) for c in copies),

@@ -16,9 +16,9 @@ from cutover.log import register_secret
 from cutover.pg import barrier, copy, pglogical, replication, sequences
 from cutover.pg.catalog import Relation
 from cutover.pg.connect import Connection, Pool
-from cutover.pg.copy import CopyProgress
 from cutover.plan import Plan, Server, resolve_secret
 from cutover.steps import Change
+from cutover.types import SyncProgress, TableState
 
 HEARTBEAT_SECONDS = 1.0
 POLL_SECONDS = 0.2
@@ -189,7 +189,7 @@ class PglogicalEngine:
         *,
         jobs: int,
         deadline: float,
-        on_progress: Callable[[CopyProgress], None],
+        on_progress: Callable[[SyncProgress], None],
         dry_run: bool,
     ) -> Sequence[Change]:
         """Subscribe with pglogical's own copy of every table, and wait until it committed.
@@ -224,7 +224,7 @@ class PglogicalEngine:
             raise
         return changes
 
-    def _wait_for_copy(self, deadline: float, on_progress: Callable[[CopyProgress], None]) -> None:
+    def _wait_for_copy(self, deadline: float, on_progress: Callable[[SyncProgress], None]) -> None:
         down_since: float | None = None
         while True:
             sub = pglogical.subscription(self._target(), self.name)
@@ -234,7 +234,7 @@ class PglogicalEngine:
                     hint="someone dropped it; run start again to copy anew",
                 )
             on_progress(self.progress())
-            if sub.sync == "ready":
+            if sub.sync is TableState.READY:
                 return
             self.heartbeat()
             now = time.monotonic()
@@ -267,24 +267,24 @@ class PglogicalEngine:
             )
         ]
 
-    def progress(self) -> CopyProgress:
+    def progress(self) -> SyncProgress:
         """pglogical's state per table once its copy committed; before, what the target shows."""
         source, target = self._source(), self._target()
         tables = [(t.schema, t.name) for t in self._tables()]
         sub = pglogical.subscription(target, self.name)
-        if sub is not None and sub.sync == "ready":
+        if sub is not None and sub.sync is TableState.READY:
             # A subscription made without a copy keeps no state per table: all are ready.
             known = {(t.schema, t.name): t.state for t in pglogical.table_states(target, self.name)}
             total = sum(replication.table_sizes(source, tables).values())
-            states = {replication.display(t): known.get(t, "ready") for t in tables}
-            return CopyProgress(states, total, total)
+            states = {replication.display(t): known.get(t, TableState.READY) for t in tables}
+            return SyncProgress(states, total, total)
         copies = replication.copy_states(source, target, tables)
         # One transaction copies every table: none is there before it commits.
-        return CopyProgress(
+        return SyncProgress(
             tables={
-                replication.display((c.schema, c.name)): "queued"
-                if c.state == "queued"
-                else "copying"
+                replication.display((c.schema, c.name)): TableState.QUEUED
+                if c.state is TableState.QUEUED
+                else TableState.COPYING
                 for c in copies
             },
             bytes_total=sum(c.bytes_source for c in copies),

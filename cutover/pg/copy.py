@@ -20,7 +20,6 @@ import math
 import subprocess
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -35,38 +34,14 @@ from cutover.pg.connect import Connection, connect
 from cutover.pg.ident import quote
 from cutover.pg.queries import load
 from cutover.plan import Server
+from cutover.types import SyncProgress, TableState
 
 Table = tuple[str, str]  # (schema, name)
 
 SPLIT_BYTES = 1 << 30  # a table larger than this is copied by several jobs at once
 CHUNK = 1 << 20  # bytes read from the source's pipe at a time
 POLL_SECONDS = 0.5
-READY_STATES = frozenset({"copied", "ready"})
 STOPPED = "another part of the copy failed, or it was interrupted; that reason comes first"
-
-
-@dataclass(frozen=True)
-class CopyProgress:
-    """Where the initial copy stands: each table's state, and bytes copied of the total."""
-
-    tables: dict[str, str]
-    bytes_total: int
-    bytes_done: int
-
-    @property
-    def ready(self) -> int:
-        """Tables fully copied (and, once subscribed, streaming)."""
-        return sum(1 for state in self.tables.values() if state in READY_STATES)
-
-    @property
-    def done(self) -> bool:
-        """Every table is ready."""
-        return bool(self.tables) and self.ready == len(self.tables)
-
-    @property
-    def by_state(self) -> dict[str, int]:
-        """How many tables are in each state."""
-        return dict(Counter(self.tables.values()))
 
 
 @dataclass(frozen=True)
@@ -159,19 +134,22 @@ class _Tracker:
     stop: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def progress(self) -> CopyProgress:
+    def progress(self) -> SyncProgress:
         with self.lock:
-            states: dict[str, list[str]] = {}
+            states: dict[str, set[TableState]] = {}
             done = 0
             for i, part in enumerate(self.parts):
-                state = "copied" if i in self.finished else "copying" if i in self.started else ""
-                states.setdefault(quote(part.table), []).append(state or "queued")
+                state = (
+                    TableState.COPIED
+                    if i in self.finished
+                    else TableState.COPYING
+                    if i in self.started
+                    else TableState.QUEUED
+                )
+                states.setdefault(quote(part.table), set()).add(state)
                 done += part.bytes if i in self.finished else min(part.bytes, self.copied.get(i, 0))
-        tables = {
-            t: "copied" if set(s) == {"copied"} else "queued" if set(s) == {"queued"} else "copying"
-            for t, s in states.items()
-        }
-        return CopyProgress(tables, sum(p.bytes for p in self.parts), done)
+        tables = {t: s.pop() if len(s) == 1 else TableState.COPYING for t, s in states.items()}
+        return SyncProgress(tables, sum(p.bytes for p in self.parts), done)
 
     def kill_all(self) -> None:
         self.stop.set()
@@ -205,7 +183,7 @@ class Copier:
         *,
         jobs: int,
         deadline: float,
-        on_progress: Callable[[CopyProgress], None],
+        on_progress: Callable[[SyncProgress], None],
     ) -> None:
         """Every part copied; the first failure, the deadline or Ctrl-C stops every job."""
         tracker = _Tracker(parts)

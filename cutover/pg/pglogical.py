@@ -25,20 +25,21 @@ from cutover.pg.execute import change
 from cutover.pg.queries import load
 from cutover.pg.replication import TableSync
 from cutover.steps import Change
+from cutover.types import TableState
 
 EXTENSION = "pglogical"
 SCHEMA = "pglogical"
 
 # pglogical.local_sync_status.sync_status, per table and for the whole subscription
 STATES = {
-    "i": "queued",
-    "s": "copying",  # structure: never asked for, the schema is copied in prepare
-    "d": "copying",
-    "c": "copying",
-    "w": "catching up",
-    "u": "catching up",
-    "y": "ready",
-    "r": "ready",
+    "i": TableState.QUEUED,
+    "s": TableState.COPYING,  # structure: never asked for, the schema is copied in prepare
+    "d": TableState.COPYING,
+    "c": TableState.COPYING,
+    "w": TableState.CATCHING_UP,
+    "u": TableState.CATCHING_UP,
+    "y": TableState.READY,
+    "r": TableState.READY,
 }
 
 
@@ -231,7 +232,7 @@ class Subscription:
 
     status: str  # replicating, initializing, down, disabled, unknown
     slot: str
-    sync: str  # the state of its initial copy, a value of STATES
+    sync: TableState  # the state of its initial copy
 
 
 def subscription(conn: Connection, name: str) -> Subscription | None:
@@ -244,7 +245,7 @@ def subscription(conn: Connection, name: str) -> Subscription | None:
     return Subscription(
         status=row["status"] or "unknown",
         slot=row["slot"],
-        sync=STATES.get(row["sync"] or "", "queued"),
+        sync=STATES.get(row["sync"] or "", TableState.QUEUED),
     )
 
 
@@ -294,7 +295,9 @@ def disable_subscription(conn: Connection, name: str, *, where: str, dry_run: bo
 def table_states(conn: Connection, name: str) -> list[TableSync]:
     """Each table's state once the initial copy of the subscription is done."""
     rows = conn.execute(load("pglogical_tables"), (name,)).fetchall()
-    return [TableSync(r["schema"], r["name"], STATES.get(r["state"], "queued")) for r in rows]
+    return [
+        TableSync(r["schema"], r["name"], STATES.get(r["state"], TableState.QUEUED)) for r in rows
+    ]
 
 
 def slot_name(conn: Connection, db: str, provider_node: str, subscription_name: str) -> str:

@@ -24,11 +24,18 @@ from cutover.pg.ident import quote
 from cutover.pg.queries import load
 from cutover.plan import Server
 from cutover.steps import Change
+from cutover.types import TableState
 
 Table = tuple[str, str]  # (schema, name)
 
 # pg_subscription_rel.srsubstate
-STATES = {"i": "queued", "d": "copying", "f": "catching up", "s": "syncing", "r": "ready"}
+STATES = {
+    "i": TableState.QUEUED,
+    "d": TableState.COPYING,
+    "f": TableState.CATCHING_UP,
+    "s": TableState.SYNCING,
+    "r": TableState.READY,
+}
 
 
 def object_name(move: str) -> str:
@@ -237,13 +244,16 @@ class TableSync:
 
     schema: str
     name: str
-    state: str  # a value of STATES
+    state: TableState
 
 
 def table_states(conn: Connection, subscription: str) -> list[TableSync]:
     """Each subscribed table's copy state, from the target's catalog."""
     rows = conn.execute(load("subscription_tables"), (subscription,)).fetchall()
-    return [TableSync(r["schema"], r["name"], STATES.get(str(r["state"]), "unknown")) for r in rows]
+    return [
+        TableSync(r["schema"], r["name"], STATES.get(str(r["state"]), TableState.UNKNOWN))
+        for r in rows
+    ]
 
 
 def table_sizes(conn: Connection, tables: list[Table]) -> dict[Table, int]:
@@ -258,7 +268,7 @@ class TargetCopy:
 
     schema: str
     name: str
-    state: str  # queued, copying or copied
+    state: TableState
     bytes_source: int
     bytes_target: int
 
@@ -277,7 +287,11 @@ def copy_states(source: Connection, target: Connection, tables: list[Table]) -> 
         TargetCopy(
             r["schema"],
             r["name"],
-            "copying" if r["copying"] else "copied" if r["bytes"] else "queued",
+            TableState.COPYING
+            if r["copying"]
+            else TableState.COPIED
+            if r["bytes"]
+            else TableState.QUEUED,
             sizes.get((r["schema"], r["name"]), 0),
             int(r["bytes"]),
         )

@@ -26,11 +26,11 @@ from cutover.engines.base import Engine
 from cutover.errors import PreconditionFailed, StepFailed
 from cutover.pg import admin, catalog, matviews, replication, schema
 from cutover.pg.connect import Pool
-from cutover.pg.copy import CopyProgress
 from cutover.pg.replication import SlotState
 from cutover.phases.prepare import archive_path
 from cutover.plan import Plan
 from cutover.steps import Change, Phase, Step
+from cutover.types import SyncProgress
 
 CATCHUP_POLL_SECONDS = 0.2
 CONNECT_SECONDS = 60.0  # an apply worker that has not connected by then never will by itself
@@ -66,7 +66,7 @@ def phase(
     engine: Engine,
     *,
     jobs: int = 2,
-    on_progress: Callable[[CopyProgress], None] = lambda _: None,
+    on_progress: Callable[[SyncProgress], None] = lambda _: None,
     on_lag: Callable[[int], None] = lambda _: None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,

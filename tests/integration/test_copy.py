@@ -15,6 +15,7 @@ import pytest
 from cutover.lab import Lab
 from cutover.pg import copy, schema
 from cutover.pg.connect import connect as cutover_connect
+from cutover.types import SyncProgress
 from tests.conftest import REPO, Databases, Result, connect
 
 pytestmark = pytest.mark.integration
@@ -69,7 +70,7 @@ def test_a_split_table_arrives_exactly_as_the_snapshot_saw_it(
     parts = copy.plan_parts(source, tables, jobs=3, split_bytes=1 << 20)
     assert [p.pages is not None for p in parts].count(True) == 3  # the big table, in 3 parts
     slot = f"copytest_{uuid.uuid4().hex[:8]}"
-    seen: list[copy.CopyProgress] = []
+    seen: list[SyncProgress] = []
     try:
         with copy.exported_snapshot(lab.server("source"), db, slot) as snapshot:
             # Written after the snapshot: the slot streams these, the copy must not carry them.

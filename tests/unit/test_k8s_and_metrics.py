@@ -13,6 +13,7 @@ from prometheus_client import generate_latest
 from cutover import metrics, observe
 from cutover.ledger import FileStore, Journal
 from cutover.plan import load
+from cutover.types import TableState
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -144,14 +145,14 @@ def test_the_dashboard_is_provisioned_from_its_file_and_the_exporter_runs_the_pl
 @given(
     st.dictionaries(
         st.text(min_size=1, max_size=30),
-        st.sampled_from(["queued", "copying", "catching up", "ready", "syncing", "x y", ""]),
+        st.sampled_from(list(TableState)),
         max_size=50,
     )
 )
 def test_tables_by_state_count_every_table_once_under_a_bounded_label(
-    table_states: dict[str, str],
+    table_states: dict[str, TableState],
 ) -> None:
-    by_state: dict[str, int] = {}
+    by_state: dict[TableState, int] = {}
     for state in table_states.values():
         by_state[state] = by_state.get(state, 0) + 1
     snapshot = metrics.Snapshot(
@@ -161,7 +162,7 @@ def test_tables_by_state_count_every_table_once_under_a_bounded_label(
     families = list(metrics.MoveCollector("m", lambda: snapshot).collect())
     tables = next(f for f in families if f.name == "cutover_tables")
     assert sum(s.value for s in tables.samples) == len(table_states)
-    assert {s.labels["state"] for s in tables.samples} == set(metrics.TABLE_STATES)
+    assert {s.labels["state"] for s in tables.samples} == set(TableState)
 
 
 @given(

@@ -1,0 +1,92 @@
+"""The values that cross layers: which side, which table, how a table and the lag stand.
+
+Every layer speaks these, so this module imports nothing from cutover.
+"""
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import NamedTuple
+
+
+class Side(StrEnum):
+    """One of the move's two servers."""
+
+    SOURCE = "source"
+    TARGET = "target"
+
+    @property
+    def other(self) -> "Side":
+        """The other server."""
+        return Side.TARGET if self is Side.SOURCE else Side.SOURCE
+
+
+class TableName(NamedTuple):
+    """A table (or view, or sequence) by schema and name, both unquoted."""
+
+    schema: str
+    name: str
+
+    def __str__(self) -> str:
+        return ".".join('"' + part.replace('"', '""') + '"' for part in self)
+
+
+class TableState(StrEnum):
+    """Where one table's initial copy stands, in every engine's words."""
+
+    QUEUED = "queued"
+    COPYING = "copying"
+    COPIED = "copied"  # copied, not yet streaming (or streaming: the native copy ends here)
+    CATCHING_UP = "catching_up"  # copied by its own worker, applying what came meanwhile
+    SYNCING = "syncing"
+    READY = "ready"
+    UNKNOWN = "unknown"
+
+    @property
+    def label(self) -> str:
+        """The state as status prints it."""
+        return self.value.replace("_", " ")
+
+    @property
+    def is_ready(self) -> bool:
+        """Copied whole: the table needs nothing but streamed changes."""
+        return self in (TableState.COPIED, TableState.READY)
+
+
+@dataclass(frozen=True)
+class SyncProgress:
+    """Where the initial copy stands: each table's state, and bytes copied of the total."""
+
+    tables: dict[str, TableState]
+    bytes_total: int
+    bytes_done: int
+    measured_at: float = field(default_factory=time.time)  # seconds since the epoch
+
+    @property
+    def ready(self) -> int:
+        """Tables fully copied (and, once subscribed, streaming)."""
+        return sum(1 for state in self.tables.values() if state.is_ready)
+
+    @property
+    def done(self) -> bool:
+        """Every table is ready."""
+        return bool(self.tables) and self.ready == len(self.tables)
+
+    @property
+    def by_state(self) -> dict[TableState, int]:
+        """How many tables are in each state."""
+        return dict(Counter(self.tables.values()))
+
+
+@dataclass(frozen=True)
+class Lag:
+    """How far the target is behind the source, as the engine measured it."""
+
+    bytes: int  # source's current WAL position minus what the target confirmed
+    seconds: float | None  # since the last confirmed commit, when the engine knows
+    connected: bool  # the target receives changes right now
+    retained_bytes: int | None = None  # WAL the source keeps for the target
+    safe_bytes: int | None = None  # WAL left before the source gives up on the target
+    lost: bool = False  # the source gave up: what it kept for the target is gone
+    measured_at: float = field(default_factory=time.time)  # seconds since the epoch
