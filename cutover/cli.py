@@ -31,7 +31,18 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from cutover import __version__, lab, load, log, metrics, observe, preflight, runner, verify
+from cutover import (
+    __version__,
+    database,
+    lab,
+    load,
+    log,
+    metrics,
+    observe,
+    preflight,
+    runner,
+    verify,
+)
 from cutover.engines import engine_for, reversed_plan
 from cutover.errors import CutoverError, UsageError
 from cutover.ledger import Journal, journal_for, save_verification
@@ -196,12 +207,12 @@ def prepare_command(
     """
     plan = load_plan(plan_path)
     with pool(_servers(plan)) as connections, _backfill_progress(plan.move) as bars:
+        engine = engine_for(plan, connections)
 
         def phases_for(db: str) -> list[Phase]:
-            engine = engine_for(plan, connections, db)
             keys = [
                 backfill.phase(plan, connections, db, table, on_progress=bars(db, table))
-                for table in backfill.tables_without_key(plan, connections, db)
+                for table in database.tables_without_key(plan, connections, db)
             ]
             return [*keys, prepare.phase(plan, connections, db, engine, restart=restart)]
 
@@ -246,7 +257,7 @@ def backfill_command(
         chosen_tables: list[tuple[str, str]] = []
 
         def phases_for(db: str) -> list[Phase]:
-            tables = backfill.tables_without_key(plan, connections, db)
+            tables = database.tables_without_key(plan, connections, db)
             chosen_tables.extend(tables)
             return [
                 backfill.phase(plan, connections, db, table, on_progress=bars(db, table))
@@ -348,9 +359,9 @@ def start_command(
     if not dry_run:
         _serve_metrics(plan, metrics_port)
     with pool(_servers(plan)) as connections, _copy_progress(enabled=not dry_run) as bars:
+        engine = engine_for(plan, connections)
 
         def phase_for(db: str) -> Phase:
-            engine = engine_for(plan, connections, db)
             copy_bar, lag_bar = bars(db)
             return start.phase(
                 plan, connections, db, engine, jobs=parallel, on_progress=copy_bar, on_lag=lag_bar
@@ -364,8 +375,9 @@ def _start_in_background(
 ) -> None:
     """Check what start needs, then run `start --wait` detached, its output in a log file."""
     with pool(_servers(plan)) as connections:
+        engine = engine_for(plan, connections)
         for db in plan.databases:
-            start.require_prepared(connections, db, engine_for(plan, connections, db))
+            start.require_prepared(connections, db, engine)
     plan.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     log_path = plan.state_dir / f"{plan.move}.start.log"
     argv = [sys.executable, "-m", "cutover", "start", "-p", str(plan_path.resolve())]
@@ -521,13 +533,8 @@ def switch_command(
         _serve_metrics(plan, metrics_port)
     back = reversed_plan(plan)
     with _both_ways(plan) as (connections, back_connections):
-        engines = {db: engine_for(plan, connections, db) for db in plan.databases}
-        fallback = (
-            {db: engine_for(back, back_connections, db) for db in plan.databases}
-            if keep_fallback
-            else None
-        )
-        phase = switch.phase(plan, connections, engines, fallback=fallback)
+        fallback = engine_for(back, back_connections) if keep_fallback else None
+        phase = switch.phase(plan, connections, engine_for(plan, connections), fallback=fallback)
         _with_runner(plan, lambda steps: steps.run(phase, scope=switch.SCOPE), dry_run=dry_run)
     if not dry_run:
         with runner.locked(plan) as journal:
@@ -564,8 +571,8 @@ def rollback_command(
     )
     back = reversed_plan(plan)
     with _both_ways(plan) as (connections, back_connections):
-        back_engines = {db: engine_for(back, back_connections, db) for db in plan.databases}
-        phase = rollback.phase(plan, connections, back_connections, back_engines)
+        back_engine = engine_for(back, back_connections)
+        phase = rollback.phase(plan, connections, back_connections, back_engine)
         _with_runner(plan, lambda steps: steps.run(phase, scope=switch.SCOPE), dry_run=dry_run)
     if not dry_run:
         with runner.locked(plan) as journal:
@@ -597,16 +604,16 @@ def cleanup_command(
     )
     back = reversed_plan(plan)
     with _both_ways(plan) as (connections, back_connections):
+        engine = engine_for(plan, connections)
+        back_engine = engine_for(back, back_connections)
 
         def both_ways(steps: runner.Runner) -> None:
             for db in plan.databases:
-                engine = engine_for(plan, connections, db)
                 forward = cleanup.phase(plan, connections, db, engine)
                 # A half-done switch is refused before anything is removed.
                 steps.run(Phase(forward.name, forward.steps[:1]), scope=db)
                 # The fallback replication (target to source) a switch may have started:
                 # first, since it uses what the forward replication installed.
-                back_engine = engine_for(back, back_connections, db)
                 steps.run(
                     cleanup.phase(back, back_connections, db, back_engine),
                     scope=f"{db}/fallback",
@@ -703,17 +710,17 @@ def _views_data(connections: Pool, db: str) -> dict[str, Any]:
 
 
 def _replication_data(plan: Plan, connections: Any, db: str) -> dict[str, Any]:
-    engine = engine_for(plan, connections, db)
-    subscribed = engine.subscription_exists()
-    slot = engine.slot()
+    engine = engine_for(plan, connections)
+    subscribed = engine.initial_sync_started(db)
+    slot = engine.lag(db)
     if not subscribed and slot is None:
         return {"replicating": False, "copying": False}
-    progress = engine.progress()
+    progress = engine.progress(db)
     return {
         "replicating": subscribed,
         "copying": not subscribed,  # the slot exists: the initial copy runs (or was cut short)
-        "streaming": subscribed and engine.streaming(),
-        "engine": engine.describe(),
+        "streaming": subscribed and engine.streaming(db),
+        "engine": engine.describe(db),
         "tables": progress.by_state,
         "table_states": progress.tables,
         "tables_total": len(progress.tables),
@@ -722,12 +729,12 @@ def _replication_data(plan: Plan, connections: Any, db: str) -> dict[str, Any]:
         "slot": None
         if slot is None
         else {
-            "lag_bytes": slot.lag_bytes,
-            "lag_seconds": slot.lag_seconds,
+            "lag_bytes": slot.bytes,
+            "lag_seconds": slot.seconds,
             "retained_bytes": slot.retained_bytes,
-            "wal_status": slot.wal_status,
-            "safe_wal_size": slot.safe_wal_size,
-            "active": slot.active,
+            "wal_status": slot.retention,
+            "safe_wal_size": slot.safe_bytes,
+            "active": slot.connected,
         },
     }
 

@@ -9,13 +9,12 @@ is away); the reading itself never fails because a server did.
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from typing import TypeVar
 
 from cutover import metrics, verify
-from cutover.engines import engine_for
-from cutover.errors import CannotCompare, CutoverError
+from cutover.engines import engine_for, prove_applied
+from cutover.errors import CannotCompare, CutoverError, StepFailed
 from cutover.ledger import Journal, journal_for, last_verification
 from cutover.pg import catalog
 from cutover.pg.connect import DatabaseError, Pool, pool
@@ -66,22 +65,24 @@ class Observer:
             )
 
     def _replication(self, db: str, up: dict[str, bool]) -> metrics.Replication:
-        engine = engine_for(self._plan, self._pool, db)
+        engine = engine_for(self._plan, self._pool)
         source, target = up["source"], up["target"]
-        slot = self._read(db, engine.slot) if source else None
-        subscribed = bool(target and self._read(db, engine.subscription_exists))
-        streaming = subscribed and bool(self._read(db, engine.streaming))
+        slot = self._read(db, lambda: engine.lag(db)) if source else None
+        subscribed = bool(target and self._read(db, lambda: engine.initial_sync_started(db)))
+        streaming = subscribed and bool(self._read(db, lambda: engine.streaming(db)))
         moving = subscribed or slot is not None  # copying, or replicating
-        progress = self._read(db, engine.progress) if source and target and moving else None
+        progress = (
+            self._read(db, lambda: engine.progress(db)) if source and target and moving else None
+        )
         return metrics.Replication(
             database=db,
             engine=self._plan.engine.value,
-            lag_bytes=slot.lag_bytes if slot else None,
-            lag_seconds=slot.lag_seconds if slot else None,
+            lag_bytes=slot.bytes if slot else None,
+            lag_seconds=slot.seconds if slot else None,
             wal_retained_bytes=slot.retained_bytes if slot else None,
-            wal_safe_bytes=slot.safe_wal_size if slot else None,
-            slot_active=slot.active if slot else None,
-            streaming=bool(streaming and slot and slot.active) if subscribed else None,
+            wal_safe_bytes=slot.safe_bytes if slot else None,
+            slot_active=slot.connected if slot else None,
+            streaming=bool(streaming and slot and slot.connected) if subscribed else None,
             tables=progress.by_state if progress else None,
             copy_bytes_done=progress.bytes_done if progress else None,
             copy_bytes_total=progress.bytes_total if progress else None,
@@ -141,26 +142,26 @@ def consistent_point(plan: Plan, pool: Pool, db: str) -> verify.Settle:
     snapshot, applied on the target before the target's snapshot. Without a
     subscription (before start, after the switch) both sides are read as they are.
     """
-    engine = engine_for(plan, pool, db)
-    if not engine.subscription_exists():
+    engine = engine_for(plan, pool)
+    if not engine.initial_sync_started(db):
         return lambda: verify.NOTHING_RUNS
     timeout = max(30.0, plan.thresholds.switch_timeout)
 
     def settle() -> str:
-        token = uuid.uuid4().hex
-        lsn = engine.write_barrier(token)
-        deadline = time.monotonic() + timeout
-        while not engine.barrier_reached(token, lsn):
-            if time.monotonic() > deadline:
-                raise CannotCompare(
-                    f"{db}: the target did not apply a barrier within {timeout:g} s, so no "
-                    "point exists where both sides can be compared",
-                    hint="replication is slow or stopped (`cutover status`); verify once it "
-                    "streams again, or after the switch",
-                )
-            engine.heartbeat()
-            time.sleep(0.05)
-        return f"barrier at {lsn} applied by the target"
+        try:
+            markers = prove_applied(
+                engine,
+                [db],
+                timeout=timeout,
+                hint="replication is slow or stopped (`cutover status`); verify once it "
+                "streams again, or after the switch",
+            )
+        except StepFailed as exc:
+            raise CannotCompare(
+                f"{exc.message}, so no point exists where both sides can be compared",
+                hint=exc.hint,
+            ) from None
+        return f"barrier at {markers[db].position} applied by the target"
 
     return settle
 

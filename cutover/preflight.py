@@ -96,7 +96,7 @@ def run(plan: Plan, pool: Pool) -> Report:
     findings += _source_settings(plan, source)
     findings += _slots(plan, source)
     findings += _target_settings(plan, target)
-    findings += _fallback(plan, source, target)
+    findings += _fallback(plan, pool)
     if plan.engine is Engine.PGLOGICAL:
         findings += _pglogical(plan, pool, source, target)
     findings += _source_role(plan, source)
@@ -226,8 +226,9 @@ def _slots(plan: Plan, conn: Connection) -> Iterator[Finding]:
             yield Finding("slot", "source", Status.OK, f"slot {slot.name}: {retained}")
 
 
-def fallback_problems(plan: Plan, source: Connection, target: Connection) -> list[str]:
+def fallback_problems(plan: Plan, pool: Pool) -> list[str]:
     """Why `switch --keep-fallback` could not replicate back to the source (empty: it can)."""
+    source, target = pool.get("source"), pool.get("target")
     needed = len(plan.databases)
     settings = catalog.settings(target, ["wal_level", "max_replication_slots", "max_wal_senders"])
     slots, senders = catalog.replication_in_use(target)
@@ -244,8 +245,8 @@ def fallback_problems(plan: Plan, source: Connection, target: Connection) -> lis
     return problems
 
 
-def _fallback(plan: Plan, source: Connection, target: Connection) -> Iterator[Finding]:
-    problems = fallback_problems(plan, source, target)
+def _fallback(plan: Plan, pool: Pool) -> Iterator[Finding]:
+    problems = fallback_problems(plan, pool)
     if problems:
         yield Finding(
             "fallback",

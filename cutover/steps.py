@@ -56,6 +56,27 @@ class Phase:
         return f"{scope}/{self.name}.{step.name}"
 
 
+class SwitchStep(StrEnum):
+    """The switch's steps (rollback's too, where they are the same): each a ledger key's end."""
+
+    CHECK_READY = "check_ready"
+    STOP_WRITERS = "stop_writers"
+    FENCE_SOURCE = "fence_source"
+    WAIT_FOR_BARRIER = "wait_for_barrier"
+    COPY_SEQUENCES = "copy_sequences"
+    COPY_LARGE_OBJECTS = "copy_large_objects"
+    VERIFY_COUNTS = "verify_counts"
+    PROMOTE = "promote"
+    START_FALLBACK = "start_fallback"
+    REPOINT = "repoint"
+    START_WRITERS = "start_writers"
+    REFRESH_MATERIALIZED_VIEWS = "refresh_materialized_views"
+    # rollback's own
+    CHECK_FALLBACK = "check_fallback"
+    FENCE_TARGET = "fence_target"
+    UNFENCE_SOURCE = "unfence_source"
+
+
 class StepStatus(StrEnum):
     """What the runner did with a step, as the ledger records it."""
 

@@ -22,6 +22,11 @@ class Side(StrEnum):
         return Side.TARGET if self is Side.SOURCE else Side.SOURCE
 
 
+def quoted(name: str) -> str:
+    """An identifier as SQL spells it: always quoted, inner quotes doubled."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 class TableName(NamedTuple):
     """A table (or view, or sequence) by schema and name, both unquoted."""
 
@@ -29,7 +34,7 @@ class TableName(NamedTuple):
     name: str
 
     def __str__(self) -> str:
-        return ".".join('"' + part.replace('"', '""') + '"' for part in self)
+        return f"{quoted(self.schema)}.{quoted(self.name)}"
 
 
 class TableState(StrEnum):
@@ -88,5 +93,10 @@ class Lag:
     connected: bool  # the target receives changes right now
     retained_bytes: int | None = None  # WAL the source keeps for the target
     safe_bytes: int | None = None  # WAL left before the source gives up on the target
-    lost: bool = False  # the source gave up: what it kept for the target is gone
+    retention: str = ""  # how the source keeps WAL for it: reserved, extended, unreserved, lost
     measured_at: float = field(default_factory=time.time)  # seconds since the epoch
+
+    @property
+    def lost(self) -> bool:
+        """The source gave up: the WAL it kept for the target is gone."""
+        return self.retention == "lost"

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from cutover.errors import CutoverError, UsageError
 from cutover.pg import catalog, checksum
-from cutover.pg.connect import Connection, DatabaseError, connect
+from cutover.pg.connect import Connection, DatabaseError, Pool, connect
 from cutover.pg.ident import quote
 from cutover.pg.replication import replicated_tables
 from cutover.plan import Server
@@ -256,6 +256,11 @@ def count_tables(
         )
         for t in tables
     ]
+
+
+def counts(pool: Pool, db: str, tables: Sequence[Table]) -> list[TableResult]:
+    """count_tables of one database of the move, source against target."""
+    return count_tables(pool.get("source", db), pool.get("target", db), db, tables)
 
 
 def _checksum_table(source: Connection, target: Connection, db: str, table: Table) -> _Found:

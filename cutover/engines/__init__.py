@@ -1,12 +1,22 @@
-"""Replication engines behind one Protocol (base.py); each is imported only when chosen."""
+"""Replication engines behind one Protocol (base.py); each is imported only when chosen.
 
+An engine is one module with `build(plan, pool) -> Engine`; native and pglogical
+share postgres.py. No engine imports another.
+"""
+
+import time
+import uuid
+from collections.abc import Callable, Sequence
 from importlib import import_module
 
-from cutover.engines.base import Engine
+from cutover import wait
+from cutover.engines.base import Barrier, Engine
 from cutover.errors import UsageError
 from cutover.pg.connect import Pool
 from cutover.plan import Engine as EngineKind
 from cutover.plan import Plan
+
+BARRIER_POLL_SECONDS = 0.01
 
 _MODULES = {
     EngineKind.NATIVE: "cutover.engines.native",
@@ -14,15 +24,15 @@ _MODULES = {
 }
 
 
-def engine_for(plan: Plan, pool: Pool, db: str) -> Engine:
-    """The plan's engine for one database; its module is imported here, lazily."""
+def engine_for(plan: Plan, pool: Pool) -> Engine:
+    """The plan's engine for the whole move; its module is imported here, lazily."""
     module_name = _MODULES.get(plan.engine)
     if module_name is None:
         raise UsageError(
             f"the {plan.engine.value} engine is not available yet",
             hint="use engine: native or pglogical",
         )
-    engine: Engine = import_module(module_name).build(plan, pool, db)
+    engine: Engine = import_module(module_name).build(plan, pool)
     return engine
 
 
@@ -35,3 +45,41 @@ def reversed_plan(plan: Plan) -> Plan:
     return plan.model_copy(
         update={"source": plan.target, "target": plan.source, "move": f"{plan.move}_back"}
     )
+
+
+def prove_applied(
+    engine: Engine,
+    databases: Sequence[str],
+    *,
+    timeout: float,
+    hint: str,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Barrier]:
+    """A barrier committed on the source of each database, and applied by the target.
+
+    Every write committed on the source before this call is on the target when it
+    returns: zero lag, proven instead of estimated. StepFailed names the databases
+    whose barrier did not arrive within `timeout`.
+    """
+    markers = {db: engine.write_barrier(db, uuid.uuid4().hex) for db in databases}
+    pending = dict(markers)
+
+    def applied() -> bool:
+        for db, marker in list(pending.items()):
+            if engine.barrier_reached(db, marker):
+                del pending[db]
+            else:
+                engine.heartbeat(db)
+        return not pending
+
+    wait.until(
+        applied,
+        timeout=timeout,
+        interval=BARRIER_POLL_SECONDS,
+        what=lambda: f"the target did not confirm the barrier of {', '.join(pending)}",
+        hint=hint,
+        clock=clock,
+        sleep=sleep,
+    )
+    return markers

@@ -1,85 +1,161 @@
-"""What every replication engine offers the phases, and the values it reports."""
+"""What every replication engine offers the phases, in the controller's words.
+
+An engine is built once per move (`cutover.engines.engine_for`) and answers
+for each database of the move. The phases write the controller's loop once,
+against this Protocol, and never test which engine they hold: what an engine
+does differently is declared in its `Traits`.
+"""
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
-from cutover.pg.replication import SlotState
 from cutover.steps import Change
-from cutover.types import SyncProgress
+from cutover.types import Lag, SyncProgress
+
+
+@dataclass(frozen=True)
+class Traits:
+    """What an engine does differently; the phases ask these, never the engine's kind."""
+
+    keys_before_copy: bool = False  # the target's keys and indexes exist before the copy
+    copies_schema: bool = False  # the initial sync creates the target's schema itself
+    sets_sequences_at_promote: bool = False  # promote carries the sequences: no copy step
+    target_read_only_until_promote: bool = False  # nothing may write the target before
+
+
+@dataclass(frozen=True)
+class Barrier:
+    """A marker committed on the source after the fence, and where it was committed."""
+
+    token: str
+    position: str  # the source's WAL position after the marker's commit
 
 
 class Engine(Protocol):
-    """One database's replication from source to target."""
+    """Replication of a move's databases from source to target."""
 
-    keys_before_copy: bool  # the target's keys and indexes are built before the initial copy
+    kind: str  # the plan's engine, for labels
+    traits: Traits
 
-    def installed(self) -> bool: ...
+    # -- prepare: what the source (and the target) need before anything replicates
 
-    def install(self, *, dry_run: bool) -> Sequence[Change]:
-        """What the engine needs on both servers (an extension), before the role and schema."""
+    def installed(self, db: str) -> bool: ...
+
+    def install(self, db: str, *, dry_run: bool) -> Sequence[Change]:
+        """What the engine needs on the servers (an extension), before the role and schema."""
         ...
 
-    def replication_role_ready(self) -> bool: ...
+    def access_granted(self, db: str) -> bool: ...
 
-    def create_replication_role(self, *, dry_run: bool) -> Sequence[Change]: ...
-
-    def publication_exists(self) -> bool: ...
-
-    def create_publication(self, *, dry_run: bool) -> Sequence[Change]: ...
-
-    def subscription_exists(self) -> bool: ...
-
-    def create_subscription(self, *, dry_run: bool) -> Sequence[Change]:
-        """Subscribe with a slot of its own and no copy (the rows are there: fallback)."""
+    def grant_access(self, db: str, *, dry_run: bool) -> Sequence[Change]:
+        """The engine may read every replicated table of the source, and nothing more."""
         ...
 
-    def copy_data(
+    def source_prepared(self, db: str) -> bool: ...
+
+    def prepare_source(self, db: str, *, dry_run: bool) -> Sequence[Change]:
+        """The source offers its changes (a publication, a replication set)."""
+        ...
+
+    # -- initial sync and stream
+
+    def initial_sync_started(self, db: str) -> bool:
+        """The copy is whole, or the engine carries it on by itself."""
+        ...
+
+    def initial_sync(
         self,
+        db: str,
         *,
         jobs: int,
         deadline: float,
         on_progress: Callable[[SyncProgress], None],
         dry_run: bool,
     ) -> Sequence[Change]:
-        """Copy every table consistently with the changes streamed later; subscribe, disabled."""
+        """Copy every table consistently with the changes streamed afterwards."""
         ...
 
-    def streaming(self) -> bool: ...
+    def streaming(self, db: str) -> bool: ...
 
-    def start_streaming(self, *, dry_run: bool) -> Sequence[Change]: ...
+    def stream(self, db: str, *, dry_run: bool) -> Sequence[Change]:
+        """Apply the changes the source made since the copy, and from then on."""
+        ...
 
-    def progress(self) -> SyncProgress: ...
+    def progress(self, db: str) -> SyncProgress: ...
 
-    def describe(self) -> str | None:
+    def lag(self, db: str) -> Lag | None:
+        """How far the target is behind; None: the source keeps no position for it."""
+        ...
+
+    def apply_errors(self, db: str) -> int:
+        """Errors the target's apply has met so far (a counter; only its rise matters)."""
+        ...
+
+    def describe(self, db: str) -> str | None:
         """The engine's own view of its replication, for status (None: nothing to add)."""
         ...
 
-    def heartbeat(self) -> None:
+    def heartbeat(self, db: str) -> None:
         """A small commit on the source where the engine needs WAL to move to confirm."""
         ...
 
-    def slot(self) -> SlotState | None: ...
+    # -- switch
 
-    def ready_to_switch(self) -> bool: ...
+    def ready_to_switch(self, db: str) -> bool: ...
 
-    def prepare_switch(self, *, dry_run: bool) -> Sequence[Change]: ...
+    def prepare_switch(self, db: str, *, dry_run: bool) -> Sequence[Change]:
+        """What makes the barrier confirm quickly (synchronous apply commits)."""
+        ...
 
-    def write_barrier(self, token: str) -> str: ...
+    def write_barrier(self, db: str, token: str) -> Barrier: ...
 
-    def barrier_reached(self, token: str, lsn: str) -> bool: ...
+    def barrier_reached(self, db: str, barrier: Barrier) -> bool:
+        """The target has applied the marker: every write before it is there."""
+        ...
 
-    def is_promoted(self) -> bool: ...
+    def promoted(self, db: str) -> bool: ...
 
-    def promote(self, *, dry_run: bool) -> Sequence[Change]: ...
+    def promote(self, db: str, *, dry_run: bool) -> Sequence[Change]:
+        """The target stands alone: replication ends and the source keeps nothing for it."""
+        ...
 
-    def drop_subscription(self, *, dry_run: bool) -> Sequence[Change]: ...
+    # -- fallback: asked of the engine of the reversed move (target to source)
 
-    def drop_slot(self, *, dry_run: bool) -> Sequence[Change]: ...
+    def fallback_running(self, db: str) -> bool: ...
 
-    def drop_publication(self, *, dry_run: bool) -> Sequence[Change]: ...
+    def start_fallback(self, db: str, *, dry_run: bool) -> Sequence[Change]:
+        """Replicate without a copy: both sides hold the same rows at this moment."""
+        ...
 
-    def uninstalled(self) -> bool: ...
+    # -- cleanup
 
-    def uninstall(self, *, dry_run: bool) -> Sequence[Change]:
+    def stopped(self, db: str) -> bool: ...
+
+    def stop(self, db: str, *, dry_run: bool) -> Sequence[Change]:
+        """The target no longer replicates (before a switch: the move is abandoned)."""
+        ...
+
+    def source_released(self, db: str) -> bool: ...
+
+    def release_source(self, db: str, *, dry_run: bool) -> Sequence[Change]:
+        """The source keeps no WAL for the target any more."""
+        ...
+
+    def source_unprepared(self, db: str) -> bool: ...
+
+    def unprepare_source(self, db: str, *, dry_run: bool) -> Sequence[Change]:
+        """What prepare_source made is gone."""
+        ...
+
+    def access_revoked(self) -> bool: ...
+
+    def revoke_access(self, *, dry_run: bool) -> Sequence[Change]:
+        """What grant_access made is gone, on both servers (once for the move)."""
+        ...
+
+    def uninstalled(self, db: str) -> bool: ...
+
+    def uninstall(self, db: str, *, dry_run: bool) -> Sequence[Change]:
         """Remove what install added, where this move added it; after every other cleanup."""
         ...

@@ -3,7 +3,10 @@
 import secrets
 from collections.abc import Callable, Sequence
 from contextlib import suppress
+from functools import partial
 
+from cutover.engines.base import Barrier, Engine, Traits
+from cutover.engines.postgres import PerDatabase
 from cutover.log import register_secret
 from cutover.pg import barrier, catalog, copy, replication
 from cutover.pg.catalog import Relation
@@ -13,11 +16,11 @@ from cutover.plan import Plan, resolve_secret
 from cutover.steps import Change
 from cutover.types import SyncProgress
 
+TRAITS = Traits(keys_before_copy=False)  # the copy fills bare tables; keys are built after it
 
-class NativeEngine:
+
+class NativeReplication:
     """Publication on the source, subscription on the target, one slot per database."""
-
-    keys_before_copy = False  # the copy fills bare tables; keys are built once, after it
 
     def __init__(self, plan: Plan, pool: Pool, db: str) -> None:
         self._plan = plan
@@ -41,7 +44,7 @@ class NativeEngine:
         """Nothing to install."""
         return []
 
-    def replication_role_ready(self) -> bool:
+    def access_granted(self) -> bool:
         """The role exists and may read every replicated table."""
         source = self._pool.get("source", self._db)
         role = replication.replicating_role(source, self.name, self._plan.source.user)
@@ -49,7 +52,7 @@ class NativeEngine:
             source, role, self._tables()
         )
 
-    def create_replication_role(self, *, dry_run: bool) -> Sequence[Change]:
+    def grant_access(self, *, dry_run: bool) -> Sequence[Change]:
         """A role that may replicate and read the replicated tables, nothing more."""
         source = self._pool.get("source", self._db)
         if replication.replicating_role(source, self.name, self._plan.source.user) != self.name:
@@ -62,22 +65,22 @@ class NativeEngine:
             ),
         ]
 
-    def publication_exists(self) -> bool:
+    def source_prepared(self) -> bool:
         """Whether the source publishes for this move."""
         return replication.publication_exists(self._pool.get("source", self._db), self.name)
 
-    def create_publication(self, *, dry_run: bool) -> Sequence[Change]:
+    def prepare_source(self, *, dry_run: bool) -> Sequence[Change]:
         """Publish every replicated table, the barrier table included."""
         source = self._pool.get("source", self._db)
         return replication.create_publication(
             source, self.name, self._tables(), where=self._where[0], dry_run=dry_run
         )
 
-    def subscription_exists(self) -> bool:
+    def subscribed(self) -> bool:
         """Whether the target subscribes for this move."""
         return replication.subscription_exists(self._pool.get("target", self._db), self.name)
 
-    def create_subscription(self, *, dry_run: bool) -> Sequence[Change]:
+    def subscribe_without_copy(self, *, dry_run: bool) -> Sequence[Change]:
         """A subscription with a slot of its own, for a target that has the rows already."""
         return self._subscribe(create_slot=True, enabled=True, dry_run=dry_run)
 
@@ -109,7 +112,7 @@ class NativeEngine:
             ),
         ]
 
-    def copy_data(
+    def initial_sync(
         self,
         *,
         jobs: int,
@@ -168,7 +171,7 @@ class NativeEngine:
         """The subscription applies what the slot streams."""
         return replication.subscription_enabled(self._pool.get("target", self._db), self.name)
 
-    def start_streaming(self, *, dry_run: bool) -> Sequence[Change]:
+    def stream(self, *, dry_run: bool) -> Sequence[Change]:
         """Enable the subscription: the changes since the copy's snapshot are applied."""
         target = self._pool.get("target", self._db)
         where = self._where[1]
@@ -194,6 +197,10 @@ class NativeEngine:
             bytes_total=sum(c.bytes_source for c in copies),
             bytes_done=sum(min(c.bytes_source, c.bytes_target) for c in copies),
         )
+
+    def apply_errors(self) -> int:
+        """The subscription's apply and copy errors, as pg_stat_subscription_stats counts."""
+        return catalog.subscription_errors(self._pool.get("target", self._db), self.name)
 
     def describe(self) -> str | None:
         """Nothing beyond the subscription's state and the slot."""
@@ -221,43 +228,40 @@ class NativeEngine:
             )
         ]
 
-    def write_barrier(self, token: str) -> str:
+    def write_barrier(self, token: str) -> Barrier:
         """Commit the marker on the source; the WAL position after it."""
-        return barrier.write_marker(self._pool.get("source", self._db), self._plan.move, token)
+        source = self._pool.get("source", self._db)
+        return Barrier(token, barrier.write_marker(source, self._plan.move, token))
 
-    def barrier_reached(self, token: str, lsn: str) -> bool:
+    def barrier_reached(self, marker: Barrier) -> bool:
         """The target applied the marker and the slot confirmed its position."""
         return barrier.marker_arrived(
-            self._pool.get("target", self._db), token
-        ) and barrier.slot_confirmed(self._pool.get("source", self._db), self.slot_name, lsn)
+            self._pool.get("target", self._db), marker.token
+        ) and barrier.slot_confirmed(
+            self._pool.get("source", self._db), self.slot_name, marker.position
+        )
 
-    def is_promoted(self) -> bool:
+    def promoted(self) -> bool:
         """The subscription and its slot are gone: the target stands alone."""
         return not replication.subscription_exists(
             self._pool.get("target", self._db), self.name
         ) and not replication.slot_exists(self._pool.get("source", self._db), self.slot_name)
 
-    def promote(self, *, dry_run: bool) -> Sequence[Change]:
-        """End the subscription, then drop the slot so it pins no WAL on the source."""
-        return [*self.drop_subscription(dry_run=dry_run), *self.drop_slot(dry_run=dry_run)]
-
-    def drop_subscription(self, *, dry_run: bool) -> Sequence[Change]:
+    def stop(self, *, dry_run: bool) -> Sequence[Change]:
         """Drop the subscription, leaving the slot (dropped next, even when unreachable now)."""
         target = self._pool.get("target", self._db)
-        if not replication.subscription_exists(target, self.name):
-            return []
         return replication.drop_subscription(
             target, self.name, where=self._where[1], dry_run=dry_run
         )
 
-    def drop_slot(self, *, dry_run: bool) -> Sequence[Change]:
+    def release_source(self, *, dry_run: bool) -> Sequence[Change]:
         """Drop the move's slot on the source."""
         source = self._pool.get("source", self._db)
         if not replication.slot_exists(source, self.slot_name):
             return []
         return replication.drop_slot(source, self.slot_name, where="source", dry_run=dry_run)
 
-    def drop_publication(self, *, dry_run: bool) -> Sequence[Change]:
+    def unprepare_source(self, *, dry_run: bool) -> Sequence[Change]:
         """Drop the publication."""
         source = self._pool.get("source", self._db)
         return replication.drop_publication(
@@ -273,6 +277,6 @@ class NativeEngine:
         return []
 
 
-def build(plan: Plan, pool: Pool, db: str) -> NativeEngine:
-    """The engine for one database."""
-    return NativeEngine(plan, pool, db)
+def build(plan: Plan, pool: Pool) -> Engine:
+    """The engine of a move."""
+    return PerDatabase("native", TRAITS, plan, pool, partial(NativeReplication, plan, pool))

@@ -10,7 +10,10 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
+from functools import partial
 
+from cutover.engines.base import Barrier, Engine, Traits
+from cutover.engines.postgres import PerDatabase
 from cutover.errors import StepFailed
 from cutover.log import register_secret
 from cutover.pg import barrier, copy, pglogical, replication, sequences
@@ -25,10 +28,11 @@ POLL_SECONDS = 0.2
 DOWN_SECONDS = 30.0  # a subscription whose worker stays down this long will not recover by itself
 
 
-class PglogicalEngine:
-    """A provider node and replication set on the source, a subscriber node and subscription."""
+TRAITS = Traits(keys_before_copy=True)  # pglogical applies by key as soon as its copy commits
 
-    keys_before_copy = True
+
+class PglogicalReplication:
+    """A provider node and replication set on the source, a subscriber node and subscription."""
 
     def __init__(self, plan: Plan, pool: Pool, db: str) -> None:
         self._plan = plan
@@ -71,7 +75,7 @@ class PglogicalEngine:
         """The role the target replicates as: the move's, or the plan's user (see replication)."""
         return replication.replicating_role(self._source(), self.name, self._plan.source.user)
 
-    def replication_role_ready(self) -> bool:
+    def access_granted(self) -> bool:
         """The role exists and may read every table and pglogical's catalog."""
         source, role = self._source(), self._source_role()
         return (
@@ -80,7 +84,7 @@ class PglogicalEngine:
             and pglogical.can_read_catalog(source, role)
         )
 
-    def create_replication_role(self, *, dry_run: bool) -> Sequence[Change]:
+    def grant_access(self, *, dry_run: bool) -> Sequence[Change]:
         """A role that may replicate, read the tables and read pglogical's catalog."""
         source = self._source()
         if self._source_role() != self.name:
@@ -94,11 +98,11 @@ class PglogicalEngine:
             *pglogical.grant_provider(source, self.name, where=self._where[0], dry_run=dry_run),
         ]
 
-    def publication_exists(self) -> bool:
+    def source_prepared(self) -> bool:
         """The replication set exists on the source."""
         return pglogical.set_exists(self._source(), self.name)
 
-    def create_publication(self, *, dry_run: bool) -> Sequence[Change]:
+    def prepare_source(self, *, dry_run: bool) -> Sequence[Change]:
         """The source's node (unless it has one), then a set of every table and sequence."""
         source = self._source()
         changes = self._ensure_node(source, self._plan.source, "source", dry_run=dry_run)
@@ -147,11 +151,11 @@ class PglogicalEngine:
 
     # -- start ---------------------------------------------------------------------------------
 
-    def subscription_exists(self) -> bool:
+    def subscribed(self) -> bool:
         """Whether the target subscribes for this move."""
         return pglogical.subscription(self._target(), self.name) is not None
 
-    def create_subscription(self, *, dry_run: bool) -> Sequence[Change]:
+    def subscribe_without_copy(self, *, dry_run: bool) -> Sequence[Change]:
         """A subscription without a copy, for a target that has the rows already (fallback)."""
         return self._subscribe(with_copy=False, dry_run=dry_run)
 
@@ -184,7 +188,7 @@ class PglogicalEngine:
             ),
         ]
 
-    def copy_data(
+    def initial_sync(
         self,
         *,
         jobs: int,
@@ -219,7 +223,8 @@ class PglogicalEngine:
                 copier.run(parts, jobs=jobs, deadline=deadline, on_progress=on_progress)
         except StepFailed:
             with suppress(Exception):
-                self.promote(dry_run=False)
+                self.stop(dry_run=False)
+                self.release_source(dry_run=False)
                 copy.truncate(self._target(), tables + unlogged)
             raise
         return changes
@@ -259,7 +264,7 @@ class PglogicalEngine:
         sub = pglogical.subscription(self._target(), self.name)
         return sub is not None and sub.status != "disabled"
 
-    def start_streaming(self, *, dry_run: bool) -> Sequence[Change]:
+    def stream(self, *, dry_run: bool) -> Sequence[Change]:
         """Enable the subscription (it is enabled when made; this undoes a manual disable)."""
         return [
             pglogical.enable_subscription(
@@ -290,6 +295,10 @@ class PglogicalEngine:
             bytes_total=sum(c.bytes_source for c in copies),
             bytes_done=sum(min(c.bytes_source, c.bytes_target) for c in copies),
         )
+
+    def apply_errors(self) -> int:
+        """pglogical counts no errors: a failing apply shows as a worker that is down."""
+        return 0
 
     def describe(self) -> str | None:
         """pglogical's own status of the subscription and of its initial copy."""
@@ -335,11 +344,11 @@ class PglogicalEngine:
         """Nothing to prepare."""
         return []
 
-    def write_barrier(self, token: str) -> str:
+    def write_barrier(self, token: str) -> Barrier:
         """Commit the marker on the source; the WAL position after it."""
-        return barrier.write_marker(self._source(), self._plan.move, token)
+        return Barrier(token, barrier.write_marker(self._source(), self._plan.move, token))
 
-    def barrier_reached(self, token: str, lsn: str) -> bool:
+    def barrier_reached(self, marker: Barrier) -> bool:
         """The target applied the marker, and its WAL is flushed past it.
 
         pglogical's apply commits asynchronously and confirms to the slot about
@@ -347,25 +356,21 @@ class PglogicalEngine:
         before it, the marker's included, in milliseconds.
         """
         target = self._target()
-        if not barrier.marker_arrived(target, token):
+        if not barrier.marker_arrived(target, marker.token):
             return False
         barrier.flush(target)
         return True
 
-    def is_promoted(self) -> bool:
+    def promoted(self) -> bool:
         """The subscription and its slot are gone: the target stands alone."""
         name = self._slot()
-        return not self.subscription_exists() and (
+        return not self.subscribed() and (
             name is None or not replication.slot_exists(self._source(), name)
         )
 
-    def promote(self, *, dry_run: bool) -> Sequence[Change]:
-        """Drop the subscription, then its slot on the source if pglogical left it."""
-        return [*self.drop_subscription(dry_run=dry_run), *self.drop_slot(dry_run=dry_run)]
-
     # -- cleanup -------------------------------------------------------------------------------
 
-    def drop_subscription(self, *, dry_run: bool) -> Sequence[Change]:
+    def stop(self, *, dry_run: bool) -> Sequence[Change]:
         """Stop the apply worker, then drop the pglogical subscription.
 
         Stopping the worker first and waiting until its sender is gone spares
@@ -373,8 +378,6 @@ class PglogicalEngine:
         """
         name = self._slot()  # remembered while the subscription tells it
         target = self._target()
-        if not self.subscription_exists():
-            return []
         changes = [
             pglogical.disable_subscription(target, self.name, where=self._where[1], dry_run=dry_run)
         ]
@@ -384,14 +387,14 @@ class PglogicalEngine:
             target, self.name, where=self._where[1], dry_run=dry_run
         )
 
-    def drop_slot(self, *, dry_run: bool) -> Sequence[Change]:
+    def release_source(self, *, dry_run: bool) -> Sequence[Change]:
         """Drop the subscription's slot, if pglogical could not."""
         name = self._slot()
         if name is None or not replication.slot_exists(self._source(), name):
             return []
         return replication.drop_slot(self._source(), name, where="source", dry_run=dry_run)
 
-    def drop_publication(self, *, dry_run: bool) -> Sequence[Change]:
+    def unprepare_source(self, *, dry_run: bool) -> Sequence[Change]:
         """Drop the replication set."""
         return pglogical.drop_set(self._source(), self.name, where=self._where[0], dry_run=dry_run)
 
@@ -420,6 +423,6 @@ class PglogicalEngine:
         return changes
 
 
-def build(plan: Plan, pool: Pool, db: str) -> PglogicalEngine:
-    """The engine for one database."""
-    return PglogicalEngine(plan, pool, db)
+def build(plan: Plan, pool: Pool) -> Engine:
+    """The engine of a move."""
+    return PerDatabase("pglogical", TRAITS, plan, pool, partial(PglogicalReplication, plan, pool))

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from cutover.log import redact
-from cutover.steps import Outcome, StepStatus
+from cutover.steps import Outcome, StepStatus, SwitchStep
 
 FORMAT_VERSION = 1
 
@@ -224,16 +224,16 @@ class Journal:
 
     def pause_window(self, *, phase: str, scope: str) -> tuple[str, str] | None:
         """When the last switch (or rollback) stopped its first writer and started its last."""
-        stop = self._span(f"{scope}/{phase}.stop_writers")
-        start = self._span(f"{scope}/{phase}.start_writers")
+        stop = self._span(f"{scope}/{phase}.{SwitchStep.STOP_WRITERS}")
+        start = self._span(f"{scope}/{phase}.{SwitchStep.START_WRITERS}")
         return (stop[0], start[1]) if stop and start else None
 
     def pause(self, *, phase: str, scope: str) -> "Pause | None":
         """The write pause of the last switch (or rollback) `phase`, from its step records."""
         window = self.pause_window(phase=phase, scope=scope)
-        promote = self._span(f"{scope}/{phase}.promote")
-        fence = self._span(f"{scope}/{phase}.fence_source") or self._span(
-            f"{scope}/{phase}.fence_target"
+        promote = self._span(f"{scope}/{phase}.{SwitchStep.PROMOTE}")
+        fence = self._span(f"{scope}/{phase}.{SwitchStep.FENCE_SOURCE}") or self._span(
+            f"{scope}/{phase}.{SwitchStep.FENCE_TARGET}"
         )
         if not (window and fence and promote):
             return None

@@ -14,34 +14,21 @@ a killed run resumes where it stopped and never numbers a row twice:
 
 from collections.abc import Callable, Sequence
 
+from cutover import database
+from cutover.database import FillProgress, Key, Pool
 from cutover.errors import PreconditionFailed
-from cutover.pg import backfill, replication
-from cutover.pg.backfill import FillProgress, Key
-from cutover.pg.connect import Connection, Pool
-from cutover.pg.ident import quote
 from cutover.plan import Plan
 from cutover.steps import Change, Phase, Step
+from cutover.types import TableName, quoted
 
-Table = tuple[str, str]
 THROTTLE_SECONDS = 0.5
-
-
-def tables_without_key(plan: Plan, pool: Pool, db: str) -> list[Table]:
-    """The plan's backfill tables, or every replicated table with no key and no identity."""
-    if plan.backfill.tables is not None:
-        return list(plan.backfill.tables)
-    return [
-        (t.schema, t.name)
-        for t in replication.replicated_tables(pool.get("source", db))
-        if not t.has_primary_key and not t.has_identity_index and t.replica_identity != "f"
-    ]
 
 
 def phase(
     plan: Plan,
-    pool: Pool,
+    servers: Pool,
     db: str,
-    table: Table,
+    table: TableName,
     *,
     on_progress: Callable[[FillProgress], None] = lambda _: None,
 ) -> Phase:
@@ -50,11 +37,8 @@ def phase(
     lock_timeout = plan.thresholds.lock_timeout
     where = f"source/{db}"
 
-    def conn() -> Connection:
-        return pool.get("source", db)
-
-    def state() -> backfill.State:
-        return backfill.state(conn(), key)
+    def state() -> database.KeyState:
+        return database.key_state(servers, db, key)
 
     def add_column(*, dry_run: bool) -> Sequence[Change]:
         current = state()
@@ -65,53 +49,52 @@ def phase(
             )
         if current.table_has_key and not current.primary_key:
             raise PreconditionFailed(
-                f"{quote(table)} has a primary key already",
+                f"{table} has a primary key already",
                 hint="leave it out of backfill.tables",
             )
         if not dry_run:
-            backfill.add_column(conn(), key, lock_timeout=lock_timeout)
-        return [Change(where, f"ALTER TABLE {quote(table)} ADD COLUMN {quote(key.column)} bigint")]
+            database.add_key_column(servers, db, key, lock_timeout=lock_timeout)
+        return [Change(where, f"ALTER TABLE {table} ADD COLUMN {quoted(key.column)} bigint")]
 
     def throttle() -> float:
         """Seconds to pause: writers queue behind a batch, or a replica falls behind."""
-        now = backfill.pressure(conn(), table)
+        now = database.key_pressure(servers, db, table)
         if now.waiting or now.replica_lag > plan.backfill.max_replica_lag:
             return THROTTLE_SECONDS
         return 0.0
 
     def number_rows(*, dry_run: bool) -> Sequence[Change]:
         if not dry_run:
-            done = backfill.fill(
-                conn(), key, lock_timeout=lock_timeout, on_progress=on_progress, throttle=throttle
+            done = database.number_rows(
+                servers,
+                db,
+                key,
+                lock_timeout=lock_timeout,
+                on_progress=on_progress,
+                throttle=throttle,
             )
             return [
-                Change(
-                    where, f"numbered {done.rows} rows of {quote(table)} in {done.batches} batches"
-                )
+                Change(where, f"numbered {done.rows} rows of {table} in {done.batches} batches")
             ]
-        return [Change(where, f"UPDATE {quote(table)} in batches of pages, rows without a number")]
+        return [Change(where, f"UPDATE {table} in batches of pages, rows without a number")]
 
     def set_not_null(*, dry_run: bool) -> Sequence[Change]:
         if not dry_run:
-            backfill.set_not_null(conn(), key, lock_timeout=lock_timeout)
+            database.set_key_not_null(servers, db, key, lock_timeout=lock_timeout)
         return [
-            Change(
-                where, f"ALTER TABLE {quote(table)} ALTER COLUMN {quote(key.column)} SET NOT NULL"
-            )
+            Change(where, f"ALTER TABLE {table} ALTER COLUMN {quoted(key.column)} SET NOT NULL")
         ]
 
     def build_unique_index(*, dry_run: bool) -> Sequence[Change]:
         if not dry_run:
-            backfill.build_index(conn(), key, index_state=state().index)
-        return [Change(where, f"CREATE UNIQUE INDEX CONCURRENTLY {quote(key.index)}")]
+            database.build_key_index(servers, db, key)
+        return [Change(where, f"CREATE UNIQUE INDEX CONCURRENTLY {quoted(key.index)}")]
 
     def add_primary_key(*, dry_run: bool) -> Sequence[Change]:
         if not dry_run:
-            backfill.add_primary_key(conn(), key, lock_timeout=lock_timeout)
+            database.add_primary_key(servers, db, key, lock_timeout=lock_timeout)
         return [
-            Change(
-                where, f"ALTER TABLE {quote(table)} ADD PRIMARY KEY USING INDEX {quote(key.index)}"
-            )
+            Change(where, f"ALTER TABLE {table} ADD PRIMARY KEY USING INDEX {quoted(key.index)}")
         ]
 
     def index_ready() -> bool:
@@ -123,7 +106,7 @@ def phase(
         return current.column and current.ours and current.default
 
     return Phase(
-        f"backfill {quote(table)}",
+        f"backfill {table}",
         (
             Step("add_column", add_column, column_ready),
             Step("number_rows", number_rows, lambda: state().not_null, attempts=1),

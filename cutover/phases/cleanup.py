@@ -20,38 +20,30 @@ The source may have been made read-only: cleanup's own sessions may still write.
 
 from collections.abc import Sequence
 
+from cutover import database
+from cutover.database import Pool
 from cutover.engines.base import Engine
 from cutover.errors import PreconditionFailed
-from cutover.pg import admin, backfill, barrier, fence, replication
-from cutover.pg.connect import Connection, Pool
-from cutover.pg.ident import quote
-from cutover.phases.prepare import archive_path
 from cutover.plan import Plan
 from cutover.steps import Change, Phase, Step
+from cutover.types import Side
 
 
-def phase(plan: Plan, pool: Pool, db: str, engine: Engine) -> Phase:
+def phase(plan: Plan, servers: Pool, db: str, engine: Engine) -> Phase:
     """The cleanup steps for database `db`."""
-    name = replication.object_name(plan.move)
-    archive = archive_path(plan, db)
 
-    def source() -> Connection:
-        conn = pool.get("source", db)
-        admin.allow_writes(conn)
-        return conn
+    def on_target() -> bool:
+        """The database exists on the target, and cleanup may write there."""
+        return database.writable(servers, Side.TARGET, db)  # the fallback's target: the source
 
-    def target() -> Connection | None:
-        if not admin.database_exists(pool.get("target"), db):
-            return None
-        conn = pool.get("target", db)
-        admin.allow_writes(conn)  # the fallback's target is the old source
-        return conn
+    def on_source() -> bool:
+        return database.writable(servers, Side.SOURCE, db)
 
     def subscribed() -> bool:
-        return target() is not None and engine.subscription_exists()
+        return database.exists(servers, Side.TARGET, db) and not engine.stopped(db)
 
     def check_no_switch_in_progress(*, dry_run: bool) -> Sequence[Change]:
-        fenced = fence.fenced_roles(pool.get("source", plan.databases[0]), plan.move)
+        fenced = database.fenced_roles(plan, servers)
         if fenced and subscribed():
             raise PreconditionFailed(
                 f"a switch of this move is half done: {', '.join(fenced)} are fenced on the "
@@ -61,94 +53,60 @@ def phase(plan: Plan, pool: Pool, db: str, engine: Engine) -> Phase:
             )
         return []
 
-    def drop_subscription(*, dry_run: bool) -> Sequence[Change]:
-        return [] if target() is None else engine.drop_subscription(dry_run=dry_run)
+    def stop(*, dry_run: bool) -> Sequence[Change]:
+        return engine.stop(db, dry_run=dry_run) if on_target() else []
 
-    def drop_slot(*, dry_run: bool) -> Sequence[Change]:
-        source()
-        return engine.drop_slot(dry_run=dry_run)
+    def release_source(*, dry_run: bool) -> Sequence[Change]:
+        on_source()
+        return engine.release_source(db, dry_run=dry_run)
 
-    def drop_publication(*, dry_run: bool) -> Sequence[Change]:
-        source()
-        return engine.drop_publication(dry_run=dry_run)
+    def unprepare_source(*, dry_run: bool) -> Sequence[Change]:
+        on_source()
+        return engine.unprepare_source(db, dry_run=dry_run)
 
     def uninstall_engine(*, dry_run: bool) -> Sequence[Change]:
-        source()
-        return [] if target() is None else engine.uninstall(dry_run=dry_run)
+        on_source()
+        return engine.uninstall(db, dry_run=dry_run) if on_target() else []
 
     def engine_uninstalled() -> bool:
-        return target() is None or engine.uninstalled()
-
-    def sides() -> list[tuple[str, Connection]]:
-        """The database on the source, and on the target when it exists there."""
-        conn = target()
-        return [("source", source())] + ([("target", conn)] if conn is not None else [])
+        return not database.exists(servers, Side.TARGET, db) or engine.uninstalled(db)
 
     def drop_backfilled_keys(*, dry_run: bool) -> Sequence[Change]:
-        changes = []
-        for label, conn in sides():
-            for key in backfill.marked_keys(conn, plan.move):
-                if not dry_run:
-                    backfill.drop(conn, key, lock_timeout=plan.thresholds.lock_timeout)
-                changes.append(
-                    Change(
-                        f"{label}/{db}",
-                        f"ALTER TABLE {quote(key.table)} DROP COLUMN {quote(key.column)} "
-                        "(with its primary key and sequence)",
-                    )
-                )
+        changes: list[Change] = []
+        for side in Side:
+            changes += database.drop_backfilled_keys(plan, servers, side, db, dry_run=dry_run)
         return changes
 
     def backfilled_keys_gone() -> bool:
-        return not any(backfill.marked_keys(conn, plan.move) for _, conn in sides())
+        return not any(database.backfilled_keys(plan, servers, side, db) for side in Side)
 
     def drop_barrier_tables(*, dry_run: bool) -> Sequence[Change]:
-        changes = []
-        for label, conn in sides():
-            changes += barrier.drop_schema(conn, where=f"{label}/{db}", dry_run=dry_run)
+        changes: list[Change] = []
+        for side in Side:
+            changes += database.drop_barrier_schema(servers, side, db, dry_run=dry_run)
         return changes
 
     def barrier_tables_gone() -> bool:
-        return not any(barrier.schema_exists(conn) for _, conn in sides())
+        return not any(database.barrier_schema_exists(servers, side, db) for side in Side)
 
-    def drop_replication_role(*, dry_run: bool) -> Sequence[Change]:
-        changes = []
-        for label, server in (("source", plan.source), ("target", plan.target)):
-            conns = [pool.get(label, d) for d in plan.databases if _has_database(pool, label, d)]
-            for conn in conns:
-                admin.allow_writes(conn)
-            changes += replication.drop_role(
-                conns, pool.get(label), name, heir=server.user, where=label, dry_run=dry_run
-            )
-        return changes
-
-    def role_gone() -> bool:
-        return not any(
-            replication.role_exists(pool.get(label), name) for label in ("source", "target")
-        )
-
-    def remove_schema_archive(*, dry_run: bool) -> Sequence[Change]:
-        if not archive.exists():
-            return []
-        if not dry_run:
-            archive.unlink()
-        return [Change("controller", f"rm {archive}")]
+    def archive_removed() -> bool:
+        return not database.archive_path(plan, db).exists()
 
     return Phase(
         "cleanup",
         (
             Step("check_no_switch_in_progress", check_no_switch_in_progress, attempts=1),
-            Step("drop_subscription", drop_subscription, lambda: not subscribed()),
-            Step("drop_slot", drop_slot, lambda: engine.slot() is None),
-            Step("drop_publication", drop_publication, lambda: not engine.publication_exists()),
+            Step("drop_subscription", stop, lambda: not subscribed()),
+            Step("drop_slot", release_source, lambda: engine.source_released(db)),
+            Step("drop_publication", unprepare_source, lambda: engine.source_unprepared(db)),
             Step("drop_backfilled_keys", drop_backfilled_keys, backfilled_keys_gone),
             Step("drop_barrier_tables", drop_barrier_tables, barrier_tables_gone),
-            Step("drop_replication_role", drop_replication_role, role_gone),
-            Step("remove_schema_archive", remove_schema_archive, lambda: not archive.exists()),
+            Step("drop_replication_role", engine.revoke_access, engine.access_revoked),
+            Step(
+                "remove_schema_archive",
+                lambda *, dry_run: database.remove_archive(plan, db, dry_run=dry_run),
+                archive_removed,
+            ),
             Step("uninstall_engine", uninstall_engine, engine_uninstalled),
         ),
     )
-
-
-def _has_database(pool: Pool, label: str, db: str) -> bool:
-    return admin.database_exists(pool.get(label), db)

@@ -9,31 +9,33 @@ start. A failure before the promotion undoes itself, as a switch does.
 
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 
+from cutover import database
+from cutover.database import Pool
 from cutover.engines import reversed_plan
 from cutover.engines.base import Engine
 from cutover.errors import PreconditionFailed
-from cutover.pg import fence
-from cutover.pg.connect import Pool
 from cutover.phases.switch import Switch
 from cutover.plan import Plan
 from cutover.steps import Change, Phase, Step
+from cutover.steps import SwitchStep as S
 
 
 def phase(
     plan: Plan,
-    pool: Pool,
-    back_pool: Pool,
-    back_engines: dict[str, Engine],
+    servers: Pool,
+    back_servers: Pool,
+    back_engine: Engine,
     *,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Phase:
-    """The rollback steps: `pool` as the plan says, `back_pool` with the sides swapped."""
-    back = Switch(reversed_plan(plan), back_pool, back_engines, clock=clock, sleep=sleep)
+    """The rollback steps: `servers` as the plan says, `back_servers` with the sides swapped."""
+    back = Switch(reversed_plan(plan), back_servers, back_engine, clock=clock, sleep=sleep)
 
     def check_fallback(*, dry_run: bool) -> Sequence[Change]:
-        missing = [db for db, e in back_engines.items() if not e.subscription_exists()]
+        missing = [db for db in plan.databases if not back_engine.fallback_running(db)]
         if missing:
             raise PreconditionFailed(
                 f"no fallback replication for {', '.join(missing)}: nothing keeps the "
@@ -43,27 +45,27 @@ def phase(
             )
         return []
 
-    def unfence_source(*, dry_run: bool) -> Sequence[Change]:
-        return fence.unfence(pool.get("source", plan.databases[0]), plan.move, dry_run=dry_run)
+    def source_unfenced() -> bool:
+        return not database.fenced_roles(plan, servers)
 
     return Phase(
         "rollback",
         (
-            Step("check_fallback", check_fallback, attempts=1),
-            Step("check_ready", back.check_ready, attempts=1),
-            Step("stop_writers", back.stop_writers, undo=back.start_writers, attempts=1),
-            Step("fence_target", back.fence_source, undo=back.unfence_source, attempts=1),
-            Step("wait_for_barrier", back.wait_for_barrier, attempts=1),
-            Step("copy_sequences", back.copy_sequences, back.sequences_copied),
-            Step("verify_counts", back.verify_counts, attempts=1),
-            Step("promote", back.promote, back.is_promoted, point_of_no_return=True),
+            Step(S.CHECK_FALLBACK, check_fallback, attempts=1),
+            Step(S.CHECK_READY, back.check_ready, attempts=1),
+            Step(S.STOP_WRITERS, back.stop_writers, undo=back.start_writers, attempts=1),
+            Step(S.FENCE_TARGET, back.fence_source, undo=back.unfence_source, attempts=1),
+            Step(S.WAIT_FOR_BARRIER, back.wait_for_barrier, attempts=1),
+            Step(S.COPY_SEQUENCES, back.copy_sequences, back.sequences_copied),
+            Step(S.VERIFY_COUNTS, back.verify_counts, attempts=1),
+            Step(S.PROMOTE, back.promote, back.is_promoted, point_of_no_return=True),
             Step(
-                "unfence_source",
-                unfence_source,
-                lambda: not fence.fenced_roles(pool.get("source", plan.databases[0]), plan.move),
+                S.UNFENCE_SOURCE,
+                partial(database.unfence_source, plan, servers),
+                source_unfenced,
             ),
-            Step("repoint", back.repoint, back.is_repointed if back.repoints else None),
-            Step("start_writers", back.start_writers, attempts=1),
+            Step(S.REPOINT, back.repoint, back.is_repointed if back.repoints else None),
+            Step(S.START_WRITERS, back.start_writers, attempts=1),
         ),
         undo_on_failure=True,
     )

@@ -13,55 +13,40 @@
 5. refresh_materialized_views: each view populated on the source is
    populated on the target too (replication carries no view's rows).
 
-An engine that copies with its own subscription (pglogical) applies changes as
-soon as its copy commits: for it restore_post_data comes first, and
-copy_data waits for that copy.
+An engine whose target has its keys before the copy (`keys_before_copy`:
+pglogical applies changes as soon as its copy commits) restores post-data
+first, and its copy_data waits for that copy. An engine that copies the
+schema itself (`copies_schema`) has no restore_post_data step.
 """
 
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
 
+from cutover import database, wait
+from cutover.database import Pool
 from cutover.engines.base import Engine
 from cutover.errors import PreconditionFailed, StepFailed
-from cutover.pg import admin, catalog, matviews, replication, schema
-from cutover.pg.connect import Pool
-from cutover.pg.replication import SlotState
-from cutover.phases.prepare import archive_path
 from cutover.plan import Plan
 from cutover.steps import Change, Phase, Step
-from cutover.types import SyncProgress
+from cutover.types import Lag, Side, SyncProgress
 
 CATCHUP_POLL_SECONDS = 0.2
 CONNECT_SECONDS = 60.0  # an apply worker that has not connected by then never will by itself
 
 
-def require_prepared(pool: Pool, db: str, engine: Engine) -> None:
-    """Raise unless prepare made the target database and the publication."""
-    if not admin.database_exists(pool.get("target"), db) or not engine.publication_exists():
+def require_prepared(servers: Pool, db: str, engine: Engine) -> None:
+    """Raise unless prepare made the target database and readied the source."""
+    if not database.exists(servers, Side.TARGET, db) or not engine.source_prepared(db):
         raise PreconditionFailed(
             f"{db} is not prepared for this move (no target database or no publication)",
             hint="run `cutover prepare` until it finishes, then start again",
         )
 
 
-def refresh_materialized_views(pool: Pool, db: str, *, dry_run: bool) -> Sequence[Change]:
-    """Populate on the target each view that is populated on the source and not there."""
-    target = pool.get("target", db)
-    wanted = matviews.to_refresh(pool.get("source", db), target)
-    return matviews.refresh_all(
-        target, [v for v in wanted if not v.populated], where=f"target/{db}", dry_run=dry_run
-    )
-
-
-def views_populated(pool: Pool, db: str) -> bool:
-    """Every view populated on the source is populated on the target."""
-    return not matviews.unpopulated(pool.get("source", db), pool.get("target", db))
-
-
 def phase(
     plan: Plan,
-    pool: Pool,
+    servers: Pool,
     db: str,
     engine: Engine,
     *,
@@ -72,112 +57,103 @@ def phase(
     clock: Callable[[], float] = time.monotonic,
 ) -> Phase:
     """The start steps for database `db`, copying and indexing with `jobs` jobs."""
-    archive = archive_path(plan, db)
-    subscription = replication.object_name(plan.move)
-    index_memory = int(plan.thresholds.index_memory)
+    limits = plan.thresholds
 
-    def subscribed() -> bool:
-        return admin.database_exists(pool.get("target"), db) and engine.subscription_exists()
+    def sync_started() -> bool:
+        return database.exists(servers, Side.TARGET, db) and engine.initial_sync_started(db)
 
     def copy_data(*, dry_run: bool) -> Sequence[Change]:
-        require_prepared(pool, db, engine)
-        deadline = clock() + plan.thresholds.copy_timeout
-        return engine.copy_data(
-            jobs=jobs, deadline=deadline, on_progress=on_progress, dry_run=dry_run
+        require_prepared(servers, db, engine)
+        deadline = clock() + limits.copy_timeout
+        return engine.initial_sync(
+            db, jobs=jobs, deadline=deadline, on_progress=on_progress, dry_run=dry_run
         )
 
-    def missing_post_data() -> list[schema.TocEntry]:
-        entries = schema.toc(archive, section="post-data")
-        return schema.missing_on_target(pool.get("source", db), pool.get("target", db), entries)
-
     def restore_post_data(*, dry_run: bool) -> Sequence[Change]:
-        require_prepared(pool, db, engine)
-        if not archive.exists():
-            if dry_run:
-                return [Change(f"target/{db}", "pg_restore --section=post-data (what is missing)")]
-            schema.dump(plan.source, db, archive)  # prepare ran elsewhere: the schema again
-        entries = missing_post_data()
-        if not dry_run:
-            schema.restore_entries(
-                plan.target, db, archive, entries, jobs=jobs, index_memory=index_memory
-            )
-        return [Change(f"target/{db}", e.line) for e in entries]
+        require_prepared(servers, db, engine)
+        return database.restore_post_data(plan, servers, db, jobs=jobs, dry_run=dry_run)
 
-    def close_enough(slot: SlotState) -> bool:
+    def close_enough(lag: Lag) -> bool:
         """Streaming, and less than max_switch_lag behind the source's current WAL."""
-        return slot.active and slot.lag_bytes <= plan.thresholds.max_switch_lag
+        return lag.connected and lag.bytes <= limits.max_switch_lag
 
     def caught_up() -> bool:
-        slot = engine.slot() if subscribed() and engine.streaming() else None
-        return slot is not None and close_enough(slot) and engine.progress().done
+        if not (sync_started() and engine.streaming(db)):
+            return False
+        lag = engine.lag(db)
+        return lag is not None and close_enough(lag) and engine.progress(db).done
 
     def wait_for_catchup(*, dry_run: bool) -> Sequence[Change]:
         if dry_run:
             return [Change(f"target/{db}", "wait until the target is caught up")]
-        target = pool.get("target", db)
-        errors_before = catalog.subscription_errors(target, subscription)
-        started = clock()
-        deadline = started + plan.thresholds.copy_timeout
-        while True:
-            slot = engine.slot()
-            if slot is None or slot.wal_status == "lost":
+        errors_before = engine.apply_errors(db)
+        connect_by = clock() + CONNECT_SECONDS
+
+        def arrived() -> bool:
+            lag = engine.lag(db)
+            if lag is None or lag.lost:
                 raise StepFailed(
                     f"the move's replication slot for {db} is gone or invalidated",
                     hint="see `cutover status`; drop the subscription on the target and "
                     "run start again to copy anew",
                 )
-            progress = engine.progress()
+            progress = engine.progress(db)
             if progress.done:
-                on_lag(slot.lag_bytes)
-                if close_enough(slot):
-                    return []
+                on_lag(lag.bytes)
+                if close_enough(lag):
+                    return True
             else:  # the engine's own copy goes on (a start that resumed while it ran)
                 on_progress(progress)
-            engine.heartbeat()
-            if not slot.active and clock() > started + CONNECT_SECONDS:
+            if not lag.connected and clock() > connect_by:
                 raise StepFailed(
                     f"the subscription of {db} has not connected to the source "
                     f"within {CONNECT_SECONDS:g} s",
                     hint="the target server's log says why (the source's address as the "
                     "target sees it: source.replication_host; pg_hba.conf); start resumes",
                 )
-            if catalog.subscription_errors(target, subscription) > errors_before:
+            if engine.apply_errors(db) > errors_before:
                 raise StepFailed(
                     f"the subscription's workers report errors while applying changes to {db}",
                     hint="the target server's log says why (a missing role, a constraint, "
                     "disk); fix it and run start again: it resumes",
                 )
-            if clock() > deadline:
-                raise StepFailed(
-                    f"the target of {db} is still {slot.lag_bytes} bytes behind after "
-                    f"{plan.thresholds.copy_timeout:g} s",
-                    hint="replication goes on; run `cutover start` again to keep following "
-                    "it, or raise thresholds.copy_timeout",
-                )
-            sleep(CATCHUP_POLL_SECONDS)
+            return False
+
+        wait.until(
+            arrived,
+            timeout=limits.copy_timeout,
+            interval=CATCHUP_POLL_SECONDS,
+            on_tick=partial(engine.heartbeat, db),
+            what=f"the target of {db} did not catch up with the source",
+            hint="replication goes on; run `cutover start` again to keep following it, "
+            "or raise thresholds.copy_timeout",
+            clock=clock,
+            sleep=sleep,
+        )
+        return []
 
     def post_data_restored() -> bool:
-        ready = (
-            subscribed()
-            if not engine.keys_before_copy
-            else admin.database_exists(pool.get("target"), db)
-        )
-        return ready and archive.exists() and not missing_post_data()
+        ready = sync_started() if not engine.traits.keys_before_copy else True
+        return ready and database.post_data_restored(plan, servers, db)
 
-    steps = [
-        Step("copy_data", copy_data, subscribed, attempts=1),
-        Step("restore_post_data", restore_post_data, post_data_restored),
-    ]
+    copy = Step("copy_data", copy_data, sync_started, attempts=1)
+    post = Step("restore_post_data", restore_post_data, post_data_restored)
+    if engine.traits.copies_schema:
+        first: tuple[Step, ...] = (copy,)
+    elif engine.traits.keys_before_copy:
+        first = (post, copy)
+    else:
+        first = (copy, post)
     return Phase(
         "start",
         (
-            *(reversed(steps) if engine.keys_before_copy else steps),
-            Step("start_streaming", engine.start_streaming, engine.streaming),
+            *first,
+            Step("start_streaming", partial(engine.stream, db), partial(engine.streaming, db)),
             Step("wait_for_catchup", wait_for_catchup, caught_up, attempts=1),
             Step(
                 "refresh_materialized_views",
-                partial(refresh_materialized_views, pool, db),
-                partial(views_populated, pool, db),
+                partial(database.refresh_views, servers, db, unpopulated_only=True),
+                partial(database.views_populated, servers, db),
             ),
         ),
     )

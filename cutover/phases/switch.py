@@ -23,21 +23,22 @@ writers start again on the source, which keeps replicating.
 """
 
 import time
-import uuid
 from collections.abc import Callable, Sequence
 
-from cutover import preflight, verify
+from cutover import database, preflight, verify, wait
+from cutover.database import Pool
+from cutover.engines import prove_applied
 from cutover.engines.base import Engine
 from cutover.errors import PreconditionFailed, StepFailed
-from cutover.pg import fence, large_objects, matviews, replication, sequences
-from cutover.pg.connect import Pool
 from cutover.plan import LargeObjects, Plan
 from cutover.repoint import repoint_for
 from cutover.steps import Change, Phase, Step
+from cutover.steps import SwitchStep as S
 from cutover.writers import Writer, writer_for
 
 SCOPE = "all"
-BARRIER_POLL = 0.01
+POLL_SECONDS = 0.02
+FENCE_SETTLE_SECONDS = 2.0  # terminated sessions take a moment to go
 
 
 class Switch:
@@ -46,36 +47,54 @@ class Switch:
     def __init__(
         self,
         plan: Plan,
-        pool: Pool,
-        engines: dict[str, Engine],
+        servers: Pool,
+        engine: Engine,
         *,
         clock: Callable[[], float],
         sleep: Callable[[float], None],
-        fallback: dict[str, Engine] | None = None,
+        fallback: Engine | None = None,
     ) -> None:
-        self.fallback = fallback or {}
         self.plan = plan
-        self.pool = pool
-        self.engines = engines
+        self.servers = servers
+        self.engine = engine
+        self.fallback = fallback
+        self.databases = plan.databases
         self.limits = plan.thresholds
         self.tiers = [[writer_for(spec) for spec in tier] for tier in plan.tiers()]
         self.repoints = [repoint_for(spec, plan.databases) for spec in plan.repoint]
-        self.ours = [plan.source.user, replication.object_name(plan.move)]
         self.clock = clock
         self.sleep = sleep
+
+    def _wait(
+        self,
+        probe: Callable[[], bool],
+        *,
+        timeout: float,
+        what: str | Callable[[], str],
+        hint: str,
+    ) -> None:
+        wait.until(
+            probe,
+            timeout=timeout,
+            interval=POLL_SECONDS,
+            what=what,
+            hint=hint,
+            clock=self.clock,
+            sleep=self.sleep,
+        )
 
     def check_ready(self, *, dry_run: bool) -> Sequence[Change]:
         """Copy finished, apply commits synchronous, lag under the limit for the window."""
         changes: list[Change] = []
-        for db, engine in self.engines.items():
-            if not engine.subscription_exists() or not engine.progress().done:
+        for db in self.databases:
+            if not self.engine.initial_sync_started(db) or not self.engine.progress(db).done:
                 raise PreconditionFailed(
                     f"{db}: the initial copy has not finished",
                     hint="run `cutover start --wait` first",
                 )
-            if not engine.ready_to_switch():
-                changes += engine.prepare_switch(dry_run=dry_run)
-        if self.fallback:
+            if not self.engine.ready_to_switch(db):
+                changes += self.engine.prepare_switch(db, dry_run=dry_run)
+        if self.fallback is not None:
             self._check_fallback_possible()
         if self.plan.large_objects is LargeObjects.COPY:
             self._check_large_object_roles()
@@ -83,17 +102,15 @@ class Switch:
             return [*changes, Change("source", f"lag under {self.limits.max_switch_lag} B held")]
         deadline = self.clock() + self.limits.lag_window
         while True:
-            for db, engine in self.engines.items():
-                self._check_lag(db, engine)
+            for db in self.databases:
+                self._check_lag(db)
             if self.clock() >= deadline:
                 return changes
             self.sleep(min(1.0, max(0.0, deadline - self.clock())))
 
     def _check_fallback_possible(self) -> None:
         """Reverse replication starts after the promotion: what it needs is checked before."""
-        problems = preflight.fallback_problems(
-            self.plan, self.pool.get("source"), self.pool.get("target")
-        )
+        problems = preflight.fallback_problems(self.plan, self.servers)
         if problems:
             raise PreconditionFailed(
                 "--keep-fallback cannot replicate back to the source: " + "; ".join(problems),
@@ -102,10 +119,8 @@ class Switch:
 
     def _check_large_object_roles(self) -> None:
         """The copy gives each object its owner and grants: those roles must exist first."""
-        for db in self.engines:
-            missing = large_objects.missing_roles(
-                self.pool.get("source", db), self.pool.get("target")
-            )
+        for db in self.databases:
+            missing = database.large_object_roles_missing(self.servers, db)
             if missing:
                 raise PreconditionFailed(
                     f"{db}: roles that own or are granted large objects do not exist on the "
@@ -113,17 +128,17 @@ class Switch:
                     hint="create them on the target (`cutover check` prints the statements)",
                 )
 
-    def _check_lag(self, db: str, engine: Engine) -> None:
-        engine.heartbeat()
-        slot = engine.slot()
-        if slot is None:
+    def _check_lag(self, db: str) -> None:
+        self.engine.heartbeat(db)
+        lag = self.engine.lag(db)
+        if lag is None:
             raise PreconditionFailed(
                 f"{db}: the replication slot is missing on the source",
                 hint="see `cutover status`; the move cannot switch without it",
             )
-        if slot.lag_bytes > self.limits.max_switch_lag:
+        if lag.bytes > self.limits.max_switch_lag:
             raise PreconditionFailed(
-                f"{db}: lag is {slot.lag_bytes} bytes, above max_switch_lag "
+                f"{db}: lag is {lag.bytes} bytes, above max_switch_lag "
                 f"({self.limits.max_switch_lag} bytes)",
                 hint="wait until the target catches up (`cutover status --watch`)",
             )
@@ -139,15 +154,12 @@ class Switch:
         return changes
 
     def _wait_drained(self, tier: list[Writer]) -> None:
-        deadline = self.clock() + self.limits.drain_timeout
-        while not all(writer.is_drained() for writer in tier):
-            if self.clock() > deadline:
-                raise StepFailed(
-                    f"writers {', '.join(w.name for w in tier)} did not drain within "
-                    f"{self.limits.drain_timeout:g} s",
-                    hint="raise thresholds.drain_timeout, or see why they keep writing",
-                )
-            self.sleep(0.05)
+        self._wait(
+            lambda: all(writer.is_drained() for writer in tier),
+            timeout=self.limits.drain_timeout,
+            what=f"writers {', '.join(w.name for w in tier)} did not drain",
+            hint="raise thresholds.drain_timeout, or see why they keep writing",
+        )
 
     def start_writers(self, *, dry_run: bool) -> Sequence[Change]:
         """Tiers in reverse order."""
@@ -159,124 +171,85 @@ class Switch:
 
     def fence_source(self, *, dry_run: bool) -> Sequence[Change]:
         """No LOGIN for the application's roles, their sessions ended, nobody left writing."""
-        conn = self.pool.get("source", self.plan.databases[0])  # it holds the fence's record
-        roles = fence.roles_to_fence(conn, named=self.plan.fence.roles, keep=self.ours)
-        changes = fence.fence(
-            conn, roles, self.plan.move, read_only=self.plan.fence.read_only, dry_run=dry_run
-        )
+        changes = database.fence_source(self.plan, self.servers, dry_run=dry_run)
         if dry_run:
             return changes
-        deadline = self.clock() + 2.0  # terminated sessions take a moment to go
-        while writing := fence.sessions_writing(
-            conn, allowed=self.ours, databases=self.plan.databases
-        ):
-            if self.clock() > deadline:
-                raise StepFailed(
-                    "sessions still write on the source after the fence: " + ", ".join(writing),
-                    hint="a superuser or a role outside fence.roles is writing; stop it or "
-                    "fence it, then switch again",
-                )
-            self.sleep(0.02)
+        writing: list[str] = []
+
+        def quiet() -> bool:
+            writing[:] = database.sessions_writing(self.plan, self.servers)
+            return not writing
+
+        self._wait(  # terminated sessions take a moment to go
+            quiet,
+            timeout=FENCE_SETTLE_SECONDS,
+            what=lambda: (
+                "sessions still write on the source after the fence: " + ", ".join(writing)
+            ),
+            hint="a superuser or a role outside fence.roles is writing; stop it or "
+            "fence it, then switch again",
+        )
         return changes
 
     def unfence_source(self, *, dry_run: bool) -> Sequence[Change]:
         """Give LOGIN back to every role this move fenced."""
-        return fence.unfence(
-            self.pool.get("source", self.plan.databases[0]), self.plan.move, dry_run=dry_run
-        )
+        return database.unfence_source(self.plan, self.servers, dry_run=dry_run)
 
     def wait_for_barrier(self, *, dry_run: bool) -> Sequence[Change]:
         """A marker committed after the fence, applied on the target, confirmed by the slot."""
         if dry_run:
             return [
-                Change(f"source/{db}", "INSERT INTO _cutover.barrier ...") for db in self.engines
+                Change(f"source/{db}", "INSERT INTO _cutover.barrier ...") for db in self.databases
             ]
-        deadline = self.clock() + self.limits.switch_timeout
-        markers = {}
-        for db, engine in self.engines.items():
-            token = uuid.uuid4().hex
-            markers[db] = (token, engine.write_barrier(token))
-        pending = dict(markers)
-        while pending:
-            for db, (token, lsn) in list(pending.items()):
-                if self.engines[db].barrier_reached(token, lsn):
-                    del pending[db]
-            if pending and self.clock() > deadline:
-                raise StepFailed(
-                    "the target did not confirm the barrier within "
-                    f"{self.limits.switch_timeout:g} s: {', '.join(pending)}",
-                    hint="replication is slow or stopped (`cutover status`); the switch "
-                    "rolled back and the source is writable again",
-                )
-            if pending:
-                self.sleep(BARRIER_POLL)
+        markers = prove_applied(
+            self.engine,
+            self.databases,
+            timeout=self.limits.switch_timeout,
+            hint="replication is slow or stopped (`cutover status`); the switch "
+            "rolled back and the source is writable again",
+            clock=self.clock,
+            sleep=self.sleep,
+        )
         return [
-            Change(f"target/{db}", f"barrier at {lsn} applied") for db, (_, lsn) in markers.items()
+            Change(f"target/{db}", f"barrier at {marker.position} applied")
+            for db, marker in markers.items()
         ]
-
-    def _sequence_values(self) -> dict[str, tuple[sequences.Values, sequences.Values]]:
-        values = {}
-        for db in self.engines:
-            names = sequences.names(self.pool.get("source", db))
-            values[db] = (
-                sequences.read(self.pool.get("source", db), names),
-                sequences.read(self.pool.get("target", db), names),
-            )
-        return values
 
     def sequences_copied(self) -> bool:
         """Every target sequence is at or ahead of its source (ahead: the target took writes)."""
-        for db, (source_values, target_values) in self._sequence_values().items():
-            conn = self.pool.get("source", db)
-            steps = sequences.increments(conn, sequences.names(conn))
-            if not sequences.at_or_ahead(target_values, source_values, steps):
-                return False
-        return True
+        return all(database.sequences_copied(self.servers, db) for db in self.databases)
 
     def copy_sequences(self, *, dry_run: bool) -> Sequence[Change]:
         """Each sequence's last_value and is_called, from source to target."""
         changes: list[Change] = []
-        for db, (source_values, _) in self._sequence_values().items():
-            changes += sequences.write(
-                self.pool.get("target", db), source_values, where=f"target/{db}", dry_run=dry_run
-            )
+        for db in self.databases:
+            changes += database.copy_sequences(self.servers, db, dry_run=dry_run)
         return changes
 
     def large_objects_copied(self) -> bool:
         """The target holds the source's large objects: bytes, owners and privileges."""
-        return all(
-            large_objects.is_copied(self.pool.get("source", db), self.pool.get("target", db))
-            for db in self.engines
-        )
+        return all(database.large_objects_copied(self.servers, db) for db in self.databases)
 
     def copy_large_objects(self, *, dry_run: bool) -> Sequence[Change]:
         """Every large object to the target (logical replication carries none)."""
         changes: list[Change] = []
-        for db in self.engines:
-            changes += large_objects.copy(
-                self.pool.get("source", db),
-                self.pool.get("target", db),
-                where=f"target/{db}",
-                dry_run=dry_run,
-            )
+        for db in self.databases:
+            changes += database.copy_large_objects(self.servers, db, dry_run=dry_run)
         return changes
 
     def verify_counts(self, *, dry_run: bool) -> Sequence[Change]:
         """Exact row counts of every table, source and target counted at the same time."""
         changes = []
-        for db in self.engines:
-            source = self.pool.get("source", db)
-            tables = [(t.schema, t.name) for t in replication.replicated_tables(source)]
+        for db in self.databases:
+            tables = database.replicated_tables(self.servers, db)
             changes.append(Change(db, f"count(*) of {len(tables)} tables on both sides"))
             if not dry_run:
                 self._compare_counts(db, tables)
         return changes
 
-    def _compare_counts(self, db: str, tables: list[tuple[str, str]]) -> None:
+    def _compare_counts(self, db: str, tables: Sequence[tuple[str, str]]) -> None:
         """verify's count mode; the source is fenced and the target has applied all of it."""
-        counts = verify.count_tables(
-            self.pool.get("source", db), self.pool.get("target", db), db, tables
-        )
+        counts = verify.counts(self.servers, db, tables)
         differ = [c for c in counts if c.differences]
         if differ:
             detail = ", ".join(f"{c.table} {c.source_rows} vs {c.target_rows}" for c in differ[:10])
@@ -287,18 +260,19 @@ class Switch:
 
     def is_promoted(self) -> bool:
         """Every database's target stands alone."""
-        return all(engine.is_promoted() for engine in self.engines.values())
+        return all(self.engine.promoted(db) for db in self.databases)
 
     def promote(self, *, dry_run: bool) -> Sequence[Change]:
-        """End every subscription and drop its slot."""
+        """End replication of every database: the target stands alone."""
         changes: list[Change] = []
-        for engine in self.engines.values():
-            changes += engine.promote(dry_run=dry_run)
+        for db in self.databases:
+            changes += self.engine.promote(db, dry_run=dry_run)
         return changes
 
     def fallback_running(self) -> bool:
         """Reverse replication (target to source) exists for every database."""
-        return all(engine.subscription_exists() for engine in self.fallback.values())
+        back = self.fallback
+        return back is not None and all(back.fallback_running(db) for db in self.databases)
 
     def start_fallback(self, *, dry_run: bool) -> Sequence[Change]:
         """Replicate target to source, without copying: both hold the same rows right now.
@@ -307,13 +281,9 @@ class Switch:
         made on the target, and `cutover rollback` can go back with nothing lost.
         """
         changes: list[Change] = []
-        for engine in self.fallback.values():
-            if not engine.replication_role_ready():
-                changes += engine.create_replication_role(dry_run=dry_run)
-            if not engine.publication_exists():
-                changes += engine.create_publication(dry_run=dry_run)
-            if not engine.subscription_exists():
-                changes += engine.create_subscription(dry_run=dry_run)
+        if self.fallback is not None:
+            for db in self.databases:
+                changes += self.fallback.start_fallback(db, dry_run=dry_run)
         return changes
 
     def is_repointed(self) -> bool:
@@ -323,10 +293,9 @@ class Switch:
     def refresh_materialized_views(self, *, dry_run: bool) -> Sequence[Change]:
         """Refresh on the target each view populated on the source; the writers write on."""
         changes: list[Change] = []
-        for db in self.plan.databases:
-            wanted = matviews.to_refresh(self.pool.get("source", db), self.pool.get("target", db))
-            changes += matviews.refresh_all(
-                self.pool.get("target", db), wanted, where=f"target/{db}", dry_run=dry_run
+        for db in self.databases:
+            changes += database.refresh_views(
+                self.servers, db, unpopulated_only=False, dry_run=dry_run
             )
         return changes
 
@@ -340,39 +309,42 @@ class Switch:
 
 def phase(
     plan: Plan,
-    pool: Pool,
-    engines: dict[str, Engine],
+    servers: Pool,
+    engine: Engine,
     *,
-    fallback: dict[str, Engine] | None = None,
+    fallback: Engine | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Phase:
     """The switch steps for the whole move (every database at once).
 
-    With `fallback` (reverse engines, target to source) the switch starts reverse
-    replication between the promotion and the writers, for `cutover rollback`.
+    With `fallback` (the engine of the reversed move, target to source) the switch
+    starts reverse replication between the promotion and the writers, for
+    `cutover rollback`. An engine that sets the sequences at its promotion has no
+    copy_sequences step.
     """
-    switch = Switch(plan, pool, engines, clock=clock, sleep=sleep, fallback=fallback)
-    large = (
-        [Step("copy_large_objects", switch.copy_large_objects, switch.large_objects_copied)]
-        if plan.large_objects is LargeObjects.COPY
-        else []
-    )
+    switch = Switch(plan, servers, engine, clock=clock, sleep=sleep, fallback=fallback)
     steps = [
-        Step("check_ready", switch.check_ready, attempts=1),
-        Step("stop_writers", switch.stop_writers, undo=switch.start_writers, attempts=1),
-        Step("fence_source", switch.fence_source, undo=switch.unfence_source, attempts=1),
-        Step("wait_for_barrier", switch.wait_for_barrier, attempts=1),
-        Step("copy_sequences", switch.copy_sequences, switch.sequences_copied),
-        *large,  # while the source is fenced: nobody changes them meanwhile
-        Step("verify_counts", switch.verify_counts, attempts=1),
-        Step("promote", switch.promote, switch.is_promoted, point_of_no_return=True),
+        Step(S.CHECK_READY, switch.check_ready, attempts=1),
+        Step(S.STOP_WRITERS, switch.stop_writers, undo=switch.start_writers, attempts=1),
+        Step(S.FENCE_SOURCE, switch.fence_source, undo=switch.unfence_source, attempts=1),
+        Step(S.WAIT_FOR_BARRIER, switch.wait_for_barrier, attempts=1),
     ]
-    if fallback:
-        steps.append(Step("start_fallback", switch.start_fallback, switch.fallback_running))
+    if not engine.traits.sets_sequences_at_promote:
+        steps.append(Step(S.COPY_SEQUENCES, switch.copy_sequences, switch.sequences_copied))
+    if plan.large_objects is LargeObjects.COPY:  # while the source is fenced: nobody changes them
+        steps.append(
+            Step(S.COPY_LARGE_OBJECTS, switch.copy_large_objects, switch.large_objects_copied)
+        )
     steps += [
-        Step("repoint", switch.repoint, switch.is_repointed if switch.repoints else None),
-        Step("start_writers", switch.start_writers, attempts=1),
-        Step("refresh_materialized_views", switch.refresh_materialized_views, attempts=1),
+        Step(S.VERIFY_COUNTS, switch.verify_counts, attempts=1),
+        Step(S.PROMOTE, switch.promote, switch.is_promoted, point_of_no_return=True),
+    ]
+    if fallback is not None:
+        steps.append(Step(S.START_FALLBACK, switch.start_fallback, switch.fallback_running))
+    steps += [
+        Step(S.REPOINT, switch.repoint, switch.is_repointed if switch.repoints else None),
+        Step(S.START_WRITERS, switch.start_writers, attempts=1),
+        Step(S.REFRESH_MATERIALIZED_VIEWS, switch.refresh_materialized_views, attempts=1),
     ]
     return Phase("switch", tuple(steps), undo_on_failure=True)

@@ -1,0 +1,454 @@
+"""The move's databases in the controller's words: what is done to them that is not replication.
+
+The phases and the commands reach PostgreSQL only through an engine (replication)
+or through this module (the database itself: its schema, its fence, its
+sequences, large objects and views, the primary-key backfill). It is the one
+door into cutover.pg above the engines; import-linter holds that.
+
+A `where` names the place a change happens: `source/<db>`, `target/<db>`, or a side.
+"""
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from cutover import wait
+from cutover.errors import ConnectionFailed, PreconditionFailed
+from cutover.pg import (
+    admin,
+    backfill,
+    barrier,
+    catalog,
+    fence,
+    large_objects,
+    matviews,
+    replication,
+    schema,
+    sequences,
+    tools,
+)
+from cutover.pg.backfill import FillProgress, Key, Pressure, State
+from cutover.pg.connect import Connection, Pool, pool
+from cutover.pg.ident import quote, statement
+from cutover.plan import Plan
+from cutover.steps import Change
+from cutover.types import Side, TableName
+
+__all__ = ["FillProgress", "Key", "KeyState", "Pool", "Pressure", "pool"]
+
+KeyState = State  # what a table has of the move's key
+
+
+def where(side: Side, db: str) -> str:
+    """How a change's place is written: `source/<db>`."""
+    return f"{side}/{db}"
+
+
+def ours(plan: Plan) -> list[str]:
+    """The roles the move itself connects as: never fenced, allowed to write."""
+    return [plan.source.user, replication.object_name(plan.move)]
+
+
+# -- the database itself -----------------------------------------------------------------------
+
+
+def exists(servers: Pool, side: Side, db: str) -> bool:
+    """Whether the database exists on one side."""
+    return admin.database_exists(servers.get(side), db)
+
+
+def create(servers: Pool, side: Side, db: str, *, dry_run: bool) -> Sequence[Change]:
+    """CREATE DATABASE on one side."""
+    return admin.create_database(servers.get(side), db, where=str(side), dry_run=dry_run)
+
+
+def writable(servers: Pool, side: Side, db: str) -> bool:
+    """The database exists on that side, and this controller's sessions in it may write.
+
+    A side made read-only by the fence stays so for everyone else.
+    """
+    if not exists(servers, side, db):
+        return False
+    admin.allow_writes(servers.get(side, db))
+    return True
+
+
+def replicated_tables(servers: Pool, db: str) -> list[TableName]:
+    """The source's tables that replication carries, the barrier table left out."""
+    return [
+        TableName(t.schema, t.name)
+        for t in replication.replicated_tables(servers.get("source", db))
+    ]
+
+
+def tables_without_key(plan: Plan, servers: Pool, db: str) -> list[TableName]:
+    """The plan's backfill tables, or every replicated table with no key and no identity."""
+    if plan.backfill.tables is not None:
+        return [TableName(*t) for t in plan.backfill.tables]
+    return [
+        TableName(t.schema, t.name)
+        for t in replication.replicated_tables(servers.get("source", db))
+        if not t.has_primary_key and not t.has_identity_index and t.replica_identity != "f"
+    ]
+
+
+# -- logical decoding on the source ------------------------------------------------------------
+
+
+def logical_decoding_on(servers: Pool) -> bool:
+    """wal_level = logical on the source."""
+    return catalog.settings(servers.get("source"), ["wal_level"]).get("wal_level") == "logical"
+
+
+def enable_logical_decoding(servers: Pool, *, dry_run: bool) -> Change:
+    """ALTER SYSTEM SET wal_level = logical: it takes effect at the next restart."""
+    return catalog.alter_system(
+        servers.get("source"), "wal_level", "logical", where="source", dry_run=dry_run
+    )
+
+
+def restart_source(
+    servers: Pool,
+    command: list[str],
+    *,
+    timeout: float,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Run the plan's restart command, then wait until the source decodes logically."""
+    servers.close()  # the restart ends every session
+    tools.run_command(command, timeout=timeout, what="the source's restart")
+
+    def decoding() -> bool:
+        try:
+            return logical_decoding_on(servers)
+        except ConnectionFailed:
+            servers.close()
+            return False
+
+    wait.until(
+        decoding,
+        timeout=timeout,
+        interval=0.5,
+        what="the source did not answer with wal_level = logical after its restart",
+        hint="check the restart command and the server's log",
+        clock=clock,
+        sleep=sleep,
+    )
+
+
+# -- the barrier table -------------------------------------------------------------------------
+
+
+def barrier_table_exists(servers: Pool, side: Side, db: str) -> bool:
+    """Whether `_cutover.barrier` exists on one side."""
+    return exists(servers, side, db) and barrier.barrier_table_exists(servers.get(side, db))
+
+
+def create_barrier_table(servers: Pool, side: Side, db: str, *, dry_run: bool) -> Sequence[Change]:
+    """`_cutover.barrier` on one side (in a dry run before the database exists: rendered only)."""
+    if exists(servers, side, db):
+        conn = servers.get(side, db)
+    elif dry_run:  # the database comes from an earlier step: render against the server
+        conn = servers.get(side)
+    else:
+        raise PreconditionFailed(
+            f"database {db} does not exist on the {side}",
+            hint="run prepare again: create_target_database comes first",
+        )
+    return barrier.create_barrier_table(conn, where=where(side, db), dry_run=dry_run)
+
+
+def barrier_schema_exists(servers: Pool, side: Side, db: str) -> bool:
+    """Whether the `_cutover` schema exists on one side."""
+    return exists(servers, side, db) and barrier.schema_exists(servers.get(side, db))
+
+
+def drop_barrier_schema(servers: Pool, side: Side, db: str, *, dry_run: bool) -> Sequence[Change]:
+    """The `_cutover` schema, gone from one side."""
+    if not writable(servers, side, db):
+        return []
+    return barrier.drop_schema(servers.get(side, db), where=where(side, db), dry_run=dry_run)
+
+
+# -- the schema --------------------------------------------------------------------------------
+
+
+def archive_path(plan: Plan, db: str) -> Path:
+    """Where the schema archive of one database is kept between prepare and start."""
+    return plan.state_dir / f"{replication.slot_name(plan.move, db)}.schema.dump"
+
+
+def tables_missing_on_target(servers: Pool, db: str) -> list[TableName]:
+    """The source's replicated tables the target lacks."""
+    tables = replicated_tables(servers, db)
+    if not exists(servers, Side.TARGET, db):
+        return tables
+    missing = catalog.missing_tables(
+        servers.get("target", db), [(t.schema, t.name) for t in tables]
+    )
+    return [TableName(*t) for t in missing]
+
+
+def pre_data_copied(servers: Pool, db: str) -> bool:
+    """Every replicated table exists on the target."""
+    return exists(servers, Side.TARGET, db) and not tables_missing_on_target(servers, db)
+
+
+def copy_pre_data(plan: Plan, servers: Pool, db: str, *, dry_run: bool) -> Sequence[Change]:
+    """pg_dump the schema; restore its pre-data part on the target, all or nothing."""
+    archive = archive_path(plan, db)
+    described = [
+        Change(f"source/{db}", f"pg_dump --schema-only --format=custom > {archive}"),
+        Change(f"target/{db}", "pg_restore --section=pre-data --single-transaction"),
+    ]
+    if dry_run:
+        return described
+    if not exists(servers, Side.TARGET, db):
+        raise PreconditionFailed(
+            f"database {db} does not exist on the target",
+            hint="run prepare again: create_target_database comes first",
+        )
+    conn = servers.get("target", db)
+    missing_tables = tables_missing_on_target(servers, db)
+    all_tables = replicated_tables(servers, db)
+    if len(missing_tables) < len(all_tables):
+        # Part of the schema is there already: a whole restore would collide with it.
+        raise PreconditionFailed(
+            f"the target database {db} has {len(all_tables) - len(missing_tables)} of the "
+            f"source's {len(all_tables)} tables; missing: "
+            + ", ".join(str(t) for t in missing_tables),
+            hint="create the missing tables on the target (pg_dump --schema-only -t ...), "
+            "or drop the target database and run prepare again",
+        )
+    # The move's own role is granted SELECT on the source: the target needs it too
+    # for those grants to restore, and reverse replication connects as it later.
+    role = replication.object_name(plan.move)
+    replication.create_role(conn, role, where=f"target/{db}", dry_run=False)
+    missing = schema.missing_roles(servers.get("source", db), conn)
+    if missing:
+        raise PreconditionFailed(
+            f"roles that own or are granted objects of {db} do not exist on the target: "
+            + ", ".join(missing),
+            hint="create them on the target (pg_dumpall --roles-only on the source "
+            "lists them with their attributes), e.g. "
+            + " ".join(statement("CREATE ROLE {};", r) for r in missing),
+        )
+    schema.dump(plan.source, db, archive)
+    schema.restore_pre_data(plan.target, db, archive)
+    return described
+
+
+def _missing_post_data(plan: Plan, servers: Pool, db: str) -> list[schema.TocEntry]:
+    entries = schema.toc(archive_path(plan, db), section="post-data")
+    return schema.missing_on_target(servers.get("source", db), servers.get("target", db), entries)
+
+
+def post_data_restored(plan: Plan, servers: Pool, db: str) -> bool:
+    """The target has every key, index, constraint and trigger of the source's schema."""
+    return (
+        exists(servers, Side.TARGET, db)
+        and archive_path(plan, db).exists()
+        and not _missing_post_data(plan, servers, db)
+    )
+
+
+def restore_post_data(
+    plan: Plan, servers: Pool, db: str, *, jobs: int, dry_run: bool
+) -> Sequence[Change]:
+    """Keys, indexes, constraints and triggers the target lacks, `jobs` at a time."""
+    archive = archive_path(plan, db)
+    if not archive.exists():
+        if dry_run:
+            return [Change(f"target/{db}", "pg_restore --section=post-data (what is missing)")]
+        schema.dump(plan.source, db, archive)  # prepare ran elsewhere: the schema again
+    entries = _missing_post_data(plan, servers, db)
+    if not dry_run:
+        schema.restore_entries(
+            plan.target,
+            db,
+            archive,
+            entries,
+            jobs=jobs,
+            index_memory=int(plan.thresholds.index_memory),
+        )
+    return [Change(f"target/{db}", e.line) for e in entries]
+
+
+def remove_archive(plan: Plan, db: str, *, dry_run: bool) -> Sequence[Change]:
+    """The schema dump kept in the state directory, deleted."""
+    archive = archive_path(plan, db)
+    if not archive.exists():
+        return []
+    if not dry_run:
+        archive.unlink()
+    return [Change("controller", f"rm {archive}")]
+
+
+# -- materialized views ------------------------------------------------------------------------
+
+
+def refresh_views(
+    servers: Pool, db: str, *, unpopulated_only: bool, dry_run: bool
+) -> Sequence[Change]:
+    """Refresh on the target each view populated on the source (or only those not there)."""
+    target = servers.get("target", db)
+    wanted = matviews.to_refresh(servers.get("source", db), target)
+    if unpopulated_only:
+        wanted = [v for v in wanted if not v.populated]
+    return matviews.refresh_all(target, wanted, where=f"target/{db}", dry_run=dry_run)
+
+
+def views_populated(servers: Pool, db: str) -> bool:
+    """Every view populated on the source is populated on the target."""
+    return not matviews.unpopulated(servers.get("source", db), servers.get("target", db))
+
+
+# -- the fence (recorded in the move's first database) -----------------------------------------
+
+
+def _fence_record(plan: Plan, servers: Pool) -> Connection:
+    return servers.get("source", plan.databases[0])
+
+
+def fence_source(plan: Plan, servers: Pool, *, dry_run: bool) -> Sequence[Change]:
+    """No LOGIN for the application's roles, their sessions ended; recorded to be lifted."""
+    conn = _fence_record(plan, servers)
+    roles = fence.roles_to_fence(conn, named=plan.fence.roles, keep=ours(plan))
+    return fence.fence(conn, roles, plan.move, read_only=plan.fence.read_only, dry_run=dry_run)
+
+
+def sessions_writing(plan: Plan, servers: Pool) -> list[str]:
+    """Sessions of roles other than the move's that still write in the move's databases."""
+    return fence.sessions_writing(
+        _fence_record(plan, servers), allowed=ours(plan), databases=plan.databases
+    )
+
+
+def unfence_source(plan: Plan, servers: Pool, *, dry_run: bool) -> Sequence[Change]:
+    """LOGIN back for every role this move fenced."""
+    return fence.unfence(_fence_record(plan, servers), plan.move, dry_run=dry_run)
+
+
+def fenced_roles(plan: Plan, servers: Pool) -> list[str]:
+    """The roles this move's fence holds now."""
+    return fence.fenced_roles(_fence_record(plan, servers), plan.move)
+
+
+# -- sequences and large objects ---------------------------------------------------------------
+
+
+def sequences_copied(servers: Pool, db: str) -> bool:
+    """Every target sequence is at or ahead of its source (ahead: the target took writes)."""
+    source = servers.get("source", db)
+    names = sequences.names(source)
+    return sequences.at_or_ahead(
+        sequences.read(servers.get("target", db), names),
+        sequences.read(source, names),
+        sequences.increments(source, names),
+    )
+
+
+def copy_sequences(servers: Pool, db: str, *, dry_run: bool) -> Sequence[Change]:
+    """Each sequence's last_value and is_called, from source to target."""
+    source = servers.get("source", db)
+    values = sequences.read(source, sequences.names(source))
+    return sequences.write(servers.get("target", db), values, where=f"target/{db}", dry_run=dry_run)
+
+
+def large_object_roles_missing(servers: Pool, db: str) -> list[str]:
+    """Roles that own or are granted large objects on the source and are not on the target."""
+    return large_objects.missing_roles(servers.get("source", db), servers.get("target"))
+
+
+def large_objects_copied(servers: Pool, db: str) -> bool:
+    """The target holds the source's large objects: bytes, owners and privileges."""
+    return large_objects.is_copied(servers.get("source", db), servers.get("target", db))
+
+
+def copy_large_objects(servers: Pool, db: str, *, dry_run: bool) -> Sequence[Change]:
+    """Every large object to the target, same OID; those the source lost are deleted."""
+    return large_objects.copy(
+        servers.get("source", db), servers.get("target", db), where=f"target/{db}", dry_run=dry_run
+    )
+
+
+# -- the primary-key backfill (on the source) --------------------------------------------------
+
+
+def key_state(servers: Pool, db: str, key: Key) -> KeyState:
+    """What the table has of the move's key: column, default, NOT NULL, index, primary key."""
+    return backfill.state(servers.get("source", db), key)
+
+
+def add_key_column(servers: Pool, db: str, key: Key, *, lock_timeout: float) -> None:
+    """The nullable column, its temporary sequence, grants and default, in one transaction."""
+    backfill.add_column(servers.get("source", db), key, lock_timeout=lock_timeout)
+
+
+def number_rows(
+    servers: Pool,
+    db: str,
+    key: Key,
+    *,
+    lock_timeout: float,
+    on_progress: Callable[[FillProgress], None],
+    throttle: Callable[[], float],
+) -> FillProgress:
+    """Number the rows that have no number yet, in batches of pages."""
+    return backfill.fill(
+        servers.get("source", db),
+        key,
+        lock_timeout=lock_timeout,
+        on_progress=on_progress,
+        throttle=throttle,
+    )
+
+
+def key_pressure(servers: Pool, db: str, table: TableName) -> Pressure:
+    """Whether writers wait behind a batch, and how far a physical replica lags."""
+    return backfill.pressure(servers.get("source", db), table)
+
+
+def set_key_not_null(servers: Pool, db: str, key: Key, *, lock_timeout: float) -> None:
+    """NOT NULL without a long lock; the column becomes an identity."""
+    backfill.set_not_null(servers.get("source", db), key, lock_timeout=lock_timeout)
+
+
+def build_key_index(servers: Pool, db: str, key: Key) -> None:
+    """CREATE UNIQUE INDEX CONCURRENTLY (an invalid one is rebuilt)."""
+    conn = servers.get("source", db)
+    backfill.build_index(conn, key, index_state=backfill.state(conn, key).index)
+
+
+def add_primary_key(servers: Pool, db: str, key: Key, *, lock_timeout: float) -> None:
+    """ADD PRIMARY KEY USING INDEX."""
+    backfill.add_primary_key(servers.get("source", db), key, lock_timeout=lock_timeout)
+
+
+def backfilled_keys(plan: Plan, servers: Pool, side: Side, db: str) -> list[Key]:
+    """The keys this move's backfill added on one side (found by the move's mark)."""
+    if not exists(servers, side, db):
+        return []
+    return backfill.marked_keys(servers.get(side, db), plan.move)
+
+
+def drop_backfilled_keys(
+    plan: Plan, servers: Pool, side: Side, db: str, *, dry_run: bool
+) -> Sequence[Change]:
+    """The backfilled columns, with their primary keys and sequences, dropped on one side."""
+    if not writable(servers, side, db):
+        return []
+    changes = []
+    conn = servers.get(side, db)
+    for key in backfill.marked_keys(conn, plan.move):
+        if not dry_run:
+            backfill.drop(conn, key, lock_timeout=plan.thresholds.lock_timeout)
+        changes.append(
+            Change(
+                where(side, db),
+                f"ALTER TABLE {quote(key.table)} DROP COLUMN {quote(key.column)} "
+                "(with its primary key and sequence)",
+            )
+        )
+    return changes
