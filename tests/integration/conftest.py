@@ -252,11 +252,11 @@ def set_replication(lab: Lab, running: Running, *, enabled: bool) -> None:
             conn.execute(f"ALTER SUBSCRIPTION {name} {'ENABLE' if enabled else 'DISABLE'}")
 
 
-def replication_objects(lab: Lab, running: Running) -> dict[str, int]:
+def replication_objects(lab: Lab, db: str) -> dict[str, int]:
     """Slots, subscriptions and publications or replication sets of the move's database."""
     counts = {"slots": 0, "subscriptions": 0, "publications": 0, "extensions": 0}
     for side in ("source", "target"):
-        with connect(lab.server(side), running.db) as conn:
+        with connect(lab.server(side), db) as conn:
             queries = {
                 "slots": "SELECT count(*) AS n FROM pg_replication_slots "
                 "WHERE database = current_database()",

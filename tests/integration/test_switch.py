@@ -74,7 +74,7 @@ def test_a_switch_under_load_loses_no_acknowledged_write(
             "SELECT v.rows, (SELECT count(*) FROM load_01) AS now FROM load_totals v"
         ).fetchone()
         assert view is not None and 0 < view["rows"] <= view["now"]
-    objects = replication_objects(lab, under_load)
+    objects = replication_objects(lab, under_load.db)
     assert objects["subscriptions"] == 0
     assert objects["slots"] == 0  # no slot left to pin WAL on the old server
     assert not can_login(lab, under_load.role)  # still fenced: the source is retired
@@ -118,7 +118,7 @@ def test_a_barrier_timeout_rolls_back_and_a_second_switch_succeeds(
 def leftovers(lab: Lab, running: Running) -> dict[str, int]:
     """What of the move is still on the servers."""
     name = f"cutover_{move_of(running)}"
-    counts = replication_objects(lab, running)
+    counts = replication_objects(lab, running.db)
     for side in ("source", "target"):
         with connect(lab.server(side), running.db) as conn:
             row = conn.execute(
@@ -198,7 +198,7 @@ def test_rollback_after_a_switch_with_fallback_loses_nothing_written_on_the_targ
 
     done = cutover("cleanup", "-p", plan, "--yes")
     assert done.code == 0, done.stdout + done.stderr
-    assert set(replication_objects(lab, under_load).values()) == {0}
+    assert set(replication_objects(lab, under_load.db).values()) == {0}
 
 
 def test_a_superuser_still_writing_after_the_fence_aborts_the_switch(
