@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
 from cutover.errors import CutoverError, Interrupted, Retryable, StepFailed
-from cutover.ledger import FileStore, Journal, Pause
+from cutover.ledger import Journal, Pause, store_for
 from cutover.log import MoveAdapter, for_move, redact
 from cutover.pg.errors import translate
 from cutover.plan import Plan
@@ -43,7 +43,7 @@ class StepReport:
 @contextmanager
 def locked(plan: Plan) -> Iterator[Journal]:
     """Hold the move's lock for the length of a command; yields its journal."""
-    store = FileStore(plan.state_dir, plan.move)
+    store = store_for(plan)
     with store.lock():
         yield Journal(store, move=plan.move)
 

@@ -5,16 +5,27 @@ Kubernetes ConfigMap in a cluster) only reads, writes and locks one document.
 The ledger never holds a secret: error texts are redacted before they arrive.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 from cutover.ledger.base import Event, Journal, Pause, StepRecord, Store, now
 from cutover.ledger.file import FileStore
 from cutover.plan import Plan
 
+# Where a move's documents are kept: one entry per backend, each one module.
+BACKENDS: dict[str, Callable[[Plan, str], Store]] = {
+    "file": lambda plan, kind: FileStore(plan.state_dir, plan.move, kind=kind),
+}
+
+
+def store_for(plan: Plan, kind: str = "ledger", *, backend: str = "file") -> Store:
+    """The store of one of the move's documents (`ledger`, `verify`)."""
+    return BACKENDS[backend](plan, kind)
+
 
 def journal_for(plan: Plan) -> Journal:
-    """The move's journal in its state directory."""
-    return Journal(FileStore(plan.state_dir, plan.move), move=plan.move)
+    """The move's journal."""
+    return Journal(store_for(plan), move=plan.move)
 
 
 def save_verification(plan: Plan, *, mode: str, mismatches: dict[str, int]) -> None:
@@ -23,13 +34,12 @@ def save_verification(plan: Plan, *, mode: str, mismatches: dict[str, int]) -> N
     A document of its own, written atomically without the move's lock: a
     verification may run while another command holds it.
     """
-    store = FileStore(plan.state_dir, plan.move, kind="verify")
-    store.write({"at": now(), "mode": mode, "mismatches": mismatches})
+    store_for(plan, "verify").write({"at": now(), "mode": mode, "mismatches": mismatches})
 
 
 def last_verification(plan: Plan) -> dict[str, Any] | None:
     """What `save_verification` kept, if a verification ran."""
-    return FileStore(plan.state_dir, plan.move, kind="verify").read()
+    return store_for(plan, "verify").read()
 
 
 __all__ = [
@@ -42,4 +52,5 @@ __all__ = [
     "journal_for",
     "last_verification",
     "save_verification",
+    "store_for",
 ]
