@@ -8,7 +8,7 @@ Nothing here changes a server.
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from typing import Any
@@ -97,8 +97,7 @@ def run(plan: Plan, pool: Pool) -> Report:
     findings += _slots(plan, source)
     findings += _target_settings(plan, target)
     findings += _fallback(plan, pool)
-    if plan.engine is Engine.PGLOGICAL:
-        findings += _pglogical(plan, pool, source, target)
+    findings += ENGINE_CHECKS.get(plan.engine, _nothing)(plan, pool, source, target)
     findings += _source_role(plan, source)
     present_on_source = catalog.existing_databases(source, plan.databases)
     present_on_target = catalog.existing_databases(target, plan.databases)
@@ -956,3 +955,13 @@ def _target_database(plan: Plan, conn: Connection, scope: str) -> Iterator[Findi
             "prepare copies the schema into it",
             (statement("GRANT CREATE ON DATABASE {} TO {};", db, role.name),),
         )
+
+
+def _nothing(plan: Plan, pool: Pool, source: Connection, target: Connection) -> Iterator[Finding]:
+    yield from ()
+
+
+# What an engine needs of the servers beyond what every engine needs: one entry per engine.
+ENGINE_CHECKS: dict[Engine, Callable[[Plan, Pool, Connection, Connection], Iterator[Finding]]] = {
+    Engine.PGLOGICAL: _pglogical,
+}
