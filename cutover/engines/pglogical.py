@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from contextlib import suppress
 from functools import partial
 
+from cutover import wait
 from cutover.engines.base import Barrier, Engine, Traits
 from cutover.engines.postgres import PerDatabase
 from cutover.errors import StepFailed
@@ -231,7 +232,9 @@ class PglogicalReplication:
 
     def _wait_for_copy(self, deadline: float, on_progress: Callable[[SyncProgress], None]) -> None:
         down_since: float | None = None
-        while True:
+
+        def committed() -> bool:
+            nonlocal down_since
             sub = pglogical.subscription(self._target(), self.name)
             if sub is None:
                 raise StepFailed(
@@ -240,8 +243,7 @@ class PglogicalReplication:
                 )
             on_progress(self.progress())
             if sub.sync is TableState.READY:
-                return
-            self.heartbeat()
+                return True
             now = time.monotonic()
             down_since = (down_since or now) if sub.status == "down" else None
             if down_since is not None and now - down_since > DOWN_SECONDS:
@@ -251,13 +253,16 @@ class PglogicalReplication:
                     hint="the target server's log says why (a grant, a row that breaks a "
                     "constraint, the source unreachable); fix it and run start again",
                 )
-            if now > deadline:
-                raise StepFailed(
-                    f"pglogical's copy of {self._db} did not finish within "
-                    f"{self._plan.thresholds.copy_timeout:g} s",
-                    hint="raise thresholds.copy_timeout and run start again",
-                )
-            time.sleep(POLL_SECONDS)
+            return False
+
+        wait.until(
+            committed,
+            timeout=max(0.0, deadline - time.monotonic()),
+            interval=POLL_SECONDS,
+            on_tick=self.heartbeat,
+            what=f"pglogical's copy of {self._db} did not finish",
+            hint="raise thresholds.copy_timeout and run start again",
+        )
 
     def streaming(self) -> bool:
         """The subscription exists and is enabled (pglogical streams once its copy is done)."""
