@@ -8,12 +8,12 @@ inside the subscription, where PostgreSQL needs it.
 """
 
 import hashlib
-import time
 from dataclasses import dataclass
 
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from cutover import wait
 from cutover.errors import StepFailed
 from cutover.log import register_secret
 from cutover.pg import catalog
@@ -366,11 +366,12 @@ def drop_slot(
     statement = sql.SQL("SELECT pg_catalog.pg_drop_replication_slot(%s)")
     if dry_run:
         return [change(conn, statement, (slot,), where=where, dry_run=True)]
-    if not released(conn, slot, timeout=timeout):
-        raise StepFailed(
-            f"the replication slot {slot} is still in use after {timeout:g} s",
-            hint="another subscriber uses it; drop it by hand once it is free",
-        )
+    wait.until(
+        lambda: _slot_free(conn, slot),
+        timeout=timeout,
+        what=f"the replication slot {slot} was not released",
+        hint="another subscriber uses it; drop it by hand once it is free",
+    )
     if not slot_exists(conn, slot):
         return []
     return [change(conn, statement, (slot,), where=where, dry_run=False)]
@@ -378,17 +379,26 @@ def drop_slot(
 
 def released(conn: Connection, slot: str, *, timeout: float, poll: float = 0.05) -> bool:
     """Wait until no sender streams from the slot, or it is gone; False if still in use."""
-    deadline = time.monotonic() + timeout
-    while True:
-        row = conn.execute(
-            sql.SQL("SELECT active FROM pg_catalog.pg_replication_slots WHERE slot_name = %s"),
-            (slot,),
-        ).fetchone()
-        if row is None or not row["active"]:
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(poll)
+    try:
+        wait.until(
+            lambda: _slot_free(conn, slot),
+            timeout=timeout,
+            what=f"the replication slot {slot} was not released",
+            hint="another subscriber uses it",
+            interval=poll,
+        )
+    except StepFailed:
+        return False
+    return True
+
+
+def _slot_free(conn: Connection, slot: str) -> bool:
+    """No sender streams from the slot, or it is gone."""
+    row = conn.execute(
+        sql.SQL("SELECT active FROM pg_catalog.pg_replication_slots WHERE slot_name = %s"),
+        (slot,),
+    ).fetchone()
+    return row is None or not row["active"]
 
 
 def slot_exists(conn: Connection, slot: str) -> bool:
