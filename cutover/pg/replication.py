@@ -338,9 +338,13 @@ def set_synchronous_commit(conn: Connection, name: str, *, where: str, dry_run: 
 
 
 def synchronous_commit(conn: Connection, name: str) -> bool:
-    """Whether the subscription's apply commits are synchronous."""
+    """Whether the subscription of the connected database applies its commits synchronously."""
     row = conn.execute(
-        sql.SQL("SELECT subsynccommit FROM pg_catalog.pg_subscription WHERE subname = %s"),
+        sql.SQL(
+            "SELECT s.subsynccommit FROM pg_catalog.pg_subscription s "
+            "JOIN pg_catalog.pg_database d ON d.oid = s.subdbid "
+            "WHERE s.subname = %s AND d.datname = pg_catalog.current_database()"
+        ),
         (name,),
     ).fetchone()
     return row is not None and row["subsynccommit"] == "on"
