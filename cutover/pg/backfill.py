@@ -53,8 +53,7 @@ from psycopg import sql
 from cutover.errors import PreconditionFailed, Retryable, StepFailed
 from cutover.pg.connect import Connection
 from cutover.pg.ident import quote
-
-Table = tuple[str, str]  # (schema, name)
+from cutover.types import TableName
 
 TARGET_BATCH_SECONDS = 0.25  # a writer meeting a batch's row locks waits at most about this
 FIRST_BATCH_PAGES = 64
@@ -72,7 +71,7 @@ def mark(move: str) -> str:
 class Key:
     """The key cutover adds to one table, and the names of its parts."""
 
-    table: Table
+    table: tuple[str, str]  # a TableName, or a plain (schema, name) from a caller
     column: str
     move: str
 
@@ -81,9 +80,9 @@ class Key:
         return hashlib.sha1(f"{self.table[0]}.{self.table[1]}".encode()).hexdigest()[:10]
 
     @property
-    def sequence(self) -> Table:
+    def sequence(self) -> TableName:
         """The sequence that numbers the rows, in the table's schema."""
-        return (self.table[0], f"cutover_seq_{self._tag}")
+        return TableName(self.table[0], f"cutover_seq_{self._tag}")
 
     @property
     def index(self) -> str:
@@ -243,7 +242,7 @@ def add_column(conn: Connection, key: Key, *, lock_timeout: float) -> None:
     )
 
 
-def _inserters(conn: Connection, table: Table) -> list[str | None]:
+def _inserters(conn: Connection, table: tuple[str, str]) -> list[str | None]:
     """The table's owner and the roles granted INSERT on it or a column of it (None: PUBLIC)."""
     rows = conn.execute(
         sql.SQL(
@@ -351,7 +350,7 @@ def _batch(conn: Connection, statement: sql.Composed, *, lock_timeout: float) ->
         return None
 
 
-def _extent(conn: Connection, table: Table) -> tuple[int, int]:
+def _extent(conn: Connection, table: tuple[str, str]) -> tuple[int, int]:
     """The table's pages now, and its rows as the planner estimates them."""
     row = conn.execute(
         sql.SQL(
@@ -507,7 +506,7 @@ def marked_keys(conn: Connection, move: str) -> list[Key]:
         ),
         (mark(move),),
     ).fetchall()
-    return [Key((r["schema"], r["name"]), r["column"], move) for r in rows]
+    return [Key(TableName(r["schema"], r["name"]), r["column"], move) for r in rows]
 
 
 @dataclass(frozen=True)
@@ -518,7 +517,7 @@ class Pressure:
     replica_lag: int  # bytes the furthest replica of the server is behind
 
 
-def pressure(conn: Connection, table: Table) -> Pressure:
+def pressure(conn: Connection, table: tuple[str, str]) -> Pressure:
     """Lock waits on the table and the replicas' lag, to slow the batches down."""
     row = conn.execute(
         sql.SQL(

@@ -18,17 +18,16 @@ from psycopg import sql
 from cutover.pg.connect import Connection
 from cutover.pg.ident import quote
 from cutover.steps import Change
+from cutover.types import TableName
 
 log = logging.getLogger(__name__)
-
-View = tuple[str, str]  # (schema, name)
 
 
 @dataclass(frozen=True)
 class ViewState:
     """One materialized view as a server shows it."""
 
-    view: View
+    view: TableName
     populated: bool
     unique_index: bool  # a unique index over plain columns: REFRESH ... CONCURRENTLY works
 
@@ -42,7 +41,7 @@ class ViewState:
 class Refreshed:
     """One refresh done."""
 
-    view: View
+    view: TableName
     concurrently: bool
     seconds: float
 
@@ -69,7 +68,7 @@ def views(conn: Connection) -> list[ViewState]:
         )
     ).fetchall()
     return [
-        ViewState((r["schema"], r["name"]), bool(r["populated"]), bool(r["unique_index"]))
+        ViewState(TableName(r["schema"], r["name"]), bool(r["populated"]), bool(r["unique_index"]))
         for r in rows
     ]
 
@@ -80,7 +79,7 @@ def to_refresh(source: Connection, target: Connection) -> list[ViewState]:
     return [v for v in views(target) if v.view in wanted]
 
 
-def unpopulated(source: Connection, target: Connection) -> list[View]:
+def unpopulated(source: Connection, target: Connection) -> list[TableName]:
     """Views populated on the source but not on the target."""
     return [v.view for v in to_refresh(source, target) if not v.populated]
 

@@ -15,6 +15,7 @@ here, sent to the servers as SCRAM verifiers and kept only in pglogical's
 catalog, where it needs them.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from psycopg import sql
@@ -25,7 +26,7 @@ from cutover.pg.execute import change
 from cutover.pg.queries import load
 from cutover.pg.replication import TableSync
 from cutover.steps import Change
-from cutover.types import TableState
+from cutover.types import TableName, TableState
 
 EXTENSION = "pglogical"
 SCHEMA = "pglogical"
@@ -184,8 +185,8 @@ def set_exists(conn: Connection, name: str) -> bool:
 def create_set(
     conn: Connection,
     name: str,
-    tables: list[tuple[str, str]],
-    sequences: list[tuple[str, str]],
+    tables: Sequence[tuple[str, str]],
+    sequences: list[TableName],
     *,
     where: str,
     dry_run: bool,

@@ -8,6 +8,7 @@ inside the subscription, where PostgreSQL needs it.
 """
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from psycopg import sql
@@ -24,9 +25,7 @@ from cutover.pg.ident import quote
 from cutover.pg.queries import load
 from cutover.plan import Server
 from cutover.steps import Change
-from cutover.types import TableState
-
-Table = tuple[str, str]  # (schema, name)
+from cutover.types import TableName, TableState
 
 # pg_subscription_rel.srsubstate
 STATES = {
@@ -65,7 +64,7 @@ def unlogged_tables(conn: Connection) -> list[Relation]:
     return [r for r in relations(conn) if r.is_table and r.persistence == "u"]
 
 
-def display(table: Table) -> str:
+def display(table: tuple[str, str]) -> str:
     """A table's qualified name as SQL spells it."""
     return quote(table)
 
@@ -256,10 +255,10 @@ def table_states(conn: Connection, subscription: str) -> list[TableSync]:
     ]
 
 
-def table_sizes(conn: Connection, tables: list[Table]) -> dict[Table, int]:
+def table_sizes(conn: Connection, tables: Sequence[tuple[str, str]]) -> dict[TableName, int]:
     """The size of each table's heap and TOAST: what the initial copy reads."""
     rows = conn.execute(load("table_sizes"), ([t[0] for t in tables], [t[1] for t in tables]))
-    return {(r["schema"], r["name"]): int(r["bytes"]) for r in rows.fetchall()}
+    return {TableName(r["schema"], r["name"]): int(r["bytes"]) for r in rows.fetchall()}
 
 
 @dataclass(frozen=True)
@@ -273,7 +272,9 @@ class TargetCopy:
     bytes_target: int
 
 
-def copy_states(source: Connection, target: Connection, tables: list[Table]) -> list[TargetCopy]:
+def copy_states(
+    source: Connection, target: Connection, tables: Sequence[tuple[str, str]]
+) -> list[TargetCopy]:
     """Each table's state during an initial copy, read from the servers alone.
 
     A table is copying while a COPY into it runs, copied once the target holds
@@ -292,7 +293,7 @@ def copy_states(source: Connection, target: Connection, tables: list[Table]) -> 
             else TableState.COPIED
             if r["bytes"]
             else TableState.QUEUED,
-            sizes.get((r["schema"], r["name"]), 0),
+            sizes.get(TableName(r["schema"], r["name"]), 0),
             int(r["bytes"]),
         )
         for r in rows
