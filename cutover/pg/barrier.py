@@ -6,8 +6,10 @@ from cutover.pg.connect import Connection
 from cutover.pg.execute import change
 from cutover.pg.queries import load
 from cutover.steps import Change
+from cutover.types import TableName
 
 SCHEMA = "_cutover"
+TABLE = TableName(SCHEMA, "barrier")
 
 
 def barrier_table_exists(conn: Connection) -> bool:

@@ -8,7 +8,7 @@ inside the subscription, where PostgreSQL needs it.
 """
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from psycopg import sql
@@ -17,7 +17,7 @@ from psycopg.conninfo import make_conninfo
 from cutover import wait
 from cutover.errors import StepFailed
 from cutover.log import register_secret
-from cutover.pg import catalog
+from cutover.pg import barrier, catalog
 from cutover.pg.catalog import Relation, relations
 from cutover.pg.connect import Connection, conninfo
 from cutover.pg.execute import change
@@ -64,6 +64,15 @@ def unlogged_tables(conn: Connection) -> list[Relation]:
     return [r for r in relations(conn) if r.is_table and r.persistence == "u"]
 
 
+def with_barrier(tables: Iterable[tuple[str, str]]) -> list[TableName]:
+    """The tables and the barrier table, which every move replicates, in order of name.
+
+    Prepare creates the barrier before it publishes; a dry run creates nothing,
+    and still shows the very statement the run will send.
+    """
+    return sorted({*(TableName(*t) for t in tables), barrier.TABLE})
+
+
 def display(table: tuple[str, str]) -> str:
     """A table's qualified name as SQL spells it."""
     return quote(table)
@@ -100,9 +109,12 @@ def create_role(conn: Connection, role: str, *, where: str, dry_run: bool) -> li
 def grant_read(
     conn: Connection, role: str, schemas: list[str], *, where: str, dry_run: bool
 ) -> list[Change]:
-    """USAGE on the schemas and SELECT on their tables: what the initial copy reads."""
+    """USAGE on the schemas and SELECT on their tables: what the initial copy reads.
+
+    The barrier's schema is always among them (see `with_barrier`).
+    """
     changes = []
-    for schema in schemas:
+    for schema in sorted({*schemas, barrier.SCHEMA}):
         for template in (
             "GRANT USAGE ON SCHEMA {} TO {}",
             "GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}",
@@ -154,12 +166,13 @@ def publication_exists(conn: Connection, name: str) -> bool:
 def create_publication(
     conn: Connection, name: str, tables: list[Relation], *, where: str, dry_run: bool
 ) -> list[Change]:
-    """A publication of exactly these tables (FOR ALL TABLES would need a superuser)."""
+    """A publication of exactly these tables and the barrier (FOR ALL TABLES would need a
+    superuser)."""
     if publication_exists(conn, name):
         return []
+    published = with_barrier((t.schema, t.name) for t in tables)
     statement = sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
-        sql.Identifier(name),
-        sql.SQL(", ").join(sql.Identifier(t.schema, t.name) for t in tables),
+        sql.Identifier(name), sql.SQL(", ").join(sql.Identifier(*t) for t in published)
     )
     return [change(conn, statement, where=where, dry_run=dry_run)]
 
