@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from psycopg import sql
 
 from cutover.pg.connect import Connection
+from cutover.pg.execute import change, run
 from cutover.pg.ident import quote
 from cutover.steps import Change
 from cutover.types import TableName
@@ -91,13 +92,17 @@ def refresh(
     clock: Callable[[], float] = time.monotonic,
 ) -> Refreshed:
     """Refresh one view: CONCURRENTLY when it is populated and has a unique index."""
+    started = clock()
+    run(conn, refresh_statement(view))
+    return Refreshed(view.view, view.populated and view.unique_index, clock() - started)
+
+
+def refresh_statement(view: ViewState) -> sql.Composed:
+    """REFRESH MATERIALIZED VIEW, CONCURRENTLY when it is populated and has a unique index."""
     concurrently = view.populated and view.unique_index
-    statement = sql.SQL("REFRESH MATERIALIZED VIEW {}{}").format(
+    return sql.SQL("REFRESH MATERIALIZED VIEW {}{}").format(
         sql.SQL("CONCURRENTLY ") if concurrently else sql.SQL(""), sql.Identifier(*view.view)
     )
-    started = clock()
-    conn.execute(statement)
-    return Refreshed(view.view, concurrently, clock() - started)
 
 
 def refresh_all(
@@ -107,8 +112,7 @@ def refresh_all(
     changes = []
     for number, view in enumerate(wanted, 1):
         if dry_run:
-            how = "CONCURRENTLY " if view.populated and view.unique_index else ""
-            changes.append(Change(where, f"REFRESH MATERIALIZED VIEW {how}{view.label}"))
+            changes.append(change(conn, refresh_statement(view), where=where, dry_run=True))
             continue
         log.info("refreshing %s (%d of %d)", view.label, number, len(wanted))
         done = refresh(conn, view)
