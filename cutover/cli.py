@@ -615,7 +615,7 @@ def cleanup_command(
                 # The fallback replication (target to source) a switch may have started:
                 # first, since it uses what the forward replication installed.
                 steps.run(
-                    cleanup.phase(back, back_connections, db, back_engine),
+                    cleanup.fallback_phase(plan, back_connections, db, back_engine),
                     scope=f"{db}/fallback",
                 )
                 steps.run(forward, scope=db)

@@ -29,7 +29,7 @@ from cutover.pg import (
 )
 from cutover.pg.backfill import FillProgress, Key, Pressure, State
 from cutover.pg.connect import Connection, Pool, pool
-from cutover.pg.ident import quote, statement
+from cutover.pg.ident import statement
 from cutover.plan import Plan
 from cutover.steps import Change
 from cutover.types import Side, TableName
@@ -159,6 +159,11 @@ def create_barrier_table(servers: Pool, side: Side, db: str, *, dry_run: bool) -
     return barrier.create_barrier_table(conn, where=where(side, db), dry_run=dry_run)
 
 
+def barrier_marker(plan: Plan, servers: Pool, db: str) -> Change:
+    """The barrier row a switch writes on the source, as a dry run shows it."""
+    return barrier.render_marker(servers.get("source", db), plan.move, where=f"source/{db}")
+
+
 def barrier_schema_exists(servers: Pool, side: Side, db: str) -> bool:
     """Whether the `_cutover` schema exists on one side."""
     return exists(servers, side, db) and barrier.schema_exists(servers.get(side, db))
@@ -196,14 +201,25 @@ def pre_data_copied(servers: Pool, db: str) -> bool:
 
 
 def copy_pre_data(plan: Plan, servers: Pool, db: str, *, dry_run: bool) -> Sequence[Change]:
-    """pg_dump the schema; restore its pre-data part on the target, all or nothing."""
+    """pg_dump the schema; restore its pre-data part on the target, all or nothing.
+
+    The move's own role is made on the target first: the source grants it SELECT,
+    those grants restore only if it exists, and reverse replication connects as it.
+    """
     archive = archive_path(plan, db)
+    role = replication.object_name(plan.move)
+
+    def own_role(*, dry_run: bool) -> list[Change]:
+        return replication.create_role(
+            servers.get("target"), role, where=f"target/{db}", dry_run=dry_run
+        )
+
     described = [
         Change(f"source/{db}", f"pg_dump --schema-only --format=custom > {archive}"),
         Change(f"target/{db}", "pg_restore --section=pre-data --single-transaction"),
     ]
     if dry_run:
-        return described
+        return [*own_role(dry_run=True), *described]
     if not exists(servers, Side.TARGET, db):
         raise PreconditionFailed(
             f"database {db} does not exist on the target",
@@ -221,10 +237,7 @@ def copy_pre_data(plan: Plan, servers: Pool, db: str, *, dry_run: bool) -> Seque
             hint="create the missing tables on the target (pg_dump --schema-only -t ...), "
             "or drop the target database and run prepare again",
         )
-    # The move's own role is granted SELECT on the source: the target needs it too
-    # for those grants to restore, and reverse replication connects as it later.
-    role = replication.object_name(plan.move)
-    replication.create_role(conn, role, where=f"target/{db}", dry_run=False)
+    made = own_role(dry_run=False)
     missing = schema.missing_roles(servers.get("source", db), conn)
     if missing:
         raise PreconditionFailed(
@@ -236,7 +249,7 @@ def copy_pre_data(plan: Plan, servers: Pool, db: str, *, dry_run: bool) -> Seque
         )
     schema.dump(plan.source, db, archive)
     schema.restore_pre_data(plan.target, db, archive)
-    return described
+    return [*made, *described]
 
 
 def _missing_post_data(plan: Plan, servers: Pool, db: str) -> list[schema.TocEntry]:
@@ -381,9 +394,17 @@ def key_state(servers: Pool, db: str, key: Key) -> KeyState:
     return backfill.state(servers.get("source", db), key)
 
 
-def add_key_column(servers: Pool, db: str, key: Key, *, lock_timeout: float) -> None:
+def add_key_column(
+    servers: Pool, db: str, key: Key, *, lock_timeout: float, dry_run: bool
+) -> Sequence[Change]:
     """The nullable column, its temporary sequence, grants and default, in one transaction."""
-    backfill.add_column(servers.get("source", db), key, lock_timeout=lock_timeout)
+    return backfill.add_column(
+        servers.get("source", db),
+        key,
+        lock_timeout=lock_timeout,
+        where=f"source/{db}",
+        dry_run=dry_run,
+    )
 
 
 def number_rows(
@@ -394,12 +415,15 @@ def number_rows(
     lock_timeout: float,
     on_progress: Callable[[FillProgress], None],
     throttle: Callable[[], float],
-) -> FillProgress:
+    dry_run: bool,
+) -> Sequence[Change]:
     """Number the rows that have no number yet, in batches of pages."""
-    return backfill.fill(
+    return backfill.number_rows(
         servers.get("source", db),
         key,
         lock_timeout=lock_timeout,
+        where=f"source/{db}",
+        dry_run=dry_run,
         on_progress=on_progress,
         throttle=throttle,
     )
@@ -410,20 +434,42 @@ def key_pressure(servers: Pool, db: str, table: TableName) -> Pressure:
     return backfill.pressure(servers.get("source", db), table)
 
 
-def set_key_not_null(servers: Pool, db: str, key: Key, *, lock_timeout: float) -> None:
+def set_key_not_null(
+    servers: Pool, db: str, key: Key, *, lock_timeout: float, dry_run: bool
+) -> Sequence[Change]:
     """NOT NULL without a long lock; the column becomes an identity."""
-    backfill.set_not_null(servers.get("source", db), key, lock_timeout=lock_timeout)
+    return backfill.set_not_null(
+        servers.get("source", db),
+        key,
+        lock_timeout=lock_timeout,
+        where=f"source/{db}",
+        dry_run=dry_run,
+    )
 
 
-def build_key_index(servers: Pool, db: str, key: Key) -> None:
+def build_key_index(servers: Pool, db: str, key: Key, *, dry_run: bool) -> Sequence[Change]:
     """CREATE UNIQUE INDEX CONCURRENTLY (an invalid one is rebuilt)."""
     conn = servers.get("source", db)
-    backfill.build_index(conn, key, index_state=backfill.state(conn, key).index)
+    return backfill.build_index(
+        conn,
+        key,
+        index_state=backfill.state(conn, key).index,
+        where=f"source/{db}",
+        dry_run=dry_run,
+    )
 
 
-def add_primary_key(servers: Pool, db: str, key: Key, *, lock_timeout: float) -> None:
+def add_primary_key(
+    servers: Pool, db: str, key: Key, *, lock_timeout: float, dry_run: bool
+) -> Sequence[Change]:
     """ADD PRIMARY KEY USING INDEX."""
-    backfill.add_primary_key(servers.get("source", db), key, lock_timeout=lock_timeout)
+    return backfill.add_primary_key(
+        servers.get("source", db),
+        key,
+        lock_timeout=lock_timeout,
+        where=f"source/{db}",
+        dry_run=dry_run,
+    )
 
 
 def backfilled_keys(plan: Plan, servers: Pool, side: Side, db: str) -> list[Key]:
@@ -439,16 +485,14 @@ def drop_backfilled_keys(
     """The backfilled columns, with their primary keys and sequences, dropped on one side."""
     if not writable(servers, side, db):
         return []
-    changes = []
     conn = servers.get(side, db)
+    changes: list[Change] = []
     for key in backfill.marked_keys(conn, plan.move):
-        if not dry_run:
-            backfill.drop(conn, key, lock_timeout=plan.thresholds.lock_timeout)
-        changes.append(
-            Change(
-                where(side, db),
-                f"ALTER TABLE {quote(key.table)} DROP COLUMN {quote(key.column)} "
-                "(with its primary key and sequence)",
-            )
+        changes += backfill.remove(
+            conn,
+            key,
+            lock_timeout=plan.thresholds.lock_timeout,
+            where=where(side, db),
+            dry_run=dry_run,
         )
     return changes

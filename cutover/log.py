@@ -16,7 +16,9 @@ MASK = "********"
 
 _known_secrets: set[str] = set()
 
-_KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+# An unquoted value ends at a space or at a quote: the one that closes the SQL literal
+# around a connection string (CREATE SUBSCRIPTION ... CONNECTION '... password=x').
+_KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s']+)", re.IGNORECASE)
 _URI_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^:/@\s]*:)([^@\s]+)(@)", re.IGNORECASE)
 
 

@@ -9,7 +9,7 @@ This module imports nothing from cutover.
 """
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Protocol
 
@@ -20,6 +20,16 @@ class Change:
 
     where: str
     action: str
+
+    def from_other_side(self) -> "Change":
+        """The same change, its place named for the move the other way round.
+
+        The fallback and the rollback run on the reversed move, whose source is
+        the target: what they did on their `source/db` happened on `target/db`.
+        """
+        side, sep, rest = self.where.partition("/")
+        other = {"source": "target", "target": "source"}.get(side)
+        return self if other is None else Change(other + sep + rest, self.action)
 
 
 class Action(Protocol):
@@ -54,6 +64,19 @@ class Phase:
     def key(self, step: Step, scope: str) -> str:
         """Ledger key of a step: `scope/phase.step` (scope is the database)."""
         return f"{scope}/{self.name}.{step.name}"
+
+
+def from_other_side(step: Step) -> Step:
+    """A step of the reversed move whose changes name their places as the plan does."""
+
+    def flipped(action: Action) -> Action:
+        def act(*, dry_run: bool) -> Sequence[Change]:
+            return [c.from_other_side() for c in action(dry_run=dry_run)]
+
+        return act
+
+    undo = step.undo
+    return replace(step, apply=flipped(step.apply), undo=None if undo is None else flipped(undo))
 
 
 class SwitchStep(StrEnum):

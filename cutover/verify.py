@@ -28,8 +28,8 @@ from cutover.pg.connect import Connection, DatabaseError, Pool, connect
 from cutover.pg.ident import quote
 from cutover.pg.replication import replicated_tables
 from cutover.plan import Server
+from cutover.types import TableName
 
-Table = tuple[str, str]
 T = TypeVar("T")
 RECHECKS = 3  # rounds of reading differing rows again while replication runs
 DRILL_BATCH = 20  # chunks read row by row in one statement (about 200,000 rows)
@@ -146,7 +146,7 @@ def verify_database(
     db: str,
     *,
     mode: Mode,
-    tables: Sequence[Table] | None,
+    tables: Sequence[tuple[str, str]] | None,
     settle: Settle,
     jobs: int,
     max_keys: int,
@@ -160,7 +160,7 @@ def verify_database(
         with _consistent(conns, settle) as (point, snapshots):
             report.points[db] = point
 
-            def one(table: Table) -> _Found:
+            def one(table: TableName) -> _Found:
                 found = _one_table(conns, snapshots, db, table, mode=mode)
                 on_table(found.result)
                 return found
@@ -192,8 +192,10 @@ NOTHING_RUNS = "no replication runs: both sides read as they are"
 RECHECK_LIMIT = 10_000  # more differing rows than this are not read again one by one
 
 
-def _tables(source: Connection, chosen: Sequence[Table] | None) -> list[Table]:
-    every = [(t.schema, t.name) for t in replicated_tables(source) if t.schema != "_cutover"]
+def _tables(source: Connection, chosen: Sequence[tuple[str, str]] | None) -> list[TableName]:
+    every = [
+        TableName(t.schema, t.name) for t in replicated_tables(source) if t.schema != "_cutover"
+    ]
     if chosen is None:
         return every
     missing = [t for t in chosen if t not in every]
@@ -202,7 +204,7 @@ def _tables(source: Connection, chosen: Sequence[Table] | None) -> list[Table]:
             f"not a replicated table of the source: {', '.join(quote(t) for t in missing)}",
             hint="name tables as schema.table; `cutover status` lists the replicated ones",
         )
-    return list(chosen)
+    return [TableName(*t) for t in chosen]
 
 
 @contextmanager
@@ -215,7 +217,7 @@ def _consistent(conns: _Connections, settle: Settle) -> Iterator[tuple[str, tupl
 
 
 def _one_table(
-    conns: _Connections, snapshots: tuple[str, str], db: str, table: Table, *, mode: Mode
+    conns: _Connections, snapshots: tuple[str, str], db: str, table: TableName, *, mode: Mode
 ) -> _Found:
     try:
         source, target = conns.get("source"), conns.get("target")
@@ -239,12 +241,12 @@ def _both(source: Callable[[], T], target: Callable[[], T]) -> tuple[T, T]:
 
 
 def count_tables(
-    source: Connection, target: Connection, db: str, tables: Sequence[Table]
+    source: Connection, target: Connection, db: str, tables: Sequence[tuple[str, str]]
 ) -> list[TableResult]:
     """Exact row counts of every table, one statement per side, both sides at once."""
     source_counts, target_counts = _both(
-        lambda: catalog.exact_counts(source, list(tables)),
-        lambda: catalog.exact_counts(target, list(tables)),
+        lambda: catalog.exact_counts(source, tables),
+        lambda: catalog.exact_counts(target, tables),
     )
     return [
         TableResult(
@@ -254,16 +256,16 @@ def count_tables(
             target_rows=target_counts.get(t),
             differences=int(source_counts.get(t) != target_counts.get(t)),
         )
-        for t in tables
+        for t in map(TableName._make, tables)
     ]
 
 
-def counts(pool: Pool, db: str, tables: Sequence[Table]) -> list[TableResult]:
+def counts(pool: Pool, db: str, tables: Sequence[tuple[str, str]]) -> list[TableResult]:
     """count_tables of one database of the move, source against target."""
     return count_tables(pool.get("source", db), pool.get("target", db), db, tables)
 
 
-def _checksum_table(source: Connection, target: Connection, db: str, table: Table) -> _Found:
+def _checksum_table(source: Connection, target: Connection, db: str, table: TableName) -> _Found:
     shape, target_shape = (
         found.get(table)
         for found in _both(

@@ -11,7 +11,7 @@ from cutover.log import register_secret
 from cutover.pg import barrier, catalog, copy, replication
 from cutover.pg.catalog import Relation
 from cutover.pg.connect import Pool
-from cutover.pg.ident import quote
+from cutover.pg.execute import render
 from cutover.plan import Plan, resolve_secret
 from cutover.steps import Change
 from cutover.types import SyncProgress
@@ -132,11 +132,11 @@ class NativeReplication:
         copied = [*self._tables(), *replication.unlogged_tables(source)]
         tables = [(t.schema, t.name) for t in copied]
         described = [
+            Change(self._where[0], render(source, copy.slot_command(self.slot_name))),
             Change(
-                self._where[0],
-                f"CREATE_REPLICATION_SLOT {quote(self.slot_name)} LOGICAL pgoutput EXPORT_SNAPSHOT",
+                self._where[1],
+                f"the rows of {len(tables)} tables, copied in that snapshot, {jobs} at a time",
             ),
-            Change(self._where[1], f"COPY {len(tables)} tables in that snapshot, {jobs} at a time"),
         ]
         if dry_run:
             return described + self._subscribe(create_slot=False, enabled=False, dry_run=True)

@@ -211,7 +211,9 @@ class PglogicalReplication:
             copy.refuse_rows(self._target(), tables + unlogged, self._db)
         changes = self._subscribe(with_copy=True, dry_run=dry_run)
         if unlogged:
-            changes.append(Change(self._where[1], f"COPY {len(unlogged)} unlogged tables, once"))
+            changes.append(
+                Change(self._where[1], f"the rows of {len(unlogged)} unlogged tables, copied once")
+            )
         if dry_run:
             return changes
         try:
@@ -393,9 +395,15 @@ class PglogicalReplication:
         )
 
     def release_source(self, *, dry_run: bool) -> Sequence[Change]:
-        """Drop the subscription's slot, if pglogical could not."""
+        """Drop the subscription's slot, if pglogical could not.
+
+        Dropping the subscription drops its slot on the source: while the
+        subscription exists (a dry run of promote), this drops nothing.
+        """
         name = self._slot()
         if name is None or not replication.slot_exists(self._source(), name):
+            return []
+        if dry_run and self.subscribed():
             return []
         return replication.drop_slot(self._source(), name, where="source", dry_run=dry_run)
 

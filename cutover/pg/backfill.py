@@ -38,6 +38,13 @@ the schema, which an application's role often does not (PostgreSQL 15's
 Every DDL statement runs with `lock_timeout` and is tried again on a lock
 timeout. Names of the sequence, index and constraints derive from a hash of
 the table, so they fit in 63 bytes whatever the table is called.
+
+Each step builds its statements once and passes them through `change`: with
+`dry_run` it renders them, otherwise it runs them, so a dry run prints what a
+run sends. Two values are known only as the run goes: the page bounds of each
+batch after the first, and the identity's first number; see `number_rows` and
+`set_not_null`. `where` and `dry_run` default to a run on the source for the
+callers that do not pass them yet.
 """
 
 import hashlib
@@ -52,9 +59,10 @@ from psycopg import sql
 
 from cutover.errors import PreconditionFailed, Retryable, StepFailed
 from cutover.pg.connect import Connection
+from cutover.pg.execute import change, run
 from cutover.pg.ident import quote
-
-Table = tuple[str, str]  # (schema, name)
+from cutover.steps import Change
+from cutover.types import TableName
 
 TARGET_BATCH_SECONDS = 0.25  # a writer meeting a batch's row locks waits at most about this
 FIRST_BATCH_PAGES = 64
@@ -72,7 +80,7 @@ def mark(move: str) -> str:
 class Key:
     """The key cutover adds to one table, and the names of its parts."""
 
-    table: Table
+    table: tuple[str, str]  # a TableName, or a plain (schema, name) from a caller
     column: str
     move: str
 
@@ -81,9 +89,9 @@ class Key:
         return hashlib.sha1(f"{self.table[0]}.{self.table[1]}".encode()).hexdigest()[:10]
 
     @property
-    def sequence(self) -> Table:
+    def sequence(self) -> TableName:
         """The sequence that numbers the rows, in the table's schema."""
-        return (self.table[0], f"cutover_seq_{self._tag}")
+        return TableName(self.table[0], f"cutover_seq_{self._tag}")
 
     @property
     def index(self) -> str:
@@ -176,15 +184,20 @@ def ddl(
     *,
     lock_timeout: float,
     what: str,
+    where: str = "source",
+    dry_run: bool = False,
     sleep: Callable[[float], None] = time.sleep,
-) -> None:
+) -> list[Change]:
     """Run statements in one transaction, waiting at most `lock_timeout` for each lock."""
+    if dry_run:
+        return [change(conn, s, where=where, dry_run=True) for s in statements]
+    done: list[Change] = []
 
-    def run() -> None:
-        for statement in statements:
-            conn.execute(statement)
+    def work() -> None:
+        done[:] = [change(conn, s, where=where, dry_run=False) for s in statements]
 
-    bounded(conn, run, lock_timeout=lock_timeout, what=what, sleep=sleep)
+    bounded(conn, work, lock_timeout=lock_timeout, what=what, sleep=sleep)
+    return done
 
 
 def bounded(
@@ -215,7 +228,9 @@ def bounded(
     )
 
 
-def add_column(conn: Connection, key: Key, *, lock_timeout: float) -> None:
+def add_column(
+    conn: Connection, key: Key, *, lock_timeout: float, where: str = "source", dry_run: bool = False
+) -> list[Change]:
     """The nullable column with the move's mark, its sequence (usable by every role that may
     insert) and its default."""
     table, column = sql.Identifier(*key.table), sql.Identifier(key.column)
@@ -227,7 +242,7 @@ def add_column(conn: Connection, key: Key, *, lock_timeout: float) -> None:
         )
         for role in inserters
     ]
-    ddl(
+    return ddl(
         conn,
         [
             sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} bigint").format(table, column),
@@ -240,10 +255,12 @@ def add_column(conn: Connection, key: Key, *, lock_timeout: float) -> None:
         ],
         lock_timeout=lock_timeout,
         what=f"adding {key.label}",
+        where=where,
+        dry_run=dry_run,
     )
 
 
-def _inserters(conn: Connection, table: Table) -> list[str | None]:
+def _inserters(conn: Connection, table: tuple[str, str]) -> list[str | None]:
     """The table's owner and the roles granted INSERT on it or a column of it (None: PUBLIC)."""
     rows = conn.execute(
         sql.SQL(
@@ -289,14 +306,9 @@ def fill(
     lag or lock waits on the table growing); batches aim at
     TARGET_BATCH_SECONDS whatever the rows' width.
     """
-    table, column = sql.Identifier(*key.table), sql.Identifier(key.column)
     pages, rows = _extent(conn, key.table)
     progress = FillProgress(pages_total=pages, rows_total=rows)
     started = clock()
-    update = sql.SQL(
-        "UPDATE {t} SET {c} = pg_catalog.nextval({s}) WHERE ctid >= {lo}::pg_catalog.tid "
-        "AND ctid < {hi}::pg_catalog.tid AND {c} IS NULL"
-    )
     step = FIRST_BATCH_PAGES
     passes = 1
     while True:
@@ -313,16 +325,9 @@ def fill(
                 )
             progress.pages_total, _ = _extent(conn, key.table)
             progress.pages_done = 0
-        first, end = progress.pages_done, progress.pages_done + step
-        statement = update.format(
-            t=table,
-            c=column,
-            s=sql.Literal(quote(key.sequence)),
-            lo=sql.Literal(f"({first},0)"),
-            hi=sql.Literal(f"({end},0)"),
-        )
+        end = progress.pages_done + step
         batch_started = clock()
-        numbered = _batch(conn, statement, lock_timeout=lock_timeout)
+        numbered = _batch(conn, batch(key, progress.pages_done, end), lock_timeout=lock_timeout)
         elapsed = clock() - batch_started
         if numbered is None:  # a writer held a row: smaller batches, after a pause
             step = max(1, step // 4)
@@ -342,16 +347,54 @@ def fill(
     return progress
 
 
+def batch(key: Key, first: int, end: int) -> sql.Composed:
+    """The UPDATE that numbers the unnumbered rows of pages `[first, end)`."""
+    column = sql.Identifier(key.column)
+    return sql.SQL(
+        "UPDATE {t} SET {c} = pg_catalog.nextval({s}) WHERE ctid >= {lo}::pg_catalog.tid "
+        "AND ctid < {hi}::pg_catalog.tid AND {c} IS NULL"
+    ).format(
+        t=sql.Identifier(*key.table),
+        c=column,
+        s=sql.Literal(quote(key.sequence)),
+        lo=sql.Literal(f"({first},0)"),
+        hi=sql.Literal(f"({end},0)"),
+    )
+
+
+def number_rows(
+    conn: Connection,
+    key: Key,
+    *,
+    lock_timeout: float,
+    where: str = "source",
+    dry_run: bool = False,
+    on_progress: Callable[[FillProgress], None] = lambda _: None,
+    throttle: Callable[[], float] = lambda: 0.0,
+) -> list[Change]:
+    """Number every row (see `fill`); with dry_run, the first batch's UPDATE.
+
+    The bounds of later batches follow from how long earlier ones took, so a
+    dry run shows the first batch exactly as the server will see it (pages 0
+    to FIRST_BATCH_PAGES); the others differ only in their bounds. A table with
+    no pages has no batch at all.
+    """
+    if dry_run:
+        return [change(conn, batch(key, 0, FIRST_BATCH_PAGES), where=where, dry_run=True)]
+    done = fill(conn, key, lock_timeout=lock_timeout, on_progress=on_progress, throttle=throttle)
+    return [Change(where, f"numbered {done.rows} rows of {key.label} in {done.batches} batches")]
+
+
 def _batch(conn: Connection, statement: sql.Composed, *, lock_timeout: float) -> int | None:
     """One batch in its own transaction; None when a lock was not granted in time."""
     try:
         with _bounded(conn, lock_timeout):
-            return conn.execute(statement).rowcount
+            return run(conn, statement)
     except psycopg.errors.LockNotAvailable:
         return None
 
 
-def _extent(conn: Connection, table: Table) -> tuple[int, int]:
+def _extent(conn: Connection, table: tuple[str, str]) -> tuple[int, int]:
     """The table's pages now, and its rows as the planner estimates them."""
     row = conn.execute(
         sql.SQL(
@@ -372,7 +415,9 @@ def _has_nulls(conn: Connection, key: Key) -> bool:
     return bool(row and row["any"])
 
 
-def set_not_null(conn: Connection, key: Key, *, lock_timeout: float) -> None:
+def set_not_null(
+    conn: Connection, key: Key, *, lock_timeout: float, where: str = "source", dry_run: bool = False
+) -> list[Change]:
     """NOT VALID check, VALIDATE (writers go on), SET NOT NULL without a scan, an identity."""
     table, column = sql.Identifier(*key.table), sql.Identifier(key.column)
     check = sql.Identifier(key.check)
@@ -383,8 +428,9 @@ def set_not_null(conn: Connection, key: Key, *, lock_timeout: float) -> None:
         ).format(sql.Literal(quote(key.table))),
         (key.check,),
     ).fetchone()
+    changes: list[Change] = []
     if exists is None:
-        ddl(
+        changes += ddl(
             conn,
             [
                 sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID").format(
@@ -393,30 +439,60 @@ def set_not_null(conn: Connection, key: Key, *, lock_timeout: float) -> None:
             ],
             lock_timeout=lock_timeout,
             what=f"the NOT NULL check of {key.label}",
+            where=where,
+            dry_run=dry_run,
         )
     if exists is None or not exists["convalidated"]:
         # SHARE UPDATE EXCLUSIVE: reads and writes go on while it scans.
-        ddl(
+        changes += ddl(
             conn,
             [sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(table, check)],
             lock_timeout=lock_timeout,
             what=f"validating the NOT NULL check of {key.label}",
+            where=where,
+            dry_run=dry_run,
         )
-    _become_identity(conn, key, lock_timeout=lock_timeout)
+    return changes + _become_identity(
+        conn, key, lock_timeout=lock_timeout, where=where, dry_run=dry_run
+    )
 
 
-def _become_identity(conn: Connection, key: Key, *, lock_timeout: float) -> None:
-    """SET NOT NULL, then the default's sequence gives way to an identity: one transaction."""
+def _become_identity(
+    conn: Connection, key: Key, *, lock_timeout: float, where: str, dry_run: bool
+) -> list[Change]:
+    """SET NOT NULL, then the default's sequence gives way to an identity: one transaction.
+
+    The identity starts where the sequence stood, which the transaction reads
+    once the table is locked: a dry run shows that value as `%(next)s`.
+    """
     table, column = sql.Identifier(*key.table), sql.Identifier(key.column)
     sequence = sql.Identifier(*key.sequence)
+    before = [
+        sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET NOT NULL").format(table, column),
+        sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
+            table, sql.Identifier(key.check)
+        ),
+    ]
+    after = [
+        sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP DEFAULT").format(table, column),
+        sql.SQL("DROP SEQUENCE {}").format(sequence),
+    ]
+
+    def identity(start: sql.Composable) -> sql.Composed:
+        return sql.SQL(
+            "ALTER TABLE {} ALTER COLUMN {} ADD GENERATED BY DEFAULT AS IDENTITY "
+            "(SEQUENCE NAME {} START WITH {})"
+        ).format(table, column, sequence, start)
+
+    if dry_run:
+        return [
+            change(conn, s, where=where, dry_run=True)
+            for s in (*before, *after, identity(sql.Placeholder("next")))
+        ]
+    done: list[Change] = []
 
     def work() -> None:
-        conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET NOT NULL").format(table, column))
-        conn.execute(
-            sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
-                table, sql.Identifier(key.check)
-            )
-        )
+        done[:] = [change(conn, s, where=where, dry_run=False) for s in before]
         # The table is locked now: no insert takes a number between this read and the
         # identity's start.
         row = conn.execute(
@@ -425,40 +501,40 @@ def _become_identity(conn: Connection, key: Key, *, lock_timeout: float) -> None
             ).format(sequence)
         ).fetchone()
         assert row is not None
-        conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP DEFAULT").format(table, column))
-        conn.execute(sql.SQL("DROP SEQUENCE {}").format(sequence))
-        conn.execute(
-            sql.SQL(
-                "ALTER TABLE {} ALTER COLUMN {} ADD GENERATED BY DEFAULT AS IDENTITY "
-                "(SEQUENCE NAME {} START WITH {})"
-            ).format(table, column, sequence, sql.Literal(int(row["next"])))
-        )
+        start = identity(sql.Literal(int(row["next"])))
+        done.extend(change(conn, s, where=where, dry_run=False) for s in (*after, start))
 
     bounded(conn, work, lock_timeout=lock_timeout, what=f"SET NOT NULL on {key.label}")
+    return done
 
 
-def build_index(conn: Connection, key: Key, *, index_state: str) -> None:
+def build_index(
+    conn: Connection, key: Key, *, index_state: str, where: str = "source", dry_run: bool = False
+) -> list[Change]:
     """CREATE UNIQUE INDEX CONCURRENTLY; an invalid one from a failed build is replaced."""
-    index = sql.Identifier(key.table[0], key.index)
+    statements = [
+        sql.SQL("CREATE UNIQUE INDEX CONCURRENTLY {} ON {} ({})").format(
+            sql.Identifier(key.index), sql.Identifier(*key.table), sql.Identifier(key.column)
+        )
+    ]
     if index_state == "invalid":
-        conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(index))
+        index = sql.Identifier(key.table[0], key.index)
+        statements.insert(0, sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(index))
+    if dry_run:
+        return [change(conn, s, where=where, dry_run=True) for s in statements]
     # It waits for older transactions instead of blocking writers: no lock_timeout here.
     conn.execute(sql.SQL("SET lock_timeout = 0"))
     try:
-        conn.execute(
-            sql.SQL("CREATE UNIQUE INDEX CONCURRENTLY {} ON {} ({})").format(
-                sql.Identifier(key.index),
-                sql.Identifier(*key.table),
-                sql.Identifier(key.column),
-            )
-        )
+        return [change(conn, s, where=where, dry_run=False) for s in statements]
     finally:
         conn.execute(sql.SQL("RESET lock_timeout"))
 
 
-def add_primary_key(conn: Connection, key: Key, *, lock_timeout: float) -> None:
+def add_primary_key(
+    conn: Connection, key: Key, *, lock_timeout: float, where: str = "source", dry_run: bool = False
+) -> list[Change]:
     """The unique index becomes the table's primary key (a catalog change, no scan)."""
-    ddl(
+    return ddl(
         conn,
         [
             sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY USING INDEX {}").format(
@@ -467,14 +543,23 @@ def add_primary_key(conn: Connection, key: Key, *, lock_timeout: float) -> None:
         ],
         lock_timeout=lock_timeout,
         what=f"the primary key on {key.label}",
+        where=where,
+        dry_run=dry_run,
     )
 
 
 def drop(conn: Connection, key: Key, *, lock_timeout: float) -> bool:
+    """Drop the key, the column and its sequence, only if the column is ours; whether it was."""
+    return bool(remove(conn, key, lock_timeout=lock_timeout, where="source", dry_run=False))
+
+
+def remove(
+    conn: Connection, key: Key, *, lock_timeout: float, where: str, dry_run: bool
+) -> list[Change]:
     """Drop the key, the column and its sequence, only if the column is ours."""
     current = state(conn, key)
     if not (current.column and current.ours):
-        return False
+        return []
     table = sql.Identifier(*key.table)
     statements: list[sql.Composed] = []
     if current.primary_key:
@@ -489,8 +574,14 @@ def drop(conn: Connection, key: Key, *, lock_timeout: float) -> bool:
         # went with the column).
         sql.SQL("DROP SEQUENCE IF EXISTS {}").format(sql.Identifier(*key.sequence)),
     ]
-    ddl(conn, statements, lock_timeout=lock_timeout, what=f"dropping {key.label}")
-    return True
+    return ddl(
+        conn,
+        statements,
+        lock_timeout=lock_timeout,
+        what=f"dropping {key.label}",
+        where=where,
+        dry_run=dry_run,
+    )
 
 
 def marked_keys(conn: Connection, move: str) -> list[Key]:
@@ -507,7 +598,7 @@ def marked_keys(conn: Connection, move: str) -> list[Key]:
         ),
         (mark(move),),
     ).fetchall()
-    return [Key((r["schema"], r["name"]), r["column"], move) for r in rows]
+    return [Key(TableName(r["schema"], r["name"]), r["column"], move) for r in rows]
 
 
 @dataclass(frozen=True)
@@ -518,7 +609,7 @@ class Pressure:
     replica_lag: int  # bytes the furthest replica of the server is behind
 
 
-def pressure(conn: Connection, table: Table) -> Pressure:
+def pressure(conn: Connection, table: tuple[str, str]) -> Pressure:
     """Lock waits on the table and the replicas' lag, to slow the batches down."""
     row = conn.execute(
         sql.SQL(

@@ -3,11 +3,13 @@
 from psycopg import sql
 
 from cutover.pg.connect import Connection
-from cutover.pg.execute import change
+from cutover.pg.execute import change, render, run
 from cutover.pg.queries import load
 from cutover.steps import Change
+from cutover.types import TableName
 
 SCHEMA = "_cutover"
+TABLE = TableName(SCHEMA, "barrier")
 
 
 def barrier_table_exists(conn: Connection) -> bool:
@@ -29,11 +31,21 @@ def create_barrier_table(conn: Connection, *, where: str, dry_run: bool) -> list
     ]
 
 
+def marker(move: str) -> sql.Composed:
+    """The marker row's INSERT; its token, chosen when it is written, is `%(token)s`."""
+    return sql.SQL("INSERT INTO {} (token, move) VALUES ({}, {})").format(
+        sql.Identifier(*TABLE), sql.Placeholder("token"), sql.Literal(move)
+    )
+
+
+def render_marker(conn: Connection, move: str, *, where: str) -> Change:
+    """What write_marker sends, its token left a placeholder: a dry run's line."""
+    return Change(where, render(conn, marker(move)))
+
+
 def write_marker(conn: Connection, move: str, token: str) -> str:
     """Commit a marker row on the source; returns the WAL position after its commit."""
-    conn.execute(
-        sql.SQL("INSERT INTO _cutover.barrier (token, move) VALUES (%s, %s)"), (token, move)
-    )
+    run(conn, marker(move), {"token": token})
     row = conn.execute(sql.SQL("SELECT pg_catalog.pg_current_wal_lsn()::text AS lsn")).fetchone()
     assert row is not None
     return str(row["lsn"])

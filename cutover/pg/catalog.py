@@ -1,5 +1,6 @@
 """Read-only questions to the catalogs: settings, roles, relations, keys, extensions."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,7 @@ from cutover.pg.execute import Query, change
 from cutover.pg.ident import quote
 from cutover.pg.queries import load
 from cutover.steps import Change
+from cutover.types import TableName
 
 
 @dataclass(frozen=True)
@@ -319,8 +321,11 @@ def _value(conn: Connection, query: Query, params: Any = None) -> Any:
     return next(iter(row.values()))
 
 
-def missing_tables(conn: Connection, tables: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Which of the (schema, name) tables do not exist in the connected database."""
+def missing_tables(conn: Connection, tables: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Which of the (schema, name) tables do not exist in the connected database.
+
+    The answer holds TableNames, typed as pairs for callers that still declare pairs.
+    """
     rows = conn.execute(
         sql.SQL(
             "SELECT t.schema, t.name FROM unnest(%s::text[], %s::text[]) "
@@ -329,7 +334,7 @@ def missing_tables(conn: Connection, tables: list[tuple[str, str]]) -> list[tupl
         ),
         ([t[0] for t in tables], [t[1] for t in tables]),
     ).fetchall()
-    return [(r["schema"], r["name"]) for r in rows]
+    return [TableName(r["schema"], r["name"]) for r in rows]
 
 
 def subscription_errors(conn: Connection, subscription: str) -> int:
@@ -350,7 +355,7 @@ def alter_system(conn: Connection, name: str, value: str, *, where: str, dry_run
     return change(conn, statement, where=where, dry_run=dry_run)
 
 
-def exact_counts(conn: Connection, tables: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+def exact_counts(conn: Connection, tables: Sequence[tuple[str, str]]) -> dict[TableName, int]:
     """count(*) of every table, in one statement."""
     if not tables:
         return {}
@@ -360,10 +365,10 @@ def exact_counts(conn: Connection, tables: list[tuple[str, str]]) -> dict[tuple[
         )
         for schema, name in tables
     )
-    return {(r["schema"], r["name"]): int(r["n"]) for r in conn.execute(query)}
+    return {TableName(r["schema"], r["name"]): int(r["n"]) for r in conn.execute(query)}
 
 
-def tables_with_rows(conn: Connection, tables: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def tables_with_rows(conn: Connection, tables: Sequence[tuple[str, str]]) -> list[TableName]:
     """The tables that hold at least one row, in one statement."""
     if not tables:
         return []
@@ -373,7 +378,7 @@ def tables_with_rows(conn: Connection, tables: list[tuple[str, str]]) -> list[tu
         )
         for schema, name in tables
     )
-    return [(r["schema"], r["name"]) for r in conn.execute(query)]
+    return [TableName(r["schema"], r["name"]) for r in conn.execute(query)]
 
 
 def estimated_rows(conn: Connection) -> int:

@@ -24,8 +24,7 @@ from cutover.pg.catalog import server_version
 from cutover.pg.connect import Connection
 from cutover.pg.ident import quote
 from cutover.pg.queries import load
-
-Table = tuple[str, str]
+from cutover.types import TableName
 
 # The session of a comparison: output settings that make a value's text depend on the value alone.
 SESSION = {
@@ -55,7 +54,7 @@ class Column:
 class Shape:
     """What the checksum of a table needs: its columns and its primary key."""
 
-    table: Table
+    table: TableName
     columns: tuple[Column, ...]
     key: tuple[Column, ...]  # empty: no primary key
 
@@ -86,14 +85,14 @@ def snapshot(conn: Connection, *, exported: str | None = None) -> Iterator[str]:
         yield str(row["id"])
 
 
-def shapes(conn: Connection, tables: Sequence[Table]) -> dict[Table, Shape]:
+def shapes(conn: Connection, tables: Sequence[TableName]) -> dict[TableName, Shape]:
     """The columns (in the source's order) and primary key of each table that exists."""
     rows = conn.execute(
         load("table_columns"), ([t[0] for t in tables], [t[1] for t in tables])
     ).fetchall()
-    found: dict[Table, list[dict[str, Any]]] = {}
+    found: dict[TableName, list[dict[str, Any]]] = {}
     for r in rows:
-        found.setdefault((r["schema"], r["name"]), []).append(r)
+        found.setdefault(TableName(r["schema"], r["name"]), []).append(r)
     result = {}
     for table, columns in found.items():
         key = sorted(
@@ -138,7 +137,7 @@ def hashed(conn: Connection, shape: Shape) -> Shape:
     return replace(shape, columns=columns, key=tuple(keys[k.name] for k in shape.key))
 
 
-def _can_hash(conn: Connection, table: Table, columns: Sequence[Column]) -> bool:
+def _can_hash(conn: Connection, table: TableName, columns: Sequence[Column]) -> bool:
     """Whether the server hashes these columns: a NULL of each column's type is hashed once."""
     names = sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
     probe = sql.SQL(

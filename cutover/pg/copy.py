@@ -21,6 +21,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,9 +35,7 @@ from cutover.pg.connect import Connection, connect
 from cutover.pg.ident import quote
 from cutover.pg.queries import load
 from cutover.plan import Server
-from cutover.types import SyncProgress, TableState
-
-Table = tuple[str, str]  # (schema, name)
+from cutover.types import SyncProgress, TableName, TableState
 
 SPLIT_BYTES = 1 << 30  # a table larger than this is copied by several jobs at once
 CHUNK = 1 << 20  # bytes read from the source's pipe at a time
@@ -48,7 +47,7 @@ STOPPED = "another part of the copy failed, or it was interrupted; that reason c
 class Part:
     """One job's share: a whole table, or its pages `[first, end)` (end None: to the last)."""
 
-    table: Table
+    table: TableName
     columns: tuple[str, ...]
     bytes: int
     pages: tuple[int, int | None] | None = None
@@ -70,7 +69,11 @@ def page_ranges(pages: int, count: int) -> list[tuple[int, int | None]]:
 
 
 def plan_parts(
-    source: Connection, tables: Sequence[Table], *, jobs: int, split_bytes: int = SPLIT_BYTES
+    source: Connection,
+    tables: Sequence[tuple[str, str]],
+    *,
+    jobs: int,
+    split_bytes: int = SPLIT_BYTES,
 ) -> list[Part]:
     """The copy's parts, the largest first so the long ones start early.
 
@@ -82,7 +85,8 @@ def plan_parts(
     ).fetchall()
     parts: list[Part] = []
     for row in rows:
-        table, columns, size = (row["schema"], row["name"]), tuple(row["columns"]), row["bytes"]
+        table = TableName(row["schema"], row["name"])
+        columns, size = tuple(row["columns"]), row["bytes"]
         count = min(jobs, math.ceil(size / split_bytes), row["pages"])
         if count <= 1:
             parts.append(Part(table, columns, size))
@@ -91,13 +95,19 @@ def plan_parts(
     return sorted(parts, key=lambda p: -p.bytes)
 
 
+def slot_command(slot: str) -> sql.Composed:
+    """The replication command that creates the move's slot and exports its snapshot."""
+    return sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT").format(
+        sql.Identifier(slot)
+    )
+
+
 @contextmanager
 def exported_snapshot(server: Server, db: str, slot: str) -> Iterator[str]:
     """Create the logical slot `slot` on the source; yields the snapshot it starts from."""
     conn = connect(server, db, label="source", replication=True)
     try:
-        command = sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT")
-        row = conn.execute(command.format(sql.Identifier(slot))).fetchone()
+        row = conn.execute(slot_command(slot)).fetchone()
         assert row is not None
         yield str(row["snapshot_name"])
     finally:
@@ -169,7 +179,7 @@ class Copier:
         db: str,
         *,
         snapshot: str | None,
-        freeze: set[Table],
+        freeze: AbstractSet[tuple[str, str]],
     ) -> None:
         self.source_env = tools.client_env(source, db, label="source")
         self.target = target
@@ -281,7 +291,7 @@ class Copier:
                 tracker.processes.discard(process)
 
 
-def refuse_rows(conn: Connection, tables: list[Table], db: str) -> None:
+def refuse_rows(conn: Connection, tables: Sequence[tuple[str, str]], db: str) -> None:
     """Raise unless every target table is empty: a copy never deletes what it did not write."""
     holding = catalog.tables_with_rows(conn, tables)
     if holding:
@@ -294,7 +304,7 @@ def refuse_rows(conn: Connection, tables: list[Table], db: str) -> None:
         )
 
 
-def truncate(conn: Connection, tables: Sequence[Table]) -> None:
+def truncate(conn: Connection, tables: Sequence[tuple[str, str]]) -> None:
     """Empty the target tables in one statement (keys between them allow nothing else)."""
     if tables:
         names = sql.SQL(", ").join(sql.Identifier(*t) for t in tables)

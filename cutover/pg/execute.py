@@ -1,4 +1,9 @@
-"""Running a change, or with dry_run only rendering it, so an operator sees the exact SQL."""
+"""Running a change, or with dry_run only rendering it, so an operator sees the exact SQL.
+
+A run sends the server the very text a dry run prints: the statement with its
+values inlined here (as `render` shows it), not a template with values bound
+apart, so what the operator read is what the server's log shows.
+"""
 
 from typing import Any
 
@@ -13,11 +18,21 @@ Query = sql.SQL | sql.Composed
 
 
 def render(conn: Connection, statement: Query, params: Params = None) -> str:
-    """The statement as the server would receive it, values inlined, leading comments dropped."""
+    """The statement as the server would receive it, values inlined, leading comments dropped.
+
+    Without params, a statement's placeholders (`%(next)s`) stay as they are:
+    the template of a statement whose values a run learns only as it goes.
+    """
     lines = ClientCursor(conn).mogrify(statement, params).strip().splitlines()
     while lines and lines[0].lstrip().startswith("--"):
         lines.pop(0)
     return "\n".join(lines)
+
+
+def run(conn: Connection, statement: Query, params: Params = None) -> int:
+    """Execute exactly what `render` shows; the number of rows it touched."""
+    # No parameters go along: the text is sent as it is, a `%` in it included.
+    return conn.execute(render(conn, statement, params)).rowcount
 
 
 def change(
@@ -31,5 +46,5 @@ def change(
     """Execute `statement` unless dry_run; either way return what it is."""
     text = render(conn, statement, params)
     if not dry_run:
-        conn.execute(statement, params)
+        conn.execute(text)
     return Change(where=where, action=redact(text))  # a Change is shown and logged

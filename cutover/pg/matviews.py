@@ -16,19 +16,19 @@ from dataclasses import dataclass
 from psycopg import sql
 
 from cutover.pg.connect import Connection
+from cutover.pg.execute import change, run
 from cutover.pg.ident import quote
 from cutover.steps import Change
+from cutover.types import TableName
 
 log = logging.getLogger(__name__)
-
-View = tuple[str, str]  # (schema, name)
 
 
 @dataclass(frozen=True)
 class ViewState:
     """One materialized view as a server shows it."""
 
-    view: View
+    view: TableName
     populated: bool
     unique_index: bool  # a unique index over plain columns: REFRESH ... CONCURRENTLY works
 
@@ -42,7 +42,7 @@ class ViewState:
 class Refreshed:
     """One refresh done."""
 
-    view: View
+    view: TableName
     concurrently: bool
     seconds: float
 
@@ -69,7 +69,7 @@ def views(conn: Connection) -> list[ViewState]:
         )
     ).fetchall()
     return [
-        ViewState((r["schema"], r["name"]), bool(r["populated"]), bool(r["unique_index"]))
+        ViewState(TableName(r["schema"], r["name"]), bool(r["populated"]), bool(r["unique_index"]))
         for r in rows
     ]
 
@@ -80,7 +80,7 @@ def to_refresh(source: Connection, target: Connection) -> list[ViewState]:
     return [v for v in views(target) if v.view in wanted]
 
 
-def unpopulated(source: Connection, target: Connection) -> list[View]:
+def unpopulated(source: Connection, target: Connection) -> list[TableName]:
     """Views populated on the source but not on the target."""
     return [v.view for v in to_refresh(source, target) if not v.populated]
 
@@ -92,13 +92,17 @@ def refresh(
     clock: Callable[[], float] = time.monotonic,
 ) -> Refreshed:
     """Refresh one view: CONCURRENTLY when it is populated and has a unique index."""
+    started = clock()
+    run(conn, refresh_statement(view))
+    return Refreshed(view.view, view.populated and view.unique_index, clock() - started)
+
+
+def refresh_statement(view: ViewState) -> sql.Composed:
+    """REFRESH MATERIALIZED VIEW, CONCURRENTLY when it is populated and has a unique index."""
     concurrently = view.populated and view.unique_index
-    statement = sql.SQL("REFRESH MATERIALIZED VIEW {}{}").format(
+    return sql.SQL("REFRESH MATERIALIZED VIEW {}{}").format(
         sql.SQL("CONCURRENTLY ") if concurrently else sql.SQL(""), sql.Identifier(*view.view)
     )
-    started = clock()
-    conn.execute(statement)
-    return Refreshed(view.view, concurrently, clock() - started)
 
 
 def refresh_all(
@@ -108,8 +112,7 @@ def refresh_all(
     changes = []
     for number, view in enumerate(wanted, 1):
         if dry_run:
-            how = "CONCURRENTLY " if view.populated and view.unique_index else ""
-            changes.append(Change(where, f"REFRESH MATERIALIZED VIEW {how}{view.label}"))
+            changes.append(change(conn, refresh_statement(view), where=where, dry_run=True))
             continue
         log.info("refreshing %s (%d of %d)", view.label, number, len(wanted))
         done = refresh(conn, view)

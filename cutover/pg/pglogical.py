@@ -15,6 +15,7 @@ here, sent to the servers as SCRAM verifiers and kept only in pglogical's
 catalog, where it needs them.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from psycopg import sql
@@ -23,9 +24,9 @@ from psycopg.conninfo import conninfo_to_dict
 from cutover.pg.connect import Connection
 from cutover.pg.execute import change
 from cutover.pg.queries import load
-from cutover.pg.replication import TableSync
+from cutover.pg.replication import TableSync, with_barrier
 from cutover.steps import Change
-from cutover.types import TableState
+from cutover.types import TableName, TableState
 
 EXTENSION = "pglogical"
 SCHEMA = "pglogical"
@@ -184,13 +185,14 @@ def set_exists(conn: Connection, name: str) -> bool:
 def create_set(
     conn: Connection,
     name: str,
-    tables: list[tuple[str, str]],
-    sequences: list[tuple[str, str]],
+    tables: Sequence[tuple[str, str]],
+    sequences: list[TableName],
     *,
     where: str,
     dry_run: bool,
 ) -> list[Change]:
-    """A set replicating every change of `tables`, and `sequences`, in one transaction."""
+    """A set replicating every change of `tables` and the barrier, and `sequences`, in one
+    transaction."""
     changes = [
         change(
             conn,
@@ -208,7 +210,7 @@ def create_set(
         "SELECT pglogical.replication_set_add_sequence(set_name := %s, relation := %s::regclass, "
         "synchronize_data := false)"
     )
-    for statement, relations in ((add_table, tables), (add_sequence, sequences)):
+    for statement, relations in ((add_table, with_barrier(tables)), (add_sequence, sequences)):
         for schema, rel in relations:
             regclass = sql.Identifier(schema, rel).as_string(conn)
             changes.append(change(conn, statement, (name, regclass), where=where, dry_run=dry_run))

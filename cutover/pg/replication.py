@@ -8,15 +8,16 @@ inside the subscription, where PostgreSQL needs it.
 """
 
 import hashlib
-import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from cutover import wait
 from cutover.errors import StepFailed
 from cutover.log import register_secret
-from cutover.pg import catalog
+from cutover.pg import barrier, catalog
 from cutover.pg.catalog import Relation, relations
 from cutover.pg.connect import Connection, conninfo
 from cutover.pg.execute import change
@@ -24,9 +25,7 @@ from cutover.pg.ident import quote
 from cutover.pg.queries import load
 from cutover.plan import Server
 from cutover.steps import Change
-from cutover.types import TableState
-
-Table = tuple[str, str]  # (schema, name)
+from cutover.types import TableName, TableState
 
 # pg_subscription_rel.srsubstate
 STATES = {
@@ -65,7 +64,16 @@ def unlogged_tables(conn: Connection) -> list[Relation]:
     return [r for r in relations(conn) if r.is_table and r.persistence == "u"]
 
 
-def display(table: Table) -> str:
+def with_barrier(tables: Iterable[tuple[str, str]]) -> list[TableName]:
+    """The tables and the barrier table, which every move replicates, in order of name.
+
+    Prepare creates the barrier before it publishes; a dry run creates nothing,
+    and still shows the very statement the run will send.
+    """
+    return sorted({*(TableName(*t) for t in tables), barrier.TABLE})
+
+
+def display(table: tuple[str, str]) -> str:
     """A table's qualified name as SQL spells it."""
     return quote(table)
 
@@ -101,9 +109,12 @@ def create_role(conn: Connection, role: str, *, where: str, dry_run: bool) -> li
 def grant_read(
     conn: Connection, role: str, schemas: list[str], *, where: str, dry_run: bool
 ) -> list[Change]:
-    """USAGE on the schemas and SELECT on their tables: what the initial copy reads."""
+    """USAGE on the schemas and SELECT on their tables: what the initial copy reads.
+
+    The barrier's schema is always among them (see `with_barrier`).
+    """
     changes = []
-    for schema in schemas:
+    for schema in sorted({*schemas, barrier.SCHEMA}):
         for template in (
             "GRANT USAGE ON SCHEMA {} TO {}",
             "GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}",
@@ -155,12 +166,13 @@ def publication_exists(conn: Connection, name: str) -> bool:
 def create_publication(
     conn: Connection, name: str, tables: list[Relation], *, where: str, dry_run: bool
 ) -> list[Change]:
-    """A publication of exactly these tables (FOR ALL TABLES would need a superuser)."""
+    """A publication of exactly these tables and the barrier (FOR ALL TABLES would need a
+    superuser)."""
     if publication_exists(conn, name):
         return []
+    published = with_barrier((t.schema, t.name) for t in tables)
     statement = sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
-        sql.Identifier(name),
-        sql.SQL(", ").join(sql.Identifier(t.schema, t.name) for t in tables),
+        sql.Identifier(name), sql.SQL(", ").join(sql.Identifier(*t) for t in published)
     )
     return [change(conn, statement, where=where, dry_run=dry_run)]
 
@@ -256,10 +268,10 @@ def table_states(conn: Connection, subscription: str) -> list[TableSync]:
     ]
 
 
-def table_sizes(conn: Connection, tables: list[Table]) -> dict[Table, int]:
+def table_sizes(conn: Connection, tables: Sequence[tuple[str, str]]) -> dict[TableName, int]:
     """The size of each table's heap and TOAST: what the initial copy reads."""
     rows = conn.execute(load("table_sizes"), ([t[0] for t in tables], [t[1] for t in tables]))
-    return {(r["schema"], r["name"]): int(r["bytes"]) for r in rows.fetchall()}
+    return {TableName(r["schema"], r["name"]): int(r["bytes"]) for r in rows.fetchall()}
 
 
 @dataclass(frozen=True)
@@ -273,7 +285,9 @@ class TargetCopy:
     bytes_target: int
 
 
-def copy_states(source: Connection, target: Connection, tables: list[Table]) -> list[TargetCopy]:
+def copy_states(
+    source: Connection, target: Connection, tables: Sequence[tuple[str, str]]
+) -> list[TargetCopy]:
     """Each table's state during an initial copy, read from the servers alone.
 
     A table is copying while a COPY into it runs, copied once the target holds
@@ -292,7 +306,7 @@ def copy_states(source: Connection, target: Connection, tables: list[Table]) -> 
             else TableState.COPIED
             if r["bytes"]
             else TableState.QUEUED,
-            sizes.get((r["schema"], r["name"]), 0),
+            sizes.get(TableName(r["schema"], r["name"]), 0),
             int(r["bytes"]),
         )
         for r in rows
@@ -338,9 +352,13 @@ def set_synchronous_commit(conn: Connection, name: str, *, where: str, dry_run: 
 
 
 def synchronous_commit(conn: Connection, name: str) -> bool:
-    """Whether the subscription's apply commits are synchronous."""
+    """Whether the subscription of the connected database applies its commits synchronously."""
     row = conn.execute(
-        sql.SQL("SELECT subsynccommit FROM pg_catalog.pg_subscription WHERE subname = %s"),
+        sql.SQL(
+            "SELECT s.subsynccommit FROM pg_catalog.pg_subscription s "
+            "JOIN pg_catalog.pg_database d ON d.oid = s.subdbid "
+            "WHERE s.subname = %s AND d.datname = pg_catalog.current_database()"
+        ),
         (name,),
     ).fetchone()
     return row is not None and row["subsynccommit"] == "on"
@@ -366,11 +384,12 @@ def drop_slot(
     statement = sql.SQL("SELECT pg_catalog.pg_drop_replication_slot(%s)")
     if dry_run:
         return [change(conn, statement, (slot,), where=where, dry_run=True)]
-    if not released(conn, slot, timeout=timeout):
-        raise StepFailed(
-            f"the replication slot {slot} is still in use after {timeout:g} s",
-            hint="another subscriber uses it; drop it by hand once it is free",
-        )
+    wait.until(
+        lambda: _slot_free(conn, slot),
+        timeout=timeout,
+        what=f"the replication slot {slot} was not released",
+        hint="another subscriber uses it; drop it by hand once it is free",
+    )
     if not slot_exists(conn, slot):
         return []
     return [change(conn, statement, (slot,), where=where, dry_run=False)]
@@ -378,17 +397,26 @@ def drop_slot(
 
 def released(conn: Connection, slot: str, *, timeout: float, poll: float = 0.05) -> bool:
     """Wait until no sender streams from the slot, or it is gone; False if still in use."""
-    deadline = time.monotonic() + timeout
-    while True:
-        row = conn.execute(
-            sql.SQL("SELECT active FROM pg_catalog.pg_replication_slots WHERE slot_name = %s"),
-            (slot,),
-        ).fetchone()
-        if row is None or not row["active"]:
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(poll)
+    try:
+        wait.until(
+            lambda: _slot_free(conn, slot),
+            timeout=timeout,
+            what=f"the replication slot {slot} was not released",
+            hint="another subscriber uses it",
+            interval=poll,
+        )
+    except StepFailed:
+        return False
+    return True
+
+
+def _slot_free(conn: Connection, slot: str) -> bool:
+    """No sender streams from the slot, or it is gone."""
+    row = conn.execute(
+        sql.SQL("SELECT active FROM pg_catalog.pg_replication_slots WHERE slot_name = %s"),
+        (slot,),
+    ).fetchone()
+    return row is None or not row["active"]
 
 
 def slot_exists(conn: Connection, slot: str) -> bool:

@@ -10,12 +10,13 @@ from cutover.pg.connect import Connection
 from cutover.pg.execute import change
 from cutover.pg.ident import quote
 from cutover.steps import Change
+from cutover.types import TableName
 
 Values = dict[str, tuple[int, bool]]  # qualified name -> (last_value, is_called)
 Steps = dict[str, int]  # qualified name -> increment
 
 
-def names(conn: Connection) -> list[tuple[str, str]]:
+def names(conn: Connection) -> list[TableName]:
     """Every user sequence as (schema, name)."""
     rows = conn.execute(
         sql.SQL(
@@ -24,10 +25,10 @@ def names(conn: Connection) -> list[tuple[str, str]]:
             "AND n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2"
         )
     ).fetchall()
-    return [(r["schema"], r["name"]) for r in rows]
+    return [TableName(r["schema"], r["name"]) for r in rows]
 
 
-def read(conn: Connection, sequences: list[tuple[str, str]]) -> Values:
+def read(conn: Connection, sequences: list[TableName]) -> Values:
     """Every sequence's state in one round trip, keyed by its quoted name."""
     if not sequences:
         return {}
@@ -52,7 +53,7 @@ def write(conn: Connection, values: Values, *, where: str, dry_run: bool) -> lis
     return [change(conn, statement, params, where=where, dry_run=dry_run)]
 
 
-def increments(conn: Connection, sequences: list[tuple[str, str]]) -> Steps:
+def increments(conn: Connection, sequences: list[TableName]) -> Steps:
     """Each sequence's increment, keyed by its quoted name."""
     rows = conn.execute(
         sql.SQL(

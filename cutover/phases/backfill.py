@@ -19,7 +19,7 @@ from cutover.database import FillProgress, Key, Pool
 from cutover.errors import PreconditionFailed
 from cutover.plan import Plan
 from cutover.steps import Change, Phase, Step
-from cutover.types import TableName, quoted
+from cutover.types import TableName
 
 THROTTLE_SECONDS = 0.5
 
@@ -35,7 +35,6 @@ def phase(
     """The backfill steps of one table of database `db`, on the source."""
     key = Key(table, plan.backfill.column, plan.move)
     lock_timeout = plan.thresholds.lock_timeout
-    where = f"source/{db}"
 
     def state() -> database.KeyState:
         return database.key_state(servers, db, key)
@@ -52,9 +51,7 @@ def phase(
                 f"{table} has a primary key already",
                 hint="leave it out of backfill.tables",
             )
-        if not dry_run:
-            database.add_key_column(servers, db, key, lock_timeout=lock_timeout)
-        return [Change(where, f"ALTER TABLE {table} ADD COLUMN {quoted(key.column)} bigint")]
+        return database.add_key_column(servers, db, key, lock_timeout=lock_timeout, dry_run=dry_run)
 
     def throttle() -> float:
         """Seconds to pause: writers queue behind a batch, or a replica falls behind."""
@@ -64,38 +61,28 @@ def phase(
         return 0.0
 
     def number_rows(*, dry_run: bool) -> Sequence[Change]:
-        if not dry_run:
-            done = database.number_rows(
-                servers,
-                db,
-                key,
-                lock_timeout=lock_timeout,
-                on_progress=on_progress,
-                throttle=throttle,
-            )
-            return [
-                Change(where, f"numbered {done.rows} rows of {table} in {done.batches} batches")
-            ]
-        return [Change(where, f"UPDATE {table} in batches of pages, rows without a number")]
+        return database.number_rows(
+            servers,
+            db,
+            key,
+            lock_timeout=lock_timeout,
+            on_progress=on_progress,
+            throttle=throttle,
+            dry_run=dry_run,
+        )
 
     def set_not_null(*, dry_run: bool) -> Sequence[Change]:
-        if not dry_run:
-            database.set_key_not_null(servers, db, key, lock_timeout=lock_timeout)
-        return [
-            Change(where, f"ALTER TABLE {table} ALTER COLUMN {quoted(key.column)} SET NOT NULL")
-        ]
+        return database.set_key_not_null(
+            servers, db, key, lock_timeout=lock_timeout, dry_run=dry_run
+        )
 
     def build_unique_index(*, dry_run: bool) -> Sequence[Change]:
-        if not dry_run:
-            database.build_key_index(servers, db, key)
-        return [Change(where, f"CREATE UNIQUE INDEX CONCURRENTLY {quoted(key.index)}")]
+        return database.build_key_index(servers, db, key, dry_run=dry_run)
 
     def add_primary_key(*, dry_run: bool) -> Sequence[Change]:
-        if not dry_run:
-            database.add_primary_key(servers, db, key, lock_timeout=lock_timeout)
-        return [
-            Change(where, f"ALTER TABLE {table} ADD PRIMARY KEY USING INDEX {quoted(key.index)}")
-        ]
+        return database.add_primary_key(
+            servers, db, key, lock_timeout=lock_timeout, dry_run=dry_run
+        )
 
     def index_ready() -> bool:
         current = state()

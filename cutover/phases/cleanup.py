@@ -22,10 +22,11 @@ from collections.abc import Sequence
 
 from cutover import database
 from cutover.database import Pool
+from cutover.engines import reversed_plan
 from cutover.engines.base import Engine
 from cutover.errors import PreconditionFailed
 from cutover.plan import Plan
-from cutover.steps import Change, Phase, Step
+from cutover.steps import Change, Phase, Step, from_other_side
 from cutover.types import Side
 
 
@@ -110,3 +111,9 @@ def phase(plan: Plan, servers: Pool, db: str, engine: Engine) -> Phase:
             Step("uninstall_engine", uninstall_engine, engine_uninstalled),
         ),
     )
+
+
+def fallback_phase(plan: Plan, back_servers: Pool, db: str, back_engine: Engine) -> Phase:
+    """The cleanup of the fallback replication (the reversed move), named as the plan names."""
+    back = phase(reversed_plan(plan), back_servers, db, back_engine)
+    return Phase(back.name, tuple(map(from_other_side, back.steps)))

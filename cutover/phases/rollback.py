@@ -18,7 +18,7 @@ from cutover.engines.base import Engine
 from cutover.errors import PreconditionFailed
 from cutover.phases.switch import Switch
 from cutover.plan import Plan
-from cutover.steps import Change, Phase, Step
+from cutover.steps import Change, Phase, Step, from_other_side
 from cutover.steps import SwitchStep as S
 
 
@@ -48,24 +48,29 @@ def phase(
     def source_unfenced() -> bool:
         return not database.fenced_roles(plan, servers)
 
+    # The reversed move's switch, its changes named as the plan names the servers.
+    back_steps = [
+        Step(S.CHECK_READY, back.check_ready, attempts=1),
+        Step(S.STOP_WRITERS, back.stop_writers, undo=back.start_writers, attempts=1),
+        Step(S.FENCE_TARGET, back.fence_source, undo=back.unfence_source, attempts=1),
+        Step(S.WAIT_FOR_BARRIER, back.wait_for_barrier, attempts=1),
+        Step(S.COPY_SEQUENCES, back.copy_sequences, back.sequences_copied),
+        Step(S.VERIFY_COUNTS, back.verify_counts, attempts=1),
+        Step(S.PROMOTE, back.promote, back.is_promoted, point_of_no_return=True),
+    ]
+    back_writers = [
+        Step(S.REPOINT, back.repoint, back.is_repointed if back.repoints else None),
+        Step(S.START_WRITERS, back.start_writers, attempts=1),
+    ]
     return Phase(
         "rollback",
         (
             Step(S.CHECK_FALLBACK, check_fallback, attempts=1),
-            Step(S.CHECK_READY, back.check_ready, attempts=1),
-            Step(S.STOP_WRITERS, back.stop_writers, undo=back.start_writers, attempts=1),
-            Step(S.FENCE_TARGET, back.fence_source, undo=back.unfence_source, attempts=1),
-            Step(S.WAIT_FOR_BARRIER, back.wait_for_barrier, attempts=1),
-            Step(S.COPY_SEQUENCES, back.copy_sequences, back.sequences_copied),
-            Step(S.VERIFY_COUNTS, back.verify_counts, attempts=1),
-            Step(S.PROMOTE, back.promote, back.is_promoted, point_of_no_return=True),
+            *map(from_other_side, back_steps),
             Step(
-                S.UNFENCE_SOURCE,
-                partial(database.unfence_source, plan, servers),
-                source_unfenced,
+                S.UNFENCE_SOURCE, partial(database.unfence_source, plan, servers), source_unfenced
             ),
-            Step(S.REPOINT, back.repoint, back.is_repointed if back.repoints else None),
-            Step(S.START_WRITERS, back.start_writers, attempts=1),
+            *map(from_other_side, back_writers),
         ),
         undo_on_failure=True,
     )

@@ -198,9 +198,7 @@ class Switch:
     def wait_for_barrier(self, *, dry_run: bool) -> Sequence[Change]:
         """A marker committed after the fence, applied on the target, confirmed by the slot."""
         if dry_run:
-            return [
-                Change(f"source/{db}", "INSERT INTO _cutover.barrier ...") for db in self.databases
-            ]
+            return [database.barrier_marker(self.plan, self.servers, db) for db in self.databases]
         markers = prove_applied(
             self.engine,
             self.databases,
@@ -284,7 +282,7 @@ class Switch:
         if self.fallback is not None:
             for db in self.databases:
                 changes += self.fallback.start_fallback(db, dry_run=dry_run)
-        return changes
+        return [c.from_other_side() for c in changes]
 
     def is_repointed(self) -> bool:
         """Every place that holds a connection string names the target."""

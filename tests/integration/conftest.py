@@ -274,3 +274,101 @@ def replication_objects(lab: Lab, db: str) -> dict[str, int]:
             for what, query in queries.items():
                 counts[what] += sum(row["n"] for row in conn.execute(query).fetchall())
     return counts
+
+
+# -- what the servers executed, from their logs (tests/integration/test_dry_run.py) ---------------
+
+
+def logged_statements(text: str) -> list[str]:
+    """The statements in a stretch of a lab server's log, written with log_statement = 'all'.
+
+    The lab logs to stderr, one entry per message: a line with the prefix
+    (`2026-01-01 10:00:00.123 UTC [4242] LOG:  ...`), then, for a message of
+    several lines, one line more each, begun with a tab. The simple protocol
+    logs `statement: <text>`, the extended one `execute <name>: <text>`; other
+    entries (DETAIL of parameters, warnings, other processes) are skipped.
+    """
+    entries: list[list[str]] = []
+    for line in text.splitlines():
+        if line.startswith("\t") and entries:
+            entries[-1].append(line[1:])
+        else:
+            entries.append([line])
+    statements = []
+    for first, *rest in entries:
+        if "LOG:  statement: " in first:
+            head = first.split("LOG:  statement: ", 1)[1]
+        elif "LOG:  execute " in first and ": " in first.split("LOG:  execute ", 1)[1]:
+            head = first.split("LOG:  execute ", 1)[1].split(": ", 1)[1]
+        else:
+            continue
+        statements.append("\n".join([head, *rest]))
+    return statements
+
+
+class Recording:
+    """The statements each lab server executed between entering and leaving a `with`."""
+
+    def __init__(self, logs: dict[str, Path]) -> None:
+        self.logs = logs
+        self.start: dict[str, int] = {}
+        self.statements: dict[str, list[str]] = {side: [] for side in logs}
+
+    def __enter__(self) -> "Recording":
+        self.start = {side: path.stat().st_size for side, path in self.logs.items()}
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for side, path in self.logs.items():
+            with path.open("rb") as handle:
+                handle.seek(self.start[side])
+                text = handle.read().decode(errors="replace")
+            self.statements[side] = logged_statements(text)
+
+
+@dataclass
+class StatementLog:
+    """The lab's servers log every statement of the plan's users while a test runs."""
+
+    lab: Lab
+
+    def logs(self) -> dict[str, Path]:
+        state = self.lab.state()
+        assert state is not None
+        return {i.name: Path(i.logfile) for i in state.instances}
+
+    def recording(self) -> Recording:
+        """`with log.recording() as seen:` ...; then `seen.statements[side]`."""
+        return Recording(self.logs())
+
+
+@pytest.fixture
+def statement_log(lab: Lab) -> Iterator[StatementLog]:
+    """`ALTER ROLE <the plan's user> SET log_statement = 'all'` on both servers, for one test.
+
+    It takes effect in sessions that start afterwards (a command run by the
+    test); the setting each role had before is put back.
+    """
+    setting = psycopg.sql.SQL("ALTER ROLE {} SET log_statement = {}")
+    before: dict[str, str | None] = {}
+    for side in ("source", "target"):
+        role = psycopg.sql.Identifier(lab.controller(side).user)
+        with connect(lab.server(side)) as conn:
+            row = conn.execute(
+                "SELECT (SELECT split_part(s, '=', 2) FROM unnest(r.setconfig) s "
+                "WHERE s LIKE 'log\\_statement=%%') AS value FROM pg_db_role_setting r "
+                "JOIN pg_roles o ON o.oid = r.setrole WHERE r.setdatabase = 0 AND o.rolname = %s",
+                (lab.controller(side).user,),
+            ).fetchone()
+            before[side] = row["value"] if row else None
+            conn.execute(setting.format(role, psycopg.sql.Literal("all")))
+    try:
+        yield StatementLog(lab)
+    finally:
+        for side, value in before.items():
+            role = psycopg.sql.Identifier(lab.controller(side).user)
+            with connect(lab.server(side)) as conn:
+                if value is None:
+                    conn.execute(psycopg.sql.SQL("ALTER ROLE {} RESET log_statement").format(role))
+                else:
+                    conn.execute(setting.format(role, psycopg.sql.Literal(value)))

@@ -7,9 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from cutover.lab import Lab
+from cutover.pg import replication
+from cutover.pg.connect import connect as cutover_connect
 from tests.conftest import Databases, Result, connect
 
 pytestmark = pytest.mark.integration
@@ -254,3 +257,31 @@ def test_a_move_of_two_databases_switches_both_at_once(
                 "ON d.oid = s.subdbid WHERE d.datname = current_database()"
             ).fetchone()
             assert subs == {"n": 0}
+
+
+def test_each_database_reads_its_own_subscriptions_synchronous_commit(
+    lab: Lab, databases: Databases
+) -> None:
+    """Subscriptions are per database but their names are not: two may share one."""
+    name = f"cutover_t{uuid.uuid4().hex[:8]}"
+    on, off = databases.create("target", prefix="on"), databases.create("target", prefix="off")
+    conns = {db: cutover_connect(lab.server("target"), db, label="target") for db in (on, off)}
+    try:
+        for conn in conns.values():  # no connection, no slot: nothing replicates
+            conn.execute(
+                psycopg.sql.SQL(
+                    "CREATE SUBSCRIPTION {} CONNECTION 'host=127.0.0.1 port=1 dbname=nowhere' "
+                    "PUBLICATION p WITH (connect = false, slot_name = NONE)"
+                ).format(psycopg.sql.Identifier(name))
+            )
+        replication.set_synchronous_commit(conns[on], name, where="target", dry_run=False)
+        assert replication.synchronous_commit(conns[on], name) is True
+        assert replication.synchronous_commit(conns[off], name) is False
+    finally:
+        for conn in conns.values():
+            conn.execute(
+                psycopg.sql.SQL("DROP SUBSCRIPTION IF EXISTS {}").format(
+                    psycopg.sql.Identifier(name)
+                )
+            )
+            conn.close()
