@@ -15,6 +15,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -31,11 +32,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from cutover import __version__, lab, load, log, metrics, observe, preflight, runner, verify
+from cutover import __version__, lab, load, log, metrics, observe, preflight, runner, state, verify
 from cutover.engines import engine_for, reversed_plan
 from cutover.errors import CutoverError, UsageError
 from cutover.ledger import Journal, journal_for, save_verification
-from cutover.pg import admin, fence, matviews
 from cutover.pg import errors as pg_errors
 from cutover.pg.backfill import FillProgress
 from cutover.pg.connect import Pool, pool
@@ -43,8 +43,9 @@ from cutover.pg.ident import quote
 from cutover.phases import backfill, cleanup, prepare, rollback, start, switch
 from cutover.plan import Plan, Server, parse_table
 from cutover.plan import load as load_plan
+from cutover.state import DatabaseState, MoveState
 from cutover.steps import Outcome, Phase
-from cutover.types import SyncProgress, TableState
+from cutover.types import SyncProgress
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -636,129 +637,109 @@ def status(
     """
     plan = load_plan(plan_path)
     if as_json:
-        out.print_json(json.dumps(_status_data(plan)))
+        out.print_json(json.dumps(_status_data(_read(plan))))
         return
     if not watch:
-        out.print(_status_view(_status_data(plan)))
+        out.print(_status_view(_read(plan)))
         return
     _serve_metrics(plan, metrics_port)
     with Live(console=out, auto_refresh=False) as live:
         try:
             while True:
-                live.update(_status_view(_status_data(plan)), refresh=True)
+                live.update(_status_view(_read(plan)), refresh=True)
                 time.sleep(2)
         except KeyboardInterrupt:
             pass
 
 
-def _status_data(plan: Plan) -> dict[str, Any]:
-    journal = journal_for(plan)
-    records = sorted(journal.steps().values(), key=lambda r: r.started_at)
+def _read(plan: Plan) -> MoveState:
+    journal = journal_for(plan)  # status needs the ledger: one it cannot read fails the command
+    with pool(_servers(plan)) as connections:
+        return state.read(plan, connections, journal)
+
+
+def _status_data(move: MoveState) -> dict[str, Any]:
+    """`status --json`: the move's state, keyed as scripts have read it."""
+    ledger = move.ledger
+    assert ledger is not None  # the command reads the ledger before the servers
     data: dict[str, Any] = {
-        "move": plan.move,
-        "ledger": journal.where,
-        "interrupted": [r.key for r in journal.running()],
-        "steps": [
-            {
-                "key": r.key,
-                "status": r.status.value,
-                "outcome": r.outcome.value if r.outcome else None,
-                "started_at": r.started_at,
-                "ended_at": r.ended_at,
-                "seconds": r.seconds,
-                "runs": r.runs,
-                "error": r.error,
-            }
-            for r in records
-        ],
-        "databases": {},
+        "move": move.move,
+        "ledger": ledger.where,
+        "phase": ledger.phase,
+        "interrupted": list(ledger.interrupted),
+        "steps": [asdict(s.record) for s in ledger.steps],
+        "switched": ledger.switched,
+        "servers": {str(side): up for side, up in move.servers.items()},
+        "fenced_roles": None if move.fenced_roles is None else list(move.fenced_roles),
+        "databases": {db: _database_data(d) for db, d in move.databases.items()},
     }
-    switched = journal.is_done(f"{switch.SCOPE}/switch.promote")
-    data["switched"] = switched
-    try:
-        with pool(_servers(plan)) as connections:
-            data["fenced_roles"] = fence.fenced_roles(
-                connections.get("source", plan.databases[0]), plan.move
-            )
-            for db in plan.databases:
-                info = _replication_data(plan, connections, db)
-                data["databases"][db] = {
-                    **info,
-                    "switched": switched and not info["replicating"],
-                    "materialized_views": _views_data(connections, db),
-                }
-    except CutoverError as exc:
-        data["servers_error"] = exc.message
+    if move.problems:
+        data["servers_error"] = "; ".join(move.problems)
     return data
 
 
-def _views_data(connections: Pool, db: str) -> dict[str, Any]:
-    """The views populated on the source, and those of them not populated on the target."""
-    source = connections.get("source", db)
-    populated = [quote(v.view) for v in matviews.views(source) if v.populated]
-    if not populated or not admin.database_exists(connections.get("target"), db):
-        return {"populated_on_source": populated, "unpopulated_on_target": populated}
-    missing = matviews.unpopulated(source, connections.get("target", db))
-    return {"populated_on_source": populated, "unpopulated_on_target": [quote(v) for v in missing]}
-
-
-def _replication_data(plan: Plan, connections: Any, db: str) -> dict[str, Any]:
-    engine = engine_for(plan, connections, db)
-    subscribed = engine.subscription_exists()
-    slot = engine.slot()
-    if not subscribed and slot is None:
-        return {"replicating": False, "copying": False}
-    progress = engine.progress()
+def _database_data(db: DatabaseState) -> dict[str, Any]:
+    facts, lag, progress = db.replication, db.replication.lag, db.replication.progress
     return {
-        "replicating": subscribed,
-        "copying": not subscribed,  # the slot exists: the initial copy runs (or was cut short)
-        "streaming": subscribed and engine.streaming(),
-        "engine": engine.describe(),
-        "tables": progress.by_state,
-        "table_states": progress.tables,
-        "tables_total": len(progress.tables),
-        "copy_bytes_done": progress.bytes_done,
-        "copy_bytes_total": progress.bytes_total,
+        "replicating": facts.replicating,
+        "copying": facts.copying,
+        "streaming": facts.streaming,
+        "switched": db.switched,
+        "target_exists": db.target_exists,
+        "engine": facts.description,
+        "tables": None if progress is None else progress.by_state,
+        "table_states": None if progress is None else progress.tables,
+        "tables_total": None if progress is None else len(progress.tables),
+        "copy_bytes_done": None if progress is None else progress.bytes_done,
+        "copy_bytes_total": None if progress is None else progress.bytes_total,
         "slot": None
-        if slot is None
+        if lag is None
         else {
-            "lag_bytes": slot.lag_bytes,
-            "lag_seconds": slot.lag_seconds,
-            "retained_bytes": slot.retained_bytes,
-            "wal_status": slot.wal_status,
-            "safe_wal_size": slot.safe_wal_size,
-            "active": slot.active,
+            "lag_bytes": lag.bytes,
+            "lag_seconds": lag.seconds,
+            "retained_bytes": lag.retained_bytes,
+            "wal_status": facts.wal_status,
+            "safe_wal_size": lag.safe_bytes,
+            "active": lag.connected,
+            "lost": lag.lost,
+            "measured_at": lag.measured_at,
         },
+        "rows_source": db.rows_source,
+        "rows_target": db.rows_target,
+        "materialized_views": None if db.views is None else asdict(db.views),
     }
 
 
-def _status_view(data: dict[str, Any]) -> Group:
+def _status_view(move: MoveState) -> Group:
     parts: list[Any] = []
-    if data["steps"]:
-        table = Table(title=f"move '{data['move']}'", caption=f"ledger: {data['ledger']}")
+    ledger = move.ledger
+    assert ledger is not None  # the command reads the ledger before the servers
+    if ledger.steps:
+        table = Table(title=f"move '{move.move}'", caption=f"ledger: {ledger.where}")
         for column in ("step", "state", "started", "took", "runs", "error"):
             table.add_column(column)
-        for r in data["steps"]:
-            style = {"failed": "red", "running": "yellow"}.get(r["status"], "")
+        for s in ledger.steps:
+            r = s.record
+            style = {"failed": "red", "running": "yellow"}.get(r.status.value, "")
             table.add_row(
-                _escape(r["key"]),
-                f"[{style}]{r['status']}[/]" if style else r["status"],
-                r["started_at"].replace("T", " ")[:19],
-                f"{r['seconds'] * 1000:.0f} ms" if r["seconds"] is not None else "",
-                str(r["runs"]),
-                _escape(r["error"] or ""),
+                _escape(r.key),
+                f"[{style}]{r.status.value}[/]" if style else r.status.value,
+                r.started_at.replace("T", " ")[:19],
+                f"{r.seconds * 1000:.0f} ms" if r.seconds is not None else "",
+                str(r.runs),
+                _escape(r.error or ""),
             )
         parts.append(table)
     else:
-        parts.append(f"move '{data['move']}': nothing has run yet (ledger: {data['ledger']})")
-    if data["interrupted"]:
+        parts.append(f"move '{move.move}': nothing has run yet (ledger: {ledger.where})")
+    if ledger.interrupted:
         parts.append(
             "[bold red]INTERRUPTED:[/] a run stopped during "
-            + _escape(", ".join(data["interrupted"]))
+            + _escape(", ".join(ledger.interrupted))
             + ": run the same command again to resume"
         )
-    fenced = data.get("fenced_roles")
-    if fenced and not data["switched"]:
+    fenced = move.fenced_roles
+    if fenced and not ledger.switched:
         parts.append(
             "[bold red]FENCED:[/] "
             + _escape(", ".join(fenced))
@@ -767,61 +748,68 @@ def _status_view(data: dict[str, Any]) -> Group:
         )
     elif fenced:
         parts.append(f"source retired: {_escape(', '.join(fenced))} stay fenced there")
-    if "servers_error" in data:
-        parts.append(f"[yellow]servers not reachable:[/] {_escape(data['servers_error'])}")
-    for db, info in data["databases"].items():
+    for problem in move.problems:
+        parts.append(f"[yellow]not read:[/] {_escape(problem)}")
+    for db, info in move.databases.items():
         parts.append(_escape(_replication_line(db, info)))
     return Group(*parts)
 
 
-def _replication_line(db: str, info: dict[str, Any]) -> str:
+def _replication_line(db: str, info: DatabaseState) -> str:
     line = _replication_state(db, info)
-    views = info.get("materialized_views") or {}
-    if views.get("populated_on_source"):
-        missing = views["unpopulated_on_target"]
-        line += f"; materialized views: {len(views['populated_on_source']) - len(missing)} of "
-        line += f"{len(views['populated_on_source'])} populated on the target"
+    views = info.views
+    if views and views.populated_on_source:
+        missing = views.unpopulated_on_target
+        line += f"; materialized views: {len(views.populated_on_source) - len(missing)} of "
+        line += f"{len(views.populated_on_source)} populated on the target"
         if missing:
             line += " (not yet: " + ", ".join(missing) + ")"
     return line
 
 
-def _replication_state(db: str, info: dict[str, Any]) -> str:
-    if info.get("switched"):
+def _replication_state(db: str, info: DatabaseState) -> str:
+    facts = info.replication
+    if info.switched:
         return f"{db}: switched; the target is promoted and the source no longer replicates"
-    if not info["replicating"] and not info["copying"]:
+    if not facts.moving:
+        if facts.subscribed is None:
+            return f"{db}: replication not read (see above)"
         return f"{db}: not replicating yet (`cutover start`)"
-    states = ", ".join(f"{n} {state}" for state, n in sorted(info["tables"].items()))
-    line = f"{db}: {info['tables_total']} tables ({states})"
-    if info["copying"]:
-        done, total = info["copy_bytes_done"], info["copy_bytes_total"]
-        line = f"{db}: initial copy, {_bytes(done)} of {_bytes(total)}; {info['tables_total']}"
-        line += f" tables ({states})"
-    elif not info["streaming"]:
-        line += "; the subscription is disabled: no change is applied"
-    if info.get("engine"):
-        line += f"; {info['engine']}"
-    slot = info["slot"]
-    if slot is None:
-        return line + "; the replication slot is missing on the source"
-    seconds = "?" if slot["lag_seconds"] is None else f"{slot['lag_seconds']:.1f} s"
+    progress = facts.progress
+    if progress is None:
+        tables = "tables not read"
+    else:
+        states = ", ".join(f"{n} {state}" for state, n in sorted(progress.by_state.items()))
+        tables = f"{len(progress.tables)} tables ({states})"
+    if facts.copying:
+        done, total = (progress.bytes_done, progress.bytes_total) if progress else (0, 0)
+        line = f"{db}: initial copy, {_bytes(done)} of {_bytes(total)}; {tables}"
+    else:
+        line = f"{db}: {tables}"
+        if facts.streaming is False:
+            line += "; the subscription is disabled: no change is applied"
+    if facts.description:
+        line += f"; {facts.description}"
+    lag = facts.lag
+    if lag is None:
+        missing = "is missing on the source" if facts.slot_exists is False else "was not read"
+        return line + f"; the replication slot {missing}"
+    seconds = "?" if lag.seconds is None else f"{lag.seconds:.1f} s"
     line += (
-        f"; lag {_bytes(slot['lag_bytes'])}, {seconds}; WAL retained "
-        f"{_bytes(slot['retained_bytes'])} ({slot['wal_status']})"
+        f"; lag {_bytes(lag.bytes)}, {seconds}; WAL retained "
+        f"{_bytes(lag.retained_bytes or 0)} ({facts.wal_status})"
     )
     waiting = [
-        f"{t} ({TableState(state).label})"
-        for t, state in info["table_states"].items()
-        if not TableState(state).is_ready
+        f"{t} ({state.label})"
+        for t, state in (progress.tables.items() if progress else ())
+        if not state.is_ready
     ]
     if waiting:
         shown = ", ".join(waiting[:10]) + (
             f" and {len(waiting) - 10} more" if len(waiting) > 10 else ""
         )
         line += f"; not ready yet: {shown}"
-    if slot["wal_status"] in ("unreserved", "lost") or (
-        slot["safe_wal_size"] is not None and slot["safe_wal_size"] < slot["retained_bytes"]
-    ):
+    if facts.slot_at_risk:
         line += " WARNING: the slot is close to being invalidated by max_slot_wal_keep_size"
     return line
 
