@@ -1,15 +1,17 @@
 """The command line: parsing, printing, prompts and exit codes. The only place that prints.
 
+The commands' work is in cutover/api.py: each command here parses its
+options, asks what must be confirmed, calls its api function with callbacks
+that draw progress, and renders the typed result (tables, or --json).
 Every command catches `CutoverError` in one spot (`main`), prints `FAILED:` and
 `hint:` and exits with the error's code: 0 success, 1 a failure or blockers,
-2 a usage, plan or connection error. A database error is translated into one
-(pg/errors.py); its traceback is shown with --verbose. Any other exception is
-a bug and keeps its traceback.
+2 a usage, plan or connection error. A database error arrives translated into
+one; its traceback is shown with --verbose. Any other exception is a bug and
+keeps its traceback.
 """
 
 import json
 import signal
-import subprocess
 import sys
 import time
 import traceback
@@ -32,19 +34,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from cutover import __version__, lab, load, log, metrics, observe, preflight, runner, state, verify
-from cutover.engines import engine_for, reversed_plan
+from cutover import __version__, api, lab, load, log, metrics, preflight, runner, verify
 from cutover.errors import CutoverError, UsageError
-from cutover.ledger import Journal, journal_for, save_verification
-from cutover.pg import errors as pg_errors
-from cutover.pg.backfill import FillProgress
-from cutover.pg.connect import Pool, pool
-from cutover.pg.ident import quote
-from cutover.phases import backfill, cleanup, prepare, rollback, start, switch
-from cutover.plan import Plan, Server, parse_table
+from cutover.plan import Plan, parse_table
 from cutover.plan import load as load_plan
 from cutover.state import DatabaseState, MoveState
-from cutover.steps import Outcome, Phase
+from cutover.steps import Outcome
 from cutover.types import SyncProgress
 
 app = typer.Typer(
@@ -88,7 +83,6 @@ LabDirOption = Annotated[
     Path,
     typer.Option("--dir", envvar="CUTOVER_LAB_DIR", help="The lab's folder. Also CUTOVER_LAB_DIR."),
 ]
-BACKGROUND_GRACE_SECONDS = 1.0  # a background start that fails this fast is reported here
 STATUS_STYLE = {"OK": "green", "WARN": "yellow", "FAIL": "bold red"}
 OUTCOME_STYLE = {
     Outcome.APPLIED: "green",
@@ -136,8 +130,7 @@ def check(plan_path: PlanOption, as_json: JsonOption = False) -> None:
     Exit code 0: ready (warnings allowed). 1: blockers. 2: plan or connection error.
     """
     plan = load_plan(plan_path)
-    with pool({"source": plan.source, "target": plan.target}) as connections:
-        report = preflight.run(plan, connections)
+    report = api.check(plan)
     if as_json:
         out.print_json(json.dumps(report.to_dict()))
     else:
@@ -196,17 +189,9 @@ def prepare_command(
     the SQL and changes nothing.
     """
     plan = load_plan(plan_path)
-    with pool(_servers(plan)) as connections, _backfill_progress(plan.move) as bars:
-
-        def phases_for(db: str) -> list[Phase]:
-            engine = engine_for(plan, connections, db)
-            keys = [
-                backfill.phase(plan, connections, db, table, on_progress=bars(db, table))
-                for table in backfill.tables_without_key(plan, connections, db)
-            ]
-            return [*keys, prepare.phase(plan, connections, db, engine, restart=restart)]
-
-        _run_phases(plan, phases_for, dry_run=dry_run)
+    with _backfill_progress() as on_fill:
+        ran = api.prepare(plan, restart=restart, dry_run=dry_run, on_step=_show, on_fill=on_fill)
+    _dry_run_note(ran)
 
 
 @app.command("backfill")
@@ -234,36 +219,26 @@ def backfill_command(
     renumbers a row. `cutover cleanup` drops exactly what it added.
     """
     plan = load_plan(plan_path)
-    _serve_metrics(plan, metrics_port)
-    if tables:
-        try:
-            chosen = [parse_table(t) for t in tables]
-        except ValueError as exc:
-            raise UsageError(str(exc), hint="e.g. --table public.events") from None
-        plan = plan.model_copy(
-            update={"backfill": plan.backfill.model_copy(update={"tables": chosen})}
-        )
-    with pool(_servers(plan)) as connections, _backfill_progress(plan.move) as bars:
-        chosen_tables: list[tuple[str, str]] = []
-
-        def phases_for(db: str) -> list[Phase]:
-            tables = backfill.tables_without_key(plan, connections, db)
-            chosen_tables.extend(tables)
-            return [
-                backfill.phase(plan, connections, db, table, on_progress=bars(db, table))
-                for table in tables
-            ]
-
-        _run_phases(plan, phases_for, dry_run=dry_run)
-    if not chosen_tables:
+    chosen = _tables(tables)
+    api.serve_metrics(plan, metrics_port)
+    with _backfill_progress() as on_fill:
+        ran = api.backfill(plan, tables=chosen, dry_run=dry_run, on_step=_show, on_fill=on_fill)
+    _dry_run_note(ran)
+    if not ran.tables:
         out.print("every table has a primary key or a replica identity: nothing to backfill")
 
 
+def _tables(given: list[str] | None) -> list[tuple[str, str]] | None:
+    """The --table options as (schema, name); None when none was given."""
+    try:
+        return [parse_table(t) for t in given] if given else None
+    except ValueError as exc:
+        raise UsageError(str(exc), hint="e.g. --table public.events") from None
+
+
 @contextmanager
-def _backfill_progress(
-    move: str,
-) -> Iterator[Callable[[str, tuple[str, str]], Callable[[FillProgress], None]]]:
-    """A bar per table being numbered (pages done, rows numbered, rows/s, ETA), and metrics."""
+def _backfill_progress() -> Iterator[api.OnFill]:
+    """A bar per table being numbered: pages done, rows numbered, rows/s, ETA."""
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -272,35 +247,23 @@ def _backfill_progress(
     )
     # Started with the first table: a prepare with nothing to number shows no bar.
     bars = Progress(*columns, console=out, transient=False)
-    tasks: dict[tuple[str, tuple[str, str]], TaskID] = {}
+    tasks: dict[tuple[str, str], TaskID] = {}
 
-    def for_table(db: str, table: tuple[str, str]) -> Callable[[FillProgress], None]:
-        def update(progress: FillProgress) -> None:
-            if not tasks:
-                bars.start()
-            if (db, table) not in tasks:
-                tasks[db, table] = bars.add_task(_escape(quote(table)), total=None, detail="")
-            metrics.backfill_progress(
-                move,
-                db,
-                quote(table),
-                rows_done=progress.rows,
-                rows_total=progress.rows_total,
-                pages_done=progress.pages_done,
-                pages_total=progress.pages_total,
-            )
-            rate = progress.rows / progress.seconds if progress.seconds else 0.0
-            bars.update(
-                tasks[db, table],
-                total=max(progress.pages_total, 1),
-                completed=min(progress.pages_done, progress.pages_total),
-                detail=f"{progress.rows:,} rows, {rate:,.0f} rows/s",
-            )
-
-        return update
+    def update(db: str, table: str, progress: api.FillProgress) -> None:
+        if not tasks:
+            bars.start()
+        if (db, table) not in tasks:
+            tasks[db, table] = bars.add_task(_escape(table), total=None, detail="")
+        rate = progress.rows / progress.seconds if progress.seconds else 0.0
+        bars.update(
+            tasks[db, table],
+            total=max(progress.pages_total, 1),
+            completed=min(progress.pages_done, progress.pages_total),
+            detail=f"{progress.rows:,} rows, {rate:,.0f} rows/s",
+        )
 
     try:
-        yield for_table
+        yield update
     finally:
         if tasks:
             bars.stop()
@@ -344,64 +307,28 @@ def start_command(
     """
     plan = load_plan(plan_path)
     if not wait and not dry_run:
-        _start_in_background(plan, plan_path, parallel, metrics_port)
-        return
-    if not dry_run:
-        _serve_metrics(plan, metrics_port)
-    with pool(_servers(plan)) as connections, _copy_progress(enabled=not dry_run) as bars:
-
-        def phase_for(db: str) -> Phase:
-            engine = engine_for(plan, connections, db)
-            copy_bar, lag_bar = bars(db)
-            return start.phase(
-                plan, connections, db, engine, jobs=parallel, on_progress=copy_bar, on_lag=lag_bar
+        started = api.start_in_background(plan, plan_path, jobs=parallel, metrics_port=metrics_port)
+        if started.exit_code is None:
+            out.print(
+                f"started in the background (pid {started.pid}); its log: {started.log}\n"
+                "follow it with `cutover status --watch`; `cutover start --wait` shows the end"
             )
-
-        _run_phases(plan, phase_for, dry_run=dry_run)
-
-
-def _start_in_background(
-    plan: Plan, plan_path: Path, parallel: int, metrics_port: int | None
-) -> None:
-    """Check what start needs, then run `start --wait` detached, its output in a log file."""
-    with pool(_servers(plan)) as connections:
-        for db in plan.databases:
-            start.require_prepared(connections, db, engine_for(plan, connections, db))
-    plan.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    log_path = plan.state_dir / f"{plan.move}.start.log"
-    argv = [sys.executable, "-m", "cutover", "start", "-p", str(plan_path.resolve())]
-    if metrics_port is not None:
-        argv += ["--metrics-port", str(metrics_port)]
-    with log_path.open("ab") as log_file:
-        child = subprocess.Popen(
-            [*argv, "--wait", "--parallel", str(parallel)],
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C in this terminal does not reach it
-        )
-    try:
-        code = child.wait(timeout=BACKGROUND_GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        out.print(
-            f"started in the background (pid {child.pid}); its log: {log_path}\n"
-            "follow it with `cutover status --watch`; `cutover start --wait` shows the end"
-        )
+            return
+        (out if started.exit_code == 0 else err).print(started.tail, markup=False)
+        raise typer.Exit(started.exit_code)
+    if dry_run:
+        _dry_run_note(api.start(plan, jobs=parallel, dry_run=True, on_step=_show))
         return
-    tail = log_path.read_text(errors="replace").splitlines()[-20:]
-    (out if code == 0 else err).print("\n".join(tail), markup=False)
-    if code != 0:
-        raise typer.Exit(code)
+    api.serve_metrics(plan, metrics_port)
+    with _copy_progress() as (on_copy, on_lag):
+        api.start(plan, jobs=parallel, dry_run=False, on_step=_show, on_copy=on_copy, on_lag=on_lag)
 
 
 @contextmanager
-def _copy_progress(
-    *, enabled: bool
-) -> Iterator[Callable[[str], tuple[Callable[[SyncProgress], None], Callable[[int], None]]]]:
+def _copy_progress() -> Iterator[
+    tuple[Callable[[str, SyncProgress], None], Callable[[str, int], None]]
+]:
     """Progress bars per database: tables copied and bytes with rate and ETA, then the lag."""
-    if not enabled:
-        yield lambda db: (lambda progress: None, lambda lag: None)
-        return
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -417,32 +344,18 @@ def _copy_progress(
                 tasks[db] = bars.add_task(_escape(db), total=None, detail="")
             return tasks[db]
 
-        def for_db(db: str) -> tuple[Callable[[SyncProgress], None], Callable[[int], None]]:
-            def copied(progress: SyncProgress) -> None:
-                bars.update(
-                    task(db),
-                    total=max(progress.bytes_total, 1),
-                    completed=progress.bytes_done,
-                    detail=f"{progress.ready}/{len(progress.tables)} tables",
-                )
+        def copied(db: str, progress: SyncProgress) -> None:
+            bars.update(
+                task(db),
+                total=max(progress.bytes_total, 1),
+                completed=progress.bytes_done,
+                detail=f"{progress.ready}/{len(progress.tables)} tables",
+            )
 
-            def lag(behind: int) -> None:
-                bars.update(task(db), detail=f"catching up: {_bytes(behind)} behind")
+        def lag(db: str, behind: int) -> None:
+            bars.update(task(db), detail=f"catching up: {_bytes(behind)} behind")
 
-            return copied, lag
-
-        yield for_db
-
-
-def _servers(plan: Plan) -> dict[str, Server]:
-    return {"source": plan.source, "target": plan.target}
-
-
-@contextmanager
-def _both_ways(plan: Plan) -> Iterator[tuple[Pool, Pool]]:
-    """Connections as the plan says, and with the sides swapped (fallback, rollback)."""
-    with pool(_servers(plan)) as forward, pool(_servers(reversed_plan(plan))) as backward:
-        yield forward, backward
+        yield copied, lag
 
 
 def _confirm(question: str, *, yes: bool, dry_run: bool) -> None:
@@ -462,29 +375,9 @@ def _show(report: runner.StepReport) -> None:
         out.print(f"           [dim]{change.where}:[/] {_escape(action)}", soft_wrap=True)
 
 
-def _run_phases(
-    plan: Plan, phases_for: Callable[[str], Phase | list[Phase]], *, dry_run: bool
-) -> None:
-    """The phases of each database, in the plan's order."""
-
-    def run_all(steps: runner.Runner) -> None:
-        for db in plan.databases:
-            phases = phases_for(db)
-            for phase in phases if isinstance(phases, list) else [phases]:
-                steps.run(phase, scope=db)
-
-    _with_runner(plan, run_all, dry_run=dry_run)
-
-
-def _with_runner(plan: Plan, work: Callable[[runner.Runner], object], *, dry_run: bool) -> Journal:
-    if dry_run:
-        journal = journal_for(plan)
-        work(runner.Runner(journal, move=plan.move, dry_run=True, on_step=_show))
+def _dry_run_note(ran: api.Ran) -> None:
+    if ran.dry_run:
         out.print("[yellow]dry run: nothing was changed[/]")
-        return journal
-    with runner.locked(plan) as journal:
-        work(runner.Runner(journal, move=plan.move, dry_run=False, on_step=_show))
-        return journal
 
 
 # -- switch -----------------------------------------------------------------------------------
@@ -519,25 +412,14 @@ def switch_command(
         dry_run=dry_run,
     )
     if not dry_run:
-        _serve_metrics(plan, metrics_port)
-    back = reversed_plan(plan)
-    with _both_ways(plan) as (connections, back_connections):
-        engines = {db: engine_for(plan, connections, db) for db in plan.databases}
-        fallback = (
-            {db: engine_for(back, back_connections, db) for db in plan.databases}
-            if keep_fallback
-            else None
+        api.serve_metrics(plan, metrics_port)
+    switched = api.switch(plan, keep_fallback=keep_fallback, dry_run=dry_run, on_step=_show)
+    _dry_run_note(switched)
+    if switched.pause:
+        out.print(
+            f"[green]switched[/]: writes paused {switched.pause.writes_paused:.2f} s "
+            f"(fence to promote {switched.pause.fence_to_promote * 1000:.0f} ms)"
         )
-        phase = switch.phase(plan, connections, engines, fallback=fallback)
-        _with_runner(plan, lambda steps: steps.run(phase, scope=switch.SCOPE), dry_run=dry_run)
-    if not dry_run:
-        with runner.locked(plan) as journal:
-            pause = runner.record_pause(journal, phase="switch", scope=switch.SCOPE)
-        if pause:
-            out.print(
-                f"[green]switched[/]: writes paused {pause.writes_paused:.2f} s "
-                f"(fence to promote {pause.fence_to_promote * 1000:.0f} ms)"
-            )
 
 
 # -- rollback ---------------------------------------------------------------------------------
@@ -563,16 +445,10 @@ def rollback_command(
         yes=yes,
         dry_run=dry_run,
     )
-    back = reversed_plan(plan)
-    with _both_ways(plan) as (connections, back_connections):
-        back_engines = {db: engine_for(back, back_connections, db) for db in plan.databases}
-        phase = rollback.phase(plan, connections, back_connections, back_engines)
-        _with_runner(plan, lambda steps: steps.run(phase, scope=switch.SCOPE), dry_run=dry_run)
-    if not dry_run:
-        with runner.locked(plan) as journal:
-            pause = runner.record_pause(journal, phase="rollback", scope=switch.SCOPE)
-        if pause:
-            out.print(f"[green]rolled back[/]: writes paused {pause.writes_paused:.2f} s")
+    rolled_back = api.rollback(plan, dry_run=dry_run, on_step=_show)
+    _dry_run_note(rolled_back)
+    if rolled_back.pause:
+        out.print(f"[green]rolled back[/]: writes paused {rolled_back.pause.writes_paused:.2f} s")
 
 
 # -- cleanup ----------------------------------------------------------------------------------
@@ -596,25 +472,7 @@ def cleanup_command(
         yes=yes,
         dry_run=dry_run,
     )
-    back = reversed_plan(plan)
-    with _both_ways(plan) as (connections, back_connections):
-
-        def both_ways(steps: runner.Runner) -> None:
-            for db in plan.databases:
-                engine = engine_for(plan, connections, db)
-                forward = cleanup.phase(plan, connections, db, engine)
-                # A half-done switch is refused before anything is removed.
-                steps.run(Phase(forward.name, forward.steps[:1]), scope=db)
-                # The fallback replication (target to source) a switch may have started:
-                # first, since it uses what the forward replication installed.
-                back_engine = engine_for(back, back_connections, db)
-                steps.run(
-                    cleanup.phase(back, back_connections, db, back_engine),
-                    scope=f"{db}/fallback",
-                )
-                steps.run(forward, scope=db)
-
-        _with_runner(plan, both_ways, dry_run=dry_run)
+    _dry_run_note(api.cleanup(plan, dry_run=dry_run, on_step=_show))
 
 
 # -- status -----------------------------------------------------------------------------------
@@ -637,25 +495,19 @@ def status(
     """
     plan = load_plan(plan_path)
     if as_json:
-        out.print_json(json.dumps(_status_data(_read(plan))))
+        out.print_json(json.dumps(_status_data(api.status(plan))))
         return
     if not watch:
-        out.print(_status_view(_read(plan)))
+        out.print(_status_view(api.status(plan)))
         return
-    _serve_metrics(plan, metrics_port)
+    api.serve_metrics(plan, metrics_port)
     with Live(console=out, auto_refresh=False) as live:
         try:
             while True:
-                live.update(_status_view(_read(plan)), refresh=True)
+                live.update(_status_view(api.status(plan)), refresh=True)
                 time.sleep(2)
         except KeyboardInterrupt:
             pass
-
-
-def _read(plan: Plan) -> MoveState:
-    journal = journal_for(plan)  # status needs the ledger: one it cannot read fails the command
-    with pool(_servers(plan)) as connections:
-        return state.read(plan, connections, journal)
 
 
 def _status_data(move: MoveState) -> dict[str, Any]:
@@ -865,20 +717,14 @@ def verify_command(
     `cutover cleanup` retires the old server.
     """
     plan = load_plan(plan_path)
-    try:
-        chosen = [parse_table(t) for t in tables] if tables else None
-    except ValueError as exc:
-        raise UsageError(str(exc), hint="e.g. --table public.events") from None
-    report = observe.compare(
+    report = api.verify(
         plan,
         mode=mode,
-        tables=chosen,
+        tables=_tables(tables),
         jobs=jobs,
         max_keys=max_keys,
         on_table=(lambda _: None) if as_json else _verify_line,
     )
-    if chosen is None:
-        save_verification(plan, mode=mode.value, mismatches=report.mismatches())
     if as_json:
         out.print_json(json.dumps(_verify_data(report), default=str))
     else:
@@ -899,6 +745,7 @@ def _verify_line(result: verify.TableResult) -> None:
 
 
 def _verify_data(report: verify.Report) -> dict[str, Any]:
+    """`verify --json`: the report, each table also by the name SQL spells."""
     return {
         "mode": report.mode.value,
         "equal": report.differences == 0 and report.errors == 0,
@@ -906,22 +753,7 @@ def _verify_data(report: verify.Report) -> dict[str, Any]:
         "errors": report.errors,
         "seconds": round(report.seconds, 3),
         "consistent_points": report.points,
-        "tables": [
-            {
-                "database": t.database,
-                "table": t.table,
-                "source_rows": t.source_rows,
-                "target_rows": t.target_rows,
-                "chunks": t.chunks,
-                "chunks_differ": t.chunks_differ,
-                "differences": t.differences,
-                "keys": [{"kind": d.kind, "key": list(d.key)} for d in t.keys],
-                "show": t.show,
-                "note": t.note,
-                "error": t.error,
-            }
-            for t in report.tables
-        ],
+        "tables": [{**asdict(t), "table": t.table} for t in report.tables],
     }
 
 
@@ -988,7 +820,7 @@ def metrics_command(
     `docs/observability.md` lists the metrics, the dashboard and the alerts.
     """
     plan = load_plan(plan_path)
-    collector = _collector(plan)
+    collector = api.collector(plan)
     if once:
         sys.stdout.write(metrics.exposition(collector))  # as served: no wrapping, no markup
         return
@@ -1001,16 +833,6 @@ def metrics_command(
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
-
-
-def _collector(plan: Plan) -> metrics.MoveCollector:
-    return metrics.MoveCollector(plan.move, observe.Observer(plan).snapshot)
-
-
-def _serve_metrics(plan: Plan, port: int | None) -> None:
-    """The move's metrics on `port` while this command runs, if asked for."""
-    if port is not None:
-        metrics.serve(port, collector=_collector(plan))
 
 
 # -- lab --------------------------------------------------------------------------------------
@@ -1137,30 +959,10 @@ def lab_audit(directory: LabDirOption = Path(".lab")) -> None:
     Exit code 0: nothing lost, the source took no write after the fence, and the
     application saw no error but the ones the fence causes during the switch.
     """
-    the_lab = lab.Lab(directory)
-    settings = the_lab.load_settings()
-    if settings is None or not the_lab.write_log.exists():
-        raise UsageError("there is no write log to audit", hint="run `cutover lab load` first")
-    plan = load_plan(the_lab.plan_file)
-    journal = journal_for(plan)
-    fenced = journal.get(f"{switch.SCOPE}/switch.fence_source")
-    with pool(_servers(plan)) as connections:
-        rows = lab.load_rows(connections, settings)
-    state = the_lab.state()
-    assert state is not None
-    result = load.audit(
-        the_lab.write_log,
-        rows,
-        source_port=state.instance("source").port,
-        fenced_at=fenced.ended_at if fenced else None,
-        switch_window=journal.pause_window(phase="switch", scope=switch.SCOPE),
-    )
-    moved = sum(len(r) for r in rows.values())
-    pause = next(
-        (e.detail for e in reversed(journal.events()) if e.kind == "write_pause"), "no switch yet"
-    )
-    out.print(f"rows on the target (load tables): {moved}")
-    out.print(f"write pause: {pause}")
+    audited = lab.Lab(directory).audit()
+    result = audited.result
+    out.print(f"rows on the target (load tables): {audited.rows_on_target}")
+    out.print(f"write pause: {audited.write_pause}")
     out.print(f"acknowledged writes: {result.acknowledged}")
     out.print(f"acknowledged writes missing on the target: {len(result.missing)}")
     out.print(f"writes the source took after the fence: {result.after_fence}")
@@ -1193,8 +995,8 @@ def main() -> None:
     except CutoverError as exc:
         _fail(exc)
     except Exception as exc:
-        # A database error outside a step (check, status) is the operator's, not a bug.
-        translated = pg_errors.translate(exc)
+        # A database error outside a command's steps (the lab's) is the operator's, not a bug.
+        translated = api.translate(exc)
         if translated is None:
             raise  # a bug: keep its traceback
         _fail(translated)
@@ -1204,8 +1006,8 @@ def _fail(exc: CutoverError) -> NoReturn:
     """One line and a hint; the traceback of what caused it only with --verbose."""
     if exc.__cause__ is not None and log.is_verbose():
         trace = "".join(traceback.format_exception(exc))
-        err.print(pg_errors.mask(trace), markup=False, soft_wrap=True, end="")
-    err.print(f"[bold red]FAILED:[/] {_escape(pg_errors.mask(exc.message))}", soft_wrap=True)
+        err.print(api.mask(trace), markup=False, soft_wrap=True, end="")
+    err.print(f"[bold red]FAILED:[/] {_escape(api.mask(exc.message))}", soft_wrap=True)
     if exc.hint:
-        err.print(f"[dim]hint:[/] {_escape(pg_errors.mask(exc.hint))}", soft_wrap=True)
+        err.print(f"[dim]hint:[/] {_escape(api.mask(exc.hint))}", soft_wrap=True)
     sys.exit(exc.exit_code)

@@ -7,15 +7,11 @@ reading itself never fails because a server or the ledger did.
 
 import logging
 import threading
-import time
-import uuid
-from collections.abc import Callable
 
-from cutover import metrics, state, verify
-from cutover.engines import engine_for
-from cutover.errors import CannotCompare, CutoverError
+from cutover import metrics, state
+from cutover.errors import CutoverError
 from cutover.ledger import Journal, journal_for
-from cutover.pg.connect import Pool, pool
+from cutover.pg.connect import Pool
 from cutover.plan import Plan
 from cutover.types import Side
 
@@ -90,64 +86,3 @@ def _replication(engine: str, db: state.DatabaseState) -> metrics.Replication:
         rows_target=db.rows_target,
         rows_source=db.rows_source,
     )
-
-
-def compare(
-    plan: Plan,
-    *,
-    mode: verify.Mode,
-    tables: list[tuple[str, str]] | None,
-    jobs: int,
-    max_keys: int,
-    on_table: Callable[[verify.TableResult], None] = lambda _: None,
-) -> verify.Report:
-    """`cutover verify`: every database of the plan, each at a consistent point."""
-    report = verify.Report(mode)
-    began = time.monotonic()
-    with pool({"source": plan.source, "target": plan.target}) as connections:
-        for db in plan.databases:
-            verify.verify_database(
-                plan.source,
-                plan.target,
-                db,
-                mode=mode,
-                tables=tables,
-                settle=consistent_point(plan, connections, db),
-                jobs=jobs,
-                max_keys=max_keys,
-                report=report,
-                on_table=on_table,
-            )
-    report.seconds = time.monotonic() - began
-    return report
-
-
-def consistent_point(plan: Plan, pool: Pool, db: str) -> verify.Settle:
-    """How verify waits until the target holds what the source committed.
-
-    While the move replicates: a barrier row written on the source after its
-    snapshot, applied on the target before the target's snapshot. Without a
-    subscription (before start, after the switch) both sides are read as they are.
-    """
-    engine = engine_for(plan, pool, db)
-    if not engine.subscription_exists():
-        return lambda: verify.NOTHING_RUNS
-    timeout = max(30.0, plan.thresholds.switch_timeout)
-
-    def settle() -> str:
-        token = uuid.uuid4().hex
-        lsn = engine.write_barrier(token)
-        deadline = time.monotonic() + timeout
-        while not engine.barrier_reached(token, lsn):
-            if time.monotonic() > deadline:
-                raise CannotCompare(
-                    f"{db}: the target did not apply a barrier within {timeout:g} s, so no "
-                    "point exists where both sides can be compared",
-                    hint="replication is slow or stopped (`cutover status`); verify once it "
-                    "streams again, or after the switch",
-                )
-            engine.heartbeat()
-            time.sleep(0.05)
-        return f"barrier at {lsn} applied by the target"
-
-    return settle
