@@ -624,7 +624,7 @@ def _replication_state(db: str, info: DatabaseState) -> str:
     if info.switched:
         return f"{db}: switched; the target is promoted and the source no longer replicates"
     if not facts.moving:
-        if facts.subscribed is None:
+        if facts.subscribed is None or facts.slot_exists is None:
             return f"{db}: replication not read (see above)"
         return f"{db}: not replicating yet (`cutover start`)"
     progress = facts.progress
@@ -636,10 +636,12 @@ def _replication_state(db: str, info: DatabaseState) -> str:
     if facts.copying:
         done, total = (progress.bytes_done, progress.bytes_total) if progress else (0, 0)
         line = f"{db}: initial copy, {_bytes(done)} of {_bytes(total)}; {tables}"
-    else:
+    elif facts.replicating:
         line = f"{db}: {tables}"
         if facts.streaming is False:
             line += "; the subscription is disabled: no change is applied"
+    else:  # the slot is there; the target did not say whether it subscribes
+        line = f"{db}: the subscription was not read"
     if facts.description:
         line += f"; {facts.description}"
     lag = facts.lag
