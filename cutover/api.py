@@ -168,9 +168,19 @@ def _run_phases(
     return _run(plan, run_all, dry_run=dry_run, on_step=on_step)
 
 
-def _record_pause(plan: Plan, phase: str) -> Pause | None:
+def _run_pausing(plan: Plan, phase: Phase, *, dry_run: bool, on_step: OnStep) -> Switched:
+    """A phase that stops the writers (switch, rollback), for the whole move; then its pause."""
+    reports = _run(
+        plan,
+        lambda steps: steps.run(phase, scope=switching.SCOPE),
+        dry_run=dry_run,
+        on_step=on_step,
+    )
+    if dry_run:
+        return Switched(reports, dry_run)
     with runner.locked(plan) as journal:
-        return runner.record_pause(journal, phase=phase, scope=switching.SCOPE)
+        pause = runner.record_pause(journal, phase=phase.name, scope=switching.SCOPE)
+    return Switched(reports, dry_run, pause=pause)
 
 
 # -- check ------------------------------------------------------------------------------------
@@ -343,13 +353,7 @@ def switch(
             else None
         )
         phase = switching.phase(plan, connections, engines, fallback=fallback)
-        reports = _run(
-            plan,
-            lambda steps: steps.run(phase, scope=switching.SCOPE),
-            dry_run=dry_run,
-            on_step=on_step,
-        )
-    return Switched(reports, dry_run, pause=None if dry_run else _record_pause(plan, "switch"))
+        return _run_pausing(plan, phase, dry_run=dry_run, on_step=on_step)
 
 
 @_command
@@ -359,13 +363,7 @@ def rollback(plan: Plan, *, dry_run: bool, on_step: OnStep = _ignore) -> Switche
     with _both_ways(plan) as (connections, back_connections):
         back_engines = {db: engine_for(back, back_connections, db) for db in plan.databases}
         phase = rolling_back.phase(plan, connections, back_connections, back_engines)
-        reports = _run(
-            plan,
-            lambda steps: steps.run(phase, scope=switching.SCOPE),
-            dry_run=dry_run,
-            on_step=on_step,
-        )
-    return Switched(reports, dry_run, pause=None if dry_run else _record_pause(plan, "rollback"))
+        return _run_pausing(plan, phase, dry_run=dry_run, on_step=on_step)
 
 
 @_command
