@@ -51,7 +51,6 @@ __all__ = [
     "check",
     "cleanup",
     "collector",
-    "consistent_point",
     "mask",
     "prepare",
     "rollback",
@@ -439,7 +438,7 @@ def verify(
                 db,
                 mode=mode,
                 tables=tables,
-                settle=consistent_point(plan, connections, db),
+                settle=_consistent_point(plan, connections, db),
                 jobs=jobs,
                 max_keys=max_keys,
                 report=report,
@@ -451,7 +450,7 @@ def verify(
     return report
 
 
-def consistent_point(plan: Plan, connections: Pool, db: str) -> comparing.Settle:
+def _consistent_point(plan: Plan, connections: Pool, db: str) -> comparing.Settle:
     """How verify waits until the target holds what the source committed.
 
     While the move replicates: a barrier row written on the source after its
