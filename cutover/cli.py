@@ -1,20 +1,23 @@
 """The command line: parsing, printing, prompts and exit codes. The only place that prints.
 
+The commands' work is in cutover/api.py: each command here parses its
+options, asks what must be confirmed, calls its api function with callbacks
+that draw progress, and renders the typed result (tables, or --json).
 Every command catches `CutoverError` in one spot (`main`), prints `FAILED:` and
 `hint:` and exits with the error's code: 0 success, 1 a failure or blockers,
-2 a usage, plan or connection error. A database error is translated into one
-(pg/errors.py); its traceback is shown with --verbose. Any other exception is
-a bug and keeps its traceback.
+2 a usage, plan or connection error. A database error arrives translated into
+one; its traceback is shown with --verbose. Any other exception is a bug and
+keeps its traceback.
 """
 
 import json
 import signal
-import subprocess
 import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -31,31 +34,13 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from cutover import (
-    __version__,
-    database,
-    lab,
-    load,
-    log,
-    metrics,
-    observe,
-    preflight,
-    runner,
-    verify,
-)
-from cutover.engines import engine_for, reversed_plan
+from cutover import __version__, api, lab, load, log, metrics, preflight, runner, verify
 from cutover.errors import CutoverError, UsageError
-from cutover.ledger import Journal, journal_for, save_verification
-from cutover.pg import admin, fence, matviews
-from cutover.pg import errors as pg_errors
-from cutover.pg.backfill import FillProgress
-from cutover.pg.connect import Pool, pool
-from cutover.pg.ident import quote
-from cutover.phases import backfill, cleanup, prepare, rollback, start, switch
-from cutover.plan import Plan, Server, parse_table
+from cutover.plan import Plan, parse_table
 from cutover.plan import load as load_plan
-from cutover.steps import Outcome, Phase
-from cutover.types import SyncProgress, TableState
+from cutover.state import DatabaseState, MoveState
+from cutover.steps import Outcome
+from cutover.types import SyncProgress, TableName
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -98,7 +83,6 @@ LabDirOption = Annotated[
     Path,
     typer.Option("--dir", envvar="CUTOVER_LAB_DIR", help="The lab's folder. Also CUTOVER_LAB_DIR."),
 ]
-BACKGROUND_GRACE_SECONDS = 1.0  # a background start that fails this fast is reported here
 STATUS_STYLE = {"OK": "green", "WARN": "yellow", "FAIL": "bold red"}
 OUTCOME_STYLE = {
     Outcome.APPLIED: "green",
@@ -146,8 +130,7 @@ def check(plan_path: PlanOption, as_json: JsonOption = False) -> None:
     Exit code 0: ready (warnings allowed). 1: blockers. 2: plan or connection error.
     """
     plan = load_plan(plan_path)
-    with pool({"source": plan.source, "target": plan.target}) as connections:
-        report = preflight.run(plan, connections)
+    report = api.check(plan)
     if as_json:
         out.print_json(json.dumps(report.to_dict()))
     else:
@@ -206,17 +189,9 @@ def prepare_command(
     the SQL and changes nothing.
     """
     plan = load_plan(plan_path)
-    with pool(_servers(plan)) as connections, _backfill_progress(plan.move) as bars:
-        engine = engine_for(plan, connections)
-
-        def phases_for(db: str) -> list[Phase]:
-            keys = [
-                backfill.phase(plan, connections, db, table, on_progress=bars(db, table))
-                for table in database.tables_without_key(plan, connections, db)
-            ]
-            return [*keys, prepare.phase(plan, connections, db, engine, restart=restart)]
-
-        _run_phases(plan, phases_for, dry_run=dry_run)
+    with _backfill_progress() as on_fill:
+        ran = api.prepare(plan, restart=restart, dry_run=dry_run, on_step=_show, on_fill=on_fill)
+    _dry_run_note(ran)
 
 
 @app.command("backfill")
@@ -244,36 +219,26 @@ def backfill_command(
     renumbers a row. `cutover cleanup` drops exactly what it added.
     """
     plan = load_plan(plan_path)
-    _serve_metrics(plan, metrics_port)
-    if tables:
-        try:
-            chosen = [parse_table(t) for t in tables]
-        except ValueError as exc:
-            raise UsageError(str(exc), hint="e.g. --table public.events") from None
-        plan = plan.model_copy(
-            update={"backfill": plan.backfill.model_copy(update={"tables": chosen})}
-        )
-    with pool(_servers(plan)) as connections, _backfill_progress(plan.move) as bars:
-        chosen_tables: list[tuple[str, str]] = []
-
-        def phases_for(db: str) -> list[Phase]:
-            tables = database.tables_without_key(plan, connections, db)
-            chosen_tables.extend(tables)
-            return [
-                backfill.phase(plan, connections, db, table, on_progress=bars(db, table))
-                for table in tables
-            ]
-
-        _run_phases(plan, phases_for, dry_run=dry_run)
-    if not chosen_tables:
+    chosen = _tables(tables)
+    api.serve_metrics(plan, metrics_port)
+    with _backfill_progress() as on_fill:
+        ran = api.backfill(plan, tables=chosen, dry_run=dry_run, on_step=_show, on_fill=on_fill)
+    _dry_run_note(ran)
+    if not ran.tables:
         out.print("every table has a primary key or a replica identity: nothing to backfill")
 
 
+def _tables(given: list[str] | None) -> list[TableName] | None:
+    """The --table options as (schema, name); None when none was given."""
+    try:
+        return [parse_table(t) for t in given] if given else None
+    except ValueError as exc:
+        raise UsageError(str(exc), hint="e.g. --table public.events") from None
+
+
 @contextmanager
-def _backfill_progress(
-    move: str,
-) -> Iterator[Callable[[str, tuple[str, str]], Callable[[FillProgress], None]]]:
-    """A bar per table being numbered (pages done, rows numbered, rows/s, ETA), and metrics."""
+def _backfill_progress() -> Iterator[api.OnFill]:
+    """A bar per table being numbered: pages done, rows numbered, rows/s, ETA."""
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -282,35 +247,23 @@ def _backfill_progress(
     )
     # Started with the first table: a prepare with nothing to number shows no bar.
     bars = Progress(*columns, console=out, transient=False)
-    tasks: dict[tuple[str, tuple[str, str]], TaskID] = {}
+    tasks: dict[tuple[str, str], TaskID] = {}
 
-    def for_table(db: str, table: tuple[str, str]) -> Callable[[FillProgress], None]:
-        def update(progress: FillProgress) -> None:
-            if not tasks:
-                bars.start()
-            if (db, table) not in tasks:
-                tasks[db, table] = bars.add_task(_escape(quote(table)), total=None, detail="")
-            metrics.backfill_progress(
-                move,
-                db,
-                quote(table),
-                rows_done=progress.rows,
-                rows_total=progress.rows_total,
-                pages_done=progress.pages_done,
-                pages_total=progress.pages_total,
-            )
-            rate = progress.rows / progress.seconds if progress.seconds else 0.0
-            bars.update(
-                tasks[db, table],
-                total=max(progress.pages_total, 1),
-                completed=min(progress.pages_done, progress.pages_total),
-                detail=f"{progress.rows:,} rows, {rate:,.0f} rows/s",
-            )
-
-        return update
+    def update(db: str, table: str, progress: api.FillProgress) -> None:
+        if not tasks:
+            bars.start()
+        if (db, table) not in tasks:
+            tasks[db, table] = bars.add_task(_escape(table), total=None, detail="")
+        rate = progress.rows / progress.seconds if progress.seconds else 0.0
+        bars.update(
+            tasks[db, table],
+            total=max(progress.pages_total, 1),
+            completed=min(progress.pages_done, progress.pages_total),
+            detail=f"{progress.rows:,} rows, {rate:,.0f} rows/s",
+        )
 
     try:
-        yield for_table
+        yield update
     finally:
         if tasks:
             bars.stop()
@@ -354,65 +307,28 @@ def start_command(
     """
     plan = load_plan(plan_path)
     if not wait and not dry_run:
-        _start_in_background(plan, plan_path, parallel, metrics_port)
-        return
-    if not dry_run:
-        _serve_metrics(plan, metrics_port)
-    with pool(_servers(plan)) as connections, _copy_progress(enabled=not dry_run) as bars:
-        engine = engine_for(plan, connections)
-
-        def phase_for(db: str) -> Phase:
-            copy_bar, lag_bar = bars(db)
-            return start.phase(
-                plan, connections, db, engine, jobs=parallel, on_progress=copy_bar, on_lag=lag_bar
+        started = api.start_in_background(plan, plan_path, jobs=parallel, metrics_port=metrics_port)
+        if started.exit_code is None:
+            out.print(
+                f"started in the background (pid {started.pid}); its log: {started.log}\n"
+                "follow it with `cutover status --watch`; `cutover start --wait` shows the end"
             )
-
-        _run_phases(plan, phase_for, dry_run=dry_run)
-
-
-def _start_in_background(
-    plan: Plan, plan_path: Path, parallel: int, metrics_port: int | None
-) -> None:
-    """Check what start needs, then run `start --wait` detached, its output in a log file."""
-    with pool(_servers(plan)) as connections:
-        engine = engine_for(plan, connections)
-        for db in plan.databases:
-            start.require_prepared(connections, db, engine)
-    plan.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    log_path = plan.state_dir / f"{plan.move}.start.log"
-    argv = [sys.executable, "-m", "cutover", "start", "-p", str(plan_path.resolve())]
-    if metrics_port is not None:
-        argv += ["--metrics-port", str(metrics_port)]
-    with log_path.open("ab") as log_file:
-        child = subprocess.Popen(
-            [*argv, "--wait", "--parallel", str(parallel)],
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C in this terminal does not reach it
-        )
-    try:
-        code = child.wait(timeout=BACKGROUND_GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        out.print(
-            f"started in the background (pid {child.pid}); its log: {log_path}\n"
-            "follow it with `cutover status --watch`; `cutover start --wait` shows the end"
-        )
+            return
+        (out if started.exit_code == 0 else err).print(started.tail, markup=False)
+        raise typer.Exit(started.exit_code)
+    if dry_run:
+        _dry_run_note(api.start(plan, jobs=parallel, dry_run=True, on_step=_show))
         return
-    tail = log_path.read_text(errors="replace").splitlines()[-20:]
-    (out if code == 0 else err).print("\n".join(tail), markup=False)
-    if code != 0:
-        raise typer.Exit(code)
+    api.serve_metrics(plan, metrics_port)
+    with _copy_progress() as (on_copy, on_lag):
+        api.start(plan, jobs=parallel, dry_run=False, on_step=_show, on_copy=on_copy, on_lag=on_lag)
 
 
 @contextmanager
-def _copy_progress(
-    *, enabled: bool
-) -> Iterator[Callable[[str], tuple[Callable[[SyncProgress], None], Callable[[int], None]]]]:
+def _copy_progress() -> Iterator[
+    tuple[Callable[[str, SyncProgress], None], Callable[[str, int], None]]
+]:
     """Progress bars per database: tables copied and bytes with rate and ETA, then the lag."""
-    if not enabled:
-        yield lambda db: (lambda progress: None, lambda lag: None)
-        return
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -428,32 +344,18 @@ def _copy_progress(
                 tasks[db] = bars.add_task(_escape(db), total=None, detail="")
             return tasks[db]
 
-        def for_db(db: str) -> tuple[Callable[[SyncProgress], None], Callable[[int], None]]:
-            def copied(progress: SyncProgress) -> None:
-                bars.update(
-                    task(db),
-                    total=max(progress.bytes_total, 1),
-                    completed=progress.bytes_done,
-                    detail=f"{progress.ready}/{len(progress.tables)} tables",
-                )
+        def copied(db: str, progress: SyncProgress) -> None:
+            bars.update(
+                task(db),
+                total=max(progress.bytes_total, 1),
+                completed=progress.bytes_done,
+                detail=f"{progress.ready}/{len(progress.tables)} tables",
+            )
 
-            def lag(behind: int) -> None:
-                bars.update(task(db), detail=f"catching up: {_bytes(behind)} behind")
+        def lag(db: str, behind: int) -> None:
+            bars.update(task(db), detail=f"catching up: {_bytes(behind)} behind")
 
-            return copied, lag
-
-        yield for_db
-
-
-def _servers(plan: Plan) -> dict[str, Server]:
-    return {"source": plan.source, "target": plan.target}
-
-
-@contextmanager
-def _both_ways(plan: Plan) -> Iterator[tuple[Pool, Pool]]:
-    """Connections as the plan says, and with the sides swapped (fallback, rollback)."""
-    with pool(_servers(plan)) as forward, pool(_servers(reversed_plan(plan))) as backward:
-        yield forward, backward
+        yield copied, lag
 
 
 def _confirm(question: str, *, yes: bool, dry_run: bool) -> None:
@@ -473,29 +375,9 @@ def _show(report: runner.StepReport) -> None:
         out.print(f"           [dim]{change.where}:[/] {_escape(action)}", soft_wrap=True)
 
 
-def _run_phases(
-    plan: Plan, phases_for: Callable[[str], Phase | list[Phase]], *, dry_run: bool
-) -> None:
-    """The phases of each database, in the plan's order."""
-
-    def run_all(steps: runner.Runner) -> None:
-        for db in plan.databases:
-            phases = phases_for(db)
-            for phase in phases if isinstance(phases, list) else [phases]:
-                steps.run(phase, scope=db)
-
-    _with_runner(plan, run_all, dry_run=dry_run)
-
-
-def _with_runner(plan: Plan, work: Callable[[runner.Runner], object], *, dry_run: bool) -> Journal:
-    if dry_run:
-        journal = journal_for(plan)
-        work(runner.Runner(journal, move=plan.move, dry_run=True, on_step=_show))
+def _dry_run_note(ran: api.Ran) -> None:
+    if ran.dry_run:
         out.print("[yellow]dry run: nothing was changed[/]")
-        return journal
-    with runner.locked(plan) as journal:
-        work(runner.Runner(journal, move=plan.move, dry_run=False, on_step=_show))
-        return journal
 
 
 # -- switch -----------------------------------------------------------------------------------
@@ -530,20 +412,14 @@ def switch_command(
         dry_run=dry_run,
     )
     if not dry_run:
-        _serve_metrics(plan, metrics_port)
-    back = reversed_plan(plan)
-    with _both_ways(plan) as (connections, back_connections):
-        fallback = engine_for(back, back_connections) if keep_fallback else None
-        phase = switch.phase(plan, connections, engine_for(plan, connections), fallback=fallback)
-        _with_runner(plan, lambda steps: steps.run(phase, scope=switch.SCOPE), dry_run=dry_run)
-    if not dry_run:
-        with runner.locked(plan) as journal:
-            pause = runner.record_pause(journal, phase="switch", scope=switch.SCOPE)
-        if pause:
-            out.print(
-                f"[green]switched[/]: writes paused {pause.writes_paused:.2f} s "
-                f"(fence to promote {pause.fence_to_promote * 1000:.0f} ms)"
-            )
+        api.serve_metrics(plan, metrics_port)
+    switched = api.switch(plan, keep_fallback=keep_fallback, dry_run=dry_run, on_step=_show)
+    _dry_run_note(switched)
+    if switched.pause:
+        out.print(
+            f"[green]switched[/]: writes paused {switched.pause.writes_paused:.2f} s "
+            f"(fence to promote {switched.pause.fence_to_promote * 1000:.0f} ms)"
+        )
 
 
 # -- rollback ---------------------------------------------------------------------------------
@@ -569,16 +445,10 @@ def rollback_command(
         yes=yes,
         dry_run=dry_run,
     )
-    back = reversed_plan(plan)
-    with _both_ways(plan) as (connections, back_connections):
-        back_engine = engine_for(back, back_connections)
-        phase = rollback.phase(plan, connections, back_connections, back_engine)
-        _with_runner(plan, lambda steps: steps.run(phase, scope=switch.SCOPE), dry_run=dry_run)
-    if not dry_run:
-        with runner.locked(plan) as journal:
-            pause = runner.record_pause(journal, phase="rollback", scope=switch.SCOPE)
-        if pause:
-            out.print(f"[green]rolled back[/]: writes paused {pause.writes_paused:.2f} s")
+    rolled_back = api.rollback(plan, dry_run=dry_run, on_step=_show)
+    _dry_run_note(rolled_back)
+    if rolled_back.pause:
+        out.print(f"[green]rolled back[/]: writes paused {rolled_back.pause.writes_paused:.2f} s")
 
 
 # -- cleanup ----------------------------------------------------------------------------------
@@ -602,25 +472,7 @@ def cleanup_command(
         yes=yes,
         dry_run=dry_run,
     )
-    back = reversed_plan(plan)
-    with _both_ways(plan) as (connections, back_connections):
-        engine = engine_for(plan, connections)
-        back_engine = engine_for(back, back_connections)
-
-        def both_ways(steps: runner.Runner) -> None:
-            for db in plan.databases:
-                forward = cleanup.phase(plan, connections, db, engine)
-                # A half-done switch is refused before anything is removed.
-                steps.run(Phase(forward.name, forward.steps[:1]), scope=db)
-                # The fallback replication (target to source) a switch may have started:
-                # first, since it uses what the forward replication installed.
-                steps.run(
-                    cleanup.fallback_phase(plan, back_connections, db, back_engine),
-                    scope=f"{db}/fallback",
-                )
-                steps.run(forward, scope=db)
-
-        _with_runner(plan, both_ways, dry_run=dry_run)
+    _dry_run_note(api.cleanup(plan, dry_run=dry_run, on_step=_show))
 
 
 # -- status -----------------------------------------------------------------------------------
@@ -643,129 +495,103 @@ def status(
     """
     plan = load_plan(plan_path)
     if as_json:
-        out.print_json(json.dumps(_status_data(plan)))
+        out.print_json(json.dumps(_status_data(api.status(plan))))
         return
     if not watch:
-        out.print(_status_view(_status_data(plan)))
+        out.print(_status_view(api.status(plan)))
         return
-    _serve_metrics(plan, metrics_port)
+    api.serve_metrics(plan, metrics_port)
     with Live(console=out, auto_refresh=False) as live:
         try:
             while True:
-                live.update(_status_view(_status_data(plan)), refresh=True)
+                live.update(_status_view(api.status(plan)), refresh=True)
                 time.sleep(2)
         except KeyboardInterrupt:
             pass
 
 
-def _status_data(plan: Plan) -> dict[str, Any]:
-    journal = journal_for(plan)
-    records = sorted(journal.steps().values(), key=lambda r: r.started_at)
+def _status_data(move: MoveState) -> dict[str, Any]:
+    """`status --json`: the move's state, keyed as scripts have read it."""
+    ledger = move.ledger
+    assert ledger is not None  # the command reads the ledger before the servers
     data: dict[str, Any] = {
-        "move": plan.move,
-        "ledger": journal.where,
-        "interrupted": [r.key for r in journal.running()],
-        "steps": [
-            {
-                "key": r.key,
-                "status": r.status.value,
-                "outcome": r.outcome.value if r.outcome else None,
-                "started_at": r.started_at,
-                "ended_at": r.ended_at,
-                "seconds": r.seconds,
-                "runs": r.runs,
-                "error": r.error,
-            }
-            for r in records
-        ],
-        "databases": {},
+        "move": move.move,
+        "ledger": ledger.where,
+        "phase": ledger.phase,
+        "interrupted": list(ledger.interrupted),
+        "steps": [asdict(s.record) for s in ledger.steps],
+        "switched": ledger.switched,
+        "servers": {str(side): up for side, up in move.servers.items()},
+        "fenced_roles": None if move.fenced_roles is None else list(move.fenced_roles),
+        "databases": {db: _database_data(d) for db, d in move.databases.items()},
     }
-    switched = journal.is_done(f"{switch.SCOPE}/switch.promote")
-    data["switched"] = switched
-    try:
-        with pool(_servers(plan)) as connections:
-            data["fenced_roles"] = fence.fenced_roles(
-                connections.get("source", plan.databases[0]), plan.move
-            )
-            for db in plan.databases:
-                info = _replication_data(plan, connections, db)
-                data["databases"][db] = {
-                    **info,
-                    "switched": switched and not info["replicating"],
-                    "materialized_views": _views_data(connections, db),
-                }
-    except CutoverError as exc:
-        data["servers_error"] = exc.message
+    if move.problems:
+        data["servers_error"] = "; ".join(move.problems)
     return data
 
 
-def _views_data(connections: Pool, db: str) -> dict[str, Any]:
-    """The views populated on the source, and those of them not populated on the target."""
-    source = connections.get("source", db)
-    populated = [quote(v.view) for v in matviews.views(source) if v.populated]
-    if not populated or not admin.database_exists(connections.get("target"), db):
-        return {"populated_on_source": populated, "unpopulated_on_target": populated}
-    missing = matviews.unpopulated(source, connections.get("target", db))
-    return {"populated_on_source": populated, "unpopulated_on_target": [quote(v) for v in missing]}
-
-
-def _replication_data(plan: Plan, connections: Any, db: str) -> dict[str, Any]:
-    engine = engine_for(plan, connections)
-    subscribed = engine.initial_sync_started(db)
-    slot = engine.lag(db)
-    if not subscribed and slot is None:
-        return {"replicating": False, "copying": False}
-    progress = engine.progress(db)
+def _database_data(db: DatabaseState) -> dict[str, Any]:
+    facts, lag, progress = db.replication, db.replication.lag, db.replication.progress
     return {
-        "replicating": subscribed,
-        "copying": not subscribed,  # the slot exists: the initial copy runs (or was cut short)
-        "streaming": subscribed and engine.streaming(db),
-        "engine": engine.describe(db),
-        "tables": progress.by_state,
-        "table_states": progress.tables,
-        "tables_total": len(progress.tables),
-        "copy_bytes_done": progress.bytes_done,
-        "copy_bytes_total": progress.bytes_total,
+        "replicating": facts.replicating,
+        "copying": facts.copying,
+        "streaming": facts.streaming,
+        "switched": db.switched,
+        "target_exists": db.target_exists,
+        "engine": facts.description,
+        "tables": None if progress is None else progress.by_state,
+        "table_states": None if progress is None else progress.tables,
+        "tables_total": None if progress is None else len(progress.tables),
+        "copy_bytes_done": None if progress is None else progress.bytes_done,
+        "copy_bytes_total": None if progress is None else progress.bytes_total,
         "slot": None
-        if slot is None
+        if lag is None
         else {
-            "lag_bytes": slot.bytes,
-            "lag_seconds": slot.seconds,
-            "retained_bytes": slot.retained_bytes,
-            "wal_status": slot.retention,
-            "safe_wal_size": slot.safe_bytes,
-            "active": slot.connected,
+            "lag_bytes": lag.bytes,
+            "lag_seconds": lag.seconds,
+            "retained_bytes": lag.retained_bytes,
+            "wal_status": facts.wal_status,
+            "safe_wal_size": lag.safe_bytes,
+            "active": lag.connected,
+            "lost": lag.lost,
+            "measured_at": lag.measured_at,
         },
+        "rows_source": db.rows_source,
+        "rows_target": db.rows_target,
+        "materialized_views": None if db.views is None else asdict(db.views),
     }
 
 
-def _status_view(data: dict[str, Any]) -> Group:
+def _status_view(move: MoveState) -> Group:
     parts: list[Any] = []
-    if data["steps"]:
-        table = Table(title=f"move '{data['move']}'", caption=f"ledger: {data['ledger']}")
+    ledger = move.ledger
+    assert ledger is not None  # the command reads the ledger before the servers
+    if ledger.steps:
+        table = Table(title=f"move '{move.move}'", caption=f"ledger: {ledger.where}")
         for column in ("step", "state", "started", "took", "runs", "error"):
             table.add_column(column)
-        for r in data["steps"]:
-            style = {"failed": "red", "running": "yellow"}.get(r["status"], "")
+        for s in ledger.steps:
+            r = s.record
+            style = {"failed": "red", "running": "yellow"}.get(r.status.value, "")
             table.add_row(
-                _escape(r["key"]),
-                f"[{style}]{r['status']}[/]" if style else r["status"],
-                r["started_at"].replace("T", " ")[:19],
-                f"{r['seconds'] * 1000:.0f} ms" if r["seconds"] is not None else "",
-                str(r["runs"]),
-                _escape(r["error"] or ""),
+                _escape(r.key),
+                f"[{style}]{r.status.value}[/]" if style else r.status.value,
+                r.started_at.replace("T", " ")[:19],
+                f"{r.seconds * 1000:.0f} ms" if r.seconds is not None else "",
+                str(r.runs),
+                _escape(r.error or ""),
             )
         parts.append(table)
     else:
-        parts.append(f"move '{data['move']}': nothing has run yet (ledger: {data['ledger']})")
-    if data["interrupted"]:
+        parts.append(f"move '{move.move}': nothing has run yet (ledger: {ledger.where})")
+    if ledger.interrupted:
         parts.append(
             "[bold red]INTERRUPTED:[/] a run stopped during "
-            + _escape(", ".join(data["interrupted"]))
+            + _escape(", ".join(ledger.interrupted))
             + ": run the same command again to resume"
         )
-    fenced = data.get("fenced_roles")
-    if fenced and not data["switched"]:
+    fenced = move.fenced_roles
+    if fenced and not ledger.switched:
         parts.append(
             "[bold red]FENCED:[/] "
             + _escape(", ".join(fenced))
@@ -774,61 +600,70 @@ def _status_view(data: dict[str, Any]) -> Group:
         )
     elif fenced:
         parts.append(f"source retired: {_escape(', '.join(fenced))} stay fenced there")
-    if "servers_error" in data:
-        parts.append(f"[yellow]servers not reachable:[/] {_escape(data['servers_error'])}")
-    for db, info in data["databases"].items():
+    for problem in move.problems:
+        parts.append(f"[yellow]not read:[/] {_escape(problem)}")
+    for db, info in move.databases.items():
         parts.append(_escape(_replication_line(db, info)))
     return Group(*parts)
 
 
-def _replication_line(db: str, info: dict[str, Any]) -> str:
+def _replication_line(db: str, info: DatabaseState) -> str:
     line = _replication_state(db, info)
-    views = info.get("materialized_views") or {}
-    if views.get("populated_on_source"):
-        missing = views["unpopulated_on_target"]
-        line += f"; materialized views: {len(views['populated_on_source']) - len(missing)} of "
-        line += f"{len(views['populated_on_source'])} populated on the target"
+    views = info.views
+    if views and views.populated_on_source:
+        missing = views.unpopulated_on_target
+        line += f"; materialized views: {len(views.populated_on_source) - len(missing)} of "
+        line += f"{len(views.populated_on_source)} populated on the target"
         if missing:
             line += " (not yet: " + ", ".join(missing) + ")"
     return line
 
 
-def _replication_state(db: str, info: dict[str, Any]) -> str:
-    if info.get("switched"):
+def _replication_state(db: str, info: DatabaseState) -> str:
+    facts = info.replication
+    if info.switched:
         return f"{db}: switched; the target is promoted and the source no longer replicates"
-    if not info["replicating"] and not info["copying"]:
+    if not facts.moving:
+        if facts.subscribed is None or facts.slot_exists is None:
+            return f"{db}: replication not read (see above)"
         return f"{db}: not replicating yet (`cutover start`)"
-    states = ", ".join(f"{n} {state}" for state, n in sorted(info["tables"].items()))
-    line = f"{db}: {info['tables_total']} tables ({states})"
-    if info["copying"]:
-        done, total = info["copy_bytes_done"], info["copy_bytes_total"]
-        line = f"{db}: initial copy, {_bytes(done)} of {_bytes(total)}; {info['tables_total']}"
-        line += f" tables ({states})"
-    elif not info["streaming"]:
-        line += "; the subscription is disabled: no change is applied"
-    if info.get("engine"):
-        line += f"; {info['engine']}"
-    slot = info["slot"]
-    if slot is None:
-        return line + "; the replication slot is missing on the source"
-    seconds = "?" if slot["lag_seconds"] is None else f"{slot['lag_seconds']:.1f} s"
+    progress = facts.progress
+    if progress is None:
+        tables = "tables not read"
+    else:
+        states = ", ".join(f"{n} {state}" for state, n in sorted(progress.by_state.items()))
+        tables = f"{len(progress.tables)} tables ({states})"
+    if facts.copying:
+        done, total = (progress.bytes_done, progress.bytes_total) if progress else (0, 0)
+        line = f"{db}: initial copy, {_bytes(done)} of {_bytes(total)}; {tables}"
+    elif facts.replicating:
+        line = f"{db}: {tables}"
+        if facts.streaming is False:
+            line += "; the subscription is disabled: no change is applied"
+    else:  # the slot is there; the target did not say whether it subscribes
+        line = f"{db}: the subscription was not read"
+    if facts.description:
+        line += f"; {facts.description}"
+    lag = facts.lag
+    if lag is None:
+        missing = "is missing on the source" if facts.slot_exists is False else "was not read"
+        return line + f"; the replication slot {missing}"
+    seconds = "?" if lag.seconds is None else f"{lag.seconds:.1f} s"
     line += (
-        f"; lag {_bytes(slot['lag_bytes'])}, {seconds}; WAL retained "
-        f"{_bytes(slot['retained_bytes'])} ({slot['wal_status']})"
+        f"; lag {_bytes(lag.bytes)}, {seconds}; WAL retained "
+        f"{_bytes(lag.retained_bytes or 0)} ({facts.wal_status})"
     )
     waiting = [
-        f"{t} ({TableState(state).label})"
-        for t, state in info["table_states"].items()
-        if not TableState(state).is_ready
+        f"{t} ({state.label})"
+        for t, state in (progress.tables.items() if progress else ())
+        if not state.is_ready
     ]
     if waiting:
         shown = ", ".join(waiting[:10]) + (
             f" and {len(waiting) - 10} more" if len(waiting) > 10 else ""
         )
         line += f"; not ready yet: {shown}"
-    if slot["wal_status"] in ("unreserved", "lost") or (
-        slot["safe_wal_size"] is not None and slot["safe_wal_size"] < slot["retained_bytes"]
-    ):
+    if facts.slot_at_risk:
         line += " WARNING: the slot is close to being invalidated by max_slot_wal_keep_size"
     return line
 
@@ -884,20 +719,14 @@ def verify_command(
     `cutover cleanup` retires the old server.
     """
     plan = load_plan(plan_path)
-    try:
-        chosen = [parse_table(t) for t in tables] if tables else None
-    except ValueError as exc:
-        raise UsageError(str(exc), hint="e.g. --table public.events") from None
-    report = observe.compare(
+    report = api.verify(
         plan,
         mode=mode,
-        tables=chosen,
+        tables=_tables(tables),
         jobs=jobs,
         max_keys=max_keys,
         on_table=(lambda _: None) if as_json else _verify_line,
     )
-    if chosen is None:
-        save_verification(plan, mode=mode.value, mismatches=report.mismatches())
     if as_json:
         out.print_json(json.dumps(_verify_data(report), default=str))
     else:
@@ -918,6 +747,7 @@ def _verify_line(result: verify.TableResult) -> None:
 
 
 def _verify_data(report: verify.Report) -> dict[str, Any]:
+    """`verify --json`: the report, each table also by the name SQL spells."""
     return {
         "mode": report.mode.value,
         "equal": report.differences == 0 and report.errors == 0,
@@ -925,22 +755,7 @@ def _verify_data(report: verify.Report) -> dict[str, Any]:
         "errors": report.errors,
         "seconds": round(report.seconds, 3),
         "consistent_points": report.points,
-        "tables": [
-            {
-                "database": t.database,
-                "table": t.table,
-                "source_rows": t.source_rows,
-                "target_rows": t.target_rows,
-                "chunks": t.chunks,
-                "chunks_differ": t.chunks_differ,
-                "differences": t.differences,
-                "keys": [{"kind": d.kind, "key": list(d.key)} for d in t.keys],
-                "show": t.show,
-                "note": t.note,
-                "error": t.error,
-            }
-            for t in report.tables
-        ],
+        "tables": [{**asdict(t), "table": t.table} for t in report.tables],
     }
 
 
@@ -1007,7 +822,7 @@ def metrics_command(
     `docs/observability.md` lists the metrics, the dashboard and the alerts.
     """
     plan = load_plan(plan_path)
-    collector = _collector(plan)
+    collector = api.collector(plan)
     if once:
         sys.stdout.write(metrics.exposition(collector))  # as served: no wrapping, no markup
         return
@@ -1020,16 +835,6 @@ def metrics_command(
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
-
-
-def _collector(plan: Plan) -> metrics.MoveCollector:
-    return metrics.MoveCollector(plan.move, observe.Observer(plan).snapshot)
-
-
-def _serve_metrics(plan: Plan, port: int | None) -> None:
-    """The move's metrics on `port` while this command runs, if asked for."""
-    if port is not None:
-        metrics.serve(port, collector=_collector(plan))
 
 
 # -- lab --------------------------------------------------------------------------------------
@@ -1156,30 +961,10 @@ def lab_audit(directory: LabDirOption = Path(".lab")) -> None:
     Exit code 0: nothing lost, the source took no write after the fence, and the
     application saw no error but the ones the fence causes during the switch.
     """
-    the_lab = lab.Lab(directory)
-    settings = the_lab.load_settings()
-    if settings is None or not the_lab.write_log.exists():
-        raise UsageError("there is no write log to audit", hint="run `cutover lab load` first")
-    plan = load_plan(the_lab.plan_file)
-    journal = journal_for(plan)
-    fenced = journal.get(f"{switch.SCOPE}/switch.fence_source")
-    with pool(_servers(plan)) as connections:
-        rows = lab.load_rows(connections, settings)
-    state = the_lab.state()
-    assert state is not None
-    result = load.audit(
-        the_lab.write_log,
-        rows,
-        source_port=state.instance("source").port,
-        fenced_at=fenced.ended_at if fenced else None,
-        switch_window=journal.pause_window(phase="switch", scope=switch.SCOPE),
-    )
-    moved = sum(len(r) for r in rows.values())
-    pause = next(
-        (e.detail for e in reversed(journal.events()) if e.kind == "write_pause"), "no switch yet"
-    )
-    out.print(f"rows on the target (load tables): {moved}")
-    out.print(f"write pause: {pause}")
+    audited = lab.Lab(directory).audit()
+    result = audited.result
+    out.print(f"rows on the target (load tables): {audited.rows_on_target}")
+    out.print(f"write pause: {audited.write_pause}")
     out.print(f"acknowledged writes: {result.acknowledged}")
     out.print(f"acknowledged writes missing on the target: {len(result.missing)}")
     out.print(f"writes the source took after the fence: {result.after_fence}")
@@ -1212,8 +997,8 @@ def main() -> None:
     except CutoverError as exc:
         _fail(exc)
     except Exception as exc:
-        # A database error outside a step (check, status) is the operator's, not a bug.
-        translated = pg_errors.translate(exc)
+        # A database error outside a command's steps (the lab's) is the operator's, not a bug.
+        translated = api.translate(exc)
         if translated is None:
             raise  # a bug: keep its traceback
         _fail(translated)
@@ -1223,8 +1008,8 @@ def _fail(exc: CutoverError) -> NoReturn:
     """One line and a hint; the traceback of what caused it only with --verbose."""
     if exc.__cause__ is not None and log.is_verbose():
         trace = "".join(traceback.format_exception(exc))
-        err.print(pg_errors.mask(trace), markup=False, soft_wrap=True, end="")
-    err.print(f"[bold red]FAILED:[/] {_escape(pg_errors.mask(exc.message))}", soft_wrap=True)
+        err.print(api.mask(trace), markup=False, soft_wrap=True, end="")
+    err.print(f"[bold red]FAILED:[/] {_escape(api.mask(exc.message))}", soft_wrap=True)
     if exc.hint:
-        err.print(f"[dim]hint:[/] {_escape(pg_errors.mask(exc.hint))}", soft_wrap=True)
+        err.print(f"[dim]hint:[/] {_escape(api.mask(exc.hint))}", soft_wrap=True)
     sys.exit(exc.exit_code)

@@ -28,13 +28,24 @@ from cutover.pg import (
     tools,
 )
 from cutover.pg.backfill import FillProgress, Key, Pressure, State
-from cutover.pg.connect import Connection, Pool, pool
-from cutover.pg.ident import statement
+from cutover.pg.connect import Connection, DatabaseError, Pool, pool
+from cutover.pg.errors import mask, translate
+from cutover.pg.ident import quote, statement
 from cutover.plan import Plan
 from cutover.steps import Change
 from cutover.types import Side, TableName
 
-__all__ = ["FillProgress", "Key", "KeyState", "Pool", "Pressure", "pool"]
+__all__ = [
+    "DatabaseError",
+    "FillProgress",
+    "Key",
+    "KeyState",
+    "Pool",
+    "Pressure",
+    "mask",
+    "pool",
+    "translate",
+]
 
 KeyState = State  # what a table has of the move's key
 
@@ -60,6 +71,17 @@ def exists(servers: Pool, side: Side, db: str) -> bool:
 def create(servers: Pool, side: Side, db: str, *, dry_run: bool) -> Sequence[Change]:
     """CREATE DATABASE on one side."""
     return admin.create_database(servers.get(side), db, where=str(side), dry_run=dry_run)
+
+
+def answers(servers: Pool, side: Side) -> bool:
+    """The server answers a query now (a broken connection is opened anew next time)."""
+    servers.get(side).execute("SELECT 1")
+    return True
+
+
+def estimated_rows(servers: Pool, side: Side, db: str) -> int:
+    """The planner's estimate of the rows of every user table: progress, not proof."""
+    return catalog.estimated_rows(servers.get(side, db))
 
 
 def writable(servers: Pool, side: Side, db: str) -> bool:
@@ -310,6 +332,18 @@ def refresh_views(
     if unpopulated_only:
         wanted = [v for v in wanted if not v.populated]
     return matviews.refresh_all(target, wanted, where=f"target/{db}", dry_run=dry_run)
+
+
+def views_on_both_sides(
+    servers: Pool, db: str, *, target_exists: bool
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The views populated on the source, and those of them not populated on the target."""
+    source = servers.get("source", db)
+    populated = tuple(quote(v.view) for v in matviews.views(source) if v.populated)
+    if not populated or not target_exists:
+        return populated, populated
+    missing = matviews.unpopulated(source, servers.get("target", db))
+    return populated, tuple(quote(v) for v in missing)
 
 
 def views_populated(servers: Pool, db: str) -> bool:

@@ -31,10 +31,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from cutover import load
 from cutover.errors import PreconditionFailed, UsageError
+from cutover.ledger import journal_for
 from cutover.pg import admin, tools
 from cutover.pg import load as load_sql
-from cutover.pg.connect import Pool, connect
+from cutover.pg.connect import connect
+from cutover.phases import switch
 from cutover.plan import (
     Fence,
     FileRepoint,
@@ -47,6 +50,7 @@ from cutover.plan import (
     Writer,
     dump,
 )
+from cutover.plan import load as load_plan
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +121,15 @@ def free_port() -> int:
 def _reachable_by_others(path: Path) -> bool:
     """Whether every folder above `path` lets other users through."""
     return all(p.stat().st_mode & 0o001 for p in path.resolve().parents)
+
+
+@dataclass(frozen=True)
+class LabAudit:
+    """The write load's log against the target's rows."""
+
+    rows_on_target: int  # in the load's tables
+    write_pause: str  # as the last switch noted it in the ledger
+    result: load.Audit
 
 
 class Lab:
@@ -229,6 +242,30 @@ class Lab:
         except FileNotFoundError:
             return None
         return data
+
+    def audit(self) -> LabAudit:
+        """Every acknowledged write of the load against the target, after a switch."""
+        settings = self.load_settings()
+        state = self.state()
+        if settings is None or state is None or not self.write_log.exists():
+            raise UsageError("there is no write log to audit", hint="run `cutover lab load` first")
+        plan = load_plan(self.plan_file)
+        journal = journal_for(plan)
+        fenced = journal.get(f"{switch.SCOPE}/switch.fence_source")
+        with connect(plan.target, settings["database"], label="target") as conn:
+            rows = {table: load_sql.rows(conn, table) for table in settings["tables"]}
+        result = load.audit(
+            self.write_log,
+            rows,
+            source_port=state.instance("source").port,
+            fenced_at=fenced.ended_at if fenced else None,
+            switch_window=journal.pause_window(phase="switch", scope=switch.SCOPE),
+        )
+        pause = next(
+            (e.detail for e in reversed(journal.events()) if e.kind == "write_pause" and e.detail),
+            "no switch yet",
+        )
+        return LabAudit(sum(len(r) for r in rows.values()), pause, result)
 
     def setup_load(self, *, database: str, tables: int = LOAD_TABLES) -> None:
         """The load's tables on the source (the owner's, and one without a key), the app's env."""
@@ -475,9 +512,3 @@ def _tail(path: Path, lines: int = 5) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
-
-
-def load_rows(pool: Pool, settings: dict[str, Any]) -> dict[str, dict[int, int]]:
-    """The load tables' rows on the target: table -> id -> value."""
-    conn = pool.get("target", settings["database"])
-    return {table: load_sql.rows(conn, table) for table in settings["tables"]}

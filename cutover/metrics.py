@@ -143,6 +143,7 @@ class Snapshot:
     servers: dict[str, bool]  # server -> answered
     replication: list[Replication] = field(default_factory=list)
     steps: list[StepSample] = field(default_factory=list)
+    phase: str | None = None  # the phase of the step run last
     pauses: dict[str, tuple[float, float]] = field(default_factory=dict)  # phase -> pause, fence
     rollbacks: dict[str, int] = field(default_factory=dict)  # phase -> count
     verifications: list[Verification] = field(default_factory=list)
@@ -242,12 +243,10 @@ def _replication_families(move: str, replication: list[Replication]) -> Iterator
 
 
 def _ledger_families(move: str, snapshot: Snapshot) -> Iterator[Metric]:
-    latest = max(snapshot.steps, key=lambda s: s.started_at, default=None)
-    current = phase_family(latest.phase) if latest else None
     phase = StateSetMetricFamily(
         "cutover_phase", "The phase the move is in: the one of the step run last", labels=["move"]
     )
-    phase.add_metric([move], {p: p == current for p in PHASES})
+    phase.add_metric([move], {p: p == snapshot.phase for p in PHASES})
     yield phase
 
     step = StateSetMetricFamily(

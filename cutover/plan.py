@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from cutover.errors import PlanError, UsageError
+from cutover.types import TableName
 
 PLAN_HINT = "fix the plan and run again; docs/plan.md describes every key"
 
@@ -236,7 +237,7 @@ class Fence(_Model):
 _QUALIFIED = re.compile(r'(?:"((?:[^"]|"")+)"|([^".]+))')
 
 
-def parse_table(text: str) -> tuple[str, str]:
+def parse_table(text: str) -> TableName:
     """`name`, `schema.name` or their quoted forms (`"My.Schema"."T"`) as (schema, name).
 
     Unquoted parts are taken as written (no case folding): what `\\dt` shows.
@@ -256,18 +257,18 @@ def parse_table(text: str) -> tuple[str, str]:
             raise ValueError(f"not a table name: {text!r} (write schema.table)")
         rest = rest[1:]
     if len(parts) == 1:
-        return ("public", parts[0])
-    return (parts[0], parts[1])
+        return TableName("public", parts[0])
+    return TableName(parts[0], parts[1])
 
 
-TableName = Annotated[tuple[str, str], BeforeValidator(lambda v: parse_table(str(v)))]
+QualifiedTable = Annotated[TableName, BeforeValidator(lambda v: parse_table(str(v)))]
 
 
 class Backfill(_Model):
     """Primary keys that prepare adds to tables without one."""
 
     column: str = Field(default="cutover_id", min_length=1, max_length=63)
-    tables: list[TableName] | None = None  # None: every table without a key or identity
+    tables: list[QualifiedTable] | None = None  # None: every table without a key or identity
     max_replica_lag: Bytes = 64 * 1024**2  # batches pause while a replica is further behind
 
 

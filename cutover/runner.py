@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
+from cutover.database import translate
 from cutover.errors import CutoverError, Interrupted, Retryable, StepFailed
 from cutover.ledger import Journal, Pause, store_for
 from cutover.log import MoveAdapter, for_move, redact
-from cutover.pg.errors import translate
 from cutover.plan import Plan
 from cutover.steps import Change, Outcome, Phase, Step
 

@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from cutover import api
 from cutover.lab import Lab, free_port
+from cutover.plan import load as load_plan
+from cutover.types import Side
 from tests.conftest import REPO, Result
 from tests.integration.conftest import Running, move_of, set_replication
 
@@ -134,6 +137,13 @@ def test_the_exporter_shows_lag_rise_and_fall_states_change_and_a_server_go_down
             still = value(down, "cutover_replication_lag_bytes", **on_db)
             assert still is not None and still >= peak
             assert value(down, "cutover_tables", state="ready", **on_db) is None
+            # Status is the same reading: the source's side, and why the rest is missing.
+            reading = api.status(load_plan(under_load.plan))
+            assert reading.servers == {Side.SOURCE: True, Side.TARGET: False}
+            facts = reading.databases[db].replication
+            assert facts.lag is not None and facts.lag.bytes >= peak
+            assert (facts.subscribed, facts.progress) == (None, None)
+            assert any("cannot connect to target" in p for p in reading.problems), reading.problems
         finally:
             lab.start("target")
 

@@ -10,9 +10,12 @@ from typing import Any
 import psycopg
 import pytest
 
+from cutover import api, observe
 from cutover.lab import Lab
 from cutover.pg import replication
 from cutover.pg.connect import connect as cutover_connect
+from cutover.plan import load as load_plan
+from cutover.types import Side, TableState
 from tests.conftest import Databases, Result, connect
 
 pytestmark = pytest.mark.integration
@@ -167,10 +170,8 @@ def test_status_reports_lag_against_the_sources_wal(
     lagging = json.loads(cutover("status", "-p", str(plan), "--json").stdout)["databases"][db]
     assert written is not None and written["n"] > 500_000
     assert lagging["slot"]["lag_bytes"] >= written["n"]  # from the source's WAL, not what was sent
-    human = cutover("status", "-p", str(plan))
-    shown = human.stdout.replace("\n", "")
-    assert f"{db}: 5 tables (5 ready); the subscription is disabled: no change is applied" in shown
-    assert "; lag " in shown
+    assert (lagging["replicating"], lagging["streaming"]) == (True, False)  # disabled
+    assert lagging["tables"] == {"ready": 5}
 
     with connect(lab.server("target"), db) as conn:
         conn.execute(f'ALTER SUBSCRIPTION "{sub["subname"]}" ENABLE')
@@ -180,6 +181,44 @@ def test_status_reports_lag_against_the_sources_wal(
         return bool(status["databases"][db]["slot"]["lag_bytes"] < 100_000)
 
     wait_until(caught_up, seconds=30)
+
+
+def test_status_and_the_exporter_read_a_streaming_move_the_same_way(
+    replicated: tuple[str, Path],
+) -> None:
+    db, plan_path = replicated
+    move = api.status(load_plan(plan_path))
+    assert move.servers == {Side.SOURCE: True, Side.TARGET: True}
+    assert move.problems == ()
+    assert move.fenced_roles == ()
+    ledger = move.ledger
+    assert ledger is not None
+    assert (ledger.phase, ledger.interrupted, ledger.switched) == ("start", (), False)
+    assert all(s.record.status.value == "done" for s in ledger.steps)
+
+    state = move.databases[db]
+    assert state.target_exists is True and state.switched is False
+    facts = state.replication
+    assert (facts.replicating, facts.copying, facts.streaming, facts.slot_exists) == (
+        True,
+        False,
+        True,
+        True,
+    )
+    assert facts.progress is not None and facts.progress.done
+    assert facts.progress.by_state == {TableState.READY: 5}
+    assert facts.lag is not None and facts.lag.connected and not facts.lag.lost
+    assert facts.wal_status == "reserved" and not facts.slot_at_risk
+    assert state.rows_source is not None and state.rows_source > 0
+
+    # The exporter's values are this reading, mapped.
+    exported = observe.snapshot(move)
+    assert exported.servers == {"source": True, "target": True}
+    (replication,) = exported.replication
+    assert replication.streaming is True
+    assert replication.tables == {TableState.READY: 5}
+    assert replication.lag_bytes == facts.lag.bytes
+    assert exported.phase == "start"
 
 
 def test_a_second_start_skips_everything(

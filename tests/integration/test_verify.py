@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.types.json import Json, Jsonb
 
-from cutover import observe, verify
+from cutover import api, verify
 from cutover.plan import load as load_plan
 from tests.conftest import Databases, Result, connect
 from tests.integration.conftest import Running
@@ -94,7 +94,7 @@ def moving(
 def run_verify(plan_path: Path) -> verify.Report:
     """verify as the command runs it, in this process."""
     plan = load_plan(plan_path)
-    return observe.compare(plan, mode=verify.Mode.CHECKSUM, tables=None, jobs=2, max_keys=20)
+    return api.verify(plan, mode=verify.Mode.CHECKSUM, tables=None, jobs=2, max_keys=20)
 
 
 def insert(

@@ -10,9 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
-from cutover import metrics, observe
+from cutover import metrics
 from cutover.ledger import FileStore, Journal
 from cutover.plan import load
+from cutover.state import step_state
 from cutover.types import TableState
 
 REPO = Path(__file__).resolve().parents[2]
@@ -176,6 +177,6 @@ def test_steps_recorded_without_phase_and_scope_are_read_back_from_their_key(
     journal = Journal(FileStore(tmp_path_factory.mktemp("ledger"), "m"), move="m")
     journal.started(f"{scope}/{phase}.{step}")  # as an older version recorded it
     journal.started(f"{scope}/{phase}.x", phase=phase, scope=scope)
-    samples = {s.step: s for s in observe.steps(journal)}
+    samples = {s.step: s for s in map(step_state, journal.steps().values())}
     assert (samples[step].scope, samples[step].phase) == (scope, phase)
     assert (samples["x"].scope, samples["x"].phase) == (scope, phase)
