@@ -32,7 +32,7 @@ from cutover.phases import start as starting
 from cutover.phases import switch as switching
 from cutover.plan import Plan, Server
 from cutover.runner import StepReport
-from cutover.steps import Phase
+from cutover.steps import SWITCH_SCOPE, Phase
 from cutover.types import Side, SyncProgress, TableName
 
 __all__ = [
@@ -166,14 +166,14 @@ def _run_pausing(plan: Plan, phase: Phase, *, dry_run: bool, on_step: OnStep) ->
     """A phase that stops the writers (switch, rollback), for the whole move; then its pause."""
     reports = _run(
         plan,
-        lambda steps: steps.run(phase, scope=switching.SCOPE),
+        lambda steps: steps.run(phase, scope=SWITCH_SCOPE),
         dry_run=dry_run,
         on_step=on_step,
     )
     if dry_run:
         return Switched(reports, dry_run)
     with runner.locked(plan) as journal:
-        pause = runner.record_pause(journal, phase=phase.name, scope=switching.SCOPE)
+        pause = runner.record_pause(journal, phase=phase.name, scope=SWITCH_SCOPE)
     return Switched(reports, dry_run, pause=pause)
 
 

@@ -550,7 +550,7 @@ def _database_data(db: DatabaseState) -> dict[str, Any]:
             "lag_bytes": lag.bytes,
             "lag_seconds": lag.seconds,
             "retained_bytes": lag.retained_bytes,
-            "wal_status": facts.wal_status,
+            "wal_status": lag.retention,
             "safe_wal_size": lag.safe_bytes,
             "active": lag.connected,
             "lost": lag.lost,
@@ -651,7 +651,7 @@ def _replication_state(db: str, info: DatabaseState) -> str:
     seconds = "?" if lag.seconds is None else f"{lag.seconds:.1f} s"
     line += (
         f"; lag {_bytes(lag.bytes)}, {seconds}; WAL retained "
-        f"{_bytes(lag.retained_bytes or 0)} ({facts.wal_status})"
+        f"{_bytes(lag.retained_bytes or 0)} ({lag.retention})"
     )
     waiting = [
         f"{t} ({state.label})"

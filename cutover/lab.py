@@ -37,7 +37,6 @@ from cutover.ledger import journal_for
 from cutover.pg import admin, tools
 from cutover.pg import load as load_sql
 from cutover.pg.connect import connect
-from cutover.phases import switch
 from cutover.plan import (
     Fence,
     FileRepoint,
@@ -51,6 +50,7 @@ from cutover.plan import (
     dump,
 )
 from cutover.plan import load as load_plan
+from cutover.steps import SWITCH_SCOPE, SwitchStep
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ class Lab:
             raise UsageError("there is no write log to audit", hint="run `cutover lab load` first")
         plan = load_plan(self.plan_file)
         journal = journal_for(plan)
-        fenced = journal.get(f"{switch.SCOPE}/switch.fence_source")
+        fenced = journal.get(f"{SWITCH_SCOPE}/switch.{SwitchStep.FENCE_SOURCE}")
         with connect(plan.target, settings["database"], label="target") as conn:
             rows = {table: load_sql.rows(conn, table) for table in settings["tables"]}
         result = load.audit(
@@ -259,7 +259,7 @@ class Lab:
             rows,
             source_port=state.instance("source").port,
             fenced_at=fenced.ended_at if fenced else None,
-            switch_window=journal.pause_window(phase="switch", scope=switch.SCOPE),
+            switch_window=journal.pause_window(phase="switch", scope=SWITCH_SCOPE),
         )
         pause = next(
             (e.detail for e in reversed(journal.events()) if e.kind == "write_pause" and e.detail),

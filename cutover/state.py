@@ -18,11 +18,12 @@ from typing import TypeVar
 from cutover import database, metrics
 from cutover.database import DatabaseError, Pool
 from cutover.engines import engine_for
+from cutover.engines.base import Engine
 from cutover.errors import CutoverError
 from cutover.ledger import Journal, Pause, StepRecord, last_verification
 from cutover.log import redact
-from cutover.phases import switch
 from cutover.plan import Plan
+from cutover.steps import SWITCH_SCOPE, SwitchStep
 from cutover.types import Lag, Side, SyncProgress
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,6 @@ class Replication:
     streaming: bool | None = None  # the subscription is enabled (None: no subscription)
     slot_exists: bool | None = None  # the move's slot on the source
     lag: Lag | None = None  # the slot's: None when there is none, or it was not read
-    wal_status: str | None = None  # the slot's wal_status: reserved, extended, unreserved, lost
     progress: SyncProgress | None = None  # each table's state, bytes copied
     description: str | None = None  # the engine's own words, when it has any
 
@@ -65,7 +65,7 @@ class Replication:
             return False
         return (
             lag.lost
-            or self.wal_status == "unreserved"
+            or lag.retention == "unreserved"
             or (lag.safe_bytes is not None and lag.safe_bytes < (lag.retained_bytes or 0))
         )
 
@@ -147,8 +147,9 @@ class MoveState:
 class _Reading:
     """The readings of one moment; one that fails leaves a gap and a problem."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, *, strict: bool = False) -> None:
         self.pool = pool
+        self.strict = strict  # a reading acted upon: one that fails raises
         self.problems: list[str] = []
 
     def attempt(self, read: Callable[[], T]) -> T | None:
@@ -156,6 +157,8 @@ class _Reading:
         try:
             return read()
         except (DatabaseError, CutoverError) as exc:
+            if self.strict:
+                raise
             self.failed(exc)
             for side in Side:
                 self.pool.discard(side)
@@ -215,7 +218,8 @@ def _database(
         if servers[Side.TARGET]
         else None
     )
-    facts = _replication(plan, reading, db, source=source, target_exists=target_exists)
+    engine = engine_for(plan, pool)
+    facts = _replication(engine, reading, db, source=source, target_exists=target_exists)
 
     def rows(side: Side) -> int | None:
         return reading.attempt(lambda: database.estimated_rows(pool, side, db))
@@ -233,15 +237,24 @@ def _database(
     )
 
 
+def replication(engine: Engine, pool: Pool, db: str) -> Replication:
+    """One database's replication, read now as status reads it; a reading that fails raises.
+
+    The switch decides on this reading (is the copy done, is the lag low).
+    """
+    reading = _Reading(pool, strict=True)
+    exists = database.exists(pool, Side.TARGET, db)
+    return _replication(engine, reading, db, source=True, target_exists=exists)
+
+
 def _replication(
-    plan: Plan, reading: _Reading, db: str, *, source: bool, target_exists: bool | None
+    engine: Engine, reading: _Reading, db: str, *, source: bool, target_exists: bool | None
 ) -> Replication:
     """Every fact the plan's engine reports of one database: the one place that asks it.
 
     Only servers that answered are asked (the target only when the database
     exists there); a fact not read is None.
     """
-    engine = engine_for(plan, reading.pool)
     # No slot is a fact (None); a failed reading leaves slot_exists unknown (found is None).
     found = reading.attempt(lambda: (engine.lag(db),)) if source else None
     lag = found[0] if found else None
@@ -257,7 +270,6 @@ def _replication(
         streaming=streaming,
         slot_exists=None if found is None else lag is not None,
         lag=lag,
-        wal_status=lag.retention if lag else None,
         progress=reading.attempt(lambda: engine.progress(db)) if both else None,
         description=reading.attempt(lambda: engine.describe(db))
         if target_exists and moving
@@ -280,11 +292,11 @@ def _ledger(plan: Plan, journal: Journal, reading: _Reading) -> LedgerState:
         where=journal.where,
         steps=tuple(sorted(map(step_state, journal.steps().values()), key=_started)),
         interrupted=tuple(r.key for r in journal.running()),
-        switched=journal.is_done(f"{switch.SCOPE}/switch.promote"),
+        switched=journal.is_done(f"{SWITCH_SCOPE}/switch.{SwitchStep.PROMOTE}"),
         pauses={
             phase: pause
             for phase in PAUSED_PHASES
-            if (pause := journal.pause(phase=phase, scope=switch.SCOPE)) is not None
+            if (pause := journal.pause(phase=phase, scope=SWITCH_SCOPE)) is not None
         },
         rollbacks=_rollbacks(journal),
         verification=Verification(saved["at"], saved["mode"], dict(saved["mismatches"]))

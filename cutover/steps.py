@@ -79,6 +79,9 @@ def from_other_side(step: Step) -> Step:
     return replace(step, apply=flipped(step.apply), undo=None if undo is None else flipped(undo))
 
 
+SWITCH_SCOPE = "all"  # the ledger scope of the switch and rollback: every database at once
+
+
 class SwitchStep(StrEnum):
     """The switch's steps (rollback's too, where they are the same): each a ledger key's end."""
 

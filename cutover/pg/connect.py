@@ -118,15 +118,6 @@ class Pool:
             self._open[key] = conn
         return conn
 
-    def is_up(self, label: str) -> bool:
-        """Whether the server answers now; a connection it broke is closed and opened anew."""
-        try:
-            self.get(label).execute("SELECT 1")
-        except (psycopg.Error, ConnectionFailed):
-            self.discard(label)
-            return False
-        return True
-
     def discard(self, label: str) -> None:
         """Close the connections to one server (after it failed), so the next use reconnects."""
         for key in [k for k in self._open if k[0] == label]:

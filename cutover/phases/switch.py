@@ -25,7 +25,7 @@ writers start again on the source, which keeps replicating.
 import time
 from collections.abc import Callable, Sequence
 
-from cutover import database, preflight, verify, wait
+from cutover import database, preflight, state, verify, wait
 from cutover.database import Pool
 from cutover.engines import prove_applied
 from cutover.engines.base import Engine
@@ -36,7 +36,6 @@ from cutover.steps import Change, Phase, Step
 from cutover.steps import SwitchStep as S
 from cutover.writers import Writer, writer_for
 
-SCOPE = "all"
 POLL_SECONDS = 0.02
 FENCE_SETTLE_SECONDS = 2.0  # terminated sessions take a moment to go
 
@@ -87,7 +86,8 @@ class Switch:
         """Copy finished, apply commits synchronous, lag under the limit for the window."""
         changes: list[Change] = []
         for db in self.databases:
-            if not self.engine.initial_sync_started(db) or not self.engine.progress(db).done:
+            progress = state.replication(self.engine, self.servers, db).progress
+            if progress is None or not progress.done:
                 raise PreconditionFailed(
                     f"{db}: the initial copy has not finished",
                     hint="run `cutover start --wait` first",
@@ -130,7 +130,7 @@ class Switch:
 
     def _check_lag(self, db: str) -> None:
         self.engine.heartbeat(db)
-        lag = self.engine.lag(db)
+        lag = state.replication(self.engine, self.servers, db).lag
         if lag is None:
             raise PreconditionFailed(
                 f"{db}: the replication slot is missing on the source",
