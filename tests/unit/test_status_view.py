@@ -15,7 +15,9 @@ LEDGER = LedgerState(
     rollbacks={},
     verification=None,
 )
-LAG = Lag(bytes=2_000_000, seconds=3.0, connected=False, retained_bytes=3_000_000)
+LAG = Lag(
+    bytes=2_000_000, seconds=3.0, connected=False, retained_bytes=3_000_000, retention="reserved"
+)
 
 
 def move_of(
@@ -54,7 +56,6 @@ def test_a_disabled_subscription_its_lag_and_unpopulated_views_are_said_in_words
         streaming=False,
         slot_exists=True,
         lag=LAG,
-        wal_status="reserved",
         progress=SyncProgress(tables, 10, 10),
     )
     views = Views(('"public"."v"', '"public"."w"'), ('"public"."w"',))
@@ -69,12 +70,18 @@ def test_a_disabled_subscription_its_lag_and_unpopulated_views_are_said_in_words
 
 def test_a_copy_lists_the_tables_not_ready_and_a_slot_at_risk_is_a_warning() -> None:
     tables = {'"public"."t"': TableState.COPYING, '"public"."u"': TableState.READY}
-    at_risk = Lag(bytes=0, seconds=None, connected=True, retained_bytes=1000, safe_bytes=100)
+    at_risk = Lag(
+        bytes=0,
+        seconds=None,
+        connected=True,
+        retained_bytes=1000,
+        safe_bytes=100,
+        retention="extended",
+    )
     copying = Replication(
         subscribed=False,
         slot_exists=True,
         lag=at_risk,
-        wal_status="extended",
         progress=SyncProgress(tables, 4096, 1024),
     )
     assert copying.copying and copying.slot_at_risk
@@ -89,7 +96,7 @@ def test_a_copy_lists_the_tables_not_ready_and_a_slot_at_risk_is_a_warning() -> 
 
 def test_a_target_that_does_not_answer_leaves_the_source_side_and_the_reason() -> None:
     reason = "cannot connect to target (127.0.0.1:1/app): connection refused"
-    partly = Replication(subscribed=None, slot_exists=True, lag=LAG, wal_status="reserved")
+    partly = Replication(subscribed=None, slot_exists=True, lag=LAG)
     move = move_of(partly, target=False, problems=(reason,))
     text = shown(move)
     assert f"not read: {reason}" in text
