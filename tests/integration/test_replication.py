@@ -208,7 +208,7 @@ def test_status_and_the_exporter_read_a_streaming_move_the_same_way(
     assert facts.progress is not None and facts.progress.done
     assert facts.progress.by_state == {TableState.READY: 5}
     assert facts.lag is not None and facts.lag.connected and not facts.lag.lost
-    assert facts.wal_status == "reserved" and not facts.slot_at_risk
+    assert facts.lag.retention == "reserved" and not facts.slot_at_risk
     assert state.rows_source is not None and state.rows_source > 0
 
     # The exporter's values are this reading, mapped.
