@@ -423,87 +423,82 @@ def copy_large_objects(servers: Pool, db: str, *, dry_run: bool) -> Sequence[Cha
 # -- the primary-key backfill (on the source) --------------------------------------------------
 
 
-def key_state(servers: Pool, db: str, key: Key) -> KeyState:
-    """What the table has of the move's key: column, default, NOT NULL, index, primary key."""
-    return backfill.state(servers.get("source", db), key)
+class KeyBackfill:
+    """One table's primary-key backfill on the source; each step renders or runs its SQL."""
 
+    def __init__(self, servers: Pool, db: str, key: Key, *, lock_timeout: float) -> None:
+        self._servers = servers
+        self._db = db
+        self._key = key
+        self._lock_timeout = lock_timeout
+        self._where = f"source/{db}"
 
-def add_key_column(
-    servers: Pool, db: str, key: Key, *, lock_timeout: float, dry_run: bool
-) -> Sequence[Change]:
-    """The nullable column, its temporary sequence, grants and default, in one transaction."""
-    return backfill.add_column(
-        servers.get("source", db),
-        key,
-        lock_timeout=lock_timeout,
-        where=f"source/{db}",
-        dry_run=dry_run,
-    )
+    @property
+    def _conn(self) -> Connection:
+        return self._servers.get("source", self._db)
 
+    def state(self) -> KeyState:
+        """What the table has of the key: column, default, NOT NULL, index, primary key."""
+        return backfill.state(self._conn, self._key)
 
-def number_rows(
-    servers: Pool,
-    db: str,
-    key: Key,
-    *,
-    lock_timeout: float,
-    on_progress: Callable[[FillProgress], None],
-    throttle: Callable[[], float],
-    dry_run: bool,
-) -> Sequence[Change]:
-    """Number the rows that have no number yet, in batches of pages."""
-    return backfill.number_rows(
-        servers.get("source", db),
-        key,
-        lock_timeout=lock_timeout,
-        where=f"source/{db}",
-        dry_run=dry_run,
-        on_progress=on_progress,
-        throttle=throttle,
-    )
+    def pressure(self) -> Pressure:
+        """Whether writers wait behind a batch, and how far a physical replica lags."""
+        return backfill.pressure(self._conn, self._key.table)
 
+    def add_column(self, *, dry_run: bool) -> Sequence[Change]:
+        """The nullable column, its temporary sequence, grants and default, in one transaction."""
+        return backfill.add_column(
+            self._conn,
+            self._key,
+            lock_timeout=self._lock_timeout,
+            where=self._where,
+            dry_run=dry_run,
+        )
 
-def key_pressure(servers: Pool, db: str, table: TableName) -> Pressure:
-    """Whether writers wait behind a batch, and how far a physical replica lags."""
-    return backfill.pressure(servers.get("source", db), table)
+    def number_rows(
+        self,
+        *,
+        on_progress: Callable[[FillProgress], None],
+        throttle: Callable[[], float],
+        dry_run: bool,
+    ) -> Sequence[Change]:
+        """Number the rows that have no number yet, in batches of pages."""
+        return backfill.number_rows(
+            self._conn,
+            self._key,
+            lock_timeout=self._lock_timeout,
+            where=self._where,
+            dry_run=dry_run,
+            on_progress=on_progress,
+            throttle=throttle,
+        )
 
+    def set_not_null(self, *, dry_run: bool) -> Sequence[Change]:
+        """NOT NULL without a long lock; the column becomes an identity."""
+        return backfill.set_not_null(
+            self._conn,
+            self._key,
+            lock_timeout=self._lock_timeout,
+            where=self._where,
+            dry_run=dry_run,
+        )
 
-def set_key_not_null(
-    servers: Pool, db: str, key: Key, *, lock_timeout: float, dry_run: bool
-) -> Sequence[Change]:
-    """NOT NULL without a long lock; the column becomes an identity."""
-    return backfill.set_not_null(
-        servers.get("source", db),
-        key,
-        lock_timeout=lock_timeout,
-        where=f"source/{db}",
-        dry_run=dry_run,
-    )
+    def build_index(self, *, dry_run: bool) -> Sequence[Change]:
+        """CREATE UNIQUE INDEX CONCURRENTLY (an invalid one is rebuilt)."""
+        index = self.state().index
+        return backfill.build_index(
+            self._conn, self._key, index_state=index, where=self._where, dry_run=dry_run
+        )
 
-
-def build_key_index(servers: Pool, db: str, key: Key, *, dry_run: bool) -> Sequence[Change]:
-    """CREATE UNIQUE INDEX CONCURRENTLY (an invalid one is rebuilt)."""
-    conn = servers.get("source", db)
-    return backfill.build_index(
-        conn,
-        key,
-        index_state=backfill.state(conn, key).index,
-        where=f"source/{db}",
-        dry_run=dry_run,
-    )
-
-
-def add_primary_key(
-    servers: Pool, db: str, key: Key, *, lock_timeout: float, dry_run: bool
-) -> Sequence[Change]:
-    """ADD PRIMARY KEY USING INDEX."""
-    return backfill.add_primary_key(
-        servers.get("source", db),
-        key,
-        lock_timeout=lock_timeout,
-        where=f"source/{db}",
-        dry_run=dry_run,
-    )
+    def add_primary_key(self, *, dry_run: bool) -> Sequence[Change]:
+        """ADD PRIMARY KEY USING INDEX."""
+        return backfill.add_primary_key(
+            self._conn,
+            self._key,
+            lock_timeout=self._lock_timeout,
+            where=self._where,
+            dry_run=dry_run,
+        )
 
 
 def backfilled_keys(plan: Plan, servers: Pool, side: Side, db: str) -> list[Key]:

@@ -34,10 +34,8 @@ def phase(
 ) -> Phase:
     """The backfill steps of one table of database `db`, on the source."""
     key = Key(table, plan.backfill.column, plan.move)
-    lock_timeout = plan.thresholds.lock_timeout
-
-    def state() -> database.KeyState:
-        return database.key_state(servers, db, key)
+    fill = database.KeyBackfill(servers, db, key, lock_timeout=plan.thresholds.lock_timeout)
+    state = fill.state
 
     def add_column(*, dry_run: bool) -> Sequence[Change]:
         current = state()
@@ -51,38 +49,17 @@ def phase(
                 f"{table} has a primary key already",
                 hint="leave it out of backfill.tables",
             )
-        return database.add_key_column(servers, db, key, lock_timeout=lock_timeout, dry_run=dry_run)
+        return fill.add_column(dry_run=dry_run)
 
     def throttle() -> float:
         """Seconds to pause: writers queue behind a batch, or a replica falls behind."""
-        now = database.key_pressure(servers, db, table)
+        now = fill.pressure()
         if now.waiting or now.replica_lag > plan.backfill.max_replica_lag:
             return THROTTLE_SECONDS
         return 0.0
 
     def number_rows(*, dry_run: bool) -> Sequence[Change]:
-        return database.number_rows(
-            servers,
-            db,
-            key,
-            lock_timeout=lock_timeout,
-            on_progress=on_progress,
-            throttle=throttle,
-            dry_run=dry_run,
-        )
-
-    def set_not_null(*, dry_run: bool) -> Sequence[Change]:
-        return database.set_key_not_null(
-            servers, db, key, lock_timeout=lock_timeout, dry_run=dry_run
-        )
-
-    def build_unique_index(*, dry_run: bool) -> Sequence[Change]:
-        return database.build_key_index(servers, db, key, dry_run=dry_run)
-
-    def add_primary_key(*, dry_run: bool) -> Sequence[Change]:
-        return database.add_primary_key(
-            servers, db, key, lock_timeout=lock_timeout, dry_run=dry_run
-        )
+        return fill.number_rows(on_progress=on_progress, throttle=throttle, dry_run=dry_run)
 
     def index_ready() -> bool:
         current = state()
@@ -97,8 +74,8 @@ def phase(
         (
             Step("add_column", add_column, column_ready),
             Step("number_rows", number_rows, lambda: state().not_null, attempts=1),
-            Step("set_not_null", set_not_null, lambda: state().not_null),
-            Step("build_unique_index", build_unique_index, index_ready),
-            Step("add_primary_key", add_primary_key, lambda: state().primary_key),
+            Step("set_not_null", fill.set_not_null, lambda: state().not_null),
+            Step("build_unique_index", fill.build_index, index_ready),
+            Step("add_primary_key", fill.add_primary_key, lambda: state().primary_key),
         ),
     )

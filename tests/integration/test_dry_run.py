@@ -121,6 +121,18 @@ def assert_nothing_ran(dry: Result, ran: Recording) -> None:
         assert not executed(c.action, ran.statements[c.where.split("/")[0]]), c
 
 
+def dry_then_real(
+    cutover: Callable[..., Result], statement_log: StatementLog, *args: str
+) -> list[Change]:
+    """`cutover <args> --dry-run`, then `cutover <args>`: what the first printed, the second ran."""
+    with statement_log.recording() as dry_run:
+        dry = cutover(*args, "--dry-run")
+    with statement_log.recording() as run:
+        real = cutover(*args)
+    assert_nothing_ran(dry, dry_run)
+    return assert_runs_as_printed(dry, real, run)
+
+
 SHOP = '''
 CREATE SCHEMA "Sales Dept";
 CREATE TABLE "Sales Dept"."Orders ""2026""" (id bigserial PRIMARY KEY, total numeric);
@@ -151,12 +163,7 @@ def test_prepare_runs_the_sql_its_dry_run_prints(
     with connect(lab.server("source"), db) as conn:
         conn.execute(SHOP)
     plan = str(write_plan([db], move=f"t{uuid.uuid4().hex[:8]}"))
-    with statement_log.recording() as dry_run:
-        dry = cutover("prepare", "-p", plan, "--dry-run")
-    with statement_log.recording() as run:
-        real = cutover("prepare", "-p", plan)
-    checked = assert_runs_as_printed(dry, real, run)
-    assert_nothing_ran(dry, dry_run)
+    checked = dry_then_real(cutover, statement_log, "prepare", "-p", plan)
     # Every statement of prepare on a keyed database was checked (pg_dump and pg_restore are
     # commands).
     assert [c.action.split()[:2] for c in checked] == [
@@ -182,12 +189,7 @@ def test_backfill_runs_the_sql_its_dry_run_prints(
     db = databases.create()
     keyless_table(lab, db)
     plan = str(write_plan([db], move=f"t{uuid.uuid4().hex[:8]}"))
-    with statement_log.recording() as dry_run:
-        dry = cutover("backfill", "-p", plan, "--dry-run")
-    with statement_log.recording() as run:
-        real = cutover("backfill", "-p", plan)
-    assert_nothing_ran(dry, dry_run)
-    assert len(assert_runs_as_printed(dry, real, run)) == 15
+    assert len(dry_then_real(cutover, statement_log, "backfill", "-p", plan)) == 15
 
 
 def test_each_backfill_step_runs_the_sql_its_dry_run_renders(
@@ -233,18 +235,6 @@ def test_each_backfill_step_runs_the_sql_its_dry_run_renders(
     assert all(executed(line, run.statements["source"]) for line in sent), sent
     assert printed[-3].endswith("START WITH %(next)s)"), printed[-3]
     assert sent[-3].endswith("START WITH 20001)"), sent[-3]
-
-
-def dry_then_real(
-    cutover: Callable[..., Result], statement_log: StatementLog, *args: str
-) -> list[Change]:
-    """`cutover <args> --dry-run`, then `cutover <args>`: what the first printed, the second ran."""
-    with statement_log.recording() as dry_run:
-        dry = cutover(*args, "--dry-run")
-    with statement_log.recording() as run:
-        real = cutover(*args)
-    assert_nothing_ran(dry, dry_run)
-    return assert_runs_as_printed(dry, real, run)
 
 
 @pytest.mark.parametrize("engine", ["native", "pglogical"])
