@@ -319,24 +319,30 @@ def phase(
     With `fallback` (the engine of the reversed move, target to source) the switch
     starts reverse replication between the promotion and the writers, for
     `cutover rollback`. An engine that sets the sequences at its promotion has no
-    copy_sequences step.
+    copy_sequences step; on a target that takes no write before its promotion,
+    the sequences and large objects are copied right after it, writers still stopped.
     """
     switch = Switch(plan, servers, engine, clock=clock, sleep=sleep, fallback=fallback)
+    traits = engine.traits
+    # What writes to the target: before the promotion, unless the target takes no write
+    # before it; either way while the source is fenced, so nobody changes them meanwhile.
+    writes: list[Step] = []
+    if not traits.sets_sequences_at_promote:
+        writes.append(Step(S.COPY_SEQUENCES, switch.copy_sequences, switch.sequences_copied))
+    if plan.large_objects is LargeObjects.COPY:
+        writes.append(
+            Step(S.COPY_LARGE_OBJECTS, switch.copy_large_objects, switch.large_objects_copied)
+        )
+    before, after = ([], writes) if traits.target_read_only_until_promote else (writes, [])
     steps = [
         Step(S.CHECK_READY, switch.check_ready, attempts=1),
         Step(S.STOP_WRITERS, switch.stop_writers, undo=switch.start_writers, attempts=1),
         Step(S.FENCE_SOURCE, switch.fence_source, undo=switch.unfence_source, attempts=1),
         Step(S.WAIT_FOR_BARRIER, switch.wait_for_barrier, attempts=1),
-    ]
-    if not engine.traits.sets_sequences_at_promote:
-        steps.append(Step(S.COPY_SEQUENCES, switch.copy_sequences, switch.sequences_copied))
-    if plan.large_objects is LargeObjects.COPY:  # while the source is fenced: nobody changes them
-        steps.append(
-            Step(S.COPY_LARGE_OBJECTS, switch.copy_large_objects, switch.large_objects_copied)
-        )
-    steps += [
+        *before,
         Step(S.VERIFY_COUNTS, switch.verify_counts, attempts=1),
         Step(S.PROMOTE, switch.promote, switch.is_promoted, point_of_no_return=True),
+        *after,
     ]
     if fallback is not None:
         steps.append(Step(S.START_FALLBACK, switch.start_fallback, switch.fallback_running))

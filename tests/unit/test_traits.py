@@ -1,0 +1,80 @@
+"""What an engine declares shapes the phases: no phase asks which engine it holds."""
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cutover.database import Pool
+from cutover.engines.base import Traits
+from cutover.engines.postgres import PerDatabase, Replication
+from cutover.phases import prepare, start, switch
+from cutover.plan import LargeObjects, Plan
+from cutover.steps import Phase
+from cutover.steps import SwitchStep as S
+
+
+def declared(traits: Traits, the_plan: Plan) -> PerDatabase:
+    """An engine with these traits; building a phase asks nothing of its replication."""
+
+    def replication(db: str) -> Replication:
+        raise AssertionError(f"replication of {db} asked while phases were built")
+
+    return PerDatabase("declared", traits, the_plan, Pool({}), replication)
+
+
+def plan(tmp_path: Path, large_objects: LargeObjects) -> Plan:
+    server = {"host": "127.0.0.1", "port": 1, "user": "u"}
+    return Plan.model_validate(
+        {
+            "move": "m",
+            "source": server,
+            "target": {**server, "port": 2},
+            "databases": ["app"],
+            "large_objects": large_objects,
+            "state_dir": str(tmp_path),
+        }
+    )
+
+
+def names(phase: Phase) -> list[str]:
+    return [step.name for step in phase.steps]
+
+
+all_traits = st.builds(Traits, st.booleans(), st.booleans(), st.booleans(), st.booleans())
+
+
+@given(traits=all_traits, large=st.sampled_from(LargeObjects))
+def test_the_switch_follows_the_engines_traits(traits: Traits, large: LargeObjects) -> None:
+    the_plan = plan(Path("/nonexistent"), large)
+    built = switch.phase(the_plan, Pool({}), declared(traits, the_plan))
+    steps = names(built)
+    assert (S.COPY_SEQUENCES in steps) is not traits.sets_sequences_at_promote
+    assert (S.COPY_LARGE_OBJECTS in steps) is (large is LargeObjects.COPY)
+    promote = steps.index(S.PROMOTE)
+    writes = [s for s in (S.COPY_SEQUENCES, S.COPY_LARGE_OBJECTS) if s in steps]
+    for step in writes:  # after the fence and the barrier, before the writers start
+        assert steps.index(S.WAIT_FOR_BARRIER) < steps.index(step) < steps.index(S.START_WRITERS)
+        assert (steps.index(step) > promote) is traits.target_read_only_until_promote
+    assert steps[:4] == [S.CHECK_READY, S.STOP_WRITERS, S.FENCE_SOURCE, S.WAIT_FOR_BARRIER]
+
+
+@pytest.mark.parametrize("copies_schema", [False, True])
+@pytest.mark.parametrize("keys_before_copy", [False, True])
+def test_prepare_and_start_leave_the_schema_to_an_engine_that_copies_it(
+    tmp_path: Path, copies_schema: bool, keys_before_copy: bool
+) -> None:
+    the_plan = plan(tmp_path, LargeObjects.FAIL)
+    traits = Traits(keys_before_copy=keys_before_copy, copies_schema=copies_schema)
+    engine = declared(traits, the_plan)
+    prepared = names(prepare.phase(the_plan, Pool({}), "app", engine))
+    started = names(start.phase(the_plan, Pool({}), "app", engine))
+    assert ("copy_schema" in prepared) is not copies_schema
+    if copies_schema:
+        assert started[0] == "copy_data" and "restore_post_data" not in started
+    elif keys_before_copy:
+        assert started[:2] == ["restore_post_data", "copy_data"]
+    else:
+        assert started[:2] == ["copy_data", "restore_post_data"]
+    assert started[-3:] == ["start_streaming", "wait_for_catchup", "refresh_materialized_views"]
