@@ -40,8 +40,10 @@ __all__ = [
     "Background",
     "FillProgress",
     "OnFill",
+    "OnReady",
     "OnStep",
     "Ran",
+    "Readiness",
     "Switched",
     "backfill",
     "check",
@@ -62,6 +64,8 @@ __all__ = [
 P = ParamSpec("P")
 R = TypeVar("R")
 OnStep = Callable[[StepReport], None]
+Readiness = switching.Readiness
+OnReady = Callable[[Readiness], None]  # the wait for a quiet lag before the switch
 OnFill = Callable[[str, str, FillProgress], None]  # database, table as SQL spells it, progress
 BACKGROUND_GRACE_SECONDS = 1.0  # a background start that fails this fast is reported at once
 
@@ -337,24 +341,36 @@ def start_in_background(
 
 @_command
 def switch(
-    plan: Plan, *, keep_fallback: bool, dry_run: bool, on_step: OnStep = _ignore
+    plan: Plan,
+    *,
+    keep_fallback: bool,
+    dry_run: bool,
+    on_step: OnStep = _ignore,
+    on_ready: OnReady = _ignore,
 ) -> Switched:
-    """Move the writes to the target; with `keep_fallback`, replicate back for a rollback."""
+    """Move the writes to the target; with `keep_fallback`, replicate back for a rollback.
+
+    `on_ready` hears how the wait for a quiet lag stands, about twice a second.
+    """
     back = reversed_plan(plan)
     with _both_ways(plan) as (connections, back_connections):
         fallback = engine_for(back, back_connections) if keep_fallback else None
         engine = engine_for(plan, connections)
-        phase = switching.phase(plan, connections, engine, fallback=fallback)
+        phase = switching.phase(plan, connections, engine, fallback=fallback, on_ready=on_ready)
         return _run_pausing(plan, phase, dry_run=dry_run, on_step=on_step)
 
 
 @_command
-def rollback(plan: Plan, *, dry_run: bool, on_step: OnStep = _ignore) -> Switched:
+def rollback(
+    plan: Plan, *, dry_run: bool, on_step: OnStep = _ignore, on_ready: OnReady = _ignore
+) -> Switched:
     """Move the writes back to the source, after a switch that kept the fallback."""
     back = reversed_plan(plan)
     with _both_ways(plan) as (connections, back_connections):
         back_engine = engine_for(back, back_connections)
-        phase = rolling_back.phase(plan, connections, back_connections, back_engine)
+        phase = rolling_back.phase(
+            plan, connections, back_connections, back_engine, on_ready=on_ready
+        )
         return _run_pausing(plan, phase, dry_run=dry_run, on_step=on_step)
 
 

@@ -33,6 +33,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from cutover import __version__, api, lab, load, log, metrics, preflight, runner, verify
 from cutover.errors import CutoverError, UsageError
@@ -383,6 +384,34 @@ def _dry_run_note(ran: api.Ran) -> None:
 # -- switch -----------------------------------------------------------------------------------
 
 
+@contextmanager
+def _readiness_line() -> Iterator[tuple[api.OnReady, api.OnStep]]:
+    """A live line while the switch waits for a quiet lag; gone when the first step reports."""
+    live = Live(console=out, transient=True, auto_refresh=False)
+
+    def on_ready(ready: api.Readiness) -> None:
+        lags = ", ".join(f"{db} {_bytes(n)}" for db, n in ready.lag.items())
+        held = min(ready.held_for, ready.window)
+        text = (
+            f"waiting for the lag to stay under {_bytes(ready.limit)} for {ready.window:g} s: "
+            f"{lags}; held {held:.0f} s"
+        )
+        if not live.is_started:
+            live.start()
+        live.update(Text(text, style="dim"), refresh=True)
+
+    def on_step(report: runner.StepReport) -> None:
+        if live.is_started:
+            live.stop()
+        _show(report)
+
+    try:
+        yield on_ready, on_step
+    finally:
+        if live.is_started:
+            live.stop()
+
+
 @app.command("switch")
 def switch_command(
     plan_path: PlanOption,
@@ -413,7 +442,10 @@ def switch_command(
     )
     if not dry_run:
         api.serve_metrics(plan, metrics_port)
-    switched = api.switch(plan, keep_fallback=keep_fallback, dry_run=dry_run, on_step=_show)
+    with _readiness_line() as (on_ready, on_step):
+        switched = api.switch(
+            plan, keep_fallback=keep_fallback, dry_run=dry_run, on_step=on_step, on_ready=on_ready
+        )
     _dry_run_note(switched)
     if switched.pause:
         out.print(
@@ -445,7 +477,8 @@ def rollback_command(
         yes=yes,
         dry_run=dry_run,
     )
-    rolled_back = api.rollback(plan, dry_run=dry_run, on_step=_show)
+    with _readiness_line() as (on_ready, on_step):
+        rolled_back = api.rollback(plan, dry_run=dry_run, on_step=on_step, on_ready=on_ready)
     _dry_run_note(rolled_back)
     if rolled_back.pause:
         out.print(f"[green]rolled back[/]: writes paused {rolled_back.pause.writes_paused:.2f} s")

@@ -313,7 +313,8 @@ class Thresholds(_Model):
 
     copy_timeout: Seconds = 24 * 3600.0  # start --wait gives up on the initial copy after this
     max_switch_lag: Bytes = 1024**2
-    lag_window: Seconds = 30.0
+    lag_window: Seconds = 30.0  # the lag must stay under max_switch_lag this long, unbroken
+    ready_timeout: Seconds = 600.0  # the switch waits this long for such a window, then fails
     switch_timeout: Seconds = 60.0
     drain_timeout: Seconds = 30.0
     lock_timeout: Seconds = 2.0

@@ -16,7 +16,7 @@ from cutover.database import Pool
 from cutover.engines import reversed_plan
 from cutover.engines.base import Engine
 from cutover.errors import PreconditionFailed
-from cutover.phases.switch import Switch
+from cutover.phases.switch import Readiness, Switch
 from cutover.plan import Plan
 from cutover.steps import Change, Phase, Step, from_other_side
 from cutover.steps import SwitchStep as S
@@ -28,11 +28,14 @@ def phase(
     back_servers: Pool,
     back_engine: Engine,
     *,
+    on_ready: Callable[[Readiness], None] = lambda _: None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Phase:
     """The rollback steps: `servers` as the plan says, `back_servers` with the sides swapped."""
-    back = Switch(reversed_plan(plan), back_servers, back_engine, clock=clock, sleep=sleep)
+    back = Switch(
+        reversed_plan(plan), back_servers, back_engine, clock=clock, sleep=sleep, on_ready=on_ready
+    )
 
     def check_fallback(*, dry_run: bool) -> Sequence[Change]:
         missing = [db for db in plan.databases if not back_engine.fallback_running(db)]

@@ -1,6 +1,7 @@
 """switch: move the writes from the source to the target.
 
-1. check_ready: every table copied; lag under max_switch_lag for lag_window;
+1. check_ready: every table copied; lag under max_switch_lag for lag_window, unbroken
+   (a spike starts the window again; after ready_timeout the switch fails);
    apply commits made synchronous so the barrier is confirmed within ms.
 2. stop_writers: tier by tier, each tier drained before the next.
 3. fence_source: the application's roles lose LOGIN, their sessions end; a
@@ -24,6 +25,7 @@ writers start again on the source, which keeps replicating.
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from cutover import database, preflight, state, verify, wait
 from cutover.database import Pool
@@ -37,6 +39,19 @@ from cutover.steps import SwitchStep as S
 from cutover.writers import Writer, writer_for
 
 POLL_SECONDS = 0.02
+READY_POLL_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """Where the wait for a quiet lag stands: each database's lag, and how long it held."""
+
+    lag: dict[str, int]  # bytes, per database
+    limit: int  # max_switch_lag
+    held_for: float  # seconds the lag has stayed under the limit
+    window: float  # lag_window
+
+
 FENCE_SETTLE_SECONDS = 2.0  # terminated sessions take a moment to go
 
 
@@ -52,8 +67,10 @@ class Switch:
         clock: Callable[[], float],
         sleep: Callable[[float], None],
         fallback: Engine | None = None,
+        on_ready: Callable[[Readiness], None] = lambda _: None,
     ) -> None:
         self.plan = plan
+        self.on_ready = on_ready
         self.servers = servers
         self.engine = engine
         self.fallback = fallback
@@ -100,13 +117,47 @@ class Switch:
             self._check_large_object_roles()
         if dry_run:
             return [*changes, Change("source", f"lag under {self.limits.max_switch_lag} B held")]
-        deadline = self.clock() + self.limits.lag_window
-        while True:
+        self._hold_lag()
+        return changes
+
+    def _hold_lag(self) -> None:
+        """Wait until the lag stays under max_switch_lag for lag_window, unbroken.
+
+        A spike starts the window again; after ready_timeout the switch fails
+        with the figures, before anything stopped.
+        """
+        limit, window = self.limits.max_switch_lag, self.limits.lag_window
+        since = self.clock()
+        now: dict[str, int] = {}
+        highest: dict[str, int] = {}
+
+        def held() -> bool:
+            nonlocal since
             for db in self.databases:
-                self._check_lag(db)
-            if self.clock() >= deadline:
-                return changes
-            self.sleep(min(1.0, max(0.0, deadline - self.clock())))
+                now[db] = self._lag_bytes(db)
+                highest[db] = max(highest.get(db, 0), now[db])
+            if any(n > limit for n in now.values()):
+                since = self.clock()  # a spike: the window starts again
+            held_for = self.clock() - since
+            self.on_ready(Readiness(dict(now), limit, held_for, window))
+            return held_for >= window
+
+        def figures() -> str:
+            lags = ", ".join(f"{db} {now[db]} B now, {highest[db]} B at most" for db in now)
+            return (
+                f"the lag did not stay under max_switch_lag ({limit} B) for {window:g} s ({lags})"
+            )
+
+        wait.until(
+            held,
+            timeout=self.limits.ready_timeout,
+            interval=READY_POLL_SECONDS,
+            what=figures,
+            hint="nothing was stopped; see `cutover status --watch` for what holds the target "
+            "back, then switch again (or raise thresholds.ready_timeout)",
+            clock=self.clock,
+            sleep=self.sleep,
+        )
 
     def _check_fallback_possible(self) -> None:
         """Reverse replication starts after the promotion: what it needs is checked before."""
@@ -128,7 +179,7 @@ class Switch:
                     hint="create them on the target (`cutover check` prints the statements)",
                 )
 
-    def _check_lag(self, db: str) -> None:
+    def _lag_bytes(self, db: str) -> int:
         self.engine.heartbeat(db)
         lag = state.replication(self.engine, self.servers, db).lag
         if lag is None:
@@ -136,12 +187,7 @@ class Switch:
                 f"{db}: the replication slot is missing on the source",
                 hint="see `cutover status`; the move cannot switch without it",
             )
-        if lag.bytes > self.limits.max_switch_lag:
-            raise PreconditionFailed(
-                f"{db}: lag is {lag.bytes} bytes, above max_switch_lag "
-                f"({self.limits.max_switch_lag} bytes)",
-                hint="wait until the target catches up (`cutover status --watch`)",
-            )
+        return lag.bytes
 
     def stop_writers(self, *, dry_run: bool) -> Sequence[Change]:
         """Tier by tier; each tier drained before the next stops."""
@@ -311,6 +357,7 @@ def phase(
     engine: Engine,
     *,
     fallback: Engine | None = None,
+    on_ready: Callable[[Readiness], None] = lambda _: None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Phase:
@@ -322,7 +369,9 @@ def phase(
     copy_sequences step; on a target that takes no write before its promotion,
     the sequences and large objects are copied right after it, writers still stopped.
     """
-    switch = Switch(plan, servers, engine, clock=clock, sleep=sleep, fallback=fallback)
+    switch = Switch(
+        plan, servers, engine, clock=clock, sleep=sleep, fallback=fallback, on_ready=on_ready
+    )
     traits = engine.traits
     # What writes to the target: before the promotion, unless the target takes no write
     # before it; either way while the source is fenced, so nobody changes them meanwhile.

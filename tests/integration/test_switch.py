@@ -272,3 +272,66 @@ def test_keep_fallback_is_refused_before_anything_stops_when_the_target_cannot_r
         assert cutover("switch", "-p", str(plan), "--yes").code == 0
     finally:
         mixed.down(purge=True)
+
+
+def lag_spike(lab: Lab, running: Running, size: int = 4 * 1024**2) -> None:
+    """WAL the target has not confirmed: replication held, then `size` bytes written."""
+    set_replication(lab, running, enabled=False)
+    with connect(lab.server("source"), running.db) as conn:
+        conn.execute("SELECT pg_logical_emit_message(false, 'spike', repeat('x', %s))", (size,))
+
+
+def with_thresholds(running: Running, **thresholds: str) -> None:
+    data = yaml.safe_load(running.plan.read_text())
+    data["thresholds"] = {**data.get("thresholds", {}), **thresholds}
+    running.plan.write_text(yaml.safe_dump(data))
+
+
+@pytest.mark.parametrize("engine", ["native"])
+def test_a_lag_spike_before_the_switch_is_waited_out(
+    lab: Lab, under_load: Running, cutover: Callable[..., Result]
+) -> None:
+    with_thresholds(under_load, lag_window="2s", ready_timeout="60s")
+    lag_spike(lab, under_load)
+    began = time.monotonic()
+    switch = subprocess.Popen(
+        [sys.executable, "-m", "cutover", "switch", "-p", str(under_load.plan), "--yes"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(4.0)  # the spike lasts longer than the window: the switch must wait
+    assert switch.poll() is None
+    assert "all/switch.stop_writers" not in ledger_of(under_load)
+    set_replication(lab, under_load, enabled=True)
+    stdout, stderr = switch.communicate(timeout=120)
+    assert switch.returncode == 0, stdout + stderr
+    assert time.monotonic() - began > 4.0 + 2.0  # the spike, then a whole quiet window
+    under_load.work.stop.wait(1.0)
+    under_load.stop()
+    outcome = audit(lab, under_load)
+    assert outcome.missing == []
+    assert outcome.after_fence == 0
+
+
+@pytest.mark.parametrize("engine", ["native"])
+def test_a_spike_past_ready_timeout_fails_the_switch_with_nothing_changed(
+    lab: Lab, under_load: Running, cutover: Callable[..., Result]
+) -> None:
+    with_thresholds(under_load, lag_window="1s", ready_timeout="3s")
+    lag_spike(lab, under_load)
+    failed = cutover("switch", "-p", str(under_load.plan), "--yes")
+    assert failed.code == 1, failed.stdout + failed.stderr
+    message = " ".join(failed.stderr.split())
+    assert "the lag did not stay under max_switch_lag (1048576 B) for 1 s" in message
+    assert "within 3 s" in message and "B at most" in message
+    assert "nothing was stopped" in message
+    ledger = ledger_of(under_load)
+    assert ledger["all/switch.check_ready"]["status"] == "failed"
+    assert "all/switch.stop_writers" not in ledger
+    assert can_login(lab, under_load.role)
+    source_port = lab.server("source").port
+    before = acked_on(under_load, source_port)
+    under_load.work.stop.wait(1.0)
+    assert acked_on(under_load, source_port) > before + 30  # the application never stopped
+    set_replication(lab, under_load, enabled=True)
