@@ -3,9 +3,10 @@
 The commands' work is in cutover/api.py: each command here parses its
 options, asks what must be confirmed, calls its api function with callbacks
 that draw progress, and renders the typed result (tables, or --json).
-Every command catches `CutoverError` in one spot (`main`), prints `FAILED:` and
-`hint:` and exits with the error's code: 0 success, 1 a failure or blockers,
-2 a usage, plan or connection error. A database error arrives translated into
+Every command catches `CutoverError` in one spot (`main`), prints `FAILED:` (or
+`WARNING:`) and `hint:` and exits with the error's code: 0 success, 1 a failure or
+blockers, 2 a usage, plan or connection error, 3 a switch done whose writers did
+not report healthy. A database error arrives translated into
 one; its traceback is shown with --verbose. Any other exception is a bug and
 keeps its traceback.
 """
@@ -1042,7 +1043,8 @@ def _fail(exc: CutoverError) -> NoReturn:
     if exc.__cause__ is not None and log.is_verbose():
         trace = "".join(traceback.format_exception(exc))
         err.print(api.mask(trace), markup=False, soft_wrap=True, end="")
-    err.print(f"[bold red]FAILED:[/] {_escape(api.mask(exc.message))}", soft_wrap=True)
+    style = "bold yellow" if exc.label == "WARNING" else "bold red"
+    err.print(f"[{style}]{exc.label}:[/] {_escape(api.mask(exc.message))}", soft_wrap=True)
     if exc.hint:
         err.print(f"[dim]hint:[/] {_escape(api.mask(exc.hint))}", soft_wrap=True)
     sys.exit(exc.exit_code)

@@ -2,8 +2,9 @@
 
 Every error carries a message and a hint that tells the operator what to do next.
 `cli.py` is the only place that catches `CutoverError`: it prints `FAILED: ...`
-and `hint: ...` and exits with the error's code. Anything else is a bug and keeps
-its traceback. This module imports nothing from cutover.
+(or the error's label: `WARNING: ...`) and `hint: ...` and exits with the error's
+code. Anything else is a bug and keeps its traceback. This module imports nothing
+from cutover.
 """
 
 
@@ -11,6 +12,7 @@ class CutoverError(Exception):
     """Base of every error a user can cause or fix."""
 
     exit_code = 1
+    label = "FAILED"  # how the CLI introduces the message
 
     def __init__(self, message: str, *, hint: str) -> None:
         super().__init__(message)
@@ -60,6 +62,17 @@ class Retryable(CutoverError):
 
 class StepFailed(CutoverError):
     """A step raised: the runner recorded it and stopped. Running the command again resumes."""
+
+
+class WritersUnhealthy(CutoverError):
+    """Writers started after the point of no return do not report healthy.
+
+    Nothing is undone (the data is on the target): the step is recorded failed, the
+    command exits 3, and running it again checks the writers again.
+    """
+
+    exit_code = 3
+    label = "WARNING"
 
 
 class Interrupted(CutoverError):

@@ -216,6 +216,7 @@ class Lab:
                         stop=f"{control}/pause",
                         start=f"{control}/resume",
                         status=f"{control}/drained",
+                        health=f"{control}/healthy",
                     ),
                 )
             ]

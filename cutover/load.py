@@ -5,7 +5,9 @@ pause. Each one reads its connection string from an env file whenever it
 (re)connects, so once the switch repoints the file the workers follow to the
 target. An HTTP control makes the load a writer tier of kind `http`:
 POST /pause, POST /resume, GET /drained (200 once paused with no write in
-flight). Every write is logged before it is sent (`try`) and once the server
+flight), GET /healthy (200 once a write was acknowledged since the last resume
+and none failed since the last success; 503 with the last error otherwise).
+Every write is logged before it is sent (`try`) and once the server
 acknowledged it (`ack`), with the port of the server that took it, so a test
 can prove that no acknowledged write was lost and that the source took none
 after the fence. A write that fails is logged too (`error`, with its
@@ -79,6 +81,40 @@ class Gate:
                 self._in_flight -= 1
 
 
+class Health:
+    """Whether the load writes successfully: acknowledged since resuming, no failure since."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._acked = 0  # since the last resume
+        self._error: str | None = None  # the last failure, unless a write succeeded after it
+
+    def resumed(self) -> None:
+        """Writes start again: health is proven anew."""
+        with self._lock:
+            self._acked = 0
+
+    def succeeded(self) -> None:
+        """A write was acknowledged."""
+        with self._lock:
+            self._acked += 1
+            self._error = None
+
+    def failed(self, error: str) -> None:
+        """A write failed."""
+        with self._lock:
+            self._error = error
+
+    def check(self) -> tuple[bool, str]:
+        """Healthy, or why not."""
+        with self._lock:
+            if self._error is not None:
+                return False, self._error
+            if not self._acked:
+                return False, "no write acknowledged since the last resume"
+            return True, ""
+
+
 @dataclass
 class WriteLog:
     """Append-only JSON lines of every write tried and acknowledged."""
@@ -108,6 +144,7 @@ class Load:
     workers: int = 4
     rate: float = 300.0  # writes per second, all workers together
     gate: Gate = field(default_factory=Gate)
+    health: Health = field(default_factory=Health)
     stop: threading.Event = field(default_factory=threading.Event)
     _values: Iterator[int] = field(default_factory=lambda: iter(range(1, 1 << 62)))
     _values_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -131,16 +168,14 @@ class Load:
                     if conn is None or conn.closed:
                         conn = sql.connect_dsn(read_dsn(self.env_file, key))
                     self._write_once(conn, rng, mine)
+                    self.health.succeeded()
                 except (sql.DatabaseError, OSError, KeyError) as exc:
+                    error = str(exc).strip().splitlines()[0] if str(exc) else repr(exc)
+                    code = sql.error_code(exc)
                     self.log.record(
-                        {
-                            "op": "error",
-                            "key": key,
-                            "code": sql.error_code(exc),
-                            "error": str(exc).strip().splitlines()[0] if str(exc) else repr(exc),
-                            "ack": False,
-                        }
+                        {"op": "error", "key": key, "code": code, "error": error, "ack": False}
                     )
+                    self.health.failed(f"[{code}] {error}")
                     if conn is not None:
                         conn.close()
                     conn = None
@@ -196,7 +231,7 @@ class Load:
 
     def serve(self, port: int) -> ThreadingHTTPServer:
         """Start the control endpoint on 127.0.0.1:port (in a thread)."""
-        gate = self.gate
+        gate, health = self.gate, self.health
 
         class Control(BaseHTTPRequestHandler):
             def _answer(self, code: int, text: str) -> None:
@@ -210,6 +245,7 @@ class Load:
                     gate.pause()
                     self._answer(200, "paused\n")
                 elif self.path == "/resume":
+                    health.resumed()
                     gate.resume()
                     self._answer(200, "writing\n")
                 else:
@@ -219,8 +255,11 @@ class Load:
                 if self.path == "/drained":
                     drained = gate.drained()
                     self._answer(200 if drained else 409, "drained\n" if drained else "busy\n")
+                elif self.path == "/healthy":
+                    ok, why = health.check()
+                    self._answer(200 if ok else 503, "healthy\n" if ok else f"{why}\n")
                 else:
-                    self._answer(404, "GET /drained\n")
+                    self._answer(404, "GET /drained or /healthy\n")
 
             def log_message(self, format: str, *args: Any) -> None:  # quiet
                 pass

@@ -198,7 +198,8 @@ class HttpWriter(_Model):
 
     stop: Url
     start: Url
-    status: Url | None = None
+    status: Url | None = None  # 200 once drained
+    health: Url | None = None  # GET: 200 while the writer writes successfully
     method: Literal["POST", "PUT", "GET"] = "POST"
     token: SecretRef | None = None
     timeout: Seconds = 10.0
@@ -209,7 +210,8 @@ class CommandWriter(_Model):
 
     stop: Argv
     start: Argv
-    status: Argv | None = None
+    status: Argv | None = None  # exits 0 once drained
+    health: Argv | None = None  # exits 0 while the writer writes successfully
     timeout: Seconds = 60.0
 
 
@@ -225,6 +227,12 @@ class Writer(_Model):
     def _one_kind(self) -> Self:
         _exactly_one(self, ("http", "command"))
         return self
+
+    @property
+    def has_health(self) -> bool:
+        """Whether the writer has a health probe, asked after it starts."""
+        kind = self.http or self.command
+        return kind is not None and kind.health is not None
 
 
 class Fence(_Model):

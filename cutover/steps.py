@@ -96,6 +96,7 @@ class SwitchStep(StrEnum):
     START_FALLBACK = "start_fallback"
     REPOINT = "repoint"
     START_WRITERS = "start_writers"
+    CHECK_WRITERS = "check_writers"
     REFRESH_MATERIALIZED_VIEWS = "refresh_materialized_views"
     # rollback's own
     CHECK_FALLBACK = "check_fallback"

@@ -4,7 +4,8 @@ The switch's own steps run in the other direction (target to source, over the
 fallback replication the switch started): stop writers, fence the target,
 barrier, sequences, counts, promote the source. Then the source's roles get
 LOGIN back, the connection strings name the source again, and the writers
-start. A failure before the promotion undoes itself, as a switch does.
+start; those with a health probe must report healthy (if not: a warning, exit
+3, nothing undone). A failure before the promotion undoes itself, as a switch does.
 """
 
 import time
@@ -64,6 +65,7 @@ def phase(
     back_writers = [
         Step(S.REPOINT, back.repoint, back.is_repointed if back.repoints else None),
         Step(S.START_WRITERS, back.start_writers, attempts=1),
+        Step(S.CHECK_WRITERS, back.check_writers, attempts=1),
     ]
     return Phase(
         "rollback",

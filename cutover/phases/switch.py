@@ -18,6 +18,9 @@
 10. refresh_materialized_views: the views populated on the source, refreshed
     on the target with the writes made since the copy; after the pause,
     CONCURRENTLY where a unique index allows it.
+11. check_writers: each writer with a `health` probe reports healthy within
+    drain_timeout; if not, the switch ends with a warning (exit 3), not a
+    rollback: the data is on the target. Running the switch again checks again.
 
 A failure in steps 1-7 rolls back by itself: the fence is lifted and the
 writers start again on the source, which keeps replicating.
@@ -31,7 +34,7 @@ from cutover import database, preflight, state, verify, wait
 from cutover.database import Pool
 from cutover.engines import prove_applied
 from cutover.engines.base import Engine
-from cutover.errors import PreconditionFailed, StepFailed
+from cutover.errors import PreconditionFailed, StepFailed, WritersUnhealthy
 from cutover.plan import LargeObjects, Plan
 from cutover.repoint import repoint_for
 from cutover.steps import Change, Phase, Step
@@ -40,6 +43,7 @@ from cutover.writers import Writer, writer_for
 
 POLL_SECONDS = 0.02
 READY_POLL_SECONDS = 0.5
+HEALTH_POLL_SECONDS = 0.5  # a health probe may run a command: not every few ms
 
 
 @dataclass(frozen=True)
@@ -213,6 +217,52 @@ class Switch:
         for tier in reversed(self.tiers):
             for writer in tier:
                 changes += writer.start(dry_run=dry_run)
+        return changes
+
+    def check_writers(self, *, dry_run: bool) -> Sequence[Change]:
+        """Every writer with a health probe reports healthy, within drain_timeout.
+
+        This comes after the point of no return: an unhealthy writer ends the switch with
+        WritersUnhealthy (a warning, exit 3); nothing is undone, the data is on the target.
+        """
+        probed = [
+            writer
+            for specs, tier in zip(self.plan.tiers(), self.tiers, strict=True)
+            for spec, writer in zip(specs, tier, strict=True)
+            if spec.has_health
+        ]
+        changes = [Change(f"writer {w.name}", "health probe until healthy") for w in probed]
+        if dry_run or not probed:
+            return changes
+        unhealthy: dict[str, str] = {}
+
+        def healthy() -> bool:
+            unhealthy.clear()
+            for writer in probed:
+                ok, detail = writer.is_healthy()
+                if not ok:
+                    unhealthy[writer.name] = detail
+            return not unhealthy
+
+        try:
+            wait.until(
+                healthy,
+                timeout=self.limits.drain_timeout,
+                interval=HEALTH_POLL_SECONDS,
+                what="writers did not report healthy",
+                hint="",
+                clock=self.clock,
+                sleep=self.sleep,
+            )
+        except StepFailed:
+            named = "; ".join(f"{name}: {detail}" for name, detail in unhealthy.items())
+            raise WritersUnhealthy(
+                f"the switch is done and the data is on the target, but writers did not "
+                f"report healthy within {self.limits.drain_timeout:g} s: {named}",
+                hint="look at those writers (they write to the target now; nothing was "
+                "rolled back); `cutover status` shows this step; run the same command again "
+                "to check them again",
+            ) from None
         return changes
 
     def fence_source(self, *, dry_run: bool) -> Sequence[Change]:
@@ -399,5 +449,7 @@ def phase(
         Step(S.REPOINT, switch.repoint, switch.is_repointed if switch.repoints else None),
         Step(S.START_WRITERS, switch.start_writers, attempts=1),
         Step(S.REFRESH_MATERIALIZED_VIEWS, switch.refresh_materialized_views, attempts=1),
+        # Last: an unhealthy writer leaves the views refreshed and the switch otherwise done.
+        Step(S.CHECK_WRITERS, switch.check_writers, attempts=1),
     ]
     return Phase("switch", tuple(steps), undo_on_failure=True)

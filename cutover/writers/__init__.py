@@ -18,6 +18,10 @@ class Writer(Protocol):
 
     def is_drained(self) -> bool: ...
 
+    def is_healthy(self) -> tuple[bool, str]:
+        """Whether the writer writes successfully, and why not (redacted); True, "" unprobed."""
+        ...
+
 
 def writer_for(spec: WriterSpec) -> Writer:
     """The writer a plan entry describes."""

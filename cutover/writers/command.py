@@ -1,4 +1,5 @@
-"""A writer driven by commands: stop, start, and a status command that exits 0 once drained."""
+"""A writer driven by commands: stop, start, a status command that exits 0 once drained,
+and a health command that exits 0 while the writer writes successfully."""
 
 import os
 import subprocess
@@ -39,7 +40,7 @@ class CommandWriter:
             return [change]
         result = self._run(argv)
         if result.returncode != 0:
-            tail = redact((result.stderr or result.stdout).strip()[-300:])
+            tail = _tail(result)
             raise StepFailed(
                 f"writer {self.name}: the {what} command exited {result.returncode}: {tail}",
                 hint="run the command by hand to see why",
@@ -59,3 +60,21 @@ class CommandWriter:
         if self._spec.status is None:
             return True
         return self._run(self._spec.status).returncode == 0
+
+    def is_healthy(self) -> tuple[bool, str]:
+        """Run the health command: exit 0 is healthy; otherwise its code and its output's end."""
+        if self._spec.health is None:
+            return True, ""
+        try:
+            result = self._run(self._spec.health)
+        except StepFailed as exc:  # it did not run, or not in time: unhealthy, not an error
+            return False, exc.message.removeprefix(f"writer {self.name}: ")
+        if result.returncode == 0:
+            return True, ""
+        tail = _tail(result)
+        return False, f"exit {result.returncode}" + (f": {tail}" if tail else "")
+
+
+def _tail(result: subprocess.CompletedProcess[str]) -> str:
+    """The end of what a command said (stderr, else stdout), secrets masked."""
+    return redact((result.stderr or result.stdout).strip()[-300:])

@@ -159,6 +159,7 @@ def under_load(
                     "stop": f"http://127.0.0.1:{control}/pause",
                     "start": f"http://127.0.0.1:{control}/resume",
                     "status": f"http://127.0.0.1:{control}/drained",
+                    "health": f"http://127.0.0.1:{control}/healthy",
                 },
             }
         ],

@@ -59,6 +59,7 @@ def test_a_switch_under_load_loses_no_acknowledged_write(
     assert outcome.fenced_errors <= under_load.work.workers
     assert acked_on(under_load, target_port) > 100
     assert "REFRESH MATERIALIZED VIEW CONCURRENTLY" in result.stdout
+    assert "applied all/switch.check_writers" in result.stdout  # the load said it writes
 
     with (
         connect(lab.server("source"), under_load.db) as source,
@@ -108,6 +109,55 @@ def test_a_barrier_timeout_rolls_back_and_a_second_switch_succeeds(
     second = cutover("switch", "-p", str(under_load.plan), "--yes")
     assert second.code == 0, second.stdout + second.stderr
     assert "applied all/switch.check_ready" in second.stdout
+    under_load.work.stop.wait(1.0)
+    under_load.stop()
+    outcome = audit(lab, under_load)
+    assert outcome.missing == []
+    assert outcome.after_fence == 0
+
+
+@pytest.mark.parametrize("engine", ["native"])
+def test_an_unhealthy_writer_after_the_promotion_warns_and_a_second_switch_finishes(
+    lab: Lab, under_load: Running, cutover: Callable[..., Result], tmp_path: Path
+) -> None:
+    """Past the point of no return an unhealthy writer rolls nothing back: exit 3, a warning."""
+    fixed = tmp_path / "probe-fixed"
+    data = yaml.safe_load(under_load.plan.read_text())
+    health = f"test -e '{fixed}' || {{ echo 'cannot reach db' >&2; exit 1; }}"
+    data["writers"].append(
+        {
+            "name": "probe",
+            "command": {"stop": ["true"], "start": ["true"], "health": ["sh", "-c", health]},
+        }
+    )
+    data["thresholds"]["drain_timeout"] = "1s"
+    under_load.plan.write_text(yaml.safe_dump(data))
+    plan = str(under_load.plan)
+
+    warned = cutover("switch", "-p", plan, "--yes")
+    assert warned.code == 3, warned.stdout + warned.stderr
+    assert "WARNING:" in warned.stderr
+    assert "all/switch.check_writers" in warned.stderr
+    assert "probe: exit 1: cannot reach db" in warned.stderr
+    assert "app:" not in warned.stderr  # the load is healthy
+    assert "nothing undone" in warned.stderr
+    # Not rolled back: the target is promoted and the source stays fenced.
+    assert not can_login(lab, under_load.role)
+    status = json.loads(cutover("status", "-p", plan, "--json").stdout)
+    assert status["databases"][under_load.db]["switched"] is True
+    steps = {s["key"]: s for s in status["steps"]}
+    check = steps["all/switch.check_writers"]
+    assert check["status"] == "failed"
+    assert "cannot reach db" in check["error"]
+    assert steps["all/switch.promote"]["status"] == "done"
+    shown = cutover("status", "-p", plan)
+    assert "check_writers" in shown.stdout and "cannot reach db" in shown.stdout
+
+    fixed.touch()  # the writer recovers
+    again = cutover("switch", "-p", plan, "--yes")
+    assert again.code == 0, again.stdout + again.stderr
+    assert "applied all/switch.check_writers" in again.stdout
+    assert ledger_of(under_load)["all/switch.check_writers"]["status"] == "done"
     under_load.work.stop.wait(1.0)
     under_load.stop()
     outcome = audit(lab, under_load)
@@ -185,6 +235,7 @@ def test_rollback_after_a_switch_with_fallback_loses_nothing_written_on_the_targ
     rolled = cutover("rollback", "-p", plan, "--yes")
     assert rolled.code == 0, rolled.stdout + rolled.stderr
     assert "rolled back: writes paused" in rolled.stdout
+    assert "applied all/rollback.check_writers" in rolled.stdout
     on_source = acked_on(under_load, source_port)
     under_load.work.stop.wait(1.5)
     assert acked_on(under_load, source_port) > on_source + 50  # writing on the source again
