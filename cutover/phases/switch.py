@@ -184,8 +184,9 @@ class Switch:
                 )
 
     def _lag_bytes(self, db: str) -> int:
+        """The engine's lag, the reading state.replication shows; only it, twice a second."""
         self.engine.heartbeat(db)
-        lag = state.replication(self.engine, self.servers, db).lag
+        lag = self.engine.lag(db)
         if lag is None:
             raise PreconditionFailed(
                 f"{db}: the replication slot is missing on the source",
