@@ -28,7 +28,7 @@ from cutover.pg import (
     tools,
 )
 from cutover.pg.backfill import FillProgress, Key, Pressure, State
-from cutover.pg.connect import Connection, DatabaseError, Pool, pool
+from cutover.pg.connect import Connection, DatabaseError, Pool, both, pool
 from cutover.pg.errors import mask, translate
 from cutover.pg.ident import quote, statement
 from cutover.plan import Plan
@@ -385,22 +385,32 @@ def fenced_roles(plan: Plan, servers: Pool) -> list[str]:
 # -- sequences and large objects ---------------------------------------------------------------
 
 
-def sequences_copied(servers: Pool, db: str) -> bool:
-    """Every target sequence is at or ahead of its source (ahead: the target took writes)."""
-    source = servers.get("source", db)
-    names = sequences.names(source)
-    return sequences.at_or_ahead(
-        sequences.read(servers.get("target", db), names),
-        sequences.read(source, names),
-        sequences.increments(source, names),
-    )
+SequenceStates = sequences.States  # quoted name -> state
+
+
+def sequences_behind(servers: Pool, db: str) -> SequenceStates:
+    """The source's state of every sequence the target is behind on, both sides read at once.
+
+    A sequence the target has taken further (it took writes) is not behind.
+    """
+    source, target = servers.get("source", db), servers.get("target", db)
+    return sequences.behind(*both(lambda: sequences.read(source), lambda: sequences.read(target)))
+
+
+def set_sequences(
+    servers: Pool, db: str, states: SequenceStates, *, dry_run: bool
+) -> Sequence[Change]:
+    """Set these sequences on the target, in one statement."""
+    return sequences.write(servers.get("target", db), states, where=f"target/{db}", dry_run=dry_run)
 
 
 def copy_sequences(servers: Pool, db: str, *, dry_run: bool) -> Sequence[Change]:
-    """Each sequence's last_value and is_called, from source to target."""
-    source = servers.get("source", db)
-    values = sequences.read(source, sequences.names(source))
-    return sequences.write(servers.get("target", db), values, where=f"target/{db}", dry_run=dry_run)
+    """Set every sequence the target is behind on to the source's state.
+
+    Only those: run ahead of the fence and again after it, the second run sets what
+    moved meanwhile, and no run moves a sequence back.
+    """
+    return set_sequences(servers, db, sequences_behind(servers, db), dry_run=dry_run)
 
 
 def large_object_roles_missing(servers: Pool, db: str) -> list[str]:

@@ -64,15 +64,29 @@ class StepFailed(CutoverError):
     """A step raised: the runner recorded it and stopped. Running the command again resumes."""
 
 
-class WritersUnhealthy(CutoverError):
-    """Writers started after the point of no return do not report healthy.
+class SwitchedWithWarning(CutoverError):
+    """Past the point of no return, a check found something wrong.
 
-    Nothing is undone (the data is on the target): the step is recorded failed, the
-    command exits 3, and running it again checks the writers again.
+    Nothing is undone (the data is on the target): the step is recorded failed and
+    the command exits 3.
     """
 
     exit_code = 3
     label = "WARNING"
+
+
+class WritersUnhealthy(SwitchedWithWarning):
+    """Writers started after the point of no return do not report healthy.
+
+    Running the command again checks the writers again.
+    """
+
+
+class CountsDiffer(SwitchedWithWarning):
+    """Row counts at the barrier's moment differ between source and target.
+
+    Found after the writers are back on the target: `cutover verify` shows which rows.
+    """
 
 
 class Interrupted(CutoverError):

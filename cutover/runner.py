@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
 from cutover.database import translate
-from cutover.errors import CutoverError, Interrupted, Retryable, StepFailed, WritersUnhealthy
+from cutover.errors import CutoverError, Interrupted, Retryable, StepFailed, SwitchedWithWarning
 from cutover.ledger import Journal, Pause, store_for
 from cutover.log import MoveAdapter, for_move, redact
 from cutover.plan import Plan
@@ -139,8 +139,8 @@ class Runner:
                     f"{key}: {message}{undo_note}",
                     hint="run the same command again to continue; `cutover status` shows where",
                 ) from None
-            if isinstance(exc, WritersUnhealthy):  # a warning with its own exit code
-                raise WritersUnhealthy(f"{key}: {message}{undo_note}", hint=exc.hint) from exc
+            if isinstance(exc, SwitchedWithWarning):  # a warning with its own exit code
+                raise type(exc)(f"{key}: {message}{undo_note}", hint=exc.hint) from exc
             if isinstance(exc, CutoverError):
                 raise StepFailed(f"{key}: {message}{undo_note}", hint=exc.hint) from exc
             raise  # a bug: keep its traceback

@@ -86,6 +86,7 @@ class SwitchStep(StrEnum):
     """The switch's steps (rollback's too, where they are the same): each a ledger key's end."""
 
     CHECK_READY = "check_ready"
+    COPY_SEQUENCES_AHEAD = "copy_sequences_ahead"
     STOP_WRITERS = "stop_writers"
     FENCE_SOURCE = "fence_source"
     WAIT_FOR_BARRIER = "wait_for_barrier"

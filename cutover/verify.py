@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from cutover.errors import CutoverError, UsageError
 from cutover.pg import catalog, checksum
-from cutover.pg.connect import Connection, DatabaseError, Pool, connect
+from cutover.pg.connect import Connection, DatabaseError, Pool, both, connect
 from cutover.pg.ident import quote
 from cutover.pg.replication import replicated_tables
 from cutover.plan import Server
@@ -233,18 +233,11 @@ def _one_table(
         return _Found(TableResult(db, *table, error=reason.splitlines()[0]))
 
 
-def _both(source: Callable[[], T], target: Callable[[], T]) -> tuple[T, T]:
-    """Run a reading on each side at the same time."""
-    with ThreadPoolExecutor(max_workers=1) as other:
-        on_target = other.submit(target)
-        return source(), on_target.result()
-
-
 def count_tables(
     source: Connection, target: Connection, db: str, tables: Sequence[tuple[str, str]]
 ) -> list[TableResult]:
     """Exact row counts of every table, one statement per side, both sides at once."""
-    source_counts, target_counts = _both(
+    source_counts, target_counts = both(
         lambda: catalog.exact_counts(source, tables),
         lambda: catalog.exact_counts(target, tables),
     )
@@ -260,6 +253,37 @@ def count_tables(
     ]
 
 
+class Pinned:
+    """Both sides of one database as they stood at one moment, held until closed.
+
+    The switch opens it before the pause (connecting costs more than a snapshot),
+    pins it in the pause once the target has applied the barrier, and counts in it
+    after the writers are back: the counts compare the moment of the barrier, while
+    the target already takes new writes.
+    """
+
+    def __init__(self, pool: Pool, db: str) -> None:
+        self.db = db
+        self._sides = both(lambda: pool.open("source", db), lambda: pool.open("target", db))
+        self.pinned = False
+
+    def pin(self) -> None:
+        """Take each side's snapshot now (the first statement of a repeatable read takes it)."""
+        for conn in self._sides:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            conn.execute("SELECT 1")
+        self.pinned = True
+
+    def counts(self, tables: Sequence[tuple[str, str]]) -> list[TableResult]:
+        """count_tables in the pinned snapshots."""
+        return count_tables(*self._sides, self.db, tables)
+
+    def close(self) -> None:
+        """Let the snapshots go."""
+        for conn in self._sides:
+            conn.close()
+
+
 def counts(pool: Pool, db: str, tables: Sequence[tuple[str, str]]) -> list[TableResult]:
     """count_tables of one database of the move, source against target."""
     return count_tables(pool.get("source", db), pool.get("target", db), db, tables)
@@ -268,7 +292,7 @@ def counts(pool: Pool, db: str, tables: Sequence[tuple[str, str]]) -> list[Table
 def _checksum_table(source: Connection, target: Connection, db: str, table: TableName) -> _Found:
     shape, target_shape = (
         found.get(table)
-        for found in _both(
+        for found in both(
             lambda: checksum.shapes(source, [table]), lambda: checksum.shapes(target, [table])
         )
     )
@@ -285,7 +309,7 @@ def _checksum_table(source: Connection, target: Connection, db: str, table: Tabl
         return _Found(replace(counted, note="by count: no primary key"))
     shape = checksum.hashed(source, shape)
     chunks = checksum.chunking(source, shape)
-    source_chunks, target_chunks = _both(
+    source_chunks, target_chunks = both(
         lambda: checksum.summarise(source, shape, chunks),
         lambda: checksum.summarise(target, shape, chunks),
     )
@@ -294,7 +318,7 @@ def _checksum_table(source: Connection, target: Connection, db: str, table: Tabl
     differences: list[Difference] = []
     for start in range(0, len(differ), DRILL_BATCH):
         ids = differ[start : start + DRILL_BATCH]
-        source_rows, target_rows = _both(
+        source_rows, target_rows = both(
             partial(checksum.rows, source, shape, chunks, ids),
             partial(checksum.rows, target, shape, chunks, ids),
         )
@@ -339,7 +363,7 @@ def _recheck(
         with checksum.snapshot(source):
             settle()
             with checksum.snapshot(target):
-                source_rows, target_rows = _both(
+                source_rows, target_rows = both(
                     partial(checksum.rows_by_key, source, shape, keys),
                     partial(checksum.rows_by_key, target, shape, keys),
                 )

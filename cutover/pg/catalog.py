@@ -7,7 +7,7 @@ from typing import Any
 from psycopg import sql
 
 from cutover.pg.connect import Connection
-from cutover.pg.execute import Query, change
+from cutover.pg.execute import Query, change, each_row
 from cutover.pg.ident import quote
 from cutover.pg.queries import load
 from cutover.steps import Change
@@ -356,16 +356,15 @@ def alter_system(conn: Connection, name: str, value: str, *, where: str, dry_run
 
 
 def exact_counts(conn: Connection, tables: Sequence[tuple[str, str]]) -> dict[TableName, int]:
-    """count(*) of every table, in one statement."""
-    if not tables:
-        return {}
-    query = sql.SQL(" UNION ALL ").join(
-        sql.SQL("SELECT {} AS schema, {} AS name, count(*) AS n FROM {}").format(
-            sql.Literal(schema), sql.Literal(name), sql.Identifier(schema, name)
-        )
-        for schema, name in tables
+    """count(*) of every table, the statements sent together (each planned on its own)."""
+    rows = each_row(
+        conn,
+        [
+            sql.SQL("SELECT count(*) AS n FROM {}").format(sql.Identifier(schema, name))
+            for schema, name in tables
+        ],
     )
-    return {TableName(r["schema"], r["name"]): int(r["n"]) for r in conn.execute(query)}
+    return {TableName(*t): int(r["n"]) for t, r in zip(tables, rows, strict=True)}
 
 
 def tables_with_rows(conn: Connection, tables: Sequence[tuple[str, str]]) -> list[TableName]:

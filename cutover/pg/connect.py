@@ -5,9 +5,10 @@ that fails on it leaves the label, the database and the statement on the
 error (see pg/errors.py), which is re-raised as it was.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, Self, cast
+from typing import Any, Self, TypeVar, cast
 
 import psycopg
 from psycopg.abc import Params, Query, QueryNoTemplate
@@ -20,6 +21,7 @@ from cutover.plan import Server, resolve_secret
 
 Connection = psycopg.Connection[dict[str, Any]]
 DatabaseError = psycopg.Error  # what a query on a lost connection raises
+T = TypeVar("T")
 
 
 class LabeledConnection(psycopg.Connection[dict[str, Any]]):
@@ -108,6 +110,7 @@ class Pool:
     def __init__(self, servers: dict[str, Server]) -> None:
         self._servers = servers
         self._open: dict[tuple[str, str | None], Connection] = {}
+        self._own: list[Connection] = []
 
     def get(self, label: str, dbname: str | None = None) -> Connection:
         """The open connection for `label` ('source', 'target') and `dbname`."""
@@ -118,6 +121,12 @@ class Pool:
             self._open[key] = conn
         return conn
 
+    def open(self, label: str, dbname: str | None = None) -> Connection:
+        """A connection of its own, not shared: closed by its user, at the latest with the pool."""
+        conn = connect(self._servers[label], dbname, label=label)
+        self._own.append(conn)
+        return conn
+
     def discard(self, label: str) -> None:
         """Close the connections to one server (after it failed), so the next use reconnects."""
         for key in [k for k in self._open if k[0] == label]:
@@ -125,9 +134,10 @@ class Pool:
 
     def close(self) -> None:
         """Close every connection."""
-        for conn in self._open.values():
+        for conn in [*self._open.values(), *self._own]:
             conn.close()
         self._open.clear()
+        self._own.clear()
 
 
 @contextmanager
@@ -138,3 +148,10 @@ def pool(servers: dict[str, Server]) -> Iterator[Pool]:
         yield p
     finally:
         p.close()
+
+
+def both(source: Callable[[], T], target: Callable[[], T]) -> tuple[T, T]:
+    """Run a reading on each side at the same time (each on its own connection)."""
+    with ThreadPoolExecutor(max_workers=1) as other:
+        on_target = other.submit(target)
+        return source(), on_target.result()

@@ -55,6 +55,7 @@ def phase(
     # The reversed move's switch, its changes named as the plan names the servers.
     back_steps = [
         Step(S.CHECK_READY, back.check_ready, attempts=1),
+        Step(S.COPY_SEQUENCES_AHEAD, back.copy_sequences_ahead, attempts=1),
         Step(S.STOP_WRITERS, back.stop_writers, undo=back.start_writers, attempts=1),
         Step(S.FENCE_TARGET, back.fence_source, undo=back.unfence_source, attempts=1),
         Step(S.WAIT_FOR_BARRIER, back.wait_for_barrier, attempts=1),

@@ -3,38 +3,45 @@
 1. check_ready: every table copied; lag under max_switch_lag for lag_window, unbroken
    (a spike starts the window again; after ready_timeout the switch fails);
    apply commits made synchronous so the barrier is confirmed within ms.
+   copy_sequences_ahead: the target's sequences set to the source's, writers still
+   writing, so that copy_sequences in the pause sets only the ones that moved since.
 2. stop_writers: tier by tier, each tier drained before the next.
 3. fence_source: the application's roles lose LOGIN, their sessions end; a
    session still writing afterwards (a superuser, a role left out) aborts.
 4. wait_for_barrier: a marker row committed after the fence; the target must
-   have applied it and the slot confirmed its position: zero lag, proven.
-5. copy_sequences: each sequence's real state, source to target.
+   have applied it and the slot confirmed its position: zero lag, proven. Each
+   side's snapshot is then held for verify_counts.
+5. copy_sequences: each sequence the target is behind on set to the source's real
+   state (never one the target is ahead on).
    copy_large_objects (with `large_objects: copy`): every large object, same
    OID, owner and privileges; those the source no longer has are deleted.
-6. verify_counts: exact row counts of every table, both sides at once.
-7. promote: the subscription ends and its slot is dropped (point of no return).
-8. repoint: connection strings now name the target.
-9. start_writers: tiers in reverse order, now writing to the target.
-10. refresh_materialized_views: the views populated on the source, refreshed
+6. promote: the subscription ends and its slot is dropped (point of no return).
+7. repoint: connection strings now name the target.
+8. start_writers: tiers in reverse order, now writing to the target.
+9. refresh_materialized_views: the views populated on the source, refreshed
     on the target with the writes made since the copy; after the pause,
     CONCURRENTLY where a unique index allows it.
+10. verify_counts: exact row counts of every table, source against target, in
+    the snapshots both sides took right after the barrier: exact, and off the
+    pause. A difference ends the switch with a warning (exit 3), not a rollback.
 11. check_writers: each writer with a `health` probe reports healthy within
     drain_timeout; if not, the switch ends with a warning (exit 3), not a
     rollback: the data is on the target. Running the switch again checks again.
 
-A failure in steps 1-7 rolls back by itself: the fence is lifted and the
+A failure in steps 1-6 rolls back by itself: the fence is lifted and the
 writers start again on the source, which keeps replicating.
 """
 
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from cutover import database, preflight, state, verify, wait
 from cutover.database import Pool
 from cutover.engines import prove_applied
 from cutover.engines.base import Engine
-from cutover.errors import PreconditionFailed, StepFailed, WritersUnhealthy
+from cutover.errors import CountsDiffer, PreconditionFailed, StepFailed, WritersUnhealthy
 from cutover.plan import LargeObjects, Plan
 from cutover.repoint import repoint_for
 from cutover.steps import Change, Phase, Step
@@ -84,6 +91,8 @@ class Switch:
         self.repoints = [repoint_for(spec, plan.databases) for spec in plan.repoint]
         self.clock = clock
         self.sleep = sleep
+        self._behind: dict[str, database.SequenceStates] = {}  # sequences_copied's reading
+        self._pins: dict[str, verify.Pinned] = {}  # both sides at the barrier, for the counts
 
     def _wait(
         self,
@@ -122,6 +131,8 @@ class Switch:
         if dry_run:
             return [*changes, Change("source", f"lag under {self.limits.max_switch_lag} B held")]
         self._hold_lag()
+        # verify_counts' connections, opened now: in the pause only their snapshots are taken.
+        self._pins = {db: verify.Pinned(self.servers, db) for db in self.databases}
         return changes
 
     def _hold_lag(self) -> None:
@@ -305,20 +316,41 @@ class Switch:
             clock=self.clock,
             sleep=self.sleep,
         )
+        for db in self.databases:  # the moment verify_counts compares, after the pause
+            pin = self._pins.get(db) or self._pins.setdefault(db, verify.Pinned(self.servers, db))
+            pin.pin()
         return [
             Change(f"target/{db}", f"barrier at {marker.position} applied")
             for db, marker in markers.items()
         ]
 
-    def sequences_copied(self) -> bool:
-        """Every target sequence is at or ahead of its source (ahead: the target took writes)."""
-        return all(database.sequences_copied(self.servers, db) for db in self.databases)
+    def copy_sequences_ahead(self, *, dry_run: bool) -> Sequence[Change]:
+        """Set the target's sequences to the source's while the writers still write.
 
-    def copy_sequences(self, *, dry_run: bool) -> Sequence[Change]:
-        """Each sequence's last_value and is_called, from source to target."""
+        After the fence, copy_sequences then sets only the ones that moved meanwhile.
+        """
         changes: list[Change] = []
         for db in self.databases:
             changes += database.copy_sequences(self.servers, db, dry_run=dry_run)
+        return changes
+
+    def sequences_copied(self) -> bool:
+        """No target sequence is behind its source (ahead: the target took writes).
+
+        What it read is what copy_sequences, asked right after, sets: the source is
+        fenced and nothing but this switch sets the target's sequences, so a second
+        reading would find the same.
+        """
+        self._behind = {db: database.sequences_behind(self.servers, db) for db in self.databases}
+        return not any(self._behind.values())
+
+    def copy_sequences(self, *, dry_run: bool) -> Sequence[Change]:
+        """Each sequence the target is behind on set to the source's last_value and is_called."""
+        behind, self._behind = self._behind, {}
+        changes: list[Change] = []
+        for db in self.databases:
+            late = behind[db] if db in behind else database.sequences_behind(self.servers, db)
+            changes += database.set_sequences(self.servers, db, late, dry_run=dry_run)
         return changes
 
     def large_objects_copied(self) -> bool:
@@ -332,26 +364,51 @@ class Switch:
             changes += database.copy_large_objects(self.servers, db, dry_run=dry_run)
         return changes
 
-    def verify_counts(self, *, dry_run: bool) -> Sequence[Change]:
-        """Exact row counts of every table, source and target counted at the same time."""
-        changes = []
+    def verify_counts(self, *, dry_run: bool, promoted: bool = False) -> Sequence[Change]:
+        """Exact row counts of every table, source against target, as they were at the barrier.
+
+        The snapshots taken right after the barrier make the counts exact whenever
+        they run: in the pause (before the promotion, a difference rolls back) or
+        after it, writers back on the target (`promoted`: a difference is a warning,
+        the data stays where it is).
+        """
+        changes, differ = [], []
         for db in self.databases:
             tables = database.replicated_tables(self.servers, db)
             changes.append(Change(db, f"count(*) of {len(tables)} tables on both sides"))
-            if not dry_run:
-                self._compare_counts(db, tables)
-        return changes
-
-    def _compare_counts(self, db: str, tables: Sequence[tuple[str, str]]) -> None:
-        """verify's count mode; the source is fenced and the target has applied all of it."""
-        counts = verify.counts(self.servers, db, tables)
-        differ = [c for c in counts if c.differences]
+            if dry_run:
+                continue
+            pin = self._pins.pop(db, None)
+            if pin is not None and pin.pinned:
+                counts = pin.counts(tables)
+                pin.close()
+            elif not promoted:  # the source is fenced and the target has applied all of it
+                counts = verify.counts(self.servers, db, tables)
+            else:
+                changes[-1] = Change(
+                    db,
+                    "row counts not compared: the switch was interrupted after the promotion "
+                    "and the snapshots of its pause are gone; `cutover verify` compares now",
+                )
+                continue
+            differ += [c for c in counts if c.differences]
         if differ:
-            detail = ", ".join(f"{c.table} {c.source_rows} vs {c.target_rows}" for c in differ[:10])
+            detail = ", ".join(
+                f"{c.database}: {c.table} {c.source_rows} vs {c.target_rows}" for c in differ[:10]
+            )
+            if promoted:
+                raise CountsDiffer(
+                    f"the switch is done and the writers write on the target, but row counts "
+                    f"at the barrier differ: {detail}",
+                    hint="`cutover verify --mode checksum` shows the rows; with --keep-fallback "
+                    "`cutover rollback` goes back with nothing lost; run the switch again to "
+                    "finish its last steps",
+                )
             raise StepFailed(
-                f"{db}: row counts differ between source and target: {detail}",
+                f"row counts differ between source and target: {detail}",
                 hint="the switch rolled back; compare the tables before trying again",
             )
+        return changes
 
     def is_promoted(self) -> bool:
         """Every database's target stands alone."""
@@ -434,13 +491,20 @@ def phase(
             Step(S.COPY_LARGE_OBJECTS, switch.copy_large_objects, switch.large_objects_copied)
         )
     before, after = ([], writes) if traits.target_read_only_until_promote else (writes, [])
+    # Sequences set ahead while the writers write leave copy_sequences, in the pause, only
+    # the ones that moved since; a target that takes no write before its promotion cannot.
+    ahead = (
+        [Step(S.COPY_SEQUENCES_AHEAD, switch.copy_sequences_ahead, attempts=1)]
+        if not traits.sets_sequences_at_promote and not traits.target_read_only_until_promote
+        else []
+    )
     steps = [
         Step(S.CHECK_READY, switch.check_ready, attempts=1),
+        *ahead,
         Step(S.STOP_WRITERS, switch.stop_writers, undo=switch.start_writers, attempts=1),
         Step(S.FENCE_SOURCE, switch.fence_source, undo=switch.unfence_source, attempts=1),
         Step(S.WAIT_FOR_BARRIER, switch.wait_for_barrier, attempts=1),
         *before,
-        Step(S.VERIFY_COUNTS, switch.verify_counts, attempts=1),
         Step(S.PROMOTE, switch.promote, switch.is_promoted, point_of_no_return=True),
         *after,
     ]
@@ -450,6 +514,8 @@ def phase(
         Step(S.REPOINT, switch.repoint, switch.is_repointed if switch.repoints else None),
         Step(S.START_WRITERS, switch.start_writers, attempts=1),
         Step(S.REFRESH_MATERIALIZED_VIEWS, switch.refresh_materialized_views, attempts=1),
+        # Off the pause: counted in the snapshots pinned at the barrier, writers writing.
+        Step(S.VERIFY_COUNTS, partial(switch.verify_counts, promoted=True), attempts=1),
         # Last: an unhealthy writer leaves the views refreshed and the switch otherwise done.
         Step(S.CHECK_WRITERS, switch.check_writers, attempts=1),
     ]

@@ -1,6 +1,7 @@
 """The switch on real servers, under a running write load."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -65,11 +66,14 @@ def test_a_switch_under_load_loses_no_acknowledged_write(
         connect(lab.server("source"), under_load.db) as source,
         connect(lab.server("target"), under_load.db) as target,
     ):
-        seq = "SELECT last_value FROM load_ticket_seq"
-        source_value = source.execute(seq).fetchone()
-        target_value = target.execute(seq).fetchone()
-        assert source_value is not None and target_value is not None
-        assert target_value["last_value"] >= source_value["last_value"]  # ahead, never behind
+        # Every sequence (the shared ticket, each table's id) at or past the source's: set
+        # ahead while the load wrote, then in the pause those that moved since.
+        seqs = "SELECT sequencename AS name, last_value FROM pg_sequences ORDER BY 1"
+        source_values = {r["name"]: r["last_value"] for r in source.execute(seqs)}
+        target_values = {r["name"]: r["last_value"] for r in target.execute(seqs)}
+        assert len(source_values) > 3 and source_values.keys() == target_values.keys()
+        behind = [n for n, v in source_values.items() if (target_values[n] or 0) < (v or 0)]
+        assert behind == []  # ahead (the load writes on the target now), never behind
         # The report is populated on the target, from the target's rows at the refresh.
         view = target.execute(
             "SELECT v.rows, (SELECT count(*) FROM load_01) AS now FROM load_totals v"
@@ -85,6 +89,31 @@ def test_a_switch_under_load_loses_no_acknowledged_write(
     ledger = next((under_load.plan.parent / "state").glob("*.ledger.json"))
     events = [e for e in json.loads(ledger.read_text())["events"] if e["kind"] == "write_pause"]
     assert len(events) == 1 and events[0]["detail"].startswith("writes paused ")
+
+
+def test_counts_that_differ_at_the_barrier_warn_after_the_writers_are_back(
+    lab: Lab, under_load: Running, cutover: Callable[..., Result]
+) -> None:
+    """The counts run off the pause, in the snapshots of the barrier: a difference found
+    then rolls nothing back (the writers write on the target), it is a warning, exit 3."""
+    with connect(lab.server("target"), under_load.db) as target:  # a row only the target has
+        target.execute("INSERT INTO load_02 (id, v) VALUES (1000000000, 0)")
+    warned = cutover("switch", "-p", str(under_load.plan), "--yes")
+    assert warned.code == 3, warned.stdout + warned.stderr
+    assert "WARNING:" in warned.stderr
+    assert "all/switch.verify_counts" in warned.stderr
+    assert "row counts at the barrier differ" in warned.stderr
+    found = re.search(r"load_02\" (\d+) vs (\d+)", warned.stderr)
+    assert found is not None and int(found[2]) == int(found[1]) + 1  # the one extra row
+    assert "applied all/switch.start_writers" in warned.stdout  # nothing was rolled back
+    target_port = lab.server("target").port
+    before = acked_on(under_load, target_port)
+    under_load.work.stop.wait(1.0)
+    assert acked_on(under_load, target_port) > before + 50  # the load writes on the target
+    under_load.stop()
+    outcome = audit(lab, under_load)
+    assert outcome.missing == []
+    assert outcome.after_fence == 0
 
 
 def test_a_barrier_timeout_rolls_back_and_a_second_switch_succeeds(
