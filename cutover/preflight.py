@@ -490,7 +490,7 @@ def _source_database(
     yield from _replica_identity(plan, scope, tables)
     yield from _not_carried(plan, conn, scope, relations, target=target)
     yield from _extensions(conn, scope, target_extensions)
-    yield from _orphans(conn, scope)
+    yield from _orphans(conn, scope, relations)
     sequences = [r for r in relations if r.kind == "S"]
     if sequences:
         yield Finding(
@@ -918,9 +918,34 @@ def extension_findings(
     )
 
 
-def _orphans(conn: Connection, scope: str) -> Iterator[Finding]:
+def _orphans(conn: Connection, scope: str, relations: list[catalog.Relation]) -> Iterator[Finding]:
     keys = catalog.foreign_keys(conn)
-    broken = [(fk, n) for fk in keys if (n := catalog.count_orphans(conn, fk))]
+    readable = {(r.schema, r.name) for r in relations if r.schema_usage and r.can_select}
+    usable = {r.schema for r in relations if r.schema_usage}
+
+    def ends(fk: catalog.ForeignKey) -> list[tuple[str, str]]:
+        return [(fk.child_schema, fk.child_table), (fk.parent_schema, fk.parent_table)]
+
+    # A count over a table we may not read would fail the whole check: say what to grant.
+    blind = [fk for fk in keys if not all(t in readable for t in ends(fk))]
+    if blind:
+        role = catalog.current_role(conn).name
+        unread = sorted({t for fk in blind for t in ends(fk) if t not in readable})
+        schemas = sorted({schema for schema, _ in unread} - usable)
+        yield Finding(
+            "foreign_key_orphans",
+            scope,
+            Status.FAIL,
+            f"{role} may not read {', '.join(quote(t) for t in unread)}: rows that point at "
+            f"nothing cannot be looked for ({_count(len(blind), 'foreign key')})",
+            "a foreign key whose rows point at nothing cannot be created on the target; "
+            "run these as the owner or a superuser, then check again",
+            (
+                *(statement("GRANT USAGE ON SCHEMA {} TO {};", s, role) for s in schemas),
+                f"GRANT SELECT ON TABLE {', '.join(quote(t) for t in unread)} TO {quote(role)};",
+            ),
+        )
+    broken = [(fk, n) for fk in keys if fk not in blind and (n := catalog.count_orphans(conn, fk))]
     for fk, count in broken:
         yield Finding(
             "foreign_key_orphans",
@@ -931,7 +956,7 @@ def _orphans(conn: Connection, scope: str) -> Iterator[Finding]:
             "fix or delete them; this query lists them",
             (catalog.orphan_listing(fk),),
         )
-    if not broken:
+    if not broken and not blind:
         yield Finding(
             "foreign_key_orphans",
             scope,

@@ -228,6 +228,42 @@ def test_missing_privileges_come_with_the_statements_that_grant_them(
     assert [f["status"] for f in privileges] == ["OK", "OK", "OK", "OK"], privileges
 
 
+def test_rows_a_restricted_user_may_not_read_are_a_finding_with_the_grant(
+    lab: Lab,
+    databases: Databases,
+    write_plan: Callable[..., Path],
+    cutover: Callable[..., Result],
+    unprivileged: tuple[str, str, str],
+) -> None:
+    """The orphan-rows check reads both tables of a foreign key: without SELECT, a finding."""
+    role, password, _ = unprivileged
+    db = databases.create()
+    build(lab, db, CLEAN_SCHEMA)
+    plan = write_plan(
+        [db],
+        source={"user": role, "password": "env:CK_PASSWORD"},
+        target={"user": role, "password": "env:CK_PASSWORD"},
+    )
+    result = cutover("check", "-p", str(plan), "--json", env={"CK_PASSWORD": password})
+    assert result.code == 1, result.stderr
+    assert result.stdout.startswith("{"), result.stderr  # a report, not one error
+    orphans = findings(result)[("source", "foreign_key_orphans", "FAIL")]
+    quoted = '"' + role + '"'
+    assert orphans["detail"] == (
+        f'{role} may not read "public"."child", "public"."parent": rows that point at '
+        "nothing cannot be looked for (1 foreign key)"
+    )
+    assert orphans["fix"] == [
+        f'GRANT SELECT ON TABLE "public"."child", "public"."parent" TO {quoted};'
+    ]
+    with connect(lab.server("source"), db) as conn:
+        conn.execute(orphans["fix"][0])
+    again = findings(cutover("check", "-p", str(plan), "--json", env={"CK_PASSWORD": password}))
+    assert again[("source", "foreign_key_orphans", "OK")]["detail"] == (
+        "1 foreign key, no row points at nothing"
+    )
+
+
 def test_a_target_role_without_createdb_is_told_to_get_it(
     lab: Lab,
     databases: Databases,
