@@ -206,9 +206,14 @@ def archive_path(plan: Plan, db: str) -> Path:
     return plan.state_dir / f"{replication.slot_name(plan.move, db)}.schema.dump"
 
 
+def _schema_tables(servers: Pool, db: str) -> list[TableName]:
+    """The replicated tables that the schema copy brings: cutover's own have steps of theirs."""
+    return [t for t in replicated_tables(servers, db) if t.schema != barrier.SCHEMA]
+
+
 def tables_missing_on_target(servers: Pool, db: str) -> list[TableName]:
-    """The source's replicated tables the target lacks."""
-    tables = replicated_tables(servers, db)
+    """The source's replicated tables the target lacks (cutover's own aside)."""
+    tables = _schema_tables(servers, db)
     if not exists(servers, Side.TARGET, db):
         return tables
     missing = catalog.missing_tables(
@@ -249,7 +254,7 @@ def copy_pre_data(plan: Plan, servers: Pool, db: str, *, dry_run: bool) -> Seque
         )
     conn = servers.get("target", db)
     missing_tables = tables_missing_on_target(servers, db)
-    all_tables = replicated_tables(servers, db)
+    all_tables = _schema_tables(servers, db)
     if len(missing_tables) < len(all_tables):
         # Part of the schema is there already: a whole restore would collide with it.
         raise PreconditionFailed(

@@ -8,12 +8,12 @@ Nothing here changes a server.
 
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from cutover.pg import catalog, fence, large_objects, matviews, pglogical
+from cutover.pg import barrier, catalog, copy, fence, large_objects, matviews, pglogical
 from cutover.pg.connect import Connection, Pool
 from cutover.pg.ident import quote, statement
 from cutover.plan import Engine, LargeObjects, Plan
@@ -86,8 +86,12 @@ class Report:
         }
 
 
-def run(plan: Plan, pool: Pool) -> Report:
-    """Every check of the plan against the servers."""
+def run(plan: Plan, pool: Pool, *, copied: Collection[str] = ()) -> Report:
+    """Every check of the plan against the servers.
+
+    `copied`: the databases whose tables this move has begun to fill on the
+    target (the ledger knows), where rows are the move's own.
+    """
     source, target = pool.get("source"), pool.get("target")
     findings: list[Finding] = []
     source_version = catalog.server_version(source)
@@ -120,6 +124,8 @@ def run(plan: Plan, pool: Pool) -> Report:
         findings += _source_database(plan, conn, scope, target_extensions, target=target)
         if db in present_on_target:
             findings += _target_database(plan, pool.get("target", db), f"target/{db}")
+            if db not in copied:
+                findings += _target_rows(conn, pool.get("target", db), db, f"target/{db}")
     return Report(tuple(findings))
 
 
@@ -979,6 +985,42 @@ def _target_database(plan: Plan, conn: Connection, scope: str) -> Iterator[Findi
             f"{role.name} may not create schemas in {db} on the target",
             "prepare copies the schema into it",
             (statement("GRANT CREATE ON DATABASE {} TO {};", db, role.name),),
+        )
+
+
+def _target_rows(source: Connection, target: Connection, db: str, scope: str) -> Iterator[Finding]:
+    """Start refuses to copy into tables that hold rows: say so before anything runs."""
+    moved = {
+        (r.schema, r.name)
+        for r in catalog.relations(source)
+        if r.is_table and r.schema != barrier.SCHEMA  # cutover's own come and go with it
+    }
+    there = [r for r in catalog.relations(target) if (r.schema, r.name) in moved]
+    if not there:
+        return
+    readable = [(r.schema, r.name) for r in there if r.schema_usage and r.can_select]
+    unread = [(r.schema, r.name) for r in there if not (r.schema_usage and r.can_select)]
+    holding = catalog.tables_with_rows(target, readable)
+    if holding:
+        yield Finding("target_rows", scope, Status.FAIL, copy.filled(db, holding), copy.FILLED_HINT)
+    if unread:
+        role = catalog.current_role(target).name
+        yield Finding(
+            "target_rows",
+            scope,
+            Status.WARN,
+            f"{role} may not read {', '.join(quote(t) for t in unread)} on the target: "
+            "whether they hold rows is unknown",
+            "start refuses to copy into a table that holds rows; "
+            "run this as the owner or a superuser, then check again",
+            (f"GRANT SELECT ON TABLE {', '.join(quote(t) for t in unread)} TO {quote(role)};",),
+        )
+    if not holding and not unread:
+        yield Finding(
+            "target_rows",
+            scope,
+            Status.OK,
+            f"{_count(len(there), 'table')} already on the target, all empty",
         )
 
 

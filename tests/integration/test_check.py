@@ -264,6 +264,33 @@ def test_rows_a_restricted_user_may_not_read_are_a_finding_with_the_grant(
     )
 
 
+def test_rows_already_on_the_target_are_a_blocker_as_start_says(
+    lab: Lab, databases: Databases, write_plan: Callable[..., Path], cutover: Callable[..., Result]
+) -> None:
+    """The schema made by hand on the target is adopted; rows there stop the move early."""
+    db = databases.create()
+    build(lab, db, CLEAN_SCHEMA)
+    with connect(lab.server("target")) as conn:
+        conn.execute(f'CREATE DATABASE "{db.replace(chr(34), chr(34) * 2)}"')
+    build(lab, db, CLEAN_SCHEMA, side="target")
+    plan = str(write_plan([db]))
+    result = cutover("check", "-p", plan, "--json")
+    assert result.code == 1, result.stdout + result.stderr
+    rows = findings(result)[("target", "target_rows", "FAIL")]
+    assert rows["detail"] == (
+        f'tables of {db} on the target already hold rows: "public"."child", "public"."parent"'
+    )
+    assert rows["hint"].startswith("the initial copy fills empty tables")
+    assert "NOT READY: 1 blocker" in cutover("check", "-p", plan).stdout
+
+    prepared = cutover("prepare", "-p", plan)
+    assert prepared.code == 0, prepared.stdout + prepared.stderr  # nothing to create by hand
+    started = cutover("start", "-p", plan, "--wait")
+    assert started.code == 1
+    said = " ".join(started.stderr.split())
+    assert f"{rows['detail']} hint: {rows['hint']}" in said
+
+
 def test_a_target_role_without_createdb_is_told_to_get_it(
     lab: Lab,
     databases: Databases,
