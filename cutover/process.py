@@ -20,7 +20,8 @@ import time
 from collections.abc import Mapping, Sequence
 
 from cutover.errors import StepFailed
-from cutover.log import MASK, redact
+from cutover.log import MASK, redact, register_secret
+from cutover.plan import resolve_secret
 
 GRACE_SECONDS = 2.0  # between SIGTERM and SIGKILL to the command's process group
 _POLL_SECONDS = 0.05
@@ -48,6 +49,15 @@ def shown(argv: Sequence[str]) -> str:
             hide_next = option is not None
             words.append(word)
     return redact(" ".join(words))
+
+
+def secret_env(refs: Mapping[str, str], *, where: str) -> dict[str, str]:
+    """A command's `env` map from the plan, each reference resolved; every value is masked
+    wherever cutover shows text from now on (the command's own output included)."""
+    values = {name: resolve_secret(ref, where=f"{where}.{name}") for name, ref in refs.items()}
+    for value in values.values():
+        register_secret(value)
+    return values
 
 
 def run(

@@ -25,7 +25,11 @@ class CommandWriter:
         return process.run(
             argv,
             timeout=self._spec.timeout,
-            env={**os.environ, "CUTOVER_WRITER": self.name},
+            env={
+                **os.environ,
+                **process.secret_env(self._spec.env, where=f"writers[{self.name}].command.env"),
+                "CUTOVER_WRITER": self.name,
+            },
             what=f"writer {self.name}: the {what} command",
             hint="check the command in the plan and that it finishes within its timeout",
         )
