@@ -363,11 +363,26 @@ def _fence_record(plan: Plan, servers: Pool) -> Connection:
     return servers.get("source", plan.databases[0])
 
 
+def roles_to_fence(plan: Plan, servers: Pool) -> list[str]:
+    """fence.roles, or the roles that may write to the moved tables (no superuser, not ours)."""
+    return fence.roles_to_fence(
+        _fence_record(plan, servers),
+        [servers.get("source", db) for db in plan.databases],
+        named=plan.fence.roles,
+        keep=ours(plan),
+    )
+
+
 def fence_source(plan: Plan, servers: Pool, *, dry_run: bool) -> Sequence[Change]:
     """No LOGIN for the application's roles, their sessions ended; recorded to be lifted."""
-    conn = _fence_record(plan, servers)
-    roles = fence.roles_to_fence(conn, named=plan.fence.roles, keep=ours(plan))
-    return fence.fence(conn, roles, plan.move, read_only=plan.fence.read_only, dry_run=dry_run)
+    roles = roles_to_fence(plan, servers)
+    return fence.fence(
+        _fence_record(plan, servers),
+        roles,
+        plan.move,
+        read_only=plan.fence.read_only,
+        dry_run=dry_run,
+    )
 
 
 def sessions_writing(plan: Plan, servers: Pool) -> list[str]:

@@ -13,7 +13,16 @@ from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from cutover.pg import barrier, catalog, copy, fence, large_objects, matviews, pglogical
+from cutover.pg import (
+    barrier,
+    catalog,
+    copy,
+    fence,
+    large_objects,
+    matviews,
+    pglogical,
+    replication,
+)
 from cutover.pg.connect import Connection, Pool
 from cutover.pg.ident import quote, statement
 from cutover.plan import Engine, LargeObjects, Plan
@@ -102,8 +111,15 @@ def run(plan: Plan, pool: Pool, *, copied: Collection[str] = ()) -> Report:
     findings += _target_settings(plan, target)
     findings += _fallback(plan, pool)
     findings += ENGINE_CHECKS.get(plan.engine, _nothing)(plan, pool, source, target)
-    findings += _source_role(plan, source)
     present_on_source = catalog.existing_databases(source, plan.databases)
+    fenced = fence.roles_to_fence(
+        source,
+        [pool.get("source", db) for db in plan.databases if db in present_on_source],
+        named=plan.fence.roles,
+        keep=[plan.source.user, replication.object_name(plan.move)],
+    )
+    findings += _source_role(plan, source, fenced)
+    findings += _fence(plan, fenced)
     present_on_target = catalog.existing_databases(target, plan.databases)
     findings += _target_role(plan, target, present_on_target)
     target_extensions = Extensions(frozenset(catalog.available_extensions(target)), target_version)
@@ -393,7 +409,7 @@ def _target_settings(plan: Plan, conn: Connection) -> Iterator[Finding]:
     )
 
 
-def _source_role(plan: Plan, conn: Connection) -> Iterator[Finding]:
+def _source_role(plan: Plan, conn: Connection, fenced: list[str]) -> Iterator[Finding]:
     role = catalog.current_role(conn)
     if role.superuser:
         yield Finding("privileges", "source", Status.OK, f"{role.name} is a superuser")
@@ -412,15 +428,14 @@ def _source_role(plan: Plan, conn: Connection) -> Iterator[Finding]:
             "logical replication connects as this role",
             (statement("ALTER ROLE {} REPLICATION;", role.name),),
         )
-    yield from _fence_privileges(plan, conn, role)
+    yield from _fence_privileges(conn, role, fenced)
 
 
-def _fence_privileges(plan: Plan, conn: Connection, role: catalog.Role) -> Iterator[Finding]:
+def _fence_privileges(conn: Connection, role: catalog.Role, fenced: list[str]) -> Iterator[Finding]:
     """What a source user that is no superuser needs for the switch's fence."""
     fixes: list[str] = []
     if not role.createrole:  # ALTER ROLE ... NOLOGIN
         fixes.append(statement("ALTER ROLE {} CREATEROLE;", role.name))
-    fenced = fence.roles_to_fence(conn, named=plan.fence.roles, keep=[role.name])
     strangers = [r for r in fenced if not catalog.is_member_of(conn, r)]
     if strangers and not catalog.is_member_of(conn, "pg_signal_backend"):
         fixes.append(statement("GRANT pg_signal_backend TO {};", role.name))
@@ -447,6 +462,30 @@ def _fence_privileges(plan: Plan, conn: Connection, role: catalog.Role) -> Itera
             Status.OK,
             f"{role.name} may fence {_count(len(fenced), 'role')} and see every session",
         )
+
+
+def _fence(plan: Plan, fenced: list[str]) -> Iterator[Finding]:
+    """Who the switch's fence takes LOGIN from, and who it leaves alone."""
+    if plan.fence.roles is not None:
+        spared = sorted(set(plan.fence.roles) - set(fenced))
+        if spared:
+            yield Finding(
+                "fence",
+                "source",
+                Status.WARN,
+                "fence.roles names roles the fence leaves alone: " + ", ".join(spared),
+                "only existing login roles are fenced, never cutover's own, nor a superuser "
+                "unless the plan's user is one; a superuser that writes after the fence "
+                "aborts the switch",
+            )
+        whom = "as fence.roles names"
+    else:
+        whom = "those that may write to the moved tables; superusers are never fenced"
+    if fenced:
+        detail = f"the switch fences {_count(len(fenced), 'role')} ({whom}): {', '.join(fenced)}"
+    else:
+        detail = f"the switch fences no role ({whom})"
+    yield Finding("fence", "source", Status.OK, detail)
 
 
 def _target_role(plan: Plan, conn: Connection, present: set[str]) -> Iterator[Finding]:
