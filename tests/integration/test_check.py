@@ -290,6 +290,18 @@ def test_rows_already_on_the_target_are_a_blocker_as_start_says(
     said = " ".join(started.stderr.split())
     assert f"{rows['detail']} hint: {rows['hint']}" in said
 
+    # Emptied as the hint says, the move goes on; the rows it copies are its own.
+    with connect(lab.server("target"), db) as conn:
+        conn.execute("TRUNCATE child, parent")
+    emptied = findings(cutover("check", "-p", plan, "--json"))
+    assert emptied[("target", "target_rows", "OK")]["detail"] == (
+        "2 tables already on the target, all empty"
+    )
+    started = cutover("start", "-p", plan, "--wait")
+    assert started.code == 0, started.stdout + started.stderr
+    copied = cutover("check", "-p", plan, "--json")
+    assert [f for f in json.loads(copied.stdout)["findings"] if f["check"] == "target_rows"] == []
+
 
 def test_a_target_role_without_createdb_is_told_to_get_it(
     lab: Lab,
