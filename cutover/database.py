@@ -206,14 +206,9 @@ def archive_path(plan: Plan, db: str) -> Path:
     return plan.state_dir / f"{replication.slot_name(plan.move, db)}.schema.dump"
 
 
-def _schema_tables(servers: Pool, db: str) -> list[TableName]:
-    """The replicated tables that the schema copy brings: cutover's own have steps of theirs."""
-    return [t for t in replicated_tables(servers, db) if t.schema != barrier.SCHEMA]
-
-
 def tables_missing_on_target(servers: Pool, db: str) -> list[TableName]:
-    """The source's replicated tables the target lacks (cutover's own aside)."""
-    tables = _schema_tables(servers, db)
+    """The source's replicated tables the target lacks."""
+    tables = replicated_tables(servers, db)
     if not exists(servers, Side.TARGET, db):
         return tables
     missing = catalog.missing_tables(
@@ -253,8 +248,14 @@ def copy_pre_data(plan: Plan, servers: Pool, db: str, *, dry_run: bool) -> Seque
             hint="run prepare again: create_target_database comes first",
         )
     conn = servers.get("target", db)
-    missing_tables = tables_missing_on_target(servers, db)
-    all_tables = _schema_tables(servers, db)
+    # cutover's own tables (the barrier) are made by steps of their own, never by hand.
+    all_tables = [t for t in replicated_tables(servers, db) if t.schema != barrier.SCHEMA]
+    missing_tables = [t for t in tables_missing_on_target(servers, db) if t in all_tables]
+    if all_tables and not missing_tables:  # the schema was made on the target: adopted
+        return [
+            *own_role(dry_run=False),
+            Change(f"target/{db}", "every table of the source exists: no schema restored"),
+        ]
     if len(missing_tables) < len(all_tables):
         # Part of the schema is there already: a whole restore would collide with it.
         raise PreconditionFailed(
@@ -363,26 +364,16 @@ def _fence_record(plan: Plan, servers: Pool) -> Connection:
     return servers.get("source", plan.databases[0])
 
 
-def roles_to_fence(plan: Plan, servers: Pool) -> list[str]:
-    """fence.roles, or the roles that may write to the moved tables (no superuser, not ours)."""
-    return fence.roles_to_fence(
-        _fence_record(plan, servers),
+def fence_source(plan: Plan, servers: Pool, *, dry_run: bool) -> Sequence[Change]:
+    """No LOGIN for the roles that may write (or fence.roles), their sessions ended; recorded."""
+    conn = _fence_record(plan, servers)
+    roles = fence.roles_to_fence(
+        conn,
         [servers.get("source", db) for db in plan.databases],
         named=plan.fence.roles,
         keep=ours(plan),
     )
-
-
-def fence_source(plan: Plan, servers: Pool, *, dry_run: bool) -> Sequence[Change]:
-    """No LOGIN for the application's roles, their sessions ended; recorded to be lifted."""
-    roles = roles_to_fence(plan, servers)
-    return fence.fence(
-        _fence_record(plan, servers),
-        roles,
-        plan.move,
-        read_only=plan.fence.read_only,
-        dry_run=dry_run,
-    )
+    return fence.fence(conn, roles, plan.move, read_only=plan.fence.read_only, dry_run=dry_run)
 
 
 def sessions_writing(plan: Plan, servers: Pool) -> list[str]:
