@@ -373,7 +373,7 @@ def _show(report: runner.StepReport) -> None:
         f"[dim]{report.seconds * 1000:.0f} ms[/]"
     )
     for change in report.changes:
-        action = api.mask(change.action).replace("\n", "\n" + " " * 11)
+        action = change.action.replace("\n", "\n" + " " * 11)
         out.print(f"           [dim]{change.where}:[/] {_escape(action)}", soft_wrap=True)
 
 
