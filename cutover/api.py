@@ -32,7 +32,7 @@ from cutover.phases import start as starting
 from cutover.phases import switch as switching
 from cutover.plan import Plan, Server
 from cutover.runner import StepReport
-from cutover.steps import SWITCH_SCOPE, Phase
+from cutover.steps import SWITCH_SCOPE, Phase, StepStatus
 from cutover.types import Side, SyncProgress, TableName
 
 __all__ = [
@@ -187,8 +187,15 @@ def _run_pausing(plan: Plan, phase: Phase, *, dry_run: bool, on_step: OnStep) ->
 @_command
 def check(plan: Plan) -> preflight.Report:
     """Every preflight check, read-only."""
+    journal = journal_for(plan)
+    copied = {
+        db
+        for db in plan.databases
+        if (record := journal.get(f"{db}/start.{starting.COPY_DATA}")) is not None
+        and record.status in (StepStatus.DONE, StepStatus.RUNNING)
+    }
     with pool(_servers(plan)) as connections:
-        return preflight.run(plan, connections)
+        return preflight.run(plan, connections, copied=copied)
 
 
 # -- prepare and backfill ---------------------------------------------------------------------

@@ -248,8 +248,14 @@ def copy_pre_data(plan: Plan, servers: Pool, db: str, *, dry_run: bool) -> Seque
             hint="run prepare again: create_target_database comes first",
         )
     conn = servers.get("target", db)
-    missing_tables = tables_missing_on_target(servers, db)
-    all_tables = replicated_tables(servers, db)
+    # cutover's own tables (the barrier) are made by steps of their own, never by hand.
+    all_tables = [t for t in replicated_tables(servers, db) if t.schema != barrier.SCHEMA]
+    missing_tables = [t for t in tables_missing_on_target(servers, db) if t in all_tables]
+    if all_tables and not missing_tables:  # the schema was made on the target: adopted
+        return [
+            *own_role(dry_run=False),
+            Change(f"target/{db}", "every table of the source exists: no schema restored"),
+        ]
     if len(missing_tables) < len(all_tables):
         # Part of the schema is there already: a whole restore would collide with it.
         raise PreconditionFailed(
@@ -359,9 +365,14 @@ def _fence_record(plan: Plan, servers: Pool) -> Connection:
 
 
 def fence_source(plan: Plan, servers: Pool, *, dry_run: bool) -> Sequence[Change]:
-    """No LOGIN for the application's roles, their sessions ended; recorded to be lifted."""
+    """No LOGIN for the roles that may write (or fence.roles), their sessions ended; recorded."""
     conn = _fence_record(plan, servers)
-    roles = fence.roles_to_fence(conn, named=plan.fence.roles, keep=ours(plan))
+    roles = fence.roles_to_fence(
+        conn,
+        [servers.get("source", db) for db in plan.databases],
+        named=plan.fence.roles,
+        keep=ours(plan),
+    )
     return fence.fence(conn, roles, plan.move, read_only=plan.fence.read_only, dry_run=dry_run)
 
 

@@ -121,6 +121,12 @@ def _check_db_name(value: str) -> str:
     return value
 
 
+def _check_env_name(value: str) -> str:
+    if not _ENV_NAME.match(value):
+        raise ValueError("an environment variable's name is letters, digits and _")
+    return value
+
+
 def _argv(value: object) -> object:
     """A command is an argv list; a string is split the way a shell would."""
     return shlex.split(value) if isinstance(value, str) else value
@@ -133,6 +139,8 @@ MoveName = Annotated[str, AfterValidator(_check_move_name)]
 DbName = Annotated[str, AfterValidator(_check_db_name)]
 Url = Annotated[str, Field(pattern=r"^https?://\S+$"), AfterValidator(_check_no_userinfo_password)]
 Argv = Annotated[list[str], BeforeValidator(_argv), Field(min_length=1)]
+# A command's extra environment: each variable's value is a secret reference, resolved at use.
+CommandEnv = dict[Annotated[str, AfterValidator(_check_env_name)], SecretRef]
 
 
 class _Model(BaseModel):
@@ -213,6 +221,7 @@ class CommandWriter(_Model):
     status: Argv | None = None  # exits 0 once drained
     health: Argv | None = None  # exits 0 while the writer writes successfully
     timeout: Seconds = 60.0
+    env: CommandEnv = {}  # secrets for the commands, by reference, never on a command line
 
 
 class Writer(_Model):
@@ -301,6 +310,7 @@ class CommandRepoint(_Model):
 
     run: Argv
     timeout: Seconds = 60.0
+    env: CommandEnv = {}  # secrets for the command, by reference, never on its command line
 
 
 class Repoint(_Model):

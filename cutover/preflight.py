@@ -8,12 +8,21 @@ Nothing here changes a server.
 
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from cutover.pg import catalog, fence, large_objects, matviews, pglogical
+from cutover.pg import (
+    barrier,
+    catalog,
+    copy,
+    fence,
+    large_objects,
+    matviews,
+    pglogical,
+    replication,
+)
 from cutover.pg.connect import Connection, Pool
 from cutover.pg.ident import quote, statement
 from cutover.plan import Engine, LargeObjects, Plan
@@ -86,8 +95,12 @@ class Report:
         }
 
 
-def run(plan: Plan, pool: Pool) -> Report:
-    """Every check of the plan against the servers."""
+def run(plan: Plan, pool: Pool, *, copied: Collection[str] = ()) -> Report:
+    """Every check of the plan against the servers.
+
+    `copied`: the databases whose tables this move has begun to fill on the
+    target (the ledger knows), where rows are the move's own.
+    """
     source, target = pool.get("source"), pool.get("target")
     findings: list[Finding] = []
     source_version = catalog.server_version(source)
@@ -98,8 +111,15 @@ def run(plan: Plan, pool: Pool) -> Report:
     findings += _target_settings(plan, target)
     findings += _fallback(plan, pool)
     findings += ENGINE_CHECKS.get(plan.engine, _nothing)(plan, pool, source, target)
-    findings += _source_role(plan, source)
     present_on_source = catalog.existing_databases(source, plan.databases)
+    fenced = fence.roles_to_fence(
+        source,
+        [pool.get("source", db) for db in plan.databases if db in present_on_source],
+        named=plan.fence.roles,
+        keep=[plan.source.user, replication.object_name(plan.move)],
+    )
+    findings += _source_role(plan, source, fenced)
+    findings += _fence(plan, fenced)
     present_on_target = catalog.existing_databases(target, plan.databases)
     findings += _target_role(plan, target, present_on_target)
     target_extensions = Extensions(frozenset(catalog.available_extensions(target)), target_version)
@@ -120,6 +140,8 @@ def run(plan: Plan, pool: Pool) -> Report:
         findings += _source_database(plan, conn, scope, target_extensions, target=target)
         if db in present_on_target:
             findings += _target_database(plan, pool.get("target", db), f"target/{db}")
+            if db not in copied:
+                findings += _target_rows(conn, pool.get("target", db), db, f"target/{db}")
     return Report(tuple(findings))
 
 
@@ -387,7 +409,7 @@ def _target_settings(plan: Plan, conn: Connection) -> Iterator[Finding]:
     )
 
 
-def _source_role(plan: Plan, conn: Connection) -> Iterator[Finding]:
+def _source_role(plan: Plan, conn: Connection, fenced: list[str]) -> Iterator[Finding]:
     role = catalog.current_role(conn)
     if role.superuser:
         yield Finding("privileges", "source", Status.OK, f"{role.name} is a superuser")
@@ -406,15 +428,14 @@ def _source_role(plan: Plan, conn: Connection) -> Iterator[Finding]:
             "logical replication connects as this role",
             (statement("ALTER ROLE {} REPLICATION;", role.name),),
         )
-    yield from _fence_privileges(plan, conn, role)
+    yield from _fence_privileges(conn, role, fenced)
 
 
-def _fence_privileges(plan: Plan, conn: Connection, role: catalog.Role) -> Iterator[Finding]:
+def _fence_privileges(conn: Connection, role: catalog.Role, fenced: list[str]) -> Iterator[Finding]:
     """What a source user that is no superuser needs for the switch's fence."""
     fixes: list[str] = []
     if not role.createrole:  # ALTER ROLE ... NOLOGIN
         fixes.append(statement("ALTER ROLE {} CREATEROLE;", role.name))
-    fenced = fence.roles_to_fence(conn, named=plan.fence.roles, keep=[role.name])
     strangers = [r for r in fenced if not catalog.is_member_of(conn, r)]
     if strangers and not catalog.is_member_of(conn, "pg_signal_backend"):
         fixes.append(statement("GRANT pg_signal_backend TO {};", role.name))
@@ -441,6 +462,30 @@ def _fence_privileges(plan: Plan, conn: Connection, role: catalog.Role) -> Itera
             Status.OK,
             f"{role.name} may fence {_count(len(fenced), 'role')} and see every session",
         )
+
+
+def _fence(plan: Plan, fenced: list[str]) -> Iterator[Finding]:
+    """Who the switch's fence takes LOGIN from, and who it leaves alone."""
+    if plan.fence.roles is not None:
+        spared = sorted(set(plan.fence.roles) - set(fenced))
+        if spared:
+            yield Finding(
+                "fence",
+                "source",
+                Status.WARN,
+                "fence.roles names roles the fence leaves alone: " + ", ".join(spared),
+                "only existing login roles are fenced, never cutover's own, nor a superuser "
+                "unless the plan's user is one; a superuser that writes after the fence "
+                "aborts the switch",
+            )
+        whom = "as fence.roles names"
+    else:
+        whom = "those that may write to the moved tables; superusers are never fenced"
+    if fenced:
+        detail = f"the switch fences {_count(len(fenced), 'role')} ({whom}): {', '.join(fenced)}"
+    else:
+        detail = f"the switch fences no role ({whom})"
+    yield Finding("fence", "source", Status.OK, detail)
 
 
 def _target_role(plan: Plan, conn: Connection, present: set[str]) -> Iterator[Finding]:
@@ -490,7 +535,7 @@ def _source_database(
     yield from _replica_identity(plan, scope, tables)
     yield from _not_carried(plan, conn, scope, relations, target=target)
     yield from _extensions(conn, scope, target_extensions)
-    yield from _orphans(conn, scope)
+    yield from _orphans(conn, scope, relations)
     sequences = [r for r in relations if r.kind == "S"]
     if sequences:
         yield Finding(
@@ -918,9 +963,34 @@ def extension_findings(
     )
 
 
-def _orphans(conn: Connection, scope: str) -> Iterator[Finding]:
+def _orphans(conn: Connection, scope: str, relations: list[catalog.Relation]) -> Iterator[Finding]:
     keys = catalog.foreign_keys(conn)
-    broken = [(fk, n) for fk in keys if (n := catalog.count_orphans(conn, fk))]
+    readable = {(r.schema, r.name) for r in relations if r.schema_usage and r.can_select}
+    usable = {r.schema for r in relations if r.schema_usage}
+
+    def ends(fk: catalog.ForeignKey) -> list[tuple[str, str]]:
+        return [(fk.child_schema, fk.child_table), (fk.parent_schema, fk.parent_table)]
+
+    # A count over a table we may not read would fail the whole check: say what to grant.
+    blind = [fk for fk in keys if not all(t in readable for t in ends(fk))]
+    if blind:
+        role = catalog.current_role(conn).name
+        unread = sorted({t for fk in blind for t in ends(fk) if t not in readable})
+        schemas = sorted({schema for schema, _ in unread} - usable)
+        yield Finding(
+            "foreign_key_orphans",
+            scope,
+            Status.FAIL,
+            f"{role} may not read {', '.join(quote(t) for t in unread)}: rows that point at "
+            f"nothing cannot be looked for ({_count(len(blind), 'foreign key')})",
+            "a foreign key whose rows point at nothing cannot be created on the target; "
+            "run these as the owner or a superuser, then check again",
+            (
+                *(statement("GRANT USAGE ON SCHEMA {} TO {};", s, role) for s in schemas),
+                f"GRANT SELECT ON TABLE {', '.join(quote(t) for t in unread)} TO {quote(role)};",
+            ),
+        )
+    broken = [(fk, n) for fk in keys if fk not in blind and (n := catalog.count_orphans(conn, fk))]
     for fk, count in broken:
         yield Finding(
             "foreign_key_orphans",
@@ -931,7 +1001,7 @@ def _orphans(conn: Connection, scope: str) -> Iterator[Finding]:
             "fix or delete them; this query lists them",
             (catalog.orphan_listing(fk),),
         )
-    if not broken:
+    if not broken and not blind:
         yield Finding(
             "foreign_key_orphans",
             scope,
@@ -954,6 +1024,42 @@ def _target_database(plan: Plan, conn: Connection, scope: str) -> Iterator[Findi
             f"{role.name} may not create schemas in {db} on the target",
             "prepare copies the schema into it",
             (statement("GRANT CREATE ON DATABASE {} TO {};", db, role.name),),
+        )
+
+
+def _target_rows(source: Connection, target: Connection, db: str, scope: str) -> Iterator[Finding]:
+    """Start refuses to copy into tables that hold rows: say so before anything runs."""
+    moved = {
+        (r.schema, r.name)
+        for r in catalog.relations(source)
+        if r.is_table and r.schema != barrier.SCHEMA  # cutover's own come and go with it
+    }
+    there = [r for r in catalog.relations(target) if (r.schema, r.name) in moved]
+    if not there:
+        return
+    readable = [(r.schema, r.name) for r in there if r.schema_usage and r.can_select]
+    unread = [(r.schema, r.name) for r in there if not (r.schema_usage and r.can_select)]
+    holding = catalog.tables_with_rows(target, readable)
+    if holding:
+        yield Finding("target_rows", scope, Status.FAIL, copy.filled(db, holding), copy.FILLED_HINT)
+    if unread:
+        role = catalog.current_role(target).name
+        yield Finding(
+            "target_rows",
+            scope,
+            Status.WARN,
+            f"{role} may not read {', '.join(quote(t) for t in unread)} on the target: "
+            "whether they hold rows is unknown",
+            "start refuses to copy into a table that holds rows; "
+            "run this as the owner or a superuser, then check again",
+            (f"GRANT SELECT ON TABLE {', '.join(quote(t) for t in unread)} TO {quote(role)};",),
+        )
+    if not holding and not unread:
+        yield Finding(
+            "target_rows",
+            scope,
+            Status.OK,
+            f"{_count(len(there), 'table')} already on the target, all empty",
         )
 
 

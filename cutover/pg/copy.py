@@ -291,17 +291,26 @@ class Copier:
                 tracker.processes.discard(process)
 
 
+FILLED_HINT = (
+    "the initial copy fills empty tables and never deletes what it did not write; "
+    "empty them on the target (TRUNCATE) if they are leftovers"
+)
+
+
+def filled(db: str, holding: Sequence[tuple[str, str]]) -> str:
+    """What start and check say of target tables that hold rows before the copy."""
+    return (
+        f"tables of {db} on the target already hold rows: "
+        + ", ".join(quote(t) for t in holding[:5])
+        + (f" and {len(holding) - 5} more" if len(holding) > 5 else "")
+    )
+
+
 def refuse_rows(conn: Connection, tables: Sequence[tuple[str, str]], db: str) -> None:
     """Raise unless every target table is empty: a copy never deletes what it did not write."""
     holding = catalog.tables_with_rows(conn, tables)
     if holding:
-        raise PreconditionFailed(
-            f"tables of {db} on the target already hold rows: "
-            + ", ".join(quote(t) for t in holding[:5])
-            + (f" and {len(holding) - 5} more" if len(holding) > 5 else ""),
-            hint="the initial copy fills empty tables and never deletes what it did not "
-            "write; empty them on the target (TRUNCATE) if they are leftovers",
-        )
+        raise PreconditionFailed(filled(db, holding), hint=FILLED_HINT)
 
 
 def truncate(conn: Connection, tables: Sequence[tuple[str, str]]) -> None:

@@ -8,12 +8,19 @@ superuser: PostgreSQL 15 lets no one else set a custom parameter.) The table
 is cutover's own and never replicated. Only roles that could log in are
 fenced, so lifting it grants nothing new; what the fence needs is CREATEROLE,
 and membership in each role (or pg_signal_backend) to end its sessions.
+
+Without `fence.roles` in the plan, the fence covers the roles that may write
+to the moved tables, and no superuser: the bootstrap superuser and the DBAs
+keep their logins (a superuser that writes aborts the switch all the same).
 """
+
+from collections.abc import Sequence
 
 from psycopg import sql
 
 from cutover.pg.connect import Connection
 from cutover.pg.execute import change
+from cutover.pg.queries import load
 from cutover.steps import Change
 
 TABLE = sql.Identifier("_cutover", "fence")
@@ -21,21 +28,37 @@ TABLE = sql.Identifier("_cutover", "fence")
 SERVICE_ROLES = ("cloudsqladmin", "cloudsqlagent", "cloudsqlreplica", "rdsadmin", "rdsrepladmin")
 
 
-def roles_to_fence(conn: Connection, *, named: list[str] | None, keep: list[str]) -> list[str]:
-    """Login roles to fence: the plan's, or every one but `keep` and the service's own."""
+def roles_to_fence(
+    conn: Connection, databases: Sequence[Connection], *, named: list[str] | None, keep: list[str]
+) -> list[str]:
+    """Login roles to fence: the plan's, or those that may write to the moved tables.
+
+    `databases`: a connection to each moved database. By default the fence takes
+    LOGIN from the roles that can write their tables (owners, grantees, their
+    members), never from a superuser: a DBA keeps the way in, and a superuser who
+    writes is caught by the check after the fence.
+    """
+    kept = [*keep, *SERVICE_ROLES]
+    if named is None:
+        return sorted(
+            {
+                r["rolname"]
+                for db in databases
+                for r in db.execute(load("table_writers"), {"keep": kept}).fetchall()
+            }
+        )
     rows = conn.execute(
         sql.SQL(
             "SELECT rolname FROM pg_catalog.pg_roles WHERE rolcanlogin "
-            "AND rolname <> ALL(%s) AND rolname NOT LIKE 'pg\\_%%' "
+            "AND rolname = ANY(%s) AND rolname <> ALL(%s) AND rolname NOT LIKE 'pg\\_%%' "
             # Only a superuser may alter a superuser: a managed service's admin cannot fence
             # one, and the check after the fence finds it if it writes.
             "AND (NOT rolsuper OR (SELECT rolsuper FROM pg_catalog.pg_roles "
             "WHERE rolname = current_user)) ORDER BY rolname"
         ),
-        ([*keep, *SERVICE_ROLES],),
+        (named, kept),
     ).fetchall()
-    candidates = [r["rolname"] for r in rows]
-    return candidates if named is None else [r for r in candidates if r in named]
+    return [r["rolname"] for r in rows]
 
 
 def fenced_roles(conn: Connection, move: str) -> list[str]:

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from cutover import process
 from cutover.errors import PreconditionFailed, StepFailed
 from cutover.log import redact
 from cutover.pg.connect import conninfo
@@ -66,15 +67,14 @@ def run(
 
 
 def run_command(argv: list[str], *, timeout: float, what: str) -> None:
-    """Run an operator's command (a server restart, say); a failure raises with its output."""
-    try:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise StepFailed(
-            f"{what} could not run: {exc}", hint="check the command in the plan"
-        ) from None
+    """Run an operator's command (a server restart, say); a failure raises with its output.
+
+    Like the writers' commands, it runs in a process group of its own, ended whole
+    when it outlasts `timeout`.
+    """
+    result = process.run(argv, timeout=timeout, what=what, hint="check the command in the plan")
     if result.returncode != 0:
-        tail = redact((result.stderr or result.stdout).strip()[-300:])
         raise StepFailed(
-            f"{what} exited {result.returncode}: {tail}", hint="run the command by hand to see why"
+            f"{what} exited {result.returncode}: {process.tail(result)}",
+            hint="run the command by hand to see why",
         )

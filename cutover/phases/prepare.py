@@ -18,7 +18,7 @@
 from collections.abc import Sequence
 from functools import partial
 
-from cutover import database
+from cutover import database, process
 from cutover.database import Pool
 from cutover.engines.base import Engine
 from cutover.errors import PreconditionFailed
@@ -48,7 +48,7 @@ class Prepare:
         changes = [database.enable_logical_decoding(self.servers, dry_run=dry_run)]
         command = self.plan.source.restart
         if self.restart and command:
-            changes.append(Change("source", " ".join(command)))
+            changes.append(Change("source", process.shown(command)))
         if dry_run:
             return changes
         if not (self.restart and command):

@@ -34,6 +34,8 @@ from cutover.types import Lag, Side, SyncProgress
 CATCHUP_POLL_SECONDS = 0.2
 CONNECT_SECONDS = 60.0  # an apply worker that has not connected by then never will by itself
 
+COPY_DATA = "copy_data"  # the step that fills the target's tables: `check` asks the ledger
+
 
 def require_prepared(servers: Pool, db: str, engine: Engine) -> None:
     """Raise unless prepare made the target database and readied the source."""
@@ -136,7 +138,7 @@ def phase(
         ready = sync_started() if not engine.traits.keys_before_copy else True
         return ready and database.post_data_restored(plan, servers, db)
 
-    copy = Step("copy_data", copy_data, sync_started, attempts=1)
+    copy = Step(COPY_DATA, copy_data, sync_started, attempts=1)
     post = Step("restore_post_data", restore_post_data, post_data_restored)
     if engine.traits.copies_schema:
         first: tuple[Step, ...] = (copy,)

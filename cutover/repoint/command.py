@@ -1,11 +1,13 @@
-"""Repoint by running a command, told the target's address in its environment."""
+"""Repoint by running a command, told the target's address in its environment.
+
+The command runs in a process group of its own, ended whole when it outlasts
+its timeout (cutover/process.py)."""
 
 import os
-import subprocess
 from collections.abc import Sequence
 
+from cutover import process
 from cutover.errors import StepFailed
-from cutover.log import redact
 from cutover.plan import CommandRepoint as CommandSpec
 from cutover.plan import Server
 from cutover.steps import Change
@@ -25,33 +27,27 @@ class CommandRepoint:
 
     def point_to(self, server: Server, *, dry_run: bool) -> Sequence[Change]:
         """Run the command once."""
-        change = Change(f"repoint {self.name}", " ".join(self._spec.run))
+        change = Change(f"repoint {self.name}", process.shown(self._spec.run))
         if dry_run:
             return [change]
         env = {
             **os.environ,
+            **process.secret_env(self._spec.env, where=f"repoint[{self.name}].command.env"),
             "CUTOVER_TARGET_HOST": server.replication_host or server.host,
             "CUTOVER_TARGET_PORT": str(server.port),
             "CUTOVER_DATABASES": ",".join(self._databases),
         }
-        try:
-            result = subprocess.run(
-                self._spec.run,
-                capture_output=True,
-                text=True,
-                timeout=self._spec.timeout,
-                env=env,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise StepFailed(
-                f"repoint {self.name}: the command could not run: {exc}",
-                hint="check repoint[].command.run in the plan",
-            ) from None
+        result = process.run(
+            self._spec.run,
+            timeout=self._spec.timeout,
+            env=env,
+            what=f"repoint {self.name}: the command",
+            hint="check repoint[].command.run in the plan and that it finishes within its timeout",
+        )
         if result.returncode != 0:
             raise StepFailed(
                 f"repoint {self.name}: the command exited {result.returncode}: "
-                + redact((result.stderr or result.stdout).strip()[-300:]),
+                + process.tail(result),
                 hint="run it by hand to see why; the writers are still stopped",
             )
         return [change]

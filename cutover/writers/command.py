@@ -1,12 +1,15 @@
 """A writer driven by commands: stop, start, a status command that exits 0 once drained,
-and a health command that exits 0 while the writer writes successfully."""
+and a health command that exits 0 while the writer writes successfully.
+
+Each command runs in a process group of its own, ended whole when it outlasts the
+writer's timeout (cutover/process.py): nothing it started acts after the step moved on."""
 
 import os
 import subprocess
 from collections.abc import Sequence
 
+from cutover import process
 from cutover.errors import StepFailed
-from cutover.log import redact
 from cutover.plan import CommandWriter as CommandSpec
 from cutover.steps import Change
 
@@ -18,31 +21,28 @@ class CommandWriter:
         self.name = name
         self._spec = spec
 
-    def _run(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
-        try:
-            return subprocess.run(
-                argv,
-                capture_output=True,
-                text=True,
-                timeout=self._spec.timeout,
-                check=False,
-                env={**os.environ, "CUTOVER_WRITER": self.name},
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise StepFailed(
-                f"writer {self.name}: {argv[0]} could not run: {exc}",
-                hint="check the command in the plan and that it finishes within its timeout",
-            ) from None
+    def _run(self, argv: list[str], *, what: str) -> subprocess.CompletedProcess[str]:
+        return process.run(
+            argv,
+            timeout=self._spec.timeout,
+            env={
+                **os.environ,
+                **process.secret_env(self._spec.env, where=f"writers[{self.name}].command.env"),
+                "CUTOVER_WRITER": self.name,
+            },
+            what=f"writer {self.name}: the {what} command",
+            hint="check the command in the plan and that it finishes within its timeout",
+        )
 
     def _control(self, argv: list[str], *, what: str, dry_run: bool) -> Sequence[Change]:
-        change = Change(f"writer {self.name}", " ".join(argv))
+        change = Change(f"writer {self.name}", process.shown(argv))
         if dry_run:
             return [change]
-        result = self._run(argv)
+        result = self._run(argv, what=what)
         if result.returncode != 0:
-            tail = _tail(result)
             raise StepFailed(
-                f"writer {self.name}: the {what} command exited {result.returncode}: {tail}",
+                f"writer {self.name}: the {what} command exited {result.returncode}: "
+                + process.tail(result),
                 hint="run the command by hand to see why",
             )
         return [change]
@@ -59,22 +59,17 @@ class CommandWriter:
         """The status command exits 0 (without one: as soon as stop succeeded)."""
         if self._spec.status is None:
             return True
-        return self._run(self._spec.status).returncode == 0
+        return self._run(self._spec.status, what="status").returncode == 0
 
     def is_healthy(self) -> tuple[bool, str]:
         """Run the health command: exit 0 is healthy; otherwise its code and its output's end."""
         if self._spec.health is None:
             return True, ""
         try:
-            result = self._run(self._spec.health)
+            result = self._run(self._spec.health, what="health")
         except StepFailed as exc:  # it did not run, or not in time: unhealthy, not an error
             return False, exc.message.removeprefix(f"writer {self.name}: ")
         if result.returncode == 0:
             return True, ""
-        tail = _tail(result)
+        tail = process.tail(result)
         return False, f"exit {result.returncode}" + (f": {tail}" if tail else "")
-
-
-def _tail(result: subprocess.CompletedProcess[str]) -> str:
-    """The end of what a command said (stderr, else stdout), secrets masked."""
-    return redact((result.stderr or result.stdout).strip()[-300:])

@@ -228,6 +228,81 @@ def test_missing_privileges_come_with_the_statements_that_grant_them(
     assert [f["status"] for f in privileges] == ["OK", "OK", "OK", "OK"], privileges
 
 
+def test_rows_a_restricted_user_may_not_read_are_a_finding_with_the_grant(
+    lab: Lab,
+    databases: Databases,
+    write_plan: Callable[..., Path],
+    cutover: Callable[..., Result],
+    unprivileged: tuple[str, str, str],
+) -> None:
+    """The orphan-rows check reads both tables of a foreign key: without SELECT, a finding."""
+    role, password, _ = unprivileged
+    db = databases.create()
+    build(lab, db, CLEAN_SCHEMA)
+    plan = write_plan(
+        [db],
+        source={"user": role, "password": "env:CK_PASSWORD"},
+        target={"user": role, "password": "env:CK_PASSWORD"},
+    )
+    result = cutover("check", "-p", str(plan), "--json", env={"CK_PASSWORD": password})
+    assert result.code == 1, result.stderr
+    assert result.stdout.startswith("{"), result.stderr  # a report, not one error
+    orphans = findings(result)[("source", "foreign_key_orphans", "FAIL")]
+    quoted = '"' + role + '"'
+    assert orphans["detail"] == (
+        f'{role} may not read "public"."child", "public"."parent": rows that point at '
+        "nothing cannot be looked for (1 foreign key)"
+    )
+    assert orphans["fix"] == [
+        f'GRANT SELECT ON TABLE "public"."child", "public"."parent" TO {quoted};'
+    ]
+    with connect(lab.server("source"), db) as conn:
+        conn.execute(orphans["fix"][0])
+    again = findings(cutover("check", "-p", str(plan), "--json", env={"CK_PASSWORD": password}))
+    assert again[("source", "foreign_key_orphans", "OK")]["detail"] == (
+        "1 foreign key, no row points at nothing"
+    )
+
+
+def test_rows_already_on_the_target_are_a_blocker_as_start_says(
+    lab: Lab, databases: Databases, write_plan: Callable[..., Path], cutover: Callable[..., Result]
+) -> None:
+    """The schema made by hand on the target is adopted; rows there stop the move early."""
+    db = databases.create()
+    build(lab, db, CLEAN_SCHEMA)
+    with connect(lab.server("target")) as conn:
+        conn.execute(f'CREATE DATABASE "{db.replace(chr(34), chr(34) * 2)}"')
+    build(lab, db, CLEAN_SCHEMA, side="target")
+    plan = str(write_plan([db]))
+    result = cutover("check", "-p", plan, "--json")
+    assert result.code == 1, result.stdout + result.stderr
+    rows = findings(result)[("target", "target_rows", "FAIL")]
+    assert rows["detail"] == (
+        f'tables of {db} on the target already hold rows: "public"."child", "public"."parent"'
+    )
+    assert rows["hint"].startswith("the initial copy fills empty tables")
+    assert "NOT READY: 1 blocker" in cutover("check", "-p", plan).stdout
+
+    prepared = cutover("prepare", "-p", plan)
+    assert prepared.code == 0, prepared.stdout + prepared.stderr  # nothing to create by hand
+    started = cutover("start", "-p", plan, "--wait")
+    assert started.code == 1
+    said = " ".join(started.stderr.split())
+    assert f"{rows['detail']} hint: {rows['hint']}" in said
+
+    # Emptied as the hint says, the move goes on; the rows it copies are its own.
+    with connect(lab.server("target"), db) as conn:
+        conn.execute("TRUNCATE child, parent")
+    emptied = findings(cutover("check", "-p", plan, "--json"))
+    assert emptied[("target", "target_rows", "OK")]["detail"] == (
+        "2 tables already on the target, all empty"
+    )
+    started = cutover("start", "-p", plan, "--wait")
+    assert started.code == 0, started.stdout + started.stderr
+    copied = cutover("check", "-p", plan, "--json")
+    assert [f for f in json.loads(copied.stdout)["findings"] if f["check"] == "target_rows"] == []
+
+
 def test_a_target_role_without_createdb_is_told_to_get_it(
     lab: Lab,
     databases: Databases,

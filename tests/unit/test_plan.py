@@ -144,12 +144,26 @@ def test_every_error_is_reported_at_once() -> None:
     assert "thresholds.drain_timeout" in message
 
 
-@pytest.mark.parametrize("path", ["source.password", "target.password", "writers.1.http.token"])
+@pytest.mark.parametrize(
+    "path",
+    ["source.password", "target.password", "writers.1.http.token", "writers.0.command.env"],
+)
 def test_a_literal_secret_is_refused_and_never_echoed(path: str) -> None:
-    message = error_of(with_change(path, "hunter2-S3cret!"))
+    value: Any = "hunter2-S3cret!"
+    if path.endswith(".env"):  # a command's environment: a map of references
+        value = {"PGPASSWORD": value}
+    message = error_of(with_change(path, value))
     assert "a literal secret is not allowed" in message
     assert "env:NAME" in message and "file:PATH" in message
     assert "hunter2" not in message
+
+
+def test_a_command_env_takes_references_under_variable_names() -> None:
+    refs = {"PGPASSWORD": "env:APP_PW", "TOKEN": "file:/run/token"}
+    plan = parse(with_change("writers.0.command.env", refs))
+    assert plan.writers[0].command is not None and plan.writers[0].command.env == refs
+    message = error_of(with_change("writers.0.command.env", {"PG-PW": "env:APP_PW"}))
+    assert "writers[0].command.env.PG-PW" in message and "letters, digits and _" in message
 
 
 def test_a_password_inside_a_url_or_dsn_is_refused_and_never_echoed() -> None:

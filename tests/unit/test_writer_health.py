@@ -76,7 +76,7 @@ def test_a_command_writer_is_healthy_when_its_health_command_exits_0(tmp_path: P
     assert quiet.is_healthy() == (False, "exit 1")
     missing = command_writer([str(tmp_path / "no-such-command")])
     ok, detail = missing.is_healthy()
-    assert not ok and "could not run" in detail
+    assert not ok and "could not start: No such file or directory" in detail
 
 
 def test_the_load_is_healthy_after_an_acknowledged_write_and_no_failure_since() -> None:
