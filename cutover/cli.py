@@ -431,12 +431,14 @@ def switch_command(
 
     First waits until the lag has stayed under thresholds.max_switch_lag for
     lag_window (a spike starts the window again; after ready_timeout it fails,
-    nothing stopped). Then stops the writer tiers, fences the source, proves
-    zero lag with a barrier row, copies the sequences, compares row counts,
-    promotes the target, repoints the connection strings and starts the writers
-    again. Any failure before the promotion rolls back by itself and exits 1
-    with the reason. A writer whose health probe fails after the promotion is a
-    warning (exit 3): the data is on the target; run switch again once it is fixed.
+    nothing stopped), and sets the target's sequences ahead. Then stops the
+    writer tiers, fences the source, proves zero lag with a barrier row, sets the
+    sequences that moved since, promotes the target, repoints the connection
+    strings and starts the writers again. Any failure before the promotion rolls
+    back by itself and exits 1 with the reason. After it, row counts are compared
+    as they stood at the barrier, and each writer's health probe is asked: a
+    difference or an unhealthy writer is a warning (exit 3), nothing is undone
+    (the data is on the target); run switch again once it is fixed.
     """
     plan = load_plan(plan_path)
     _confirm(

@@ -202,7 +202,7 @@ def test_a_database_error_outside_a_step_is_one_line_too(
     assert result.code == 1, result.stdout + result.stderr
     assert result.stderr.startswith(
         f"FAILED: on source/{db} as {name}: 42501 insufficient privilege: "
-        "permission denied for table pg_class; statement: SELECT "
+        "permission denied for table pg_class; statement: "
     )
     assert result.stderr.rstrip().endswith(
         f'run: GRANT SELECT ON TABLE "pg_catalog"."pg_class" TO {quote(name)};'

@@ -1,4 +1,5 @@
--- Every foreign key between user tables, with its columns in key order.
+-- Every foreign key between user tables, with its columns in key order; those of an
+-- extension's own tables (pglogical's) are left out: the extension makes them on the target.
 SELECT con.conname AS name,
        cn.nspname AS child_schema,
        cc.relname AS child_table,
@@ -22,4 +23,7 @@ JOIN pg_catalog.pg_namespace pn ON pn.oid = pc.relnamespace
 WHERE con.contype = 'f'
   AND cc.relkind = 'r'
   AND cn.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                  WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                    AND d.objid = cc.oid AND d.deptype = 'e')
 ORDER BY cn.nspname, cc.relname, con.conname
