@@ -145,7 +145,9 @@ class NativeReplication:
             copy.refuse_rows(target, tables, self._db)
         else:
             replication.drop_slot(source, self.slot_name, where="source", dry_run=False)
-        parts = copy.plan_parts(source, tables, jobs=jobs)
+        parts = copy.plan_parts(
+            source, tables, jobs=jobs, binary=copy.same_major_version(source, target)
+        )
         # Keys on the target mean a copy is done again after the indexes were built:
         # every table is emptied in one statement, and none can be refilled with FREEZE.
         keyed = bool(catalog.foreign_keys(target))

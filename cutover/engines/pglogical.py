@@ -219,7 +219,9 @@ class PglogicalReplication:
         try:
             self._wait_for_copy(deadline, on_progress)
             if unlogged:
-                parts = copy.plan_parts(self._source(), unlogged, jobs=jobs)
+                source, target = self._source(), self._target()
+                binary = copy.same_major_version(source, target)
+                parts = copy.plan_parts(source, unlogged, jobs=jobs, binary=binary)
                 copier = copy.Copier(
                     self._plan.source, self._plan.target, self._db, snapshot=None, freeze=set()
                 )
