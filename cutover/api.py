@@ -368,6 +368,24 @@ def switch(
 
 
 @_command
+def abandon_switch(plan: Plan, *, dry_run: bool, on_step: OnStep = _ignore) -> Ran:
+    """Give up a switch interrupted before its promotion: each step it did undone in reverse.
+
+    The fence is lifted and the writers start again on the source, which still
+    replicates to the target; a later switch starts from its first step.
+    """
+    with pool(_servers(plan)) as connections:
+        phase = switching.phase(plan, connections, engine_for(plan, connections))
+        reports = _run(
+            plan,
+            lambda steps: steps.abandon(phase, SWITCH_SCOPE),
+            dry_run=dry_run,
+            on_step=on_step,
+        )
+    return Ran(reports, dry_run)
+
+
+@_command
 def rollback(
     plan: Plan, *, dry_run: bool, on_step: OnStep = _ignore, on_ready: OnReady = _ignore
 ) -> Switched:

@@ -416,12 +416,21 @@ def _readiness_line() -> Iterator[tuple[api.OnReady, api.OnStep]]:
 @app.command("switch")
 def switch_command(
     plan_path: PlanOption,
+    *,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     keep_fallback: Annotated[
         bool,
         typer.Option(
             "--keep-fallback",
             help="Replicate target to source after the switch, so `cutover rollback` can go back.",
+        ),
+    ] = False,
+    abandon: Annotated[
+        bool,
+        typer.Option(
+            "--abandon",
+            help="Give up a switch that was interrupted before the promotion: lift the fence "
+            "and start the writers again on the source (replication goes on).",
         ),
     ] = False,
     metrics_port: MetricsPortOption = None,
@@ -439,8 +448,23 @@ def switch_command(
     as they stood at the barrier, and each writer's health probe is asked: a
     difference or an unhealthy writer is a warning (exit 3), nothing is undone
     (the data is on the target); run switch again once it is fixed.
+
+    A switch interrupted before the promotion (killed, its machine lost) is
+    finished by running it again, or given up with --abandon.
     """
     plan = load_plan(plan_path)
+    if abandon:
+        _confirm(
+            f"Abandon the interrupted switch of move '{plan.move}'? The fence is lifted and "
+            "the writers start again on the source",
+            yes=yes,
+            dry_run=dry_run,
+        )
+        ran = api.abandon_switch(plan, dry_run=dry_run, on_step=_show)
+        _dry_run_note(ran)
+        if not dry_run:
+            out.print("[green]abandoned[/]: the source takes the writes again; replication goes on")
+        return
     _confirm(
         f"Switch move '{plan.move}' ({', '.join(plan.databases)}) to "
         f"{plan.target.describe()}? The writers stop for a few seconds",
@@ -596,6 +620,7 @@ def _database_data(db: DatabaseState) -> dict[str, Any]:
             "lost": lag.lost,
             "measured_at": lag.measured_at,
         },
+        "apply_errors": facts.apply_errors,
         "rows_source": db.rows_source,
         "rows_target": db.rows_target,
         "materialized_views": None if db.views is None else asdict(db.views),
@@ -703,6 +728,11 @@ def _replication_state(db: str, info: DatabaseState) -> str:
             f" and {len(waiting) - 10} more" if len(waiting) > 10 else ""
         )
         line += f"; not ready yet: {shown}"
+    if facts.apply_errors:
+        line += (
+            f"; the apply worker failed {facts.apply_errors} times since the subscription "
+            "began (the target's log says why; it retries)"
+        )
     if facts.slot_at_risk:
         line += " WARNING: the slot is close to being invalidated by max_slot_wal_keep_size"
     return line

@@ -108,6 +108,7 @@ class Replication:
     wal_retained_bytes: int | None = None
     wal_safe_bytes: int | None = None  # left before max_slot_wal_keep_size invalidates the slot
     slot_active: bool | None = None
+    apply_errors: int | None = None  # a counter the target keeps (pg_stat_subscription_stats)
     streaming: bool | None = None  # None: no subscription (yet, or any more)
     tables: dict[TableState, int] | None = None  # tables by sync state
     copy_bytes_done: int | None = None
@@ -205,6 +206,11 @@ _REPLICATION_GAUGES = (
         "WAL the slot may still retain before max_slot_wal_keep_size invalidates it",
     ),
     ("slot_active", "cutover_slot_active", "1 while a sender streams from the move's slot"),
+    (
+        "apply_errors",
+        "cutover_apply_errors",
+        "Times the target's apply worker failed since the subscription began (it retries)",
+    ),
     (
         "streaming",
         "cutover_replication_streaming",

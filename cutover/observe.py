@@ -78,6 +78,7 @@ def _replication(engine: str, db: state.DatabaseState) -> metrics.Replication:
         wal_retained_bytes=lag.retained_bytes if lag else None,
         wal_safe_bytes=lag.safe_bytes if lag else None,
         slot_active=lag.connected if lag else None,
+        apply_errors=facts.apply_errors,
         # The metric's "streaming": enabled, and its slot sends right now.
         streaming=bool(facts.streaming and lag and lag.connected) if facts.subscribed else None,
         tables=progress.by_state if progress else None,

@@ -20,11 +20,19 @@ from dataclasses import dataclass
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
 from cutover.database import translate
-from cutover.errors import CutoverError, Interrupted, Retryable, StepFailed, SwitchedWithWarning
+from cutover.errors import (
+    CutoverError,
+    Interrupted,
+    PreconditionFailed,
+    Retryable,
+    StepFailed,
+    SwitchedWithWarning,
+    UsageError,
+)
 from cutover.ledger import Journal, Pause, store_for
 from cutover.log import MoveAdapter, for_move, redact
 from cutover.plan import Plan
-from cutover.steps import Change, Outcome, Phase, Step
+from cutover.steps import Change, Outcome, Phase, Step, StepStatus
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +204,48 @@ class Runner:
             reraise=True,
         )
         return retrying(attempt)
+
+    def abandon(self, phase: Phase, scope: str) -> list[StepReport]:
+        """Undo a run of `phase` that was interrupted before its point of no return.
+
+        Each step it did, and the one it was in, is undone in reverse (undos are
+        idempotent) and marked undone, so the next run starts from the first step.
+        """
+        touched = [
+            step
+            for step in phase.steps
+            if (record := self._journal.get(phase.key(step, scope))) is not None
+            and record.status in (StepStatus.DONE, StepStatus.RUNNING)
+        ]
+        if not touched:
+            raise UsageError(
+                f"no interrupted {phase.name} to abandon: none of its steps is done or running",
+                hint="`cutover status` shows where the move stands",
+            )
+        passed = [s.name for s in touched if s.point_of_no_return]
+        if passed:
+            raise PreconditionFailed(
+                f"the {phase.name} passed its point of no return ({', '.join(passed)}): "
+                "the target is promoted and cannot be given back",
+                hint=f"finish it: run `cutover {phase.name}` again",
+            )
+        reports: list[StepReport] = []
+        for step in reversed(touched):
+            key, started = phase.key(step, scope), self._clock()
+            changes = tuple(step.undo(dry_run=self._dry_run)) if step.undo is not None else ()
+            if not self._dry_run:
+                self._journal.undone(key)
+            outcome = Outcome.PLANNED if self._dry_run else Outcome.UNDONE
+            reports.append(StepReport(key, outcome, self._clock() - started, changes))
+            self._on_step(reports[-1])
+        if not self._dry_run:
+            self._journal.note(
+                "rollback",
+                key=phase.key(touched[-1], scope),
+                outcome=phase.name,
+                detail=f"{phase.name} abandoned after {touched[-1].name}",
+            )
+        return reports
 
     def _undo(self, phase: Phase, scope: str, *, failed: Step) -> str:
         """Roll the phase back: undo its done steps and the one that failed, in reverse.

@@ -41,6 +41,7 @@ class Replication:
     lag: Lag | None = None  # the slot's: None when there is none, or it was not read
     progress: SyncProgress | None = None  # each table's state, bytes copied
     description: str | None = None  # the engine's own words, when it has any
+    apply_errors: int | None = None  # the apply worker's failures since the subscription began
 
     @property
     def replicating(self) -> bool:
@@ -274,6 +275,7 @@ def _replication(
         description=reading.attempt(lambda: engine.describe(db))
         if target_exists and moving
         else None,
+        apply_errors=reading.attempt(lambda: engine.apply_errors(db)) if subscribed else None,
     )
 
 

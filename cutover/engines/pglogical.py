@@ -287,6 +287,8 @@ class PglogicalReplication:
         tables = [(t.schema, t.name) for t in self._tables()]
         sub = pglogical.subscription(target, self.name)
         if sub is not None and sub.sync is TableState.READY:
+            # What the set carries: a table made on the source since is not in it.
+            tables = [(t.schema, t.name) for t in pglogical.set_tables(source, self.name)]
             # A subscription made without a copy keeps no state per table: all are ready.
             known = {(t.schema, t.name): t.state for t in pglogical.table_states(target, self.name)}
             total = sum(replication.table_sizes(source, tables).values())

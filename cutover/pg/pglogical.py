@@ -294,6 +294,22 @@ def disable_subscription(conn: Connection, name: str, *, where: str, dry_run: bo
     return change(conn, statement, (name,), where=where, dry_run=dry_run)
 
 
+def set_tables(conn: Connection, name: str) -> list[TableName]:
+    """The tables of the replication set `name` (on the source): what pglogical carries."""
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT n.nspname AS schema, c.relname AS name "
+            "FROM pglogical.replication_set_table t "
+            "JOIN pglogical.replication_set s ON s.set_id = t.set_id "
+            "JOIN pg_catalog.pg_class c ON c.oid = t.set_reloid "
+            "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE s.set_name = %s ORDER BY 1, 2"
+        ),
+        (name,),
+    ).fetchall()
+    return [TableName(r["schema"], r["name"]) for r in rows]
+
+
 def table_states(conn: Connection, name: str) -> list[TableSync]:
     """Each table's state once the initial copy of the subscription is done."""
     rows = conn.execute(load("pglogical_tables"), (name,)).fetchall()

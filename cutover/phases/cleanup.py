@@ -49,7 +49,8 @@ def phase(plan: Plan, servers: Pool, db: str, engine: Engine) -> Phase:
             raise PreconditionFailed(
                 f"a switch of this move is half done: {', '.join(fenced)} are fenced on the "
                 "source and the target is not promoted",
-                hint="run `cutover switch` again to finish it, or `cutover rollback`; "
+                hint="run `cutover switch` again to finish it, or give it up with "
+                "`cutover switch --abandon` (the fence lifted, the writers back on the source); "
                 "then clean up",
             )
         return []

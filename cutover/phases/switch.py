@@ -46,6 +46,7 @@ from cutover.plan import LargeObjects, Plan
 from cutover.repoint import repoint_for
 from cutover.steps import Change, Phase, Step
 from cutover.steps import SwitchStep as S
+from cutover.types import Lag
 from cutover.writers import Writer, writer_for
 
 POLL_SECONDS = 0.02
@@ -122,6 +123,7 @@ class Switch:
                     f"{db}: the initial copy has not finished",
                     hint="run `cutover start --wait` first",
                 )
+            self._check_all_carried(db, set(progress.tables))
             if not self.engine.ready_to_switch(db):
                 changes += self.engine.prepare_switch(db, dry_run=dry_run)
         if self.fallback is not None:
@@ -138,19 +140,22 @@ class Switch:
     def _hold_lag(self) -> None:
         """Wait until the lag stays under max_switch_lag for lag_window, unbroken.
 
-        A spike starts the window again; after ready_timeout the switch fails
-        with the figures, before anything stopped.
+        A spike starts the window again; after ready_timeout the switch fails with the
+        figures, before anything stopped. An apply worker that fails meanwhile fails the
+        switch at once: its lag may look small while nothing is applied.
         """
         limit, window = self.limits.max_switch_lag, self.limits.lag_window
         since = self.clock()
         now: dict[str, int] = {}
         highest: dict[str, int] = {}
+        errors = {db: self.engine.apply_errors(db) for db in self.databases}
 
         def held() -> bool:
             nonlocal since
             for db in self.databases:
-                now[db] = self._lag_bytes(db)
+                now[db] = self._lag(db).bytes
                 highest[db] = max(highest.get(db, 0), now[db])
+                self._check_apply(db, errors[db])
             if any(n > limit for n in now.values()):
                 since = self.clock()  # a spike: the window starts again
             held_for = self.clock() - since
@@ -174,6 +179,35 @@ class Switch:
             sleep=self.sleep,
         )
 
+    def _check_all_carried(self, db: str, carried: set[str]) -> None:
+        """Raise when the source has a table the replication does not carry (made after start).
+
+        Its rows would stay behind on the source: the switch must not begin.
+        """
+        new = [
+            str(t) for t in database.replicated_tables(self.servers, db) if str(t) not in carried
+        ]
+        if new:
+            raise PreconditionFailed(
+                f"{db}: tables on the source that this move does not replicate (created after "
+                f"start?): {', '.join(new[:10])}{' and more' if len(new) > 10 else ''}",
+                hint="nothing was stopped; their rows would stay behind. Create them on the "
+                "target and add them to the replication, or drop them on the source: "
+                "docs/troubleshooting.md#a-table-made-on-the-source-after-start",
+            )
+
+    def _check_apply(self, db: str, before: int) -> None:
+        """Raise when the target's apply worker failed since `before` errors were counted."""
+        failed = self.engine.apply_errors(db) - before
+        if failed > 0:
+            raise PreconditionFailed(
+                f"{db}: the target's apply worker failed {failed} times while the switch "
+                "waited for a quiet lag: the target does not apply what the source sends",
+                hint="nothing was stopped; the target's log says why (often a table or column "
+                "the source has and the target lacks: docs/troubleshooting.md#the-apply-worker-"
+                "fails); fix it, then switch again",
+            )
+
     def _check_fallback_possible(self) -> None:
         """Reverse replication starts after the promotion: what it needs is checked before."""
         problems = preflight.fallback_problems(self.plan, self.servers)
@@ -194,7 +228,7 @@ class Switch:
                     hint="create them on the target (`cutover check` prints the statements)",
                 )
 
-    def _lag_bytes(self, db: str) -> int:
+    def _lag(self, db: str) -> Lag:
         """The engine's lag, the reading state.replication shows; only it, twice a second."""
         self.engine.heartbeat(db)
         lag = self.engine.lag(db)
@@ -203,7 +237,7 @@ class Switch:
                 f"{db}: the replication slot is missing on the source",
                 hint="see `cutover status`; the move cannot switch without it",
             )
-        return lag.bytes
+        return lag
 
     def stop_writers(self, *, dry_run: bool) -> Sequence[Change]:
         """Tier by tier; each tier drained before the next stops."""
@@ -372,9 +406,12 @@ class Switch:
         after it, writers back on the target (`promoted`: a difference is a warning,
         the data stays where it is).
         """
-        changes, differ = [], []
+        changes: list[Change] = []
+        problems: list[str] = []
         for db in self.databases:
-            tables = database.replicated_tables(self.servers, db)
+            absent = set(database.tables_missing_on_target(self.servers, db))
+            tables = [t for t in database.replicated_tables(self.servers, db) if t not in absent]
+            problems += [f"{db}: {t} is missing on the target" for t in sorted(absent)]
             changes.append(Change(db, f"count(*) of {len(tables)} tables on both sides"))
             if dry_run:
                 continue
@@ -391,11 +428,13 @@ class Switch:
                     "and the snapshots of its pause are gone; `cutover verify` compares now",
                 )
                 continue
-            differ += [c for c in counts if c.differences]
-        if differ:
-            detail = ", ".join(
-                f"{c.database}: {c.table} {c.source_rows} vs {c.target_rows}" for c in differ[:10]
-            )
+            problems += [
+                f"{db}: {c.table} {c.source_rows} vs {c.target_rows}"
+                for c in counts
+                if c.differences
+            ]
+        if problems:
+            detail = ", ".join(problems[:10]) + (" and more" if len(problems) > 10 else "")
             if promoted:
                 raise CountsDiffer(
                     f"the switch is done and the writers write on the target, but row counts "

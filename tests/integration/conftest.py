@@ -227,7 +227,12 @@ def move_of(running: Running) -> str:
 
 def ledger_of(running: Running) -> dict[str, dict[str, object]]:
     """The move's step records."""
-    path = next((running.plan.parent / "state").glob("*.ledger.json"))
+    return ledger_of_plan(running.plan)
+
+
+def ledger_of_plan(plan: Path) -> dict[str, dict[str, object]]:
+    """The step records of the move of a plan that write_plan wrote."""
+    path = next((plan.parent / "state").glob("*.ledger.json"))
     steps: dict[str, dict[str, object]] = json.loads(path.read_text())["steps"]
     return steps
 

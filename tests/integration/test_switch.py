@@ -116,6 +116,44 @@ def test_counts_that_differ_at_the_barrier_warn_after_the_writers_are_back(
     assert outcome.after_fence == 0
 
 
+def test_a_switch_killed_after_the_fence_is_abandoned_with_one_command(
+    lab: Lab, under_load: Running, cutover: Callable[..., Result]
+) -> None:
+    """Killed after the fence, before the promotion: `switch --abandon` lifts the fence and
+    starts the writers on the source; a later switch starts from its first step."""
+    plan = str(under_load.plan)
+    fenced = {FAILPOINT: "all/switch.fence_source@applied"}
+    killed = cutover("switch", "-p", plan, "--yes", env=fenced)
+    assert killed.code == -9
+    assert not can_login(lab, under_load.role)  # fenced, the writers stopped
+    planned = cutover("switch", "-p", plan, "--abandon", "--dry-run")
+    assert planned.code == 0, planned.stdout + planned.stderr
+    assert "all/switch.fence_source" in planned.stdout and "dry run" in planned.stdout
+    assert not can_login(lab, under_load.role)
+
+    abandoned = cutover("switch", "-p", plan, "--abandon", "--yes")
+    assert abandoned.code == 0, abandoned.stdout + abandoned.stderr
+    assert "abandoned" in abandoned.stdout
+    assert can_login(lab, under_load.role)
+    source_port = lab.server("source").port
+    before = acked_on(under_load, source_port)
+    under_load.work.stop.wait(1.5)
+    assert acked_on(under_load, source_port) > before + 50  # the load writes on the source
+    statuses = {k: v["status"] for k, v in ledger_of(under_load).items() if "switch." in k}
+    assert set(statuses.values()) == {"undone"}, statuses
+    again = cutover("switch", "-p", plan, "--abandon", "--yes")
+    assert again.code == 2 and "no interrupted switch to abandon" in again.stderr
+
+    second = cutover("switch", "-p", plan, "--yes")
+    assert second.code == 0, second.stdout + second.stderr
+    assert "applied all/switch.check_ready" in second.stdout
+    under_load.work.stop.wait(1.0)
+    under_load.stop()
+    outcome = audit(lab, under_load)
+    assert outcome.missing == []
+    assert outcome.after_fence == 0
+
+
 def test_a_barrier_timeout_rolls_back_and_a_second_switch_succeeds(
     lab: Lab, under_load: Running, cutover: Callable[..., Result]
 ) -> None:
