@@ -53,7 +53,11 @@ def locked(plan: Plan) -> Iterator[Journal]:
     """Hold the move's lock for the length of a command; yields its journal."""
     store = store_for(plan)
     with store.lock():
-        yield Journal(store, move=plan.move)
+        journal = Journal(store, move=plan.move)
+        try:
+            yield journal
+        finally:
+            journal.flush()
 
 
 FAILPOINT = "CUTOVER_FAILPOINT"
@@ -114,6 +118,7 @@ class Runner:
                 report = self._run_step(phase, step, scope)
             reports.append(report)
             self._on_step(report)
+        self._journal.flush()
         return reports
 
     def _run_step(self, phase: Phase, step: Step, scope: str) -> StepReport:
@@ -164,7 +169,9 @@ class Runner:
                 outcome = Outcome.SKIPPED if recorded else Outcome.ADOPTED
                 if outcome is Outcome.ADOPTED and not self._dry_run:
                     seconds = self._clock() - started
-                    self._journal.finished(key, outcome=outcome, seconds=seconds, **where)
+                    self._journal.finished(
+                        key, outcome=outcome, seconds=seconds, phase=phase.name, scope=scope
+                    )
                 logger.info("%s", outcome.value)
                 return StepReport(key, outcome, self._clock() - started)
             if recorded:
@@ -181,7 +188,9 @@ class Runner:
         changes = tuple(self._apply(step, key))
         _failpoint(key, "applied")
         seconds = self._clock() - started
-        self._journal.finished(key, outcome=Outcome.APPLIED, seconds=seconds)
+        # Written with the next step's start: a run lost in between is one killed right
+        # after the work, which every step allows (see Journal.finished).
+        self._journal.finished(key, outcome=Outcome.APPLIED, seconds=seconds, durable=False)
         logger.info("done in %.0f ms", seconds * 1000)
         return StepReport(key, Outcome.APPLIED, seconds, changes)
 

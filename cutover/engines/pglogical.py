@@ -394,6 +394,15 @@ class PglogicalReplication:
         ]
         if not dry_run and name is not None:  # the worker ends with its sender
             replication.released(self._source(), name, timeout=10.0, poll=0.005)
+            # Its sender may go a moment before the worker leaves pglogical's registry.
+            with suppress(StepFailed):
+                wait.until(
+                    lambda: not pglogical.apply_worker_running(target, self.name),
+                    timeout=2.0,
+                    interval=0.005,
+                    what="the apply worker did not end",
+                    hint="drop_subscription waits for it",
+                )
         return changes + pglogical.drop_subscription(
             target, self.name, where=self._where[1], dry_run=dry_run
         )

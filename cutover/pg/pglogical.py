@@ -294,6 +294,27 @@ def disable_subscription(conn: Connection, name: str, *, where: str, dry_run: bo
     return change(conn, statement, (name,), where=where, dry_run=dry_run)
 
 
+def apply_worker_running(conn: Connection, name: str) -> bool:
+    """Whether the subscription's apply worker still runs (on the target).
+
+    The worker names itself `pglogical apply <database oid>:<subscription id>` and
+    leaves pglogical's own registry before its session ends: once the session is
+    gone, drop_subscription has no worker to wait for (it sleeps a second per look).
+    """
+    row = conn.execute(
+        sql.SQL(
+            "SELECT count(*) AS n FROM pg_catalog.pg_stat_activity a "
+            "JOIN pglogical.subscription s ON s.sub_name = %s "
+            "WHERE a.datname = pg_catalog.current_database() "
+            "AND a.application_name = 'pglogical apply ' || (SELECT d.oid FROM "
+            "pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database()) "
+            "|| ':' || s.sub_id"
+        ),
+        (name,),
+    ).fetchone()
+    return row is not None and int(row["n"]) > 0
+
+
 def set_tables(conn: Connection, name: str) -> list[TableName]:
     """The tables of the replication set `name` (on the source): what pglogical carries."""
     rows = conn.execute(

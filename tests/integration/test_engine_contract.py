@@ -20,6 +20,7 @@ from cutover.database import Pool
 from cutover.engines import engine_for, prove_applied, reversed_plan
 from cutover.engines.base import Engine
 from cutover.lab import Lab
+from cutover.pg import pglogical
 from cutover.plan import Plan
 from cutover.plan import load as load_plan
 from cutover.types import Side, SyncProgress, TableState
@@ -156,7 +157,14 @@ def test_an_engine_copies_streams_lags_proves_promotes_falls_back_and_leaves_not
     assert not engine.promoted(db)
     if not engine.traits.sets_sequences_at_promote:  # the switch's copy_sequences
         database.copy_sequences(servers, db, dry_run=False)
+    target = servers.get("target", db)
+    if engine.kind == "pglogical":  # promote waits for this worker to be gone, not a second
+        assert pglogical.apply_worker_running(target, f"cutover_{move.plan.move}")
+    began = time.monotonic()
     engine.promote(db, dry_run=False)
+    assert time.monotonic() - began < 0.5  # pglogical's drop no longer waits a second for it
+    if engine.kind == "pglogical":
+        assert not pglogical.apply_worker_running(target, f"cutover_{move.plan.move}")
     assert engine.promoted(db) and engine.stopped(db) and engine.source_released(db)
     assert engine.lag(db) is None
     move.write("source", 7)  # no longer carried

@@ -32,6 +32,24 @@ def test_records_survive_a_new_reader(tmp_path: Path) -> None:
     assert all("pid" in e.actor for e in again.events())
 
 
+def test_a_finished_record_not_durable_is_written_with_the_next_one(tmp_path: Path) -> None:
+    store = FileStore(tmp_path, "m")
+    journal = Journal(store, move="m")
+    journal.started("db/switch.fence_source")
+    journal.finished("db/switch.fence_source", outcome=Outcome.APPLIED, seconds=0.1, durable=False)
+    # Lost now, the run reads as one killed after the step's work: the step shows running.
+    assert Journal(store, move="m").steps()["db/switch.fence_source"].status is StepStatus.RUNNING
+    journal.started("db/switch.wait_for_barrier")
+    steps = Journal(store, move="m").steps()
+    assert steps["db/switch.fence_source"].status is StepStatus.DONE
+    assert steps["db/switch.wait_for_barrier"].status is StepStatus.RUNNING
+    journal.finished(
+        "db/switch.wait_for_barrier", outcome=Outcome.APPLIED, seconds=0.1, durable=False
+    )
+    journal.flush()
+    assert Journal(store, move="m").is_done("db/switch.wait_for_barrier")
+
+
 def test_a_rerun_counts_runs_and_clears_the_old_error(tmp_path: Path) -> None:
     journal = Journal(FileStore(tmp_path, "m"), move="m")
     journal.started("k")
