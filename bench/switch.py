@@ -146,6 +146,20 @@ class App:
             f"DATABASE_URL=postgresql://{ROLE}:{self.password}@127.0.0.1:{port}/{self.db}\n"
         )
 
+    def stop_writes(self) -> float:
+        """Pause the writes and wait until none is in flight; when the pause began."""
+        started = time.monotonic()
+        self.load.gate.pause()
+        while not self.load.gate.drained():
+            time.sleep(0.005)
+        return started
+
+    def resume_on_target(self, started: float) -> float:
+        """Repoint and resume the writes; the seconds they were paused."""
+        self.point_to("target")
+        self.load.gate.resume()
+        return time.monotonic() - started
+
     def rate(self, seconds: float = 3.0) -> float:
         acked, started = self.load.log.acked, time.monotonic()
         time.sleep(seconds)
@@ -257,10 +271,7 @@ def by_hand(lab: Lab, work_dir: Path, args: argparse.Namespace, run: str) -> dic
         rate = app.rate()
         began = datetime.now().astimezone()
         with connect(lab, "source", app.db) as source, connect(lab, "target", app.db) as target:
-            started = time.monotonic()
-            app.load.gate.pause()
-            while not app.load.gate.drained():
-                time.sleep(0.005)
+            started = app.stop_writes()
             lsn = source.execute("SELECT pg_current_wal_lsn() AS lsn").fetchone()["lsn"]  # type: ignore[index]
             while not source.execute(
                 "SELECT bool_and(confirmed_flush_lsn >= %s) AS ok FROM pg_replication_slots "
@@ -276,9 +287,7 @@ def by_hand(lab: Lab, work_dir: Path, args: argparse.Namespace, run: str) -> dic
                 target.execute("SELECT setval(%s::regclass, %s)", (row["name"], row["last_value"]))
             (name,) = target.execute("SELECT subname FROM pg_subscription").fetchone().values()  # type: ignore[union-attr]
             target.execute(sql.SQL("DROP SUBSCRIPTION {}").format(sql.Identifier(name)))
-            app.point_to("target")
-            app.load.gate.resume()
-            pause = time.monotonic() - started
+            pause = app.resume_on_target(started)
         time.sleep(1)
     finally:
         app.stop()
@@ -294,10 +303,7 @@ def offline(lab: Lab, work_dir: Path, args: argparse.Namespace) -> dict[str, flo
     try:
         rate = app.rate()
         began = datetime.now().astimezone()
-        started = time.monotonic()
-        app.load.gate.pause()
-        while not app.load.gate.drained():
-            time.sleep(0.005)
+        started = app.stop_writes()
         with connect(lab, "target") as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(app.db)))
         target_env["PGDATABASE"] = app.db
@@ -311,9 +317,7 @@ def offline(lab: Lab, work_dir: Path, args: argparse.Namespace) -> dict[str, flo
             check=True,
         )
         assert dumper.wait() == 0
-        app.point_to("target")
-        app.load.gate.resume()
-        pause = time.monotonic() - started
+        pause = app.resume_on_target(started)
         time.sleep(1)
     finally:
         app.stop()

@@ -195,6 +195,17 @@ def under_load(
         handle.close()
 
 
+def nothing_lost(lab: Lab, running: Running, *, writing: float = 1.0) -> load.Audit:
+    """Let the load write on for `writing` seconds, stop it, and assert the audit: every
+    acknowledged write on the target, none taken by the source after the fence."""
+    running.work.stop.wait(writing)
+    running.stop()
+    outcome = audit(lab, running)
+    assert outcome.missing == []
+    assert outcome.after_fence == 0
+    return outcome
+
+
 def audit(lab: Lab, running: Running) -> load.Audit:
     """The write log against the target: what was lost, and what errors the application saw."""
     journal = journal_for(load_plan(running.plan))

@@ -27,6 +27,7 @@ from tests.integration.conftest import (
     can_login,
     ledger_of,
     move_of,
+    nothing_lost,
     replication_objects,
     set_replication,
 )
@@ -110,10 +111,7 @@ def test_counts_that_differ_at_the_barrier_warn_after_the_writers_are_back(
     before = acked_on(under_load, target_port)
     under_load.work.stop.wait(1.0)
     assert acked_on(under_load, target_port) > before + 50  # the load writes on the target
-    under_load.stop()
-    outcome = audit(lab, under_load)
-    assert outcome.missing == []
-    assert outcome.after_fence == 0
+    nothing_lost(lab, under_load, writing=0)
 
 
 def test_a_switch_killed_after_the_fence_is_abandoned_with_one_command(
@@ -147,11 +145,7 @@ def test_a_switch_killed_after_the_fence_is_abandoned_with_one_command(
     second = cutover("switch", "-p", plan, "--yes")
     assert second.code == 0, second.stdout + second.stderr
     assert "applied all/switch.check_ready" in second.stdout
-    under_load.work.stop.wait(1.0)
-    under_load.stop()
-    outcome = audit(lab, under_load)
-    assert outcome.missing == []
-    assert outcome.after_fence == 0
+    nothing_lost(lab, under_load)
 
 
 def test_a_barrier_timeout_rolls_back_and_a_second_switch_succeeds(
@@ -176,11 +170,7 @@ def test_a_barrier_timeout_rolls_back_and_a_second_switch_succeeds(
     second = cutover("switch", "-p", str(under_load.plan), "--yes")
     assert second.code == 0, second.stdout + second.stderr
     assert "applied all/switch.check_ready" in second.stdout
-    under_load.work.stop.wait(1.0)
-    under_load.stop()
-    outcome = audit(lab, under_load)
-    assert outcome.missing == []
-    assert outcome.after_fence == 0
+    nothing_lost(lab, under_load)
 
 
 @pytest.mark.parametrize("engine", ["native"])
@@ -225,11 +215,7 @@ def test_an_unhealthy_writer_after_the_promotion_warns_and_a_second_switch_finis
     assert again.code == 0, again.stdout + again.stderr
     assert "applied all/switch.check_writers" in again.stdout
     assert ledger_of(under_load)["all/switch.check_writers"]["status"] == "done"
-    under_load.work.stop.wait(1.0)
-    under_load.stop()
-    outcome = audit(lab, under_load)
-    assert outcome.missing == []
-    assert outcome.after_fence == 0
+    nothing_lost(lab, under_load)
 
 
 def leftovers(lab: Lab, running: Running) -> dict[str, int]:
@@ -425,11 +411,7 @@ def test_a_lag_spike_before_the_switch_is_waited_out(
     stdout, stderr = switch.communicate(timeout=120)
     assert switch.returncode == 0, stdout + stderr
     assert time.monotonic() - began > 4.0 + 2.0  # the spike, then a whole quiet window
-    under_load.work.stop.wait(1.0)
-    under_load.stop()
-    outcome = audit(lab, under_load)
-    assert outcome.missing == []
-    assert outcome.after_fence == 0
+    nothing_lost(lab, under_load)
 
 
 @pytest.mark.parametrize("engine", ["native"])
