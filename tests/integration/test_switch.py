@@ -92,6 +92,7 @@ def test_a_switch_under_load_loses_no_acknowledged_write(
     assert len(events) == 1 and events[0]["detail"].startswith("writes paused ")
 
 
+@pytest.mark.parametrize("engine", ["native"])
 def test_counts_that_differ_at_the_barrier_warn_after_the_writers_are_back(
     lab: Lab, under_load: Running, cutover: Callable[..., Result]
 ) -> None:
@@ -114,6 +115,7 @@ def test_counts_that_differ_at_the_barrier_warn_after_the_writers_are_back(
     nothing_lost(lab, under_load, writing=0)
 
 
+@pytest.mark.parametrize("engine", ["native"])
 def test_a_switch_killed_after_the_fence_is_abandoned_with_one_command(
     lab: Lab, under_load: Running, cutover: Callable[..., Result]
 ) -> None:
