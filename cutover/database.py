@@ -206,9 +206,11 @@ def archive_path(plan: Plan, db: str) -> Path:
     return plan.state_dir / f"{replication.slot_name(plan.move, db)}.schema.dump"
 
 
-def tables_missing_on_target(servers: Pool, db: str) -> list[TableName]:
-    """The source's replicated tables the target lacks."""
-    tables = replicated_tables(servers, db)
+def tables_missing_on_target(
+    servers: Pool, db: str, tables: list[TableName] | None = None
+) -> list[TableName]:
+    """The source's replicated tables (or these of them) the target lacks."""
+    tables = replicated_tables(servers, db) if tables is None else tables
     if not exists(servers, Side.TARGET, db):
         return tables
     missing = catalog.missing_tables(

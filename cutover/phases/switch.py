@@ -409,8 +409,9 @@ class Switch:
         changes: list[Change] = []
         problems: list[str] = []
         for db in self.databases:
-            absent = set(database.tables_missing_on_target(self.servers, db))
-            tables = [t for t in database.replicated_tables(self.servers, db) if t not in absent]
+            replicated = database.replicated_tables(self.servers, db)
+            absent = set(database.tables_missing_on_target(self.servers, db, replicated))
+            tables = [t for t in replicated if t not in absent]
             problems += [f"{db}: {t} is missing on the target" for t in sorted(absent)]
             changes.append(Change(db, f"count(*) of {len(tables)} tables on both sides"))
             if dry_run:
