@@ -6,7 +6,9 @@ and adopt what the servers show instead of doing it twice.
 """
 
 import json
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import pytest
@@ -34,15 +36,43 @@ SWITCH_STEPS = [s for s in S if s not in NOT_HERE]
 OBSERVABLE = {S.COPY_SEQUENCES, S.PROMOTE, S.REPOINT, S.START_FALLBACK}
 
 
+@contextmanager
+def sequence_moving(lab: Lab, db: str) -> Iterator[None]:
+    """A superuser job, which the fence spares, takes a ticket every 2 ms until the fence.
+
+    The sequences are set ahead before the pause; without a sequence moving in
+    the pause, copy_sequences finds nothing behind and is adopted, not applied.
+    The job stops at the fence, so that the run again finds the sequence copied.
+    """
+    stop = threading.Event()
+
+    def take() -> None:
+        with connect(lab.server("source"), db) as conn:
+            conn.autocommit = True
+            fenced = "SELECT to_regclass('_cutover.fence') IS NOT NULL AS fenced"
+            while not stop.wait(0.002) and not conn.execute(fenced).fetchone()["fenced"]:  # type: ignore[index]
+                conn.execute("SELECT nextval('load_ticket_seq')")
+
+    job = threading.Thread(target=take, daemon=True)
+    job.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        job.join(timeout=10)
+
+
 @pytest.mark.parametrize("step", SWITCH_STEPS)
 def test_switch_killed_at_each_step_finishes_when_run_again(
     lab: Lab, under_load: Running, cutover: Callable[..., Result], step: str
 ) -> None:
     plan = str(under_load.plan)
     fallback = ["--keep-fallback"] if step is S.START_FALLBACK else []
-    killed = cutover(
-        "switch", "-p", plan, "--yes", *fallback, env={FAILPOINT: f"all/switch.{step}@applied"}
-    )
+    moving = sequence_moving(lab, under_load.db) if step is S.COPY_SEQUENCES else nullcontext()
+    with moving:
+        killed = cutover(
+            "switch", "-p", plan, "--yes", *fallback, env={FAILPOINT: f"all/switch.{step}@applied"}
+        )
     assert killed.code == -9, killed.stdout + killed.stderr
     status = json.loads(cutover("status", "-p", plan, "--json").stdout)
     assert status["interrupted"] == [f"all/switch.{step}"]
