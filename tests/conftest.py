@@ -1,8 +1,8 @@
 """Real PostgreSQL servers for the tests, from the same code as `cutover lab`.
 
-The lab starts once per test session, on free loopback ports (as the postgres
+The lab starts once per test worker (pytest-xdist), on free loopback ports (as the postgres
 user when the tests run as root). Each test gets fresh databases with unique,
-deliberately awkward names, dropped afterwards.
+deliberately awkward names; what replicates in them is stopped afterwards.
 """
 
 import os
@@ -10,7 +10,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,23 +46,73 @@ class Databases:
     They are not dropped one by one: with pglogical preloaded on PostgreSQL 15,
     DROP DATABASE waits forever for pglogical's supervisor (pglogical issues #399
     and #418), and ending the supervisor disables pglogical until a restart.
-    Names are unique, and the whole lab is deleted when the session ends.
+    Names are unique, and the whole lab is deleted when the session ends. What
+    replicates in them is stopped when the test ends (`stop_replication`).
     """
 
     lab: Lab
+    names: list[str] = field(default_factory=list)
 
     def create(self, side: str = "source", *, prefix: str = "db") -> str:
         """A new empty database on one side; its name needs quoting."""
         name = f'{prefix} Ü "{uuid.uuid4().hex[:8]}"'
         with connect(self.lab.server(side)) as conn:
             conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
+        self.names.append(name)
         return name
+
+    def stop_replication(self) -> None:
+        """Disable every subscription in the test's databases and drop their slots.
+
+        A move a test leaves streaming costs every later test: each walsender
+        decodes the server's whole WAL, and the suite slowed by a quarter.
+        """
+        ident = psycopg.sql.Identifier
+        for side in ("source", "target"):
+            with connect(self.lab.server(side)) as conn:
+                rows = conn.execute(
+                    "SELECT datname FROM pg_database WHERE datname = ANY(%s)", (self.names,)
+                ).fetchall()
+            for db in (r["datname"] for r in rows):
+                with connect(self.lab.server(side), db) as conn:
+                    for sub in conn.execute(
+                        "SELECT subname FROM pg_subscription s JOIN pg_database d "
+                        "ON d.oid = s.subdbid WHERE d.datname = current_database()"
+                    ).fetchall():
+                        name = ident(sub["subname"])
+                        conn.execute(psycopg.sql.SQL("ALTER SUBSCRIPTION {} DISABLE").format(name))
+                        conn.execute(
+                            psycopg.sql.SQL("ALTER SUBSCRIPTION {} SET (slot_name = NONE)").format(
+                                name
+                            )
+                        )
+                        conn.execute(psycopg.sql.SQL("DROP SUBSCRIPTION {}").format(name))
+                    if conn.execute(
+                        "SELECT 1 FROM pg_extension WHERE extname = 'pglogical'"
+                    ).fetchone():
+                        conn.execute(
+                            "SELECT pglogical.alter_subscription_disable(sub_name, true) "
+                            "FROM pglogical.subscription"
+                        )
+            with connect(self.lab.server(side)) as conn:
+                conn.execute(
+                    "SELECT pg_terminate_backend(active_pid), pg_sleep(0.05) "
+                    "FROM pg_replication_slots WHERE active AND database = ANY(%s)",
+                    (self.names,),
+                )
+                conn.execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                    "WHERE NOT active AND database = ANY(%s)",
+                    (self.names,),
+                )
 
 
 @pytest.fixture
-def databases(lab: Lab) -> Databases:
-    """Fresh databases for one test."""
-    return Databases(lab)
+def databases(lab: Lab) -> Iterator[Databases]:
+    """Fresh databases for one test; their replication stopped when it ends."""
+    made = Databases(lab)
+    yield made
+    made.stop_replication()
 
 
 @pytest.fixture
