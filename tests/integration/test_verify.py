@@ -224,3 +224,10 @@ def test_a_move_under_load_verifies_equal_while_it_replicates(
     assert data["differences"] == 0
     assert data["consistent_points"][under_load.db].startswith("barrier at ")
     assert sum(t["source_rows"] for t in data["tables"]) > 0
+
+    for _ in range(5):  # counts compare the same moment as the checksums, while rows arrive
+        before = under_load.work.log.acked
+        counted = cutover("verify", "-p", str(under_load.plan), "--mode", "count", "--json")
+        assert under_load.work.log.acked > before + 20
+        assert counted.code == 0, counted.stdout + counted.stderr
+        assert json.loads(counted.stdout)["differences"] == 0
