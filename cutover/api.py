@@ -22,7 +22,7 @@ from cutover import database, metrics, observe, preflight, runner, state
 from cutover import verify as comparing
 from cutover.database import FillProgress, Pool, mask, pool, translate
 from cutover.engines import engine_for, prove_applied, reversed_plan
-from cutover.errors import CannotCompare, CutoverError, StepFailed
+from cutover.errors import CannotCompare, CutoverError, PreconditionFailed, StepFailed
 from cutover.ledger import Pause, journal_for, save_verification
 from cutover.phases import backfill as backfilling
 from cutover.phases import cleanup as cleaning
@@ -32,7 +32,7 @@ from cutover.phases import start as starting
 from cutover.phases import switch as switching
 from cutover.plan import Plan, Server
 from cutover.runner import StepReport
-from cutover.steps import SWITCH_SCOPE, Phase, StepStatus
+from cutover.steps import SWITCH_SCOPE, Phase, StepStatus, SwitchStep
 from cutover.types import Side, SyncProgress, TableName
 
 __all__ = [
@@ -288,16 +288,25 @@ def start(
     *,
     jobs: int,
     dry_run: bool,
+    recopy: bool = False,
     on_step: OnStep = _ignore,
     on_copy: Callable[[str, SyncProgress], None] = _ignore,
     on_lag: Callable[[str, int], None] = _ignore,
 ) -> Ran:
-    """Copy, index and stream each database, here and now, until the target caught up."""
+    """Copy, index and stream each database, here and now, until the target caught up.
+
+    With `recopy`, each database's subscription and slot are dropped and the
+    target's tables emptied first: copied anew (refused once the switch promoted).
+    """
+    if recopy:
+        _refuse_recopy_after_promote(plan)
     with pool(_servers(plan)) as connections:
         engine = engine_for(plan, connections)
 
         def phases_for(db: str) -> list[Phase]:
+            recopying = [starting.recopy_phase(plan, connections, db, engine)] if recopy else []
             return [
+                *recopying,
                 starting.phase(
                     plan,
                     connections,
@@ -306,16 +315,27 @@ def start(
                     jobs=jobs,
                     on_progress=functools.partial(on_copy, db),
                     on_lag=functools.partial(on_lag, db),
-                )
+                ),
             ]
 
         reports = _run_phases(plan, phases_for, dry_run=dry_run, on_step=on_step)
     return Ran(reports, dry_run)
 
 
+def _refuse_recopy_after_promote(plan: Plan) -> None:
+    """The target took writes once the switch promoted it: emptying it would lose them."""
+    promoted = journal_for(plan).get(f"{SWITCH_SCOPE}/switch.{SwitchStep.PROMOTE}")
+    if promoted is not None and promoted.status is StepStatus.DONE:
+        raise PreconditionFailed(
+            "the switch promoted the target: it holds the application's writes since, "
+            "which a copy anew would delete",
+            hint="the move is done; `cutover rollback` goes back if a fallback runs",
+        )
+
+
 @_command
 def start_in_background(
-    plan: Plan, plan_path: Path, *, jobs: int, metrics_port: int | None
+    plan: Plan, plan_path: Path, *, jobs: int, metrics_port: int | None, recopy: bool = False
 ) -> Background:
     """Check what start needs, then run `start --wait` detached, its output in a log file."""
     with pool(_servers(plan)) as connections:
@@ -324,7 +344,11 @@ def start_in_background(
             starting.require_prepared(connections, db, engine)
     plan.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     log_path = plan.state_dir / f"{plan.move}.start.log"
+    if recopy:
+        _refuse_recopy_after_promote(plan)
     argv = [sys.executable, "-m", "cutover", "start", "-p", str(plan_path.resolve())]
+    if recopy:
+        argv += ["--recopy", "--yes"]
     if metrics_port is not None:
         argv += ["--metrics-port", str(metrics_port)]
     with log_path.open("ab") as log_file:

@@ -274,6 +274,7 @@ def _backfill_progress() -> Iterator[api.OnFill]:
 @app.command("start")
 def start_command(
     plan_path: PlanOption,
+    *,
     wait: Annotated[
         bool,
         typer.Option(
@@ -292,6 +293,18 @@ def start_command(
             "built at a time. More jobs load both servers more.",
         ),
     ] = 2,
+    recopy: Annotated[
+        bool,
+        typer.Option(
+            "--recopy",
+            help="Copy anew, for a move whose changes were lost to the target (its slot "
+            "dropped or invalidated): drop the subscription and the slot, empty the target's "
+            "tables, then start as the first time. Refused once the switch promoted the target.",
+        ),
+    ] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Do not ask before --recopy empties the tables.")
+    ] = False,
     metrics_port: MetricsPortOption = None,
     dry_run: DryRunOption = False,
 ) -> None:
@@ -308,8 +321,17 @@ def start_command(
     does not outlive the process); every later step resumes where it stopped.
     """
     plan = load_plan(plan_path)
+    if recopy:
+        _confirm(
+            f"Empty the moved tables of {', '.join(plan.databases)} on the target "
+            f"({plan.target.host}) and copy them anew?",
+            yes=yes,
+            dry_run=dry_run,
+        )
     if not wait and not dry_run:
-        started = api.start_in_background(plan, plan_path, jobs=parallel, metrics_port=metrics_port)
+        started = api.start_in_background(
+            plan, plan_path, jobs=parallel, metrics_port=metrics_port, recopy=recopy
+        )
         if started.exit_code is None:
             out.print(
                 f"started in the background (pid {started.pid}); its log: {started.log}\n"
@@ -319,11 +341,20 @@ def start_command(
         (out if started.exit_code == 0 else err).print(started.tail, markup=False)
         raise typer.Exit(started.exit_code)
     if dry_run:
-        _dry_run_note(api.start(plan, jobs=parallel, dry_run=True, on_step=_show))
+        ran = api.start(plan, jobs=parallel, dry_run=True, recopy=recopy, on_step=_show)
+        _dry_run_note(ran)
         return
     api.serve_metrics(plan, metrics_port)
     with _copy_progress() as (on_copy, on_lag):
-        api.start(plan, jobs=parallel, dry_run=False, on_step=_show, on_copy=on_copy, on_lag=on_lag)
+        api.start(
+            plan,
+            jobs=parallel,
+            dry_run=False,
+            recopy=recopy,
+            on_step=_show,
+            on_copy=on_copy,
+            on_lag=on_lag,
+        )
 
 
 @contextmanager
@@ -711,8 +742,12 @@ def _replication_state(db: str, info: DatabaseState) -> str:
         line += f"; {facts.description}"
     lag = facts.lag
     if lag is None:
-        missing = "is missing on the source" if facts.slot_exists is False else "was not read"
-        return line + f"; the replication slot {missing}"
+        if facts.slot_exists is False:
+            return line + (
+                "; the replication slot is missing on the source: the changes since are lost "
+                "to the target; `cutover start --recopy` copies it anew"
+            )
+        return line + "; the replication slot was not read"
     seconds = "?" if lag.seconds is None else f"{lag.seconds:.1f} s"
     line += (
         f"; lag {_bytes(lag.bytes)}, {seconds}; WAL retained "
@@ -733,7 +768,12 @@ def _replication_state(db: str, info: DatabaseState) -> str:
             f"; the apply worker failed {facts.apply_errors} times since the subscription "
             "began (the target's log says why; it retries)"
         )
-    if facts.slot_at_risk:
+    if lag.lost:
+        line += (
+            " WARNING: the slot was invalidated by max_slot_wal_keep_size: the changes since "
+            "are lost to the target; `cutover start --recopy` copies it anew"
+        )
+    elif facts.slot_at_risk:
         line += " WARNING: the slot is close to being invalidated by max_slot_wal_keep_size"
     return line
 

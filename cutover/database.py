@@ -19,6 +19,7 @@ from cutover.pg import (
     backfill,
     barrier,
     catalog,
+    copy,
     fence,
     large_objects,
     matviews,
@@ -217,6 +218,32 @@ def tables_missing_on_target(
         servers.get("target", db), [(t.schema, t.name) for t in tables]
     )
     return [TableName(*t) for t in missing]
+
+
+def _copied_tables(servers: Pool, db: str) -> list[TableName]:
+    """The tables start copies, replicated and unlogged, that the target has."""
+    source = servers.get("source", db)
+    tables = [
+        TableName(t.schema, t.name)
+        for t in (*replication.replicated_tables(source), *replication.unlogged_tables(source))
+    ]
+    missing = set(tables_missing_on_target(servers, db, tables))
+    return [t for t in tables if t not in missing]
+
+
+def target_empty(servers: Pool, db: str) -> bool:
+    """No table start copies holds a row on the target."""
+    return not catalog.tables_with_rows(servers.get("target", db), _copied_tables(servers, db))
+
+
+def empty_target(servers: Pool, db: str, *, dry_run: bool) -> Sequence[Change]:
+    """Empty every table start copies on the target, in one statement (keys between them)."""
+    return copy.truncate_change(
+        servers.get("target", db),
+        _copied_tables(servers, db),
+        where=where(Side.TARGET, db),
+        dry_run=dry_run,
+    )
 
 
 def pre_data_copied(servers: Pool, db: str) -> bool:

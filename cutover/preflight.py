@@ -230,7 +230,8 @@ def _slots(plan: Plan, conn: Connection) -> Iterator[Finding]:
                 "source",
                 Status.FAIL,
                 f"slot {slot.name} was invalidated: its subscriber can never catch up",
-                "drop the subscription and start again (`cutover cleanup`, then prepare/start)",
+                "`cutover start --recopy` drops the subscription and the slot, empties the "
+                "target's tables and copies them anew",
             )
         elif slot.wal_status == "unreserved" or (
             slot.safe_wal_size is not None and slot.safe_wal_size < slot.retained_bytes

@@ -35,9 +35,11 @@ from cutover.errors import PreconditionFailed, StepFailed
 from cutover.log import redact
 from cutover.pg import catalog, tools
 from cutover.pg.connect import Connection, connect
+from cutover.pg.execute import change
 from cutover.pg.ident import quote
 from cutover.pg.queries import load
 from cutover.plan import Server
+from cutover.steps import Change
 from cutover.types import SyncProgress, TableName, TableState
 
 SPLIT_BYTES = 1 << 30  # a table larger than this is copied by several jobs at once
@@ -330,9 +332,17 @@ def refuse_rows(conn: Connection, tables: Sequence[tuple[str, str]], db: str) ->
 
 def truncate(conn: Connection, tables: Sequence[tuple[str, str]]) -> None:
     """Empty the target tables in one statement (keys between them allow nothing else)."""
-    if tables:
-        names = sql.SQL(", ").join(sql.Identifier(*t) for t in tables)
-        conn.execute(sql.SQL("TRUNCATE ONLY {}").format(names))
+    truncate_change(conn, tables, where="target", dry_run=False)
+
+
+def truncate_change(
+    conn: Connection, tables: Sequence[tuple[str, str]], *, where: str, dry_run: bool
+) -> list[Change]:
+    """`truncate`, as the change it makes (none without tables)."""
+    if not tables:
+        return []
+    names = sql.SQL(", ").join(sql.Identifier(*t) for t in tables)
+    return [change(conn, sql.SQL("TRUNCATE ONLY {}").format(names), where=where, dry_run=dry_run)]
 
 
 def same_major_version(source: Connection, target: Connection) -> bool:

@@ -17,6 +17,11 @@ An engine whose target has its keys before the copy (`keys_before_copy`:
 pglogical applies changes as soon as its copy commits) restores post-data
 first, and its copy_data waits for that copy. An engine that copies the
 schema itself (`copies_schema`) has no restore_post_data step.
+
+`start --recopy` runs the recopy phase first, for a move whose changes were
+lost to the target (its slot dropped or invalidated): the subscription and
+the slot are dropped and the target's tables emptied, so that start copies
+again from a new slot.
 """
 
 import time
@@ -35,6 +40,10 @@ CATCHUP_POLL_SECONDS = 0.2
 CONNECT_SECONDS = 60.0  # an apply worker that has not connected by then never will by itself
 
 COPY_DATA = "copy_data"  # the step that fills the target's tables: `check` asks the ledger
+RECOPY_HINT = (
+    "run `cutover start --recopy`: it drops the subscription and the slot, empties the "
+    "target's tables and copies them anew (the source is only read)"
+)
 
 
 def require_prepared(servers: Pool, db: str, engine: Engine) -> None:
@@ -44,6 +53,39 @@ def require_prepared(servers: Pool, db: str, engine: Engine) -> None:
             f"{db} is not prepared for this move (no target database or no publication)",
             hint="run `cutover prepare` until it finishes, then start again",
         )
+
+
+def recopy_phase(plan: Plan, servers: Pool, db: str, engine: Engine) -> Phase:
+    """What a copy anew starts from: no subscription, no slot, the target's tables empty."""
+
+    def check_no_switch_in_progress(*, dry_run: bool) -> Sequence[Change]:
+        fenced = database.fenced_roles(plan, servers)
+        if fenced:
+            raise PreconditionFailed(
+                f"a switch of this move is half done: {', '.join(fenced)} are fenced on the source",
+                hint="finish it with `cutover switch`, or give it up with "
+                "`cutover switch --abandon`; then copy anew",
+            )
+        return []
+
+    def stopped() -> bool:
+        return not database.exists(servers, Side.TARGET, db) or engine.stopped(db)
+
+    return Phase(
+        "recopy",
+        (
+            Step("check_no_switch_in_progress", check_no_switch_in_progress, attempts=1),
+            Step("drop_subscription", partial(engine.stop, db), stopped),
+            Step(
+                "drop_slot", partial(engine.release_source, db), partial(engine.source_released, db)
+            ),
+            Step(
+                "empty_target_tables",
+                partial(database.empty_target, servers, db),
+                partial(database.target_empty, servers, db),
+            ),
+        ),
+    )
 
 
 def phase(
@@ -95,9 +137,9 @@ def phase(
             lag = engine.lag(db)
             if lag is None or lag.lost:
                 raise StepFailed(
-                    f"the move's replication slot for {db} is gone or invalidated",
-                    hint="see `cutover status`; drop the subscription on the target and "
-                    "run start again to copy anew",
+                    f"the move's replication slot for {db} is gone or invalidated: the "
+                    "changes since are lost to the target",
+                    hint=RECOPY_HINT,
                 )
             progress = engine.progress(db)
             if progress.done:

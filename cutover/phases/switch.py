@@ -42,6 +42,7 @@ from cutover.database import Pool
 from cutover.engines import prove_applied
 from cutover.engines.base import Engine
 from cutover.errors import CountsDiffer, PreconditionFailed, StepFailed, WritersUnhealthy
+from cutover.phases import start as starting
 from cutover.plan import LargeObjects, Plan
 from cutover.repoint import repoint_for
 from cutover.steps import Change, Phase, Step
@@ -234,8 +235,9 @@ class Switch:
         lag = self.engine.lag(db)
         if lag is None:
             raise PreconditionFailed(
-                f"{db}: the replication slot is missing on the source",
-                hint="see `cutover status`; the move cannot switch without it",
+                f"{db}: the replication slot is missing on the source: the changes since are "
+                "lost to the target",
+                hint=f"nothing was stopped; {starting.RECOPY_HINT}, then switch",
             )
         return lag
 

@@ -91,3 +91,53 @@ def test_a_table_made_on_the_source_after_start_stops_the_switch_before_the_writ
     assert "all/switch.stop_writers" not in ledger_of_plan(Path(plan))
     cleaned = cutover("cleanup", "-p", plan, "--yes")
     assert cleaned.code == 0, cleaned.stdout + cleaned.stderr
+
+
+@pytest.mark.parametrize("engine", ["native", "pglogical"])
+def test_a_slot_dropped_by_hand_is_shown_and_start_recopy_leads_back_to_a_working_move(
+    lab: Lab,
+    databases: Databases,
+    write_plan: Callable[..., Path],
+    cutover: Callable[..., Result],
+    engine: str,
+) -> None:
+    db, plan = streaming_move(lab, databases, write_plan, cutover, engine)
+    with connect(lab.server("source")) as conn:  # a DBA drops the slot by hand
+        deadline = time.monotonic() + 30
+        while conn.execute(
+            "SELECT 1 FROM pg_replication_slots WHERE database = %s", (db,)
+        ).fetchone():
+            conn.execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+                "WHERE database = %s AND active",
+                (db,),
+            )
+            conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                "WHERE database = %s AND NOT active",
+                (db,),
+            )
+            assert time.monotonic() < deadline, "the slot stayed in use"
+    with connect(lab.server("source"), db) as conn:  # changes the target will never get
+        conn.execute("INSERT INTO items SELECT g, g FROM generate_series(101, 150) g")
+
+    status = cutover("status", "-p", plan)
+    assert "cutover start --recopy" in status.stdout + status.stderr, status.stdout
+    switched = cutover("switch", "-p", plan, "--yes")
+    assert switched.code == 1, switched.stdout + switched.stderr
+    assert "cutover start --recopy" in switched.stderr
+    again = cutover("start", "-p", plan, "--wait")
+    assert again.code != 0, again.stdout + again.stderr
+    assert "cutover start --recopy" in again.stderr
+
+    recopied = cutover("start", "-p", plan, "--wait", "--recopy", "--yes")
+    assert recopied.code == 0, recopied.stdout + recopied.stderr
+    with connect(lab.server("source"), db) as conn:
+        conn.execute("INSERT INTO items VALUES (151, 151)")
+    switched = cutover("switch", "-p", plan, "--yes")
+    assert switched.code == 0, switched.stdout + switched.stderr
+    with connect(lab.server("target"), db) as conn:
+        row = conn.execute("SELECT count(*) AS n, sum(v) AS v FROM items").fetchone()
+    assert row == {"n": 151, "v": sum(range(1, 152))}
+    cleaned = cutover("cleanup", "-p", plan, "--yes")
+    assert cleaned.code == 0, cleaned.stdout + cleaned.stderr
