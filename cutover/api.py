@@ -23,7 +23,7 @@ from cutover import verify as comparing
 from cutover.database import FillProgress, Pool, mask, pool, translate
 from cutover.engines import engine_for, prove_applied, reversed_plan
 from cutover.errors import CannotCompare, CutoverError, PreconditionFailed, StepFailed
-from cutover.ledger import Pause, journal_for, save_verification
+from cutover.ledger import Pause, journal_for, recorded_move_id, save_verification
 from cutover.phases import backfill as backfilling
 from cutover.phases import cleanup as cleaning
 from cutover.phases import prepare as preparing
@@ -195,7 +195,7 @@ def check(plan: Plan) -> preflight.Report:
         and record.status in (StepStatus.DONE, StepStatus.RUNNING)
     }
     with pool(_servers(plan)) as connections:
-        return preflight.run(plan, connections, copied=copied)
+        return preflight.run(plan, connections, copied=copied, move_id=recorded_move_id(plan))
 
 
 # -- prepare and backfill ---------------------------------------------------------------------
@@ -240,6 +240,7 @@ def prepare(
 ) -> Ran:
     """Keys for tables without one, then both sides made ready, database by database."""
     with pool(_servers(plan)) as connections:
+        database.refuse_other_moves(plan, connections)
         engine = engine_for(plan, connections)
 
         def phases_for(db: str) -> list[Phase]:
@@ -301,6 +302,7 @@ def start(
     if recopy:
         _refuse_recopy_after_promote(plan)
     with pool(_servers(plan)) as connections:
+        database.refuse_other_moves(plan, connections)
         engine = engine_for(plan, connections)
 
         def phases_for(db: str) -> list[Phase]:
@@ -339,6 +341,7 @@ def start_in_background(
 ) -> Background:
     """Check what start needs, then run `start --wait` detached, its output in a log file."""
     with pool(_servers(plan)) as connections:
+        database.refuse_other_moves(plan, connections)
         engine = engine_for(plan, connections)
         for db in plan.databases:
             starting.require_prepared(connections, db, engine)
@@ -385,6 +388,7 @@ def switch(
     """
     back = reversed_plan(plan)
     with _both_ways(plan) as (connections, back_connections):
+        database.refuse_other_moves(plan, connections)
         fallback = engine_for(back, back_connections) if keep_fallback else None
         engine = engine_for(plan, connections)
         phase = switching.phase(plan, connections, engine, fallback=fallback, on_ready=on_ready)
@@ -399,6 +403,7 @@ def abandon_switch(plan: Plan, *, dry_run: bool, on_step: OnStep = _ignore) -> R
     replicates to the target; a later switch starts from its first step.
     """
     with pool(_servers(plan)) as connections:
+        database.refuse_other_moves(plan, connections)
         phase = switching.phase(plan, connections, engine_for(plan, connections))
         reports = _run(
             plan,
@@ -416,6 +421,7 @@ def rollback(
     """Move the writes back to the source, after a switch that kept the fallback."""
     back = reversed_plan(plan)
     with _both_ways(plan) as (connections, back_connections):
+        database.refuse_other_moves(plan, connections)
         back_engine = engine_for(back, back_connections)
         phase = rolling_back.phase(
             plan, connections, back_connections, back_engine, on_ready=on_ready
@@ -428,6 +434,7 @@ def cleanup(plan: Plan, *, dry_run: bool, on_step: OnStep = _ignore) -> Ran:
     """Remove the move's objects from both servers, the fallback's first."""
     back = reversed_plan(plan)
     with _both_ways(plan) as (connections, back_connections):
+        database.refuse_other_moves(plan, connections)
         engine = engine_for(plan, connections)
         back_engine = engine_for(back, back_connections)
 

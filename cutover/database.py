@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cutover import wait
 from cutover.errors import ConnectionFailed, PreconditionFailed
+from cutover.ledger import move_id, recorded_move_id
 from cutover.pg import (
     admin,
     backfill,
@@ -246,6 +247,17 @@ def empty_target(servers: Pool, db: str, *, dry_run: bool) -> Sequence[Change]:
     )
 
 
+def refuse_other_moves(plan: Plan, servers: Pool) -> None:
+    """Raise if the servers hold a role, publication or subscription of this move's name
+    that another move made (a second plan of the same move name)."""
+    found = replication.other_moves(servers, plan.move, recorded_move_id(plan), plan.databases)
+    if found:
+        raise PreconditionFailed(
+            f"objects of another move named {plan.move!r} are on the servers: " + "; ".join(found),
+            hint=replication.OTHER_MOVE_HINT,
+        )
+
+
 def pre_data_copied(servers: Pool, db: str) -> bool:
     """Every replicated table exists on the target."""
     return exists(servers, Side.TARGET, db) and not tables_missing_on_target(servers, db)
@@ -262,7 +274,11 @@ def copy_pre_data(plan: Plan, servers: Pool, db: str, *, dry_run: bool) -> Seque
 
     def own_role(*, dry_run: bool) -> list[Change]:
         return replication.create_role(
-            servers.get("target"), role, where=f"target/{db}", dry_run=dry_run
+            servers.get("target"),
+            role,
+            marked=replication.mark(plan.move, move_id(plan)),
+            where=f"target/{db}",
+            dry_run=dry_run,
         )
 
     described = [

@@ -95,14 +95,27 @@ class Report:
         }
 
 
-def run(plan: Plan, pool: Pool, *, copied: Collection[str] = ()) -> Report:
+def run(
+    plan: Plan, pool: Pool, *, copied: Collection[str] = (), move_id: str | None = None
+) -> Report:
     """Every check of the plan against the servers.
 
     `copied`: the databases whose tables this move has begun to fill on the
-    target (the ledger knows), where rows are the move's own.
+    target (the ledger knows), where rows are the move's own. `move_id`: the
+    move's identity in its ledger (None: never run); objects of the move's name
+    marked with another are a second plan's.
     """
     source, target = pool.get("source"), pool.get("target")
-    findings: list[Finding] = []
+    findings: list[Finding] = [
+        Finding(
+            "move name",
+            what.partition(":")[0],
+            Status.FAIL,
+            f"another move named {plan.move!r} made {what.partition(': ')[2]}",
+            replication.OTHER_MOVE_HINT,
+        )
+        for what in replication.other_moves(pool, plan.move, move_id, plan.databases)
+    ]
     source_version = catalog.server_version(source)
     target_version = catalog.server_version(target)
     findings += _versions(source_version, target_version)

@@ -7,6 +7,7 @@ from functools import partial
 
 from cutover.engines.base import Barrier, Engine, Traits
 from cutover.engines.postgres import PerDatabase
+from cutover.ledger import move_id
 from cutover.log import register_secret
 from cutover.pg import barrier, catalog, copy, replication
 from cutover.pg.catalog import Relation
@@ -59,7 +60,9 @@ class NativeReplication:
             return []  # the plan's user replicates: it may not create a replication role
         schemas = sorted({t.schema for t in self._tables()})
         return [
-            *replication.create_role(source, self.name, where="source", dry_run=dry_run),
+            *replication.create_role(
+                source, self.name, marked=self._mark(), where="source", dry_run=dry_run
+            ),
             *replication.grant_read(
                 source, self.name, schemas, where=self._where[0], dry_run=dry_run
             ),
@@ -73,7 +76,12 @@ class NativeReplication:
         """Publish every replicated table, the barrier table included."""
         source = self._pool.get("source", self._db)
         return replication.create_publication(
-            source, self.name, self._tables(), where=self._where[0], dry_run=dry_run
+            source,
+            self.name,
+            self._tables(),
+            marked=self._mark(),
+            where=self._where[0],
+            dry_run=dry_run,
         )
 
     def subscribed(self) -> bool:
@@ -95,13 +103,15 @@ class NativeReplication:
             changes.append(
                 replication.set_password(source, role, password, where="source", dry_run=dry_run)
             )
+            changes += self._reconnect_others(role, password, dry_run=dry_run)
         else:  # the plan's own user, with its own password
             password = resolve_secret(self._plan.source.password or "", where="source.password")
         dsn = replication.source_conninfo(self._plan.source, self._db, role=role, password=password)
+        target = self._pool.get("target", self._db)
         return [
             *changes,
             replication.create_subscription(
-                self._pool.get("target", self._db),
+                target,
                 self.name,
                 source_dsn=dsn,
                 slot=self.slot_name,
@@ -110,7 +120,40 @@ class NativeReplication:
                 where=self._where[1],
                 dry_run=dry_run,
             ),
+            replication.comment(
+                target,
+                "SUBSCRIPTION",
+                self.name,
+                self._mark(),
+                where=self._where[1],
+                dry_run=dry_run,
+            ),
         ]
+
+    def _reconnect_others(self, role: str, password: str, *, dry_run: bool) -> list[Change]:
+        """The move's other databases subscribe as the same role (a role is the server's):
+        their subscriptions get its new password, or they fail at their next connection."""
+        target = self._pool.get("target")
+        present = catalog.existing_databases(target, self._plan.databases)
+        changes = []
+        for db in self._plan.databases:
+            if db == self._db or db not in present:
+                continue
+            conn = self._pool.get("target", db)
+            if replication.subscription_exists(conn, self.name):
+                dsn = replication.source_conninfo(
+                    self._plan.source, db, role=role, password=password
+                )
+                changes.append(
+                    replication.set_connection(
+                        conn, self.name, dsn, where=f"target/{db}", dry_run=dry_run
+                    )
+                )
+        return changes
+
+    def _mark(self) -> str:
+        """What marks the objects this move makes as its own."""
+        return replication.mark(self._plan.move, move_id(self._plan))
 
     def initial_sync(
         self,

@@ -16,8 +16,9 @@ from cutover import wait
 from cutover.engines.base import Barrier, Engine, Traits
 from cutover.engines.postgres import PerDatabase
 from cutover.errors import StepFailed
+from cutover.ledger import move_id
 from cutover.log import register_secret
-from cutover.pg import barrier, copy, pglogical, replication, sequences
+from cutover.pg import barrier, catalog, copy, pglogical, replication, sequences
 from cutover.pg.catalog import Relation
 from cutover.pg.connect import Connection, Pool
 from cutover.plan import Plan, Server, resolve_secret
@@ -92,7 +93,13 @@ class PglogicalReplication:
             return []  # the plan's user replicates: it may not create a replication role
         schemas = sorted({t.schema for t in self._tables()})
         return [
-            *replication.create_role(source, self.name, where="source", dry_run=dry_run),
+            *replication.create_role(
+                source,
+                self.name,
+                marked=replication.mark(self._plan.move, move_id(self._plan)),
+                where="source",
+                dry_run=dry_run,
+            ),
             *replication.grant_read(
                 source, self.name, schemas, where=self._where[0], dry_run=dry_run
             ),
@@ -117,20 +124,28 @@ class PglogicalReplication:
             dry_run=dry_run,
         )
 
+    def _nodes(self, side: str) -> list[pglogical.Node]:
+        """The nodes of the move's databases on one side, this one first."""
+        present = catalog.existing_databases(self._pool.get(side), self._plan.databases)
+        ordered = [self._db, *(db for db in self._plan.databases if db != self._db)]
+        nodes = (pglogical.local_node(self._pool.get(side, db)) for db in ordered if db in present)
+        return [n for n in nodes if n is not None]
+
     def _role_password(
-        self, conn: Connection, role: str, where: str, *, dry_run: bool
+        self, conn: Connection, role: str, side: str, where: str, *, dry_run: bool
     ) -> tuple[str, list[Change]]:
         """The password of the move's role on one side.
 
         A node connection string that names the role keeps working only as long as
-        the role's password stays: that password is reused, never replaced.
+        the role's password stays: that password is reused, never replaced, also
+        when it was set for another database of the move (the role is the server's).
         """
         if role != self.name:  # the plan's own user, with its own password
             return resolve_secret(self._plan.source.password or "", where="source.password"), []
-        node = pglogical.local_node(conn)
-        if node is not None and node.user == role and node.password:
-            register_secret(node.password)
-            return node.password, []
+        for node in self._nodes(side):  # the role is the server's: one password for every db
+            if node.user == role and node.password:
+                register_secret(node.password)
+                return node.password, []
         password = secrets.token_urlsafe(32)
         register_secret(password)
         return password, [
@@ -145,7 +160,7 @@ class PglogicalReplication:
             return []
         where = f"{side}/{self._db}"
         role = self._source_role() if side == "source" else self.name
-        password, changes = self._role_password(conn, role, where, dry_run=dry_run)
+        password, changes = self._role_password(conn, role, side, where, dry_run=dry_run)
         dsn = replication.source_conninfo(server, self._db, role=role, password=password)
         node = f"{self.name}_{side}"
         return [*changes, pglogical.create_node(conn, node, dsn, where=where, dry_run=dry_run)]
@@ -173,7 +188,7 @@ class PglogicalReplication:
                 target, self.name, schemas, where=self._where[1], dry_run=dry_run
             )
         role = self._source_role()
-        password, rotated = self._role_password(source, role, "source", dry_run=dry_run)
+        password, rotated = self._role_password(source, role, "source", "source", dry_run=dry_run)
         dsn = replication.source_conninfo(self._plan.source, self._db, role=role, password=password)
         return [
             *changes,

@@ -28,6 +28,21 @@ def journal_for(plan: Plan) -> Journal:
     return Journal(store_for(plan), move=plan.move)
 
 
+def move_id(plan: Plan) -> str:
+    """The move's identity, which marks what it makes on the servers.
+
+    Made and written to the ledger if the move has none yet: a dry run shows
+    the very mark its run will write.
+    """
+    return journal_for(plan).keep_id()
+
+
+def recorded_move_id(plan: Plan) -> str | None:
+    """The move's identity if its ledger holds one (None: a move never run)."""
+    data = store_for(plan).read()
+    return str(data["id"]) if data and data.get("id") else None
+
+
 def save_verification(plan: Plan, *, mode: str, mismatches: dict[str, int]) -> None:
     """Keep the last verification's differences per database, for the exporter.
 
@@ -51,6 +66,8 @@ __all__ = [
     "Store",
     "journal_for",
     "last_verification",
+    "move_id",
+    "recorded_move_id",
     "save_verification",
     "store_for",
 ]

@@ -2,6 +2,7 @@
 
 import getpass
 import os
+import secrets
 import socket
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -81,12 +82,16 @@ class Document:
     move: str
     steps: dict[str, StepRecord] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
+    # The move's identity: what it makes on a server is marked with it, and a plan
+    # whose ledger holds another (a second plan of the same move name) is refused there.
+    id: str = field(default_factory=lambda: secrets.token_hex(6))
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
         return {
             "format": FORMAT_VERSION,
             "move": self.move,
+            "id": self.id,
             "steps": {k: asdict(v) for k, v in self.steps.items()},
             "events": [asdict(e) for e in self.events],
         }
@@ -94,11 +99,14 @@ class Document:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Document":
         """Read back the JSON form."""
-        return cls(
+        document = cls(
             move=data["move"],
             steps={k: StepRecord.from_dict(v) for k, v in data.get("steps", {}).items()},
             events=[Event(**e) for e in data.get("events", [])],
         )
+        if data.get("id"):  # an older ledger has none: it gets one with its next write
+            document.id = str(data["id"])
+        return document
 
 
 @dataclass(frozen=True)
@@ -140,6 +148,17 @@ class Journal:
         data = store.read()
         self._doc = Document.from_dict(data) if data else Document(move=move)
         self._pending = False  # a record not written yet (see finished)
+
+    @property
+    def id(self) -> str:
+        """The move's identity (see Document.id)."""
+        return self._doc.id
+
+    def keep_id(self) -> str:
+        """The move's identity, written to the ledger unless it is there already."""
+        if not (self._store.read() or {}).get("id"):
+            self._store.write(self._doc.to_dict())
+        return self._doc.id
 
     @property
     def where(self) -> str:

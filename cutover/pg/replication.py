@@ -8,6 +8,7 @@ inside the subscription, where PostgreSQL needs it.
 """
 
 import hashlib
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -19,7 +20,7 @@ from cutover.errors import StepFailed
 from cutover.log import register_secret
 from cutover.pg import barrier, catalog
 from cutover.pg.catalog import Relation, relations
-from cutover.pg.connect import Connection, conninfo
+from cutover.pg.connect import Connection, Pool, conninfo
 from cutover.pg.execute import change
 from cutover.pg.ident import quote
 from cutover.pg.queries import load
@@ -40,6 +41,70 @@ STATES = {
 def object_name(move: str) -> str:
     """The name of the move's role, publication and subscription."""
     return f"cutover_{move}"
+
+
+MARK = re.compile(r"^cutover move (?P<move>\S+) (?P<id>[0-9a-f]+)$")
+
+
+def mark(move: str, move_id: str) -> str:
+    """The comment on the role, publication and subscription a move makes: whose they are."""
+    return f"cutover move {move} {move_id}"
+
+
+def comment(
+    conn: Connection, kind: str, name: str, text: str, *, where: str, dry_run: bool
+) -> Change:
+    """COMMENT ON `kind` (ROLE, PUBLICATION, SUBSCRIPTION) `name` IS `text`."""
+    statement = sql.SQL("COMMENT ON {} {} IS {}").format(
+        sql.SQL(kind), sql.Identifier(name), sql.Literal(text)
+    )
+    return change(conn, statement, where=where, dry_run=dry_run)
+
+
+def foreign_marks(conn: Connection, move: str, move_id: str | None, *, roles: bool) -> list[str]:
+    """The objects of the connected database (and server, with `roles`) named for `move`
+    and marked by another move's identity: those of a second plan of the same move name."""
+    name = object_name(move)
+    query = (
+        "SELECT 'publication' AS kind, pg_catalog.obj_description(oid, 'pg_publication') AS mark "
+        "FROM pg_catalog.pg_publication WHERE pubname = %(name)s "
+        "UNION ALL SELECT 'subscription', pg_catalog.obj_description(s.oid, 'pg_subscription') "
+        "FROM pg_catalog.pg_subscription s JOIN pg_catalog.pg_database d ON d.oid = s.subdbid "
+        "WHERE s.subname = %(name)s AND d.datname = pg_catalog.current_database()"
+    )
+    if roles:
+        query += (
+            " UNION ALL SELECT 'role', pg_catalog.shobj_description(oid, 'pg_authid') "
+            "FROM pg_catalog.pg_roles WHERE rolname = %(name)s"
+        )
+    found = []
+    for row in conn.execute(sql.SQL(query), {"name": name}).fetchall():
+        marked = MARK.match(row["mark"] or "")
+        if marked and marked["id"] != move_id:
+            found.append(f"the {row['kind']} {quote(name)} ({row['mark']})")
+    return found
+
+
+def other_moves(pool: Pool, move: str, move_id: str | None, databases: Iterable[str]) -> list[str]:
+    """`foreign_marks` on both servers: each database of the plan there, and the roles once."""
+    found: list[str] = []
+    for side in ("source", "target"):
+        present = set(catalog.existing_databases(pool.get(side), list(databases)))
+        found += [
+            f"{side}: {what}" for what in foreign_marks(pool.get(side), move, move_id, roles=True)
+        ]
+        for db in databases:
+            if db in present:
+                marks = foreign_marks(pool.get(side, db), move, move_id, roles=False)
+                found += [f"{side}/{db}: {what}" for what in marks]
+    return found
+
+
+OTHER_MOVE_HINT = (
+    "another plan has the same move name; give this plan another `move:` name. If they are "
+    "this plan's own (its ledger lost), clear their mark on the server (COMMENT ON ROLE "
+    "... IS NULL, and so on) and run again"
+)
 
 
 def slot_name(move: str, db: str) -> str:
@@ -98,12 +163,18 @@ def replicating_role(conn: Connection, own: str, plan_user: str) -> str:
     return plan_user
 
 
-def create_role(conn: Connection, role: str, *, where: str, dry_run: bool) -> list[Change]:
-    """A login role that may replicate and nothing else yet; its password comes later."""
+def create_role(
+    conn: Connection, role: str, *, marked: str, where: str, dry_run: bool
+) -> list[Change]:
+    """A login role that may replicate and nothing else yet, `marked` as the move's;
+    its password comes later."""
     if role_exists(conn, role):
         return []
     statement = sql.SQL("CREATE ROLE {} LOGIN REPLICATION").format(sql.Identifier(role))
-    return [change(conn, statement, where=where, dry_run=dry_run)]
+    return [
+        change(conn, statement, where=where, dry_run=dry_run),
+        comment(conn, "ROLE", role, marked, where=where, dry_run=dry_run),
+    ]
 
 
 def grant_read(
@@ -164,17 +235,26 @@ def publication_exists(conn: Connection, name: str) -> bool:
 
 
 def create_publication(
-    conn: Connection, name: str, tables: list[Relation], *, where: str, dry_run: bool
+    conn: Connection,
+    name: str,
+    tables: list[Relation],
+    *,
+    marked: str,
+    where: str,
+    dry_run: bool,
 ) -> list[Change]:
     """A publication of exactly these tables and the barrier (FOR ALL TABLES would need a
-    superuser)."""
+    superuser), `marked` as the move's."""
     if publication_exists(conn, name):
         return []
     published = with_barrier((t.schema, t.name) for t in tables)
     statement = sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
         sql.Identifier(name), sql.SQL(", ").join(sql.Identifier(*t) for t in published)
     )
-    return [change(conn, statement, where=where, dry_run=dry_run)]
+    return [
+        change(conn, statement, where=where, dry_run=dry_run),
+        comment(conn, "PUBLICATION", name, marked, where=where, dry_run=dry_run),
+    ]
 
 
 # -- the subscription (target) -------------------------------------------------------------------
@@ -227,6 +307,16 @@ def create_subscription(
         slot=sql.Literal(slot),
         create=sql.Literal(create_slot),
         enabled=sql.Literal(enabled),
+    )
+    return change(conn, statement, where=where, dry_run=dry_run)
+
+
+def set_connection(
+    conn: Connection, name: str, source_dsn: str, *, where: str, dry_run: bool
+) -> Change:
+    """Point the subscription at the source anew (a new password): its worker reconnects."""
+    statement = sql.SQL("ALTER SUBSCRIPTION {} CONNECTION {}").format(
+        sql.Identifier(name), sql.Literal(source_dsn)
     )
     return change(conn, statement, where=where, dry_run=dry_run)
 

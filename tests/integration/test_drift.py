@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cutover.lab import Lab
 from tests.conftest import Databases, Result, connect
@@ -139,5 +140,43 @@ def test_a_slot_dropped_by_hand_is_shown_and_start_recopy_leads_back_to_a_workin
     with connect(lab.server("target"), db) as conn:
         row = conn.execute("SELECT count(*) AS n, sum(v) AS v FROM items").fetchone()
     assert row == {"n": 151, "v": sum(range(1, 152))}
+    cleaned = cutover("cleanup", "-p", plan, "--yes")
+    assert cleaned.code == 0, cleaned.stdout + cleaned.stderr
+
+
+def test_a_second_plan_of_the_same_move_name_is_refused_and_leaves_the_first_streaming(
+    lab: Lab,
+    databases: Databases,
+    write_plan: Callable[..., Path],
+    cutover: Callable[..., Result],
+    tmp_path: Path,
+) -> None:
+    db, plan = streaming_move(lab, databases, write_plan, cutover, "native")
+    other_db = databases.create()
+    with connect(lab.server("source"), other_db) as conn:
+        conn.execute("CREATE TABLE things (id int PRIMARY KEY)")
+    first = yaml.safe_load(Path(plan).read_text())
+    second_dir = tmp_path / "second"
+    second_dir.mkdir()
+    second = second_dir / "plan.yaml"
+    second.write_text(yaml.safe_dump({**first, "databases": [other_db], "state_dir": "state"}))
+
+    checked = cutover("check", "-p", str(second))
+    assert checked.code != 0
+    assert f"another move named '{first['move']}'" in checked.stdout, checked.stdout
+    for command in (["prepare"], ["start", "--wait"], ["cleanup", "--yes"]):
+        refused = cutover(*command, "-p", str(second))
+        assert refused.code == 1, [*command, refused.stdout + refused.stderr]
+        assert f'the role "cutover_{first["move"]}"' in refused.stderr
+        assert "give this plan another `move:` name" in refused.stderr
+
+    with connect(lab.server("source"), db) as conn:  # the first move streams on
+        conn.execute("INSERT INTO items VALUES (500, 500)")
+    deadline = time.monotonic() + 30
+    with connect(lab.server("target"), db) as conn:
+        while not conn.execute("SELECT 1 FROM items WHERE id = 500").fetchone():
+            assert time.monotonic() < deadline, "the first move stopped replicating"
+            time.sleep(0.2)
+    assert cutover("check", "-p", plan).stdout.count("another move named") == 0
     cleaned = cutover("cleanup", "-p", plan, "--yes")
     assert cleaned.code == 0, cleaned.stdout + cleaned.stderr

@@ -171,11 +171,14 @@ def test_prepare_runs_the_sql_its_dry_run_prints(
         ["CREATE", "SCHEMA"],
         ["CREATE", "TABLE"],
         ["CREATE", "ROLE"],
+        ["COMMENT", "ON"],  # the move's mark, the same in the dry run as in the run
         *[["GRANT", "USAGE"], ["GRANT", "SELECT"]] * 3,  # "Sales Dept", "_cutover", "public"
         ["CREATE", "ROLE"],  # the move's role on the target, before the schema's grants to it
+        ["COMMENT", "ON"],
         ["CREATE", "SCHEMA"],  # the barrier on the target
         ["CREATE", "TABLE"],
         ["CREATE", "PUBLICATION"],
+        ["COMMENT", "ON"],
     ]
 
 

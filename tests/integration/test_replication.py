@@ -324,3 +324,40 @@ def test_each_database_reads_its_own_subscriptions_synchronous_commit(
                 )
             )
             conn.close()
+
+
+@pytest.mark.parametrize("engine", ["native", "pglogical"])
+def test_both_databases_of_a_move_stream_on_after_their_senders_reconnect(
+    lab: Lab,
+    databases: Databases,
+    write_plan: Callable[..., Path],
+    cutover: Callable[..., Result],
+    engine: str,
+) -> None:
+    """The move's role has one password for all its databases: a reconnection (a source
+    restart, a network cut) must find it unchanged by a later database's start."""
+    names = [databases.create(prefix="one"), databases.create(prefix="two")]
+    for db in names:
+        with connect(lab.server("source"), db) as conn:
+            conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    plan = str(write_plan(names, move=f"t{uuid.uuid4().hex[:8]}", engine=engine))
+    for command in (["prepare"], ["start", "--wait"]):
+        result = cutover(*command, "-p", plan)
+        assert result.code == 0, result.stdout + result.stderr
+    with connect(lab.server("source")) as conn:  # every sender of the move cut off
+        conn.execute(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+            "WHERE active AND database = ANY(%s)",
+            (names,),
+        )
+    for db in names:
+        with connect(lab.server("source"), db) as conn:
+            conn.execute("INSERT INTO t VALUES (1)")
+    deadline = time.monotonic() + 40  # apply workers retry after wal_retrieve_retry_interval
+    for db in names:
+        with connect(lab.server("target"), db) as conn:
+            while not conn.execute("SELECT 1 FROM t WHERE id = 1").fetchone():
+                assert time.monotonic() < deadline, f"{db} replicates no more"
+                time.sleep(0.3)
+    cleaned = cutover("cleanup", "-p", plan, "--yes")
+    assert cleaned.code == 0, cleaned.stdout + cleaned.stderr
