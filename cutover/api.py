@@ -30,6 +30,7 @@ from cutover.phases import prepare as preparing
 from cutover.phases import rollback as rolling_back
 from cutover.phases import start as starting
 from cutover.phases import switch as switching
+from cutover.phases import sync_schema as syncing
 from cutover.plan import Plan, Server
 from cutover.runner import StepReport
 from cutover.steps import SWITCH_SCOPE, Phase, StepStatus, SwitchStep
@@ -333,6 +334,21 @@ def _refuse_recopy_after_promote(plan: Plan) -> None:
             "which a copy anew would delete",
             hint="the move is done; `cutover rollback` goes back if a fallback runs",
         )
+
+
+@_command
+def sync_schema(plan: Plan, *, dry_run: bool, on_step: OnStep = _ignore) -> Ran:
+    """Make the target's moved tables like the source's and carry new ones, database by database."""
+    with pool(_servers(plan)) as connections:
+        database.refuse_other_moves(plan, connections)
+        engine = engine_for(plan, connections)
+
+        def phases_for(db: str) -> list[Phase]:
+            starting.require_prepared(connections, db, engine)
+            return [syncing.phase(plan, connections, db, engine)]
+
+        reports = _run_phases(plan, phases_for, dry_run=dry_run, on_step=on_step)
+    return Ran(reports, dry_run)
 
 
 @_command

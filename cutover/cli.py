@@ -570,6 +570,33 @@ def cleanup_command(
     _dry_run_note(api.cleanup(plan, dry_run=dry_run, on_step=_show))
 
 
+@app.command("sync-schema")
+def sync_schema_command(
+    plan_path: PlanOption,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    dry_run: DryRunOption = False,
+) -> None:
+    """Carry a schema change made on the source while the move streams.
+
+    Replication carries rows, not DDL: after ALTER TABLE ... ADD COLUMN on the
+    source the target's apply stops, and a table made after start is not
+    replicated (`cutover status` lists this as schema drift; the switch refuses
+    it). For each database this makes the target's moved tables like the
+    source's: tables it lacks are made as pg_dump of the source defines them,
+    columns are added, changed or dropped (a new column's existing rows get
+    the value they have on the source), then new tables are added to the
+    replication, which copies their rows and streams their changes. Only the
+    target's schema and the move's own publication or set change.
+    """
+    plan = load_plan(plan_path)
+    _confirm(
+        f"Change the moved tables on the target ({plan.target.host}) to match the source's?",
+        yes=yes,
+        dry_run=dry_run,
+    )
+    _dry_run_note(api.sync_schema(plan, dry_run=dry_run, on_step=_show))
+
+
 # -- status -----------------------------------------------------------------------------------
 
 
@@ -652,6 +679,7 @@ def _database_data(db: DatabaseState) -> dict[str, Any]:
             "measured_at": lag.measured_at,
         },
         "apply_errors": facts.apply_errors,
+        "schema_drift": None if db.drift is None else list(db.drift),
         "rows_source": db.rows_source,
         "rows_target": db.rows_target,
         "materialized_views": None if db.views is None else asdict(db.views),
@@ -768,6 +796,11 @@ def _replication_state(db: str, info: DatabaseState) -> str:
             f"; the apply worker failed {facts.apply_errors} times since the subscription "
             "began (the target's log says why; it retries)"
         )
+    if info.drift:
+        shown = "; ".join(info.drift[:5]) + (
+            f" and {len(info.drift) - 5} more" if len(info.drift) > 5 else ""
+        )
+        line += f"; schema drift: {shown} (`cutover sync-schema` mends it)"
     if lag.lost:
         line += (
             " WARNING: the slot was invalidated by max_slot_wal_keep_size: the changes since "

@@ -20,7 +20,9 @@ from cutover.pg import (
     backfill,
     barrier,
     catalog,
+    checksum,
     copy,
+    drift,
     fence,
     large_objects,
     matviews,
@@ -31,7 +33,10 @@ from cutover.pg import (
 )
 from cutover.pg.backfill import FillProgress, Key, Pressure, State
 from cutover.pg.connect import Connection, DatabaseError, Pool, both, pool
+from cutover.pg.drift import Drift
+from cutover.pg.drift import Kind as DriftKind
 from cutover.pg.errors import mask, translate
+from cutover.pg.execute import change
 from cutover.pg.ident import quote, statement
 from cutover.plan import Plan
 from cutover.steps import Change
@@ -39,6 +44,8 @@ from cutover.types import Side, TableName
 
 __all__ = [
     "DatabaseError",
+    "Drift",
+    "DriftKind",
     "FillProgress",
     "Key",
     "KeyState",
@@ -256,6 +263,81 @@ def refuse_other_moves(plan: Plan, servers: Pool) -> None:
             f"objects of another move named {plan.move!r} are on the servers: " + "; ".join(found),
             hint=replication.OTHER_MOVE_HINT,
         )
+
+
+def schema_drift(servers: Pool, db: str, *, carried: set[str] | None = None) -> list[Drift]:
+    """How the source's replicated tables differ on the target (its cutover schema left out).
+
+    `carried`: the tables the replication carries, as the engine names them
+    (None: not asked); a table on both sides that is not carried is drift too.
+    """
+    tables = [t for t in replicated_tables(servers, db) if t.schema != barrier.SCHEMA]
+    if not exists(servers, Side.TARGET, db):
+        return []
+    source, target = both(
+        lambda: drift.columns(servers.get("source", db), tables),
+        lambda: drift.columns(servers.get("target", db), tables),
+    )
+    known = None if carried is None else {t for t in tables if str(t) in carried}
+    return drift.compare(tables, source, target, carried=known)
+
+
+def create_missing_tables(plan: Plan, servers: Pool, db: str, *, dry_run: bool) -> list[Change]:
+    """Each replicated table the target lacks, made there as pg_dump of the source defines it."""
+    missing = [d.table for d in schema_drift(servers, db) if d.kind is DriftKind.TABLE_MISSING]
+    for table in [] if dry_run else missing:
+        drift.create_table(plan.source, plan.target, db, table)
+    return [
+        Change(
+            where(Side.TARGET, db),
+            f"pg_dump --schema-only --table={quote(table)} of the source, pg_restore here",
+        )
+        for table in missing
+    ]
+
+
+def alter_columns(servers: Pool, db: str, *, dry_run: bool) -> list[Change]:
+    """The columns of the moved tables made on the target as the source has them.
+
+    A new column whose rows hold values no rule gives is filled from the
+    source by key, then made NOT NULL if it is there.
+    """
+    source, target = servers.get("source", db), servers.get("target", db)
+    at = where(Side.TARGET, db)
+    changes: list[Change] = []
+    for found in schema_drift(servers, db):
+        changes += [change(target, s, where=at, dry_run=dry_run) for s in drift.mend(found)]
+        if not drift.needs_values(found):
+            continue
+        assert found.source is not None
+        name = found.source.name
+        shape = checksum.shapes(source, [found.table]).get(found.table)
+        if shape is None or not shape.key:
+            raise PreconditionFailed(
+                f"{quote(found.table)} has no primary key: the values of its new column "
+                f"{quote(name)} cannot be copied row by row",
+                hint="add the column on the target by hand with the values it needs",
+            )
+        key = [c.name for c in shape.key]
+        if not dry_run:
+            with target.transaction():
+                drift.fill_column(source, target, found.table, name, key)
+        changes.append(
+            Change(at, f"{quote(found.table)}.{quote(name)}: the source's values, by key")
+        )
+        if found.source.not_null:
+            changes.append(change(target, drift.not_null(found), where=at, dry_run=dry_run))
+    return changes
+
+
+def columns_match(servers: Pool, db: str) -> bool:
+    """No column of a moved table differs (tables missing on the target aside)."""
+    return not any(d.kind is not DriftKind.TABLE_MISSING for d in schema_drift(servers, db))
+
+
+def tables_on_target(servers: Pool, db: str) -> bool:
+    """Every replicated table of the source exists on the target."""
+    return not any(d.kind is DriftKind.TABLE_MISSING for d in schema_drift(servers, db))
 
 
 def pre_data_copied(servers: Pool, db: str) -> bool:

@@ -109,6 +109,7 @@ class Replication:
     wal_safe_bytes: int | None = None  # left before max_slot_wal_keep_size invalidates the slot
     slot_active: bool | None = None
     apply_errors: int | None = None  # a counter the target keeps (pg_stat_subscription_stats)
+    schema_drift: int | None = None  # differences of the moved tables between the sides
     streaming: bool | None = None  # None: no subscription (yet, or any more)
     tables: dict[TableState, int] | None = None  # tables by sync state
     copy_bytes_done: int | None = None
@@ -210,6 +211,12 @@ _REPLICATION_GAUGES = (
         "apply_errors",
         "cutover_apply_errors",
         "Times the target's apply worker failed since the subscription began (it retries)",
+    ),
+    (
+        "schema_drift",
+        "cutover_schema_drift",
+        "Differences of the moved tables between source and target: tables, columns, "
+        "tables not replicated (cutover sync-schema mends them)",
     ),
     (
         "streaming",

@@ -90,6 +90,8 @@ class DatabaseState:
     rows_source: int | None  # from statistics, while the move copies or replicates
     rows_target: int | None
     switched: bool  # the switch promoted the target and this database replicates no more
+    # How the moved tables differ between the sides while replicating (None: not read).
+    drift: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -235,7 +237,17 @@ def _database(
         rows_source=rows(Side.SOURCE) if source and facts.moving else None,
         rows_target=rows(Side.TARGET) if target_exists and facts.moving else None,
         switched=switched and not facts.replicating,
+        drift=reading.attempt(lambda: _drift(pool, db, facts))
+        if source and facts.replicating and facts.progress is not None
+        else None,
     )
+
+
+def _drift(pool: Pool, db: str, facts: Replication) -> tuple[str, ...]:
+    """Schema drift, once the copy is done (during it, tables are not all carried yet)."""
+    progress = facts.progress
+    carried = set(progress.tables) if progress and progress.done else None
+    return tuple(d.describe() for d in database.schema_drift(pool, db, carried=carried))
 
 
 def replication(engine: Engine, pool: Pool, db: str) -> Replication:

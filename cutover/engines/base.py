@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cutover.steps import Change
-from cutover.types import Lag, SyncProgress
+from cutover.types import Lag, SyncProgress, TableName
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,13 @@ class Engine(Protocol):
 
     def heartbeat(self, db: str) -> None:
         """A small commit on the source where the engine needs WAL to move to confirm."""
+        ...
+
+    def carry(self, db: str, tables: Sequence[TableName], *, dry_run: bool) -> Sequence[Change]:
+        """Replicate these tables too, made on both sides after start: rows copied, then changes.
+
+        Done once `progress` lists them.
+        """
         ...
 
     # -- switch

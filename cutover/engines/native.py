@@ -15,7 +15,7 @@ from cutover.pg.connect import Pool
 from cutover.pg.execute import render
 from cutover.plan import Plan, resolve_secret
 from cutover.steps import Change
-from cutover.types import SyncProgress
+from cutover.types import SyncProgress, TableName
 
 TRAITS = Traits(keys_before_copy=False)  # the copy fills bare tables; keys are built after it
 
@@ -150,6 +150,19 @@ class NativeReplication:
                     )
                 )
         return changes
+
+    def carry(self, tables: Sequence[TableName], *, dry_run: bool) -> Sequence[Change]:
+        """Published, readable by the role, then the subscription refreshed: it copies their rows
+        (its own table sync) and streams their changes."""
+        source = self._pool.get("source", self._db)
+        role = replication.replicating_role(source, self.name, self._plan.source.user)
+        return [
+            *replication.grant_select(source, role, tables, where=self._where[0], dry_run=dry_run),
+            replication.publish(source, self.name, tables, where=self._where[0], dry_run=dry_run),
+            replication.refresh_subscription(
+                self._pool.get("target", self._db), self.name, where=self._where[1], dry_run=dry_run
+            ),
+        ]
 
     def _mark(self) -> str:
         """What marks the objects this move makes as its own."""

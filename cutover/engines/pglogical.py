@@ -23,7 +23,7 @@ from cutover.pg.catalog import Relation
 from cutover.pg.connect import Connection, Pool
 from cutover.plan import Plan, Server, resolve_secret
 from cutover.steps import Change
-from cutover.types import SyncProgress, TableState
+from cutover.types import SyncProgress, TableName, TableState
 
 HEARTBEAT_SECONDS = 1.0
 POLL_SECONDS = 0.2
@@ -294,6 +294,20 @@ class PglogicalReplication:
             pglogical.enable_subscription(
                 self._target(), self.name, where=self._where[1], dry_run=dry_run
             )
+        ]
+
+    def carry(self, tables: Sequence[TableName], *, dry_run: bool) -> Sequence[Change]:
+        """Readable by the role, insertable by the subscriber's copy, then added to the set:
+        pglogical copies their rows and streams their changes."""
+        source, target = self._source(), self._target()
+        return [
+            *replication.grant_select(
+                source, self._source_role(), tables, where=self._where[0], dry_run=dry_run
+            ),
+            *pglogical.grant_insert(
+                target, self.name, tables, where=self._where[1], dry_run=dry_run
+            ),
+            *pglogical.add_tables(source, self.name, tables, where=self._where[0], dry_run=dry_run),
         ]
 
     def progress(self) -> SyncProgress:

@@ -14,7 +14,7 @@ from cutover.pg import admin, replication
 from cutover.pg.connect import Pool
 from cutover.plan import Plan
 from cutover.steps import Change
-from cutover.types import Lag, SyncProgress
+from cutover.types import Lag, SyncProgress, TableName
 
 
 class Replication(Protocol):
@@ -37,6 +37,7 @@ class Replication(Protocol):
         dry_run: bool,
     ) -> Sequence[Change]: ...
     def streaming(self) -> bool: ...
+    def carry(self, tables: Sequence[TableName], *, dry_run: bool) -> Sequence[Change]: ...
     def stream(self, *, dry_run: bool) -> Sequence[Change]: ...
     def progress(self) -> SyncProgress: ...
     def slot(self) -> replication.SlotState | None: ...
@@ -130,6 +131,9 @@ class PerDatabase:
 
     def streaming(self, db: str) -> bool:
         return self._of(db).streaming()
+
+    def carry(self, db: str, tables: Sequence[TableName], *, dry_run: bool) -> Sequence[Change]:
+        return self._of(db).carry(tables, dry_run=dry_run)
 
     def stream(self, db: str, *, dry_run: bool) -> Sequence[Change]:
         return self._of(db).stream(dry_run=dry_run)

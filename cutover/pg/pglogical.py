@@ -372,6 +372,38 @@ def grant_copy(
     return [change(conn, s, where=where, dry_run=dry_run) for s in statements]
 
 
+def grant_insert(
+    conn: Connection, role: str, tables: Sequence[TableName], *, where: str, dry_run: bool
+) -> list[Change]:
+    """What `grant_copy` gives, for tables made after it ran."""
+    if not tables:
+        return []
+    statement = sql.SQL("GRANT INSERT ON {} TO {}").format(
+        sql.SQL(", ").join(sql.Identifier(*t) for t in tables), sql.Identifier(role)
+    )
+    return [change(conn, statement, where=where, dry_run=dry_run)]
+
+
+def add_tables(
+    conn: Connection, name: str, tables: Sequence[TableName], *, where: str, dry_run: bool
+) -> list[Change]:
+    """Add tables to the move's set; subscribers copy their rows, then stream their changes."""
+    statement = sql.SQL(
+        "SELECT pglogical.replication_set_add_table(set_name := %s, relation := %s::regclass, "
+        "synchronize_data := true)"
+    )
+    return [
+        change(
+            conn,
+            statement,
+            (name, sql.Identifier(*t).as_string(conn)),
+            where=where,
+            dry_run=dry_run,
+        )
+        for t in tables
+    ]
+
+
 def grant_provider(conn: Connection, role: str, *, where: str, dry_run: bool) -> list[Change]:
     """What a subscriber reads of the provider's pglogical catalog, as the replication role."""
     ident = sql.Identifier(role)

@@ -195,6 +195,18 @@ def grant_read(
     return changes
 
 
+def grant_select(
+    conn: Connection, role: str, tables: Sequence[TableName], *, where: str, dry_run: bool
+) -> list[Change]:
+    """SELECT on tables made after prepare's grants (which covered the tables of that moment)."""
+    if not tables:
+        return []
+    statement = sql.SQL("GRANT SELECT ON {} TO {}").format(
+        sql.SQL(", ").join(sql.Identifier(*t) for t in tables), sql.Identifier(role)
+    )
+    return [change(conn, statement, where=where, dry_run=dry_run)]
+
+
 def can_read(conn: Connection, role: str, tables: list[Relation]) -> bool:
     """Whether `role` may read every table."""
     query = sql.SQL(
@@ -257,7 +269,25 @@ def create_publication(
     ]
 
 
+def publish(
+    conn: Connection, name: str, tables: Sequence[TableName], *, where: str, dry_run: bool
+) -> Change:
+    """Add tables to the move's publication."""
+    statement = sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+        sql.Identifier(name), sql.SQL(", ").join(sql.Identifier(*t) for t in tables)
+    )
+    return change(conn, statement, where=where, dry_run=dry_run)
+
+
 # -- the subscription (target) -------------------------------------------------------------------
+
+
+def refresh_subscription(conn: Connection, name: str, *, where: str, dry_run: bool) -> Change:
+    """Subscribe to the tables the publication gained; their rows are copied first."""
+    statement = sql.SQL("ALTER SUBSCRIPTION {} REFRESH PUBLICATION WITH (copy_data = true)").format(
+        sql.Identifier(name)
+    )
+    return change(conn, statement, where=where, dry_run=dry_run)
 
 
 def source_conninfo(source: Server, db: str, *, role: str, password: str) -> str:

@@ -124,7 +124,7 @@ class Switch:
                     f"{db}: the initial copy has not finished",
                     hint="run `cutover start --wait` first",
                 )
-            self._check_all_carried(db, set(progress.tables))
+            self._check_no_drift(db, set(progress.tables))
             if not self.engine.ready_to_switch(db):
                 changes += self.engine.prepare_switch(db, dry_run=dry_run)
         if self.fallback is not None:
@@ -180,21 +180,21 @@ class Switch:
             sleep=self.sleep,
         )
 
-    def _check_all_carried(self, db: str, carried: set[str]) -> None:
-        """Raise when the source has a table the replication does not carry (made after start).
+    def _check_no_drift(self, db: str, carried: set[str]) -> None:
+        """Raise when the moved tables differ between the sides, or one is not replicated.
 
-        Its rows would stay behind on the source: the switch must not begin.
+        A column the target lacks stops its apply; a table made after start leaves
+        its rows behind on the source: the switch must not begin.
         """
-        new = [
-            str(t) for t in database.replicated_tables(self.servers, db) if str(t) not in carried
-        ]
-        if new:
+        found = database.schema_drift(self.servers, db, carried=carried)
+        if found:
+            shown = "; ".join(d.describe() for d in found[:10])
             raise PreconditionFailed(
-                f"{db}: tables on the source that this move does not replicate (created after "
-                f"start?): {', '.join(new[:10])}{' and more' if len(new) > 10 else ''}",
-                hint="nothing was stopped; their rows would stay behind. Create them on the "
-                "target and add them to the replication, or drop them on the source: "
-                "docs/troubleshooting.md#a-table-made-on-the-source-after-start",
+                f"{db}: the schema drifted since start: {shown}"
+                + (f" and {len(found) - 10} more" if len(found) > 10 else ""),
+                hint="nothing was stopped. `cutover sync-schema` makes the target's tables "
+                "like the source's and replicates new ones (--dry-run shows how); then switch: "
+                "docs/troubleshooting.md#schema-drift",
             )
 
     def _check_apply(self, db: str, before: int) -> None:
