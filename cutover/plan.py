@@ -25,6 +25,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     model_validator,
 )
@@ -367,6 +368,23 @@ class Plan(_Model):
             if dupes:
                 raise ValueError(f"{label}: names must be unique, repeated: {', '.join(dupes)}")
         return self
+
+    # The reversed plan of a fallback keeps the forward move's ledger (see `reversed`).
+    _forward_move: str | None = PrivateAttr(default=None)
+
+    @property
+    def ledger_move(self) -> str:
+        """The move whose ledger records this plan's runs and holds its identity."""
+        return self._forward_move or self.move
+
+    def reversed(self) -> "Plan":
+        """The same move the other way, target to source, its objects named <move>_back;
+        its ledger (and identity) the forward move's."""
+        back = self.model_copy(
+            update={"source": self.target, "target": self.source, "move": f"{self.move}_back"}
+        )
+        back._forward_move = self.ledger_move
+        return back
 
     def tiers(self) -> list[list[Writer]]:
         """Writers grouped by tier, in stopping order (a writer without a tier is its own)."""

@@ -71,7 +71,8 @@ class Databases:
         for side in ("source", "target"):
             with connect(self.lab.server(side)) as conn:
                 rows = conn.execute(
-                    "SELECT datname FROM pg_database WHERE datname = ANY(%s)", (self.names,)
+                    "SELECT datname FROM pg_database WHERE datname = ANY(%s) AND datallowconn",
+                    (self.names,),
                 ).fetchall()
             for db in (r["datname"] for r in rows):
                 with connect(self.lab.server(side), db) as conn:
@@ -120,7 +121,8 @@ def write_plan(lab: Lab, tmp_path: Path) -> Callable[..., Path]:
     """Write a plan for the lab to a file; keyword arguments replace or add top-level keys."""
 
     def write(databases: list[str], **changes: Any) -> Path:
-        data = yaml.safe_load(dump(lab.plan(databases, move="test")))
+        # A move name of its own: what a move leaves on the lab's servers is marked as its.
+        data = yaml.safe_load(dump(lab.plan(databases, move=f"t{uuid.uuid4().hex[:8]}")))
         data["state_dir"] = str(tmp_path / "state")
         for key, value in changes.items():
             if isinstance(value, dict) and isinstance(data.get(key), dict):
@@ -132,6 +134,11 @@ def write_plan(lab: Lab, tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+def move_of(plan: Path) -> str:
+    """The move name of a plan that write_plan wrote."""
+    return str(yaml.safe_load(plan.read_text())["move"])
 
 
 @dataclass(frozen=True)

@@ -42,9 +42,7 @@ def reversed_plan(plan: Plan) -> Plan:
     Its objects are named cutover_<move>_back, so they never collide with the
     forward ones.
     """
-    return plan.model_copy(
-        update={"source": plan.target, "target": plan.source, "move": f"{plan.move}_back"}
-    )
+    return plan.reversed()
 
 
 def prove_applied(

@@ -14,7 +14,7 @@ from cutover.plan import Plan
 
 # Where a move's documents are kept: one entry per backend, each one module.
 BACKENDS: dict[str, Callable[[Plan, str], Store]] = {
-    "file": lambda plan, kind: FileStore(plan.state_dir, plan.move, kind=kind),
+    "file": lambda plan, kind: FileStore(plan.state_dir, plan.ledger_move, kind=kind),
 }
 
 
@@ -25,7 +25,7 @@ def store_for(plan: Plan, kind: str = "ledger", *, backend: str = "file") -> Sto
 
 def journal_for(plan: Plan) -> Journal:
     """The move's journal."""
-    return Journal(store_for(plan), move=plan.move)
+    return Journal(store_for(plan), move=plan.ledger_move)
 
 
 def move_id(plan: Plan) -> str:

@@ -112,7 +112,7 @@ def test_start_killed_at_each_step_finishes_when_run_again(
             "CREATE INDEX items_by_name ON items (name);"
             "INSERT INTO items (name, price) SELECT 'n' || g, g FROM generate_series(1, 50000) g"
         )
-    plan = str(write_plan([db], move=f"kill_{step}", engine=engine))
+    plan = str(write_plan([db], move=f"kill_{step}_{engine}", engine=engine))
     assert cutover("prepare", "-p", plan).code == 0
     killed = cutover("start", "-p", plan, "--wait", env={FAILPOINT: f"{db}/start.{step}@applied"})
     assert killed.code == -9

@@ -10,7 +10,7 @@ import yaml
 from cutover.lab import Lab
 from cutover.ledger import FileStore, Journal
 from cutover.plan import dump
-from tests.conftest import Databases, Result, connect
+from tests.conftest import Databases, Result, connect, move_of
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +77,7 @@ def test_prepare_applies_once_then_skips(
 
     # Dropped behind cutover's back: only that step runs again.
     with connect(lab.server("source"), db) as conn:
-        conn.execute("DROP PUBLICATION cutover_test")
+        conn.execute(f"DROP PUBLICATION cutover_{move_of(plan)}")
     third = cutover("prepare", "-p", str(plan))
     assert third.code == 0
     assert third.stdout.count("skipped") == 7
@@ -123,7 +123,7 @@ def test_a_second_runner_is_refused_while_one_holds_the_move(
     databases: Databases, write_plan: Callable[..., Path], cutover: Callable[..., Result]
 ) -> None:
     plan = write_plan([databases.create()])
-    with FileStore(plan.parent / "state", "test").lock():
+    with FileStore(plan.parent / "state", move_of(plan)).lock():
         result = cutover("prepare", "-p", str(plan))
     assert result.code == 2
     assert result.stderr.startswith("FAILED: this move is being run by")
@@ -137,7 +137,8 @@ def test_status_shows_steps_and_says_loudly_when_a_run_was_interrupted(
     assert empty.code == 0 and "nothing has run yet" in empty.stdout
     assert cutover("prepare", "-p", str(plan)).code == 0
     # A controller killed in the middle of a step leaves it `running`.
-    Journal(FileStore(plan.parent / "state", "test"), move="test").started("x/switch.fence_source")
+    move = move_of(plan)
+    Journal(FileStore(plan.parent / "state", move), move=move).started("x/switch.fence_source")
     result = cutover("status", "-p", str(plan))
     assert result.code == 0
     assert "prepare.create_publication" in result.stdout

@@ -353,7 +353,7 @@ def test_both_databases_of_a_move_stream_on_after_their_senders_reconnect(
     for db in names:
         with connect(lab.server("source"), db) as conn:
             conn.execute("INSERT INTO t VALUES (1)")
-    deadline = time.monotonic() + 40  # apply workers retry after wal_retrieve_retry_interval
+    deadline = time.monotonic() + 90  # apply workers retry after wal_retrieve_retry_interval
     for db in names:
         with connect(lab.server("target"), db) as conn:
             while not conn.execute("SELECT 1 FROM t WHERE id = 1").fetchone():
