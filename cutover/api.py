@@ -456,15 +456,23 @@ def cleanup(plan: Plan, *, dry_run: bool, on_step: OnStep = _ignore) -> Ran:
 
         def both_ways(steps: runner.Runner) -> None:
             for db in plan.databases:
-                forward = cleaning.phase(plan, connections, db, engine)
-                # A half-done switch is refused before anything is removed.
-                steps.run(Phase(forward.name, forward.steps[:1]), scope=db)
-                # The fallback replication (target to source) a switch may have started:
-                # first, since it uses what the forward replication installed.
-                steps.run(
-                    cleaning.fallback_phase(plan, back_connections, db, back_engine),
-                    scope=f"{db}/fallback",
+                fallback = f"{db}/fallback"
+                check, forward = cleaning.split(
+                    cleaning.phase(plan, connections, db, engine), cleaning.CHECK
                 )
+                guard, forward = cleaning.split(forward, cleaning.DROP_DDL_GUARD)
+                back_check, back = cleaning.split(
+                    cleaning.fallback_phase(plan, back_connections, db, back_engine),
+                    cleaning.CHECK,
+                )
+                # A half-done switch (or rollback) is refused before anything is removed.
+                steps.run(check, scope=db)
+                steps.run(back_check, scope=fallback)
+                # The DDL guard on the source next, by name: no later statement is refused.
+                steps.run(guard, scope=db)
+                # The fallback replication (target to source) a switch may have started:
+                # before the forward one, since it uses what the forward replication installed.
+                steps.run(back, scope=fallback)
                 steps.run(forward, scope=db)
 
         reports = _run(plan, both_ways, dry_run=dry_run, on_step=on_step)

@@ -22,6 +22,7 @@ from cutover.pg import (
     catalog,
     checksum,
     copy,
+    ddl_guard,
     drift,
     fence,
     large_objects,
@@ -205,6 +206,43 @@ def drop_barrier_schema(servers: Pool, side: Side, db: str, *, dry_run: bool) ->
     if not writable(servers, side, db):
         return []
     return barrier.drop_schema(servers.get(side, db), where=where(side, db), dry_run=dry_run)
+
+
+# -- the DDL guard (plan: ddl_guard) -----------------------------------------------------------
+
+
+def ddl_guard_exists(plan: Plan, servers: Pool, db: str) -> bool:
+    """Whether the move's DDL guard (its function and event triggers) is in the source's `db`."""
+    return exists(servers, Side.SOURCE, db) and ddl_guard.exists(
+        servers.get(Side.SOURCE, db), plan.move
+    )
+
+
+def ddl_guard_left(plan: Plan, servers: Pool, db: str) -> bool:
+    """Whether any part of the move's DDL guard is in the source's `db`."""
+    return exists(servers, Side.SOURCE, db) and ddl_guard.any_left(
+        servers.get(Side.SOURCE, db), plan.move
+    )
+
+
+def guard_source_ddl(plan: Plan, servers: Pool, db: str, *, dry_run: bool) -> Sequence[Change]:
+    """Event triggers in the source's `db` that refuse DDL from all but the move's own sessions."""
+    return ddl_guard.create(
+        servers.get(Side.SOURCE, db),
+        plan.move,
+        allowed=ours(plan),
+        where=where(Side.SOURCE, db),
+        dry_run=dry_run,
+    )
+
+
+def drop_ddl_guard(plan: Plan, servers: Pool, db: str, *, dry_run: bool) -> Sequence[Change]:
+    """The move's DDL guard, gone from the source's `db` (whatever the plan says of it now)."""
+    if not writable(servers, Side.SOURCE, db):
+        return []
+    return ddl_guard.drop(
+        servers.get(Side.SOURCE, db), plan.move, where=where(Side.SOURCE, db), dry_run=dry_run
+    )
 
 
 # -- the schema --------------------------------------------------------------------------------
@@ -408,7 +446,10 @@ def copy_pre_data(plan: Plan, servers: Pool, db: str, *, dry_run: bool) -> Seque
 
 
 def _missing_post_data(plan: Plan, servers: Pool, db: str) -> list[schema.TocEntry]:
-    entries = schema.toc(archive_path(plan, db), section="post-data")
+    # The move's DDL guard is the source's alone: pg_dump took its event triggers along.
+    entries = schema.without_event_triggers(
+        schema.toc(archive_path(plan, db), section="post-data"), ddl_guard.triggers(plan.move)
+    )
     return schema.missing_on_target(servers.get("source", db), servers.get("target", db), entries)
 
 

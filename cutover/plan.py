@@ -353,6 +353,11 @@ class Plan(_Model):
     fence: Fence = Fence()
     backfill: Backfill = Backfill()
     large_objects: LargeObjects = LargeObjects.FAIL
+    # With true, prepare puts event triggers on the source that refuse DDL from every session
+    # but cutover's own until cleanup removes them (temporary objects, GRANT, REVOKE, COMMENT
+    # and REFRESH MATERIALIZED VIEW pass; rows are never affected): a schema change during a
+    # move breaks its replication. They need a superuser (Cloud SQL: cloudsqlsuperuser).
+    ddl_guard: bool = False
     repoint: list[Repoint] = []
     thresholds: Thresholds = Thresholds()
     state_dir: Path = Path(".cutover")

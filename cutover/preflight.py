@@ -17,6 +17,7 @@ from cutover.pg import (
     barrier,
     catalog,
     copy,
+    ddl_guard,
     fence,
     large_objects,
     matviews,
@@ -132,6 +133,7 @@ def run(
         keep=[plan.source.user, replication.object_name(plan.move)],
     )
     findings += _source_role(plan, source, fenced)
+    findings += _ddl_guard(plan, source)
     findings += _fence(plan, fenced)
     present_on_target = catalog.existing_databases(target, plan.databases)
     findings += _target_role(plan, target, present_on_target)
@@ -445,6 +447,29 @@ def _source_role(plan: Plan, conn: Connection, fenced: list[str]) -> Iterator[Fi
     yield from _fence_privileges(conn, role, fenced)
 
 
+def _ddl_guard(plan: Plan, conn: Connection) -> Iterator[Finding]:
+    """With `ddl_guard: true`, whether the source user may create the guard's event triggers."""
+    if not plan.ddl_guard:
+        return
+    role = catalog.current_role(conn)
+    if catalog.may_create_event_triggers(conn):
+        yield Finding(
+            "ddl_guard",
+            "source",
+            Status.OK,
+            "prepare puts event triggers on the source that refuse DDL until cleanup",
+        )
+        return
+    yield Finding(
+        "ddl_guard",
+        "source",
+        Status.FAIL,
+        f"{role.name} is no superuser: it may not create the event triggers of ddl_guard: true",
+        ddl_guard.PRIVILEGE_HINT,
+        (statement("ALTER ROLE {} SUPERUSER;", role.name),),
+    )
+
+
 def _fence_privileges(conn: Connection, role: catalog.Role, fenced: list[str]) -> Iterator[Finding]:
     """What a source user that is no superuser needs for the switch's fence."""
     fixes: list[str] = []
@@ -703,7 +728,9 @@ def _not_carried(
     yield from _large_objects(plan, conn, scope, target)
     yield from _materialized_views(conn, scope)
     yield from _foreign_tables(conn, scope)
-    triggers = catalog.event_triggers(conn)
+    # The move's own DDL guard, once prepare made it, is no one else's DDL.
+    ours = ddl_guard.triggers(plan.move)
+    triggers = [(name, event) for name, event in catalog.event_triggers(conn) if name not in ours]
     if triggers:
         yield Finding(
             "ddl",

@@ -132,6 +132,15 @@ def may_create_replication_roles(conn: Connection) -> bool:
     return server_version(conn) >= 160000 and role.createrole and role.replication
 
 
+def may_create_event_triggers(conn: Connection) -> bool:
+    """Whether the connected role may try to create an event trigger (the DDL guard's).
+
+    PostgreSQL lets only a superuser; Cloud SQL lets its admin users
+    (cloudsqlsuperuser) where the service allows event triggers at all.
+    """
+    return current_role(conn).superuser or is_member_of(conn, "cloudsqlsuperuser")
+
+
 def is_member_of(conn: Connection, role: str) -> bool:
     """Whether the current user is a member of `role` (False if it does not exist)."""
     return bool(

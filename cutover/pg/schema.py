@@ -15,6 +15,7 @@ restore that was killed resumes without "already exists" errors.
 import os
 import re
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from cutover.pg.connect import Connection
 from cutover.plan import Server
 
 PG_CLASS, PG_CONSTRAINT, PG_TRIGGER, PG_REWRITE, PG_POLICY = 1259, 2606, 2620, 2618, 3256
+PG_EVENT_TRIGGER = 3466
 _TOC_LINE = re.compile(r"^(\d+); (\d+) (\d+) ")
 
 
@@ -73,6 +75,18 @@ def toc(archive: Path, *, section: str) -> list[TocEntry]:
         if match:
             entries.append(TocEntry(line, int(match.group(2)), int(match.group(3))))
     return entries
+
+
+def without_event_triggers(entries: list[TocEntry], names: Collection[str]) -> list[TocEntry]:
+    """The entries but those of the event triggers named (names without spaces)."""
+    left_out = set(names)
+    return [e for e in entries if _event_trigger(e) not in left_out]
+
+
+def _event_trigger(entry: TocEntry) -> str | None:
+    """An event trigger's name: its line reads `<id>; 3466 <oid> EVENT TRIGGER - <name> <owner>`."""
+    words = entry.line.split(" ")
+    return words[6] if entry.classid == PG_EVENT_TRIGGER and len(words) > 6 else None
 
 
 def restore_pre_data(server: Server, db: str, archive: Path) -> None:

@@ -2,18 +2,22 @@
 
 1. check_no_switch_in_progress: refuse while roles are fenced and the target is
    not promoted (finish the switch first, or roll it back).
-2. drop_subscription: on the target (before a switch, this abandons the move).
-3. drop_slot: on the source, so no slot pins WAL there.
-4. drop_publication: on the source (pglogical: the replication set).
-5. drop_backfilled_keys: the primary keys and columns `backfill` added, on both
+2. drop_ddl_guard: the event triggers of `ddl_guard` on the source, then their
+   function, whatever the plan says now; by name (an event trigger is in no
+   schema), right after the checks of both directions and before the fallback's
+   cleanup, so that no later statement is refused, whoever runs it.
+3. drop_subscription: on the target (before a switch, this abandons the move).
+4. drop_slot: on the source, so no slot pins WAL there.
+5. drop_publication: on the source (pglogical: the replication set).
+6. drop_backfilled_keys: the primary keys and columns `backfill` added, on both
    sides, found by the move's mark on each column (a user's column of the same
    name carries none and is never touched).
-6. drop_barrier_tables: the `_cutover` schema on both sides.
-7. drop_replication_role: `cutover_<move>` on both sides, after REASSIGN OWNED and
+7. drop_barrier_tables: the `_cutover` schema on both sides.
+8. drop_replication_role: `cutover_<move>` on both sides, after REASSIGN OWNED and
    DROP OWNED in each database of the move.
-8. remove_schema_archive: the schema dump kept in the state directory.
-9. uninstall_engine: pglogical's nodes cutover made, and the extension where
-   this move created it (last: the fallback's cleanup runs before this one).
+9. remove_schema_archive: the schema dump kept in the state directory.
+10. uninstall_engine: pglogical's nodes cutover made, and the extension where
+    this move created it (last: the fallback's cleanup runs before this one).
 
 The source may have been made read-only: cleanup's own sessions may still write.
 """
@@ -28,6 +32,9 @@ from cutover.errors import PreconditionFailed
 from cutover.plan import Plan
 from cutover.steps import Change, Phase, Step, from_other_side
 from cutover.types import Side
+
+CHECK = "check_no_switch_in_progress"
+DROP_DDL_GUARD = "drop_ddl_guard"
 
 
 def phase(plan: Plan, servers: Pool, db: str, engine: Engine) -> Phase:
@@ -91,13 +98,20 @@ def phase(plan: Plan, servers: Pool, db: str, engine: Engine) -> Phase:
     def barrier_tables_gone() -> bool:
         return not any(database.barrier_schema_exists(servers, side, db) for side in Side)
 
+    def drop_ddl_guard(*, dry_run: bool) -> Sequence[Change]:
+        return database.drop_ddl_guard(plan, servers, db, dry_run=dry_run)
+
+    def ddl_guard_gone() -> bool:
+        return not database.ddl_guard_left(plan, servers, db)
+
     def archive_removed() -> bool:
         return not database.archive_path(plan, db).exists()
 
     return Phase(
         "cleanup",
         (
-            Step("check_no_switch_in_progress", check_no_switch_in_progress, attempts=1),
+            Step(CHECK, check_no_switch_in_progress, attempts=1),
+            Step(DROP_DDL_GUARD, drop_ddl_guard, ddl_guard_gone),
             Step("drop_subscription", stop, lambda: not subscribed()),
             Step("drop_slot", release_source, lambda: engine.source_released(db)),
             Step("drop_publication", unprepare_source, lambda: engine.source_unprepared(db)),
@@ -118,3 +132,15 @@ def fallback_phase(plan: Plan, back_servers: Pool, db: str, back_engine: Engine)
     """The cleanup of the fallback replication (the reversed move), named as the plan names."""
     back = phase(reversed_plan(plan), back_servers, db, back_engine)
     return Phase(back.name, tuple(map(from_other_side, back.steps)))
+
+
+def split(phase: Phase, name: str) -> tuple[Phase, Phase]:
+    """The step `name` of a cleanup phase as a phase of its own, and the phase without it.
+
+    The command runs the checks of both directions before anything is removed,
+    then the DDL guard, then the rest (see api.cleanup); a step keeps its ledger key.
+    """
+    return (
+        Phase(phase.name, tuple(s for s in phase.steps if s.name == name)),
+        Phase(phase.name, tuple(s for s in phase.steps if s.name != name)),
+    )

@@ -4,14 +4,17 @@
    one downtime of a move, so it is never done without being asked).
 2. create_target_database: the database exists on the target.
 3. create_source_barrier: `_cutover.barrier`, for the switch's proof of zero lag.
-4. install_engine: what the engine needs on the source (pglogical: its extension,
+4. guard_source_ddl: only with `ddl_guard: true` in the plan, event triggers on
+   the source that refuse DDL from every session but cutover's own until cleanup
+   (a schema change during the move breaks its replication).
+5. install_engine: what the engine needs on the source (pglogical: its extension,
    which the schema copy brings to the target).
-5. create_replication_role: a role that may replicate and read, nothing more.
-6. copy_schema: pg_dump the schema; restore its pre-data part on the target
+6. create_replication_role: a role that may replicate and read, nothing more.
+7. copy_schema: pg_dump the schema; restore its pre-data part on the target
    (tables, types, functions: no index yet, so the copy fills bare tables);
    left to the engine where it copies the schema itself.
-7. create_target_barrier: adopted when the schema copy brought it.
-8. create_publication: every replicated table of the source (pglogical: a
+8. create_target_barrier: adopted when the schema copy brought it.
+9. create_publication: every replicated table of the source (pglogical: a
    replication set of the tables and sequences, on the source's node).
 """
 
@@ -73,6 +76,15 @@ def phase(
 ) -> Phase:
     """The prepare steps for database `db`; with `restart`, the source may be restarted."""
     prepare = Prepare(plan, servers, db, restart=restart, restart_timeout=restart_timeout)
+    guard: tuple[Step, ...] = ()
+    if plan.ddl_guard:  # a step of its own only when asked for: a plan without it runs as before
+        guard = (
+            Step(
+                "guard_source_ddl",
+                partial(database.guard_source_ddl, plan, servers, db),
+                partial(database.ddl_guard_exists, plan, servers, db),
+            ),
+        )
     schema: tuple[Step, ...] = ()
     if not engine.traits.copies_schema:
         schema = (
@@ -101,6 +113,7 @@ def phase(
                 partial(database.create_barrier_table, servers, Side.SOURCE, db),
                 partial(database.barrier_table_exists, servers, Side.SOURCE, db),
             ),
+            *guard,
             Step("install_engine", partial(engine.install, db), partial(engine.installed, db)),
             Step(
                 "create_replication_role",

@@ -182,6 +182,29 @@ def test_prepare_runs_the_sql_its_dry_run_prints(
     ]
 
 
+def test_prepare_with_the_ddl_guard_runs_the_sql_its_dry_run_prints(
+    lab: Lab,
+    databases: Databases,
+    write_plan: Callable[..., Path],
+    cutover: Callable[..., Result],
+    statement_log: StatementLog,
+) -> None:
+    db = databases.create()
+    with connect(lab.server("source"), db) as conn:
+        conn.execute(SHOP)
+    move = f"t{uuid.uuid4().hex[:8]}"
+    plan = str(write_plan([db], move=move, ddl_guard=True))
+    checked = dry_then_real(cutover, statement_log, "prepare", "-p", plan)
+    # The guard's function (a statement of many lines) and its event triggers, as printed.
+    guard = [c for c in checked if f"cutover_{move}_ddl_guard" in c.action]
+    assert [" ".join(c.action.split()[:3]) for c in guard] == [
+        "CREATE OR REPLACE",
+        "CREATE EVENT TRIGGER",
+        "CREATE EVENT TRIGGER",
+    ]
+    assert all(c.where == f"source/{db}" for c in guard)
+
+
 def test_backfill_runs_the_sql_its_dry_run_prints(
     lab: Lab,
     databases: Databases,
