@@ -23,7 +23,7 @@ from cutover import verify as comparing
 from cutover.database import FillProgress, Pool, mask, pool, translate
 from cutover.engines import engine_for, prove_applied, reversed_plan
 from cutover.errors import CannotCompare, CutoverError, PreconditionFailed, StepFailed
-from cutover.ledger import Pause, journal_for, recorded_move_id, save_verification
+from cutover.ledger import Pause, journal_for, move_id, save_verification
 from cutover.phases import backfill as backfilling
 from cutover.phases import cleanup as cleaning
 from cutover.phases import prepare as preparing
@@ -196,7 +196,7 @@ def check(plan: Plan) -> preflight.Report:
         and record.status in (StepStatus.DONE, StepStatus.RUNNING)
     }
     with pool(_servers(plan)) as connections:
-        return preflight.run(plan, connections, copied=copied, move_id=recorded_move_id(plan))
+        return preflight.run(plan, connections, copied=copied, move_id=move_id(plan))
 
 
 # -- prepare and backfill ---------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cutover import wait
 from cutover.errors import ConnectionFailed, PreconditionFailed
-from cutover.ledger import move_id, recorded_move_id
+from cutover.ledger import move_id
 from cutover.pg import (
     admin,
     backfill,
@@ -295,7 +295,7 @@ def empty_target(servers: Pool, db: str, *, dry_run: bool) -> Sequence[Change]:
 def refuse_other_moves(plan: Plan, servers: Pool) -> None:
     """Raise if the servers hold a role, publication or subscription of this move's name
     that another move made (a second plan of the same move name)."""
-    found = replication.other_moves(servers, plan.move, recorded_move_id(plan), plan.databases)
+    found = replication.other_moves(servers, plan.move, move_id(plan), plan.databases)
     if found:
         raise PreconditionFailed(
             f"objects of another move named {plan.move!r} are on the servers: " + "; ".join(found),

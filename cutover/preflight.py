@@ -96,15 +96,13 @@ class Report:
         }
 
 
-def run(
-    plan: Plan, pool: Pool, *, copied: Collection[str] = (), move_id: str | None = None
-) -> Report:
+def run(plan: Plan, pool: Pool, *, copied: Collection[str] = (), move_id: str = "") -> Report:
     """Every check of the plan against the servers.
 
     `copied`: the databases whose tables this move has begun to fill on the
     target (the ledger knows), where rows are the move's own. `move_id`: the
-    move's identity in its ledger (None: never run); objects of the move's name
-    marked with another are a second plan's.
+    move's identity (see ledger.move_id); objects of the move's name marked with
+    another are a second plan's.
     """
     source, target = pool.get("source"), pool.get("target")
     findings: list[Finding] = [

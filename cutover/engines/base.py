@@ -100,6 +100,11 @@ class Engine(Protocol):
         """A small commit on the source where the engine needs WAL to move to confirm."""
         ...
 
+    def resume_apply(self, db: str, *, dry_run: bool) -> Sequence[Change]:
+        """After a schema change mended on the target: an apply worker stopped by it starts
+        again now (nothing when none is stopped)."""
+        ...
+
     def carry(self, db: str, tables: Sequence[TableName], *, dry_run: bool) -> Sequence[Change]:
         """Replicate these tables too, made on both sides after start: rows copied, then changes.
 

@@ -164,6 +164,10 @@ class NativeReplication:
             ),
         ]
 
+    def resume_apply(self, *, dry_run: bool) -> Sequence[Change]:
+        """Nothing: a failed apply worker starts again by itself (wal_retrieve_retry_interval)."""
+        return []
+
     def _mark(self) -> str:
         """What marks the objects this move makes as its own."""
         return replication.mark(self._plan.move, move_id(self._plan))

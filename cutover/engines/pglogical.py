@@ -310,6 +310,19 @@ class PglogicalReplication:
             *pglogical.add_tables(source, self.name, tables, where=self._where[0], dry_run=dry_run),
         ]
 
+    def resume_apply(self, *, dry_run: bool) -> Sequence[Change]:
+        """A subscription whose apply worker failed (`down`) disabled and enabled: pglogical
+        may wait minutes before it starts the worker again by itself."""
+        target = self._target()
+        sub = pglogical.subscription(target, self.name)
+        if sub is None or sub.status != "down":
+            return []
+        where = self._where[1]
+        return [
+            pglogical.disable_subscription(target, self.name, where=where, dry_run=dry_run),
+            pglogical.enable_subscription(target, self.name, where=where, dry_run=dry_run),
+        ]
+
     def progress(self) -> SyncProgress:
         """pglogical's state per table once its copy committed; before, what the target shows."""
         source, target = self._source(), self._target()

@@ -29,18 +29,8 @@ def journal_for(plan: Plan) -> Journal:
 
 
 def move_id(plan: Plan) -> str:
-    """The move's identity, which marks what it makes on the servers.
-
-    Made and written to the ledger if the move has none yet: a dry run shows
-    the very mark its run will write.
-    """
-    return journal_for(plan).keep_id()
-
-
-def recorded_move_id(plan: Plan) -> str | None:
-    """The move's identity if its ledger holds one (None: a move never run)."""
-    data = store_for(plan).read()
-    return str(data["id"]) if data and data.get("id") else None
+    """The move's identity, which marks what it makes on the servers (see Document.id)."""
+    return journal_for(plan).id
 
 
 def save_verification(plan: Plan, *, mode: str, mismatches: dict[str, int]) -> None:
@@ -67,7 +57,6 @@ __all__ = [
     "journal_for",
     "last_verification",
     "move_id",
-    "recorded_move_id",
     "save_verification",
     "store_for",
 ]

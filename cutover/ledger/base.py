@@ -1,8 +1,8 @@
 """The ledger's document model, the Store protocol, and the Journal that writes it."""
 
 import getpass
+import hashlib
 import os
-import secrets
 import socket
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -84,7 +84,9 @@ class Document:
     events: list[Event] = field(default_factory=list)
     # The move's identity: what it makes on a server is marked with it, and a plan
     # whose ledger holds another (a second plan of the same move name) is refused there.
-    id: str = field(default_factory=lambda: secrets.token_hex(6))
+    # A new ledger's is derived from where it is kept (`identity`): a dry run knows it
+    # without writing anything, and a ledger lost and begun anew in its place keeps it.
+    id: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
@@ -133,6 +135,11 @@ class Store(Protocol):
     def describe(self) -> str: ...
 
 
+def identity(store: Store) -> str:
+    """The identity of a move whose ledger is kept in `store`, before the ledger says one."""
+    return hashlib.sha256(store.describe().encode()).hexdigest()[:12]
+
+
 class Journal:
     """Records step transitions and events; every call is written through at once.
 
@@ -147,17 +154,12 @@ class Journal:
         self._store = store
         data = store.read()
         self._doc = Document.from_dict(data) if data else Document(move=move)
+        self._doc.id = self._doc.id or identity(store)
         self._pending = False  # a record not written yet (see finished)
 
     @property
     def id(self) -> str:
         """The move's identity (see Document.id)."""
-        return self._doc.id
-
-    def keep_id(self) -> str:
-        """The move's identity, written to the ledger unless it is there already."""
-        if not (self._store.read() or {}).get("id"):
-            self._store.write(self._doc.to_dict())
         return self._doc.id
 
     @property

@@ -85,11 +85,18 @@ def foreign_marks(conn: Connection, move: str, move_id: str | None, *, roles: bo
     return found
 
 
-def other_moves(pool: Pool, move: str, move_id: str | None, databases: Iterable[str]) -> list[str]:
+def other_moves(pool: Pool, move: str, move_id: str, databases: Iterable[str]) -> list[str]:
     """`foreign_marks` on both servers: each database of the plan there, and the roles once."""
     found: list[str] = []
     for side in ("source", "target"):
-        present = set(catalog.existing_databases(pool.get(side), list(databases)))
+        present = {  # a database that takes no connection is the steps' to report
+            r["datname"]
+            for r in pool.get(side).execute(
+                "SELECT datname FROM pg_catalog.pg_database "
+                "WHERE datname = ANY(%s) AND datallowconn",
+                (list(databases),),
+            )
+        }
         found += [
             f"{side}: {what}" for what in foreign_marks(pool.get(side), move, move_id, roles=True)
         ]
@@ -102,8 +109,8 @@ def other_moves(pool: Pool, move: str, move_id: str | None, databases: Iterable[
 
 OTHER_MOVE_HINT = (
     "another plan has the same move name; give this plan another `move:` name. If they are "
-    "this plan's own (its ledger lost), clear their mark on the server (COMMENT ON ROLE "
-    "... IS NULL, and so on) and run again"
+    "this plan's own and its state_dir moved, clear their mark on the server (COMMENT ON "
+    "ROLE ... IS NULL, and so on) and run again"
 )
 
 

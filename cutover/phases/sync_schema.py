@@ -9,10 +9,10 @@ first row it cannot apply, or a new table stays behind. For one database:
 2. alter_columns: columns added, changed or dropped on the target as the
    source has them; a new column's existing rows get the value they read on
    the source (its default at the time it was added);
-3. carry_new_tables: the tables the replication does not carry yet are added
+3. resume_apply: an apply worker that failed on the change starts again now
+   (native's retries by itself within seconds; pglogical's may wait minutes);
+4. carry_new_tables: the tables the replication does not carry yet are added
    to it: their rows are copied, then their changes stream.
-
-A failing apply worker retries by itself and goes on once its table matches.
 """
 
 from collections.abc import Sequence
@@ -49,6 +49,11 @@ def phase(plan: Plan, servers: Pool, db: str, engine: Engine) -> Phase:
                 "alter_columns",
                 partial(database.alter_columns, servers, db),
                 partial(database.columns_match, servers, db),
+            ),
+            Step(
+                "resume_apply",
+                partial(engine.resume_apply, db),
+                lambda: not engine.resume_apply(db, dry_run=True),
             ),
             Step("carry_new_tables", carry_new_tables, lambda: not uncarried()),
         ),

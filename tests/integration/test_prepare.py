@@ -28,7 +28,7 @@ def barrier_exists(lab: Lab, side: str, db: str) -> bool:
 
 
 def ledger(plan: Path) -> dict[str, dict[str, object]]:
-    data = json.loads((plan.parent / "state" / "test.ledger.json").read_text())
+    data = json.loads((plan.parent / "state" / f"{move_of(plan)}.ledger.json").read_text())
     steps: dict[str, dict[str, object]] = data["steps"]
     return steps
 
