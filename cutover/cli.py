@@ -679,6 +679,7 @@ def _database_data(db: DatabaseState) -> dict[str, Any]:
             "measured_at": lag.measured_at,
         },
         "apply_errors": facts.apply_errors,
+        "apply_stopped": facts.apply_stopped,
         "schema_drift": None if db.drift is None else list(db.drift),
         "rows_source": db.rows_source,
         "rows_target": db.rows_target,
@@ -791,6 +792,11 @@ def _replication_state(db: str, info: DatabaseState) -> str:
             f" and {len(waiting) - 10} more" if len(waiting) > 10 else ""
         )
         line += f"; not ready yet: {shown}"
+    if facts.apply_stopped:
+        line += (
+            "; the apply worker is stopped by a failure: nothing is applied (the target's "
+            "log says why)"
+        )
     if facts.apply_errors:
         line += (
             f"; the apply worker failed {facts.apply_errors} times since the subscription "

@@ -110,6 +110,7 @@ class Replication:
     slot_active: bool | None = None
     apply_errors: int | None = None  # a counter the target keeps (pg_stat_subscription_stats)
     schema_drift: int | None = None  # differences of the moved tables between the sides
+    apply_stopped: bool | None = None  # the apply worker is stopped by a failure now
     streaming: bool | None = None  # None: no subscription (yet, or any more)
     tables: dict[TableState, int] | None = None  # tables by sync state
     copy_bytes_done: int | None = None
@@ -211,6 +212,11 @@ _REPLICATION_GAUGES = (
         "apply_errors",
         "cutover_apply_errors",
         "Times the target's apply worker failed since the subscription began (it retries)",
+    ),
+    (
+        "apply_stopped",
+        "cutover_apply_stopped",
+        "1 while the target's apply worker is stopped by a failure (pglogical: subscription down)",
     ),
     (
         "schema_drift",

@@ -79,6 +79,7 @@ def _replication(engine: str, db: state.DatabaseState) -> metrics.Replication:
         wal_safe_bytes=lag.safe_bytes if lag else None,
         slot_active=lag.connected if lag else None,
         apply_errors=facts.apply_errors,
+        apply_stopped=facts.apply_stopped,
         schema_drift=None if db.drift is None else len(db.drift),
         # The metric's "streaming": enabled, and its slot sends right now.
         streaming=bool(facts.streaming and lag and lag.connected) if facts.subscribed else None,

@@ -42,6 +42,7 @@ class Replication:
     progress: SyncProgress | None = None  # each table's state, bytes copied
     description: str | None = None  # the engine's own words, when it has any
     apply_errors: int | None = None  # the apply worker's failures since the subscription began
+    apply_stopped: bool | None = None  # the apply worker is stopped by a failure right now
 
     @property
     def replicating(self) -> bool:
@@ -288,6 +289,7 @@ def _replication(
         if target_exists and moving
         else None,
         apply_errors=reading.attempt(lambda: engine.apply_errors(db)) if subscribed else None,
+        apply_stopped=reading.attempt(lambda: engine.apply_stopped(db)) if subscribed else None,
     )
 
 

@@ -92,6 +92,11 @@ class Engine(Protocol):
         """Errors the target's apply has met so far (a counter; only its rise matters)."""
         ...
 
+    def apply_stopped(self, db: str) -> bool:
+        """The apply worker is stopped by a failure right now (an engine that counts no
+        errors shows its failures this way; one that counts them answers False)."""
+        ...
+
     def describe(self, db: str) -> str | None:
         """The engine's own view of its replication, for status (None: nothing to add)."""
         ...

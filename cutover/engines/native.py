@@ -260,6 +260,10 @@ class NativeReplication:
             bytes_done=sum(min(c.bytes_source, c.bytes_target) for c in copies),
         )
 
+    def apply_stopped(self) -> bool:
+        """False: the native worker's failures are counted (apply_errors)."""
+        return False
+
     def apply_errors(self) -> int:
         """The subscription's apply and copy errors, as pg_stat_subscription_stats counts."""
         return catalog.subscription_errors(self._pool.get("target", self._db), self.name)

@@ -349,6 +349,11 @@ class PglogicalReplication:
             bytes_done=sum(min(c.bytes_source, c.bytes_target) for c in copies),
         )
 
+    def apply_stopped(self) -> bool:
+        """pglogical's own state of the subscription: `down` while its apply worker failed."""
+        sub = pglogical.subscription(self._target(), self.name)
+        return sub is not None and sub.status == "down"
+
     def apply_errors(self) -> int:
         """pglogical counts no errors: a failing apply shows as a worker that is down."""
         return 0

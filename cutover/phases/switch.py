@@ -52,6 +52,7 @@ from cutover.writers import Writer, writer_for
 
 POLL_SECONDS = 0.02
 READY_POLL_SECONDS = 0.5
+APPLY_STOPPED_GRACE = 5.0  # a worker stopped longer than its restart takes has failed
 HEALTH_POLL_SECONDS = 0.5  # a health probe may run a command: not every few ms
 
 
@@ -150,6 +151,7 @@ class Switch:
         now: dict[str, int] = {}
         highest: dict[str, int] = {}
         errors = {db: self.engine.apply_errors(db) for db in self.databases}
+        stopped: dict[str, float] = {}  # since when each database's apply worker is stopped
 
         def held() -> bool:
             nonlocal since
@@ -157,11 +159,13 @@ class Switch:
                 now[db] = self._lag(db).bytes
                 highest[db] = max(highest.get(db, 0), now[db])
                 self._check_apply(db, errors[db])
+                if not self._applying(db, stopped):
+                    since = self.clock()  # a lag nothing applies holds nothing
             if any(n > limit for n in now.values()):
                 since = self.clock()  # a spike: the window starts again
             held_for = self.clock() - since
             self.on_ready(Readiness(dict(now), limit, held_for, window))
-            return held_for >= window
+            return held_for >= window and not stopped
 
         def figures() -> str:
             lags = ", ".join(f"{db} {now[db]} B now, {highest[db]} B at most" for db in now)
@@ -208,6 +212,27 @@ class Switch:
                 "the source has and the target lacks: docs/troubleshooting.md#the-apply-worker-"
                 "fails); fix it, then switch again",
             )
+
+    def _applying(self, db: str, stopped: dict[str, float]) -> bool:
+        """Whether the apply worker runs; raise once it has been stopped by a failure for
+        APPLY_STOPPED_GRACE (`stopped` keeps since when, per database).
+
+        The engines that count no errors (pglogical) show a failure this way; a worker
+        restarting shows it for a moment, so only a lasting stop counts.
+        """
+        if not self.engine.apply_stopped(db):
+            stopped.pop(db, None)
+            return True
+        since = stopped.setdefault(db, self.clock())
+        if self.clock() - since >= APPLY_STOPPED_GRACE:
+            raise PreconditionFailed(
+                f"{db}: the target's apply worker has been stopped by a failure for "
+                f"{APPLY_STOPPED_GRACE:g} s: the target does not apply what the source sends",
+                hint="nothing was stopped; the target's log says why (a row that conflicts "
+                "with one written on the target, a table or column the target lacks: "
+                "docs/troubleshooting.md#the-apply-worker-fails); fix it, then switch again",
+            )
+        return False
 
     def _check_fallback_possible(self) -> None:
         """Reverse replication starts after the promotion: what it needs is checked before."""

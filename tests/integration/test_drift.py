@@ -244,3 +244,26 @@ def test_a_second_plan_of_the_same_move_name_is_refused_and_leaves_the_first_str
     assert cutover("check", "-p", plan).stdout.count("another move named") == 0
     cleaned = cutover("cleanup", "-p", plan, "--yes")
     assert cleaned.code == 0, cleaned.stdout + cleaned.stderr
+
+
+def test_a_pglogical_apply_stopped_by_a_failure_is_shown_and_stops_the_switch(
+    lab: Lab, databases: Databases, write_plan: Callable[..., Path], cutover: Callable[..., Result]
+) -> None:
+    """pglogical counts no apply errors: its failure shows as a subscription `down`."""
+    db, plan = streaming_move(lab, databases, write_plan, cutover, "pglogical")
+    with connect(lab.server("target"), db) as conn:  # a constraint added on the target only
+        conn.execute("ALTER TABLE items ADD CONSTRAINT small CHECK (v < 4000) NOT VALID")
+    with connect(lab.server("source"), db) as conn:
+        conn.execute("INSERT INTO items VALUES (6000, 5000)")  # the apply fails on it
+    wait_for(lambda: bool(status_of(cutover, plan, db)["apply_stopped"]), "never seen down")
+    assert "the apply worker is stopped by a failure" in cutover("status", "-p", plan).stdout
+    scraped = cutover("metrics", "-p", plan, "--once").stdout
+    assert "cutover_apply_stopped{" in scraped and "} 1.0" in scraped, scraped
+
+    switched = cutover("switch", "-p", plan, "--yes")
+    assert switched.code == 1, switched.stdout + switched.stderr
+    assert "the target's apply worker has been stopped by a failure" in switched.stderr
+    assert "nothing was stopped" in switched.stderr
+    assert "all/switch.stop_writers" not in ledger_of_plan(Path(plan))
+    cleaned = cutover("cleanup", "-p", plan, "--yes")
+    assert cleaned.code == 0, cleaned.stdout + cleaned.stderr
