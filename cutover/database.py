@@ -322,7 +322,8 @@ def schema_drift(servers: Pool, db: str, *, carried: set[str] | None = None) -> 
 
 def create_missing_tables(plan: Plan, servers: Pool, db: str, *, dry_run: bool) -> list[Change]:
     """Each replicated table the target lacks, made there as pg_dump of the source defines it."""
-    missing = [d.table for d in schema_drift(servers, db) if d.kind is DriftKind.TABLE_MISSING]
+    # cutover's own tables (the barrier) are made by steps of their own.
+    missing = [t for t in tables_missing_on_target(servers, db) if t.schema != barrier.SCHEMA]
     for table in [] if dry_run else missing:
         drift.create_table(plan.source, plan.target, db, table)
     return [
@@ -371,11 +372,6 @@ def alter_columns(servers: Pool, db: str, *, dry_run: bool) -> list[Change]:
 def columns_match(servers: Pool, db: str) -> bool:
     """No column of a moved table differs (tables missing on the target aside)."""
     return not any(d.kind is not DriftKind.TABLE_MISSING for d in schema_drift(servers, db))
-
-
-def tables_on_target(servers: Pool, db: str) -> bool:
-    """Every replicated table of the source exists on the target."""
-    return not any(d.kind is DriftKind.TABLE_MISSING for d in schema_drift(servers, db))
 
 
 def pre_data_copied(servers: Pool, db: str) -> bool:

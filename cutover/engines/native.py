@@ -157,7 +157,9 @@ class NativeReplication:
         source = self._pool.get("source", self._db)
         role = replication.replicating_role(source, self.name, self._plan.source.user)
         return [
-            *replication.grant_select(source, role, tables, where=self._where[0], dry_run=dry_run),
+            *replication.grant_tables(
+                source, "SELECT", role, tables, where=self._where[0], dry_run=dry_run
+            ),
             replication.publish(source, self.name, tables, where=self._where[0], dry_run=dry_run),
             replication.refresh_subscription(
                 self._pool.get("target", self._db), self.name, where=self._where[1], dry_run=dry_run

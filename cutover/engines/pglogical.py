@@ -301,11 +301,11 @@ class PglogicalReplication:
         pglogical copies their rows and streams their changes."""
         source, target = self._source(), self._target()
         return [
-            *replication.grant_select(
-                source, self._source_role(), tables, where=self._where[0], dry_run=dry_run
+            *replication.grant_tables(
+                source, "SELECT", self._source_role(), tables, where=self._where[0], dry_run=dry_run
             ),
-            *pglogical.grant_insert(
-                target, self.name, tables, where=self._where[1], dry_run=dry_run
+            *replication.grant_tables(
+                target, "INSERT", self.name, tables, where=self._where[1], dry_run=dry_run
             ),
             *pglogical.add_tables(source, self.name, tables, where=self._where[0], dry_run=dry_run),
         ]

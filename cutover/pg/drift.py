@@ -15,9 +15,8 @@ from enum import StrEnum
 from pathlib import Path
 
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
-from cutover.pg import tools
+from cutover.pg import schema
 from cutover.pg.connect import Connection
 from cutover.pg.ident import quote
 from cutover.plan import Server
@@ -192,27 +191,9 @@ def create_table(source: Server, target: Server, db: str, table: TableName) -> N
     """Make the table on the target as pg_dump of the source defines it: keys, indexes,
     grants, all or nothing (a custom archive through pg_restore, as the first schema copy)."""
     with tempfile.TemporaryDirectory(prefix="cutover-table-") as folder:
-        archive = str(Path(folder) / "table.dump")
-        tools.run(
-            "pg_dump",
-            "--schema-only",
-            "--format=custom",
-            "--no-publications",
-            "--no-subscriptions",
-            f"--table={quote(table)}",
-            f"--file={archive}",
-            env=tools.client_env(source, db, label="source"),
-            what=f"pg_dump of {quote(table)}",
-        )
-        tools.run(
-            "pg_restore",
-            "--single-transaction",
-            "--exit-on-error",
-            f"--dbname={make_conninfo(dbname=db)}",
-            archive,
-            env=tools.client_env(target, db, label="target"),
-            what=f"pg_restore of {quote(table)}",
-        )
+        archive = Path(folder) / "table.dump"
+        schema.dump(source, db, archive, table=table)
+        schema.restore(target, db, archive, what=f"pg_restore of {quote(table)}")
 
 
 def needs_values(drift: Drift) -> bool:

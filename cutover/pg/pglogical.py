@@ -182,6 +182,13 @@ def set_exists(conn: Connection, name: str) -> bool:
     return row is not None
 
 
+# A table into a set; its rows copied by each subscriber, then its changes streamed.
+ADD_TABLE = sql.SQL(
+    "SELECT pglogical.replication_set_add_table(set_name := %s, relation := %s::regclass, "
+    "synchronize_data := true)"
+)
+
+
 def create_set(
     conn: Connection,
     name: str,
@@ -202,15 +209,11 @@ def create_set(
             dry_run=dry_run,
         )
     ]
-    add_table = sql.SQL(
-        "SELECT pglogical.replication_set_add_table(set_name := %s, relation := %s::regclass, "
-        "synchronize_data := true)"
-    )
     add_sequence = sql.SQL(
         "SELECT pglogical.replication_set_add_sequence(set_name := %s, relation := %s::regclass, "
         "synchronize_data := false)"
     )
-    for statement, relations in ((add_table, with_barrier(tables)), (add_sequence, sequences)):
+    for statement, relations in ((ADD_TABLE, with_barrier(tables)), (add_sequence, sequences)):
         for schema, rel in relations:
             regclass = sql.Identifier(schema, rel).as_string(conn)
             changes.append(change(conn, statement, (name, regclass), where=where, dry_run=dry_run))
@@ -372,30 +375,14 @@ def grant_copy(
     return [change(conn, s, where=where, dry_run=dry_run) for s in statements]
 
 
-def grant_insert(
-    conn: Connection, role: str, tables: Sequence[TableName], *, where: str, dry_run: bool
-) -> list[Change]:
-    """What `grant_copy` gives, for tables made after it ran."""
-    if not tables:
-        return []
-    statement = sql.SQL("GRANT INSERT ON {} TO {}").format(
-        sql.SQL(", ").join(sql.Identifier(*t) for t in tables), sql.Identifier(role)
-    )
-    return [change(conn, statement, where=where, dry_run=dry_run)]
-
-
 def add_tables(
     conn: Connection, name: str, tables: Sequence[TableName], *, where: str, dry_run: bool
 ) -> list[Change]:
     """Add tables to the move's set; subscribers copy their rows, then stream their changes."""
-    statement = sql.SQL(
-        "SELECT pglogical.replication_set_add_table(set_name := %s, relation := %s::regclass, "
-        "synchronize_data := true)"
-    )
     return [
         change(
             conn,
-            statement,
+            ADD_TABLE,
             (name, sql.Identifier(*t).as_string(conn)),
             where=where,
             dry_run=dry_run,

@@ -11,6 +11,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
@@ -202,14 +203,23 @@ def grant_read(
     return changes
 
 
-def grant_select(
-    conn: Connection, role: str, tables: Sequence[TableName], *, where: str, dry_run: bool
+def grant_tables(
+    conn: Connection,
+    privilege: Literal["SELECT", "INSERT"],
+    role: str,
+    tables: Sequence[TableName],
+    *,
+    where: str,
+    dry_run: bool,
 ) -> list[Change]:
-    """SELECT on tables made after prepare's grants (which covered the tables of that moment)."""
+    """`privilege` on tables made after the grants of prepare or start (which covered the
+    tables of their moment)."""
     if not tables:
         return []
-    statement = sql.SQL("GRANT SELECT ON {} TO {}").format(
-        sql.SQL(", ").join(sql.Identifier(*t) for t in tables), sql.Identifier(role)
+    statement = sql.SQL("GRANT {} ON {} TO {}").format(
+        sql.SQL(privilege),
+        sql.SQL(", ").join(sql.Identifier(*t) for t in tables),
+        sql.Identifier(role),
     )
     return [change(conn, statement, where=where, dry_run=dry_run)]
 

@@ -24,7 +24,9 @@ from psycopg.conninfo import make_conninfo
 
 from cutover.pg import barrier, tools
 from cutover.pg.connect import Connection
+from cutover.pg.ident import quote
 from cutover.plan import Server
+from cutover.types import TableName
 
 PG_CLASS, PG_CONSTRAINT, PG_TRIGGER, PG_REWRITE, PG_POLICY = 1259, 2606, 2620, 2618, 3256
 PG_EVENT_TRIGGER = 3466
@@ -40,8 +42,8 @@ class TocEntry:
     oid: int
 
 
-def dump(server: Server, db: str, path: Path) -> None:
-    """The database's schema as a custom-format archive, written atomically."""
+def dump(server: Server, db: str, path: Path, *, table: TableName | None = None) -> None:
+    """The database's schema (or one table's) as a custom-format archive, written atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
@@ -55,9 +57,10 @@ def dump(server: Server, db: str, path: Path) -> None:
             # cutover's own schema belongs to the plan's user, who may not exist on the
             # target: create_target_barrier makes the target's.
             f"--exclude-schema={barrier.SCHEMA}",
+            *([] if table is None else [f"--table={quote(table)}"]),
             f"--file={tmp}",
             env=tools.client_env(server, db, label="source"),
-            what="pg_dump of the schema",
+            what="pg_dump of the schema" if table is None else f"pg_dump of {quote(table)}",
         )
         os.replace(tmp, path)
     finally:
@@ -91,15 +94,22 @@ def _event_trigger(entry: TocEntry) -> str | None:
 
 def restore_pre_data(server: Server, db: str, archive: Path) -> None:
     """Create every pre-data object, all or nothing."""
+    restore(server, db, archive, section="pre-data", what="pg_restore of the schema (pre-data)")
+
+
+def restore(
+    server: Server, db: str, archive: Path, *, section: str | None = None, what: str
+) -> None:
+    """Create every object of the archive (or of one section of it), all or nothing."""
     tools.run(
         "pg_restore",
-        "--section=pre-data",
+        *([] if section is None else [f"--section={section}"]),
         "--single-transaction",
         "--exit-on-error",
         _dbname(db),
         str(archive),
         env=tools.client_env(server, db, label="target"),
-        what="pg_restore of the schema (pre-data)",
+        what=what,
     )
 
 

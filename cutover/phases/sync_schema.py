@@ -43,7 +43,7 @@ def phase(plan: Plan, servers: Pool, db: str, engine: Engine) -> Phase:
             Step(
                 "create_missing_tables",
                 partial(database.create_missing_tables, plan, servers, db),
-                partial(database.tables_on_target, servers, db),
+                partial(database.pre_data_copied, servers, db),
             ),
             Step(
                 "alter_columns",

@@ -2,6 +2,7 @@
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -389,3 +390,13 @@ def statement_log(lab: Lab) -> Iterator[StatementLog]:
                     conn.execute(psycopg.sql.SQL("ALTER ROLE {} RESET log_statement").format(role))
                 else:
                     conn.execute(setting.format(role, psycopg.sql.Literal(value)))
+
+
+def wait_until(
+    predicate: Callable[[], bool], *, seconds: float = 20, what: str = "timed out"
+) -> None:
+    """Poll until `predicate` holds; fail the test with `what` after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)

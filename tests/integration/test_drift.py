@@ -13,7 +13,7 @@ import yaml
 
 from cutover.lab import Lab
 from tests.conftest import Databases, Result, connect
-from tests.integration.conftest import ledger_of_plan
+from tests.integration.conftest import ledger_of_plan, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -46,14 +46,6 @@ def streaming_move(
     return db, plan
 
 
-def wait_for(probe: Callable[[], bool], what: str, seconds: float = 60) -> None:
-    """Poll until `probe` holds; fail the test with `what` after `seconds`."""
-    deadline = time.monotonic() + seconds
-    while not probe():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.3)
-
-
 def status_of(cutover: Callable[..., Result], plan: str, db: str) -> dict[str, Any]:
     """The database's part of `cutover status --json`."""
     return dict(json.loads(cutover("status", "-p", plan, "--json").stdout)["databases"][db])
@@ -74,7 +66,11 @@ def test_a_column_added_on_the_source_is_shown_stops_the_switch_and_sync_schema_
         conn.execute("ALTER TABLE items ALTER COLUMN v TYPE bigint")
         conn.execute("INSERT INTO items VALUES (1000, 1, 7)")
     if engine == "native":  # pglogical keeps no error count
-        wait_for(lambda: bool(status_of(cutover, plan, db)["apply_errors"]), "no apply error")
+        wait_until(
+            lambda: bool(status_of(cutover, plan, db)["apply_errors"]),
+            seconds=60,
+            what="no apply error",
+        )
         assert "the apply worker failed" in cutover("status", "-p", plan).stdout
     drift = status_of(cutover, plan, db)["schema_drift"]
     assert drift == [
@@ -107,7 +103,7 @@ def test_a_column_added_on_the_source_is_shown_stops_the_switch_and_sync_schema_
         def arrived() -> bool:
             return conn.execute("SELECT 1 FROM items WHERE id = 1000").fetchone() is not None
 
-        wait_for(arrived, "the row with the new column never arrived", seconds=120)
+        wait_until(arrived, seconds=120, what="the row with the new column never arrived")
     assert cutover("switch", "-p", plan, "--yes").code == 0
     with connect(lab.server("target"), db) as conn:
         rows = conn.execute("SELECT id, extra FROM items WHERE id IN (1, 1000) ORDER BY id")
@@ -148,7 +144,7 @@ def test_a_table_made_on_the_source_after_start_stops_the_switch_until_sync_sche
         def copied() -> bool:
             return conn.execute("SELECT count(*) AS n FROM later").fetchone() == {"n": 21}
 
-        wait_for(copied, "the new table was not carried")
+        wait_until(copied, seconds=60, what="the new table was not carried")
     assert status_of(cutover, plan, db)["schema_drift"] == []
     switched = cutover("switch", "-p", plan, "--yes")
     assert switched.code == 0, switched.stdout + switched.stderr
@@ -236,11 +232,12 @@ def test_a_second_plan_of_the_same_move_name_is_refused_and_leaves_the_first_str
 
     with connect(lab.server("source"), db) as conn:  # the first move streams on
         conn.execute("INSERT INTO items VALUES (500, 500)")
-    deadline = time.monotonic() + 30
     with connect(lab.server("target"), db) as conn:
-        while not conn.execute("SELECT 1 FROM items WHERE id = 500").fetchone():
-            assert time.monotonic() < deadline, "the first move stopped replicating"
-            time.sleep(0.2)
+
+        def arrived() -> bool:
+            return conn.execute("SELECT 1 FROM items WHERE id = 500").fetchone() is not None
+
+        wait_until(arrived, seconds=30, what="the first move stopped replicating")
     assert cutover("check", "-p", plan).stdout.count("another move named") == 0
     cleaned = cutover("cleanup", "-p", plan, "--yes")
     assert cleaned.code == 0, cleaned.stdout + cleaned.stderr
@@ -255,7 +252,11 @@ def test_a_pglogical_apply_stopped_by_a_failure_is_shown_and_stops_the_switch(
         conn.execute("ALTER TABLE items ADD CONSTRAINT small CHECK (v < 4000) NOT VALID")
     with connect(lab.server("source"), db) as conn:
         conn.execute("INSERT INTO items VALUES (6000, 5000)")  # the apply fails on it
-    wait_for(lambda: bool(status_of(cutover, plan, db)["apply_stopped"]), "never seen down")
+    wait_until(
+        lambda: bool(status_of(cutover, plan, db)["apply_stopped"]),
+        seconds=60,
+        what="never seen down",
+    )
     assert "the apply worker is stopped by a failure" in cutover("status", "-p", plan).stdout
     scraped = cutover("metrics", "-p", plan, "--once").stdout
     assert "cutover_apply_stopped{" in scraped and "} 1.0" in scraped, scraped

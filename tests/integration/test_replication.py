@@ -1,7 +1,6 @@
 """prepare + start on real servers: the schema, the data and the changes arrive on the target."""
 
 import json
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ from cutover.pg.connect import connect as cutover_connect
 from cutover.plan import load as load_plan
 from cutover.types import Side, TableState
 from tests.conftest import Databases, Result, connect
+from tests.integration.conftest import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -72,13 +72,6 @@ def catalog_shape(lab: Lab, side: str, db: str) -> dict[str, Any]:
             "ORDER BY 1, 2"
         ).fetchall()
     return {"indexes": indexes, "constraints": constraints}
-
-
-def wait_until(predicate: Callable[[], bool], *, seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -353,11 +346,15 @@ def test_both_databases_of_a_move_stream_on_after_their_senders_reconnect(
     for db in names:
         with connect(lab.server("source"), db) as conn:
             conn.execute("INSERT INTO t VALUES (1)")
-    deadline = time.monotonic() + 90  # apply workers retry after wal_retrieve_retry_interval
-    for db in names:
-        with connect(lab.server("target"), db) as conn:
-            while not conn.execute("SELECT 1 FROM t WHERE id = 1").fetchone():
-                assert time.monotonic() < deadline, f"{db} replicates no more"
-                time.sleep(0.3)
+
+    def arrived() -> bool:
+        for db in names:
+            with connect(lab.server("target"), db) as conn:
+                if not conn.execute("SELECT 1 FROM t WHERE id = 1").fetchone():
+                    return False
+        return True
+
+    # Apply workers retry after wal_retrieve_retry_interval.
+    wait_until(arrived, seconds=90, what="a database replicates no more")
     cleaned = cutover("cleanup", "-p", plan, "--yes")
     assert cleaned.code == 0, cleaned.stdout + cleaned.stderr
