@@ -32,7 +32,8 @@ demo: system venv  ## a live move on local servers, under a write load, audited
 system:
 	@scripts/ensure-system.sh
 
-venv: $(STAMP)
+venv: $(STAMP)  ## and cutover's bytecode, as an install writes it: each command starts 0.2 s sooner
+	@$(BIN)/python -m compileall -q cutover
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

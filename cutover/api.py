@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
-from cutover import database, metrics, observe, preflight, runner, state
+from cutover import database, observe, preflight, runner, state
 from cutover import verify as comparing
 from cutover.database import FillProgress, Pool, mask, pool, translate
 from cutover.engines import engine_for, prove_applied, reversed_plan
@@ -36,6 +36,9 @@ from cutover.runner import StepReport
 from cutover.steps import SWITCH_SCOPE, Phase, StepStatus, SwitchStep
 from cutover.types import Side, SyncProgress, TableName
 
+if TYPE_CHECKING:  # the Prometheus client loads only where metrics are served
+    from cutover.metrics import exporter
+
 __all__ = [
     "Backfilled",
     "Background",
@@ -49,10 +52,10 @@ __all__ = [
     "backfill",
     "check",
     "cleanup",
-    "collector",
     "mask",
     "prepare",
     "rollback",
+    "scrape",
     "serve_metrics",
     "start",
     "start_in_background",
@@ -211,7 +214,9 @@ def _backfill_phases(
         name = str(table)
 
         def report(progress: FillProgress) -> None:
-            metrics.backfill_progress(
+            from cutover.metrics import exporter
+
+            exporter.backfill_progress(
                 plan.move,
                 db,
                 name,
@@ -490,15 +495,28 @@ def status(plan: Plan) -> state.MoveState:
         return state.read(plan, connections, journal)
 
 
-def collector(plan: Plan) -> metrics.MoveCollector:
-    """The move's metrics, read from the servers and the ledger on every scrape."""
-    return metrics.MoveCollector(plan.move, observe.Observer(plan).snapshot)
+def scrape(plan: Plan) -> str:
+    """One scrape of the move's metrics in Prometheus' text format, as /metrics serves it."""
+    from cutover.metrics import exporter
+
+    return exporter.exposition(_collector(plan))
 
 
-def serve_metrics(plan: Plan, port: int | None) -> None:
-    """The move's metrics on `port` while this process runs, if a port is given."""
+def serve_metrics(plan: Plan, port: int | None, address: str = "0.0.0.0") -> None:
+    """The move's metrics on `port` while this process runs, if a port is given.
+
+    Every scrape reads the servers and the ledger anew.
+    """
     if port is not None:
-        metrics.serve(port, collector=collector(plan))
+        from cutover.metrics import exporter
+
+        exporter.serve(port, address, collector=_collector(plan))
+
+
+def _collector(plan: Plan) -> "exporter.MoveCollector":
+    from cutover.metrics import exporter
+
+    return exporter.MoveCollector(plan.move, observe.Observer(plan).snapshot)
 
 
 # -- verify -----------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from cutover import __version__, api, lab, load, log, metrics, preflight, runner, verify
+from cutover import __version__, api, lab, load, log, preflight, runner, verify
 from cutover.errors import CutoverError, UsageError
 from cutover.plan import Plan, parse_table
 from cutover.plan import load as load_plan
@@ -971,11 +971,10 @@ def metrics_command(
     `docs/observability.md` lists the metrics, the dashboard and the alerts.
     """
     plan = load_plan(plan_path)
-    collector = api.collector(plan)
     if once:
-        sys.stdout.write(metrics.exposition(collector))  # as served: no wrapping, no markup
+        sys.stdout.write(api.scrape(plan))  # as served: no wrapping, no markup
         return
-    metrics.serve(port, address, collector=collector)
+    api.serve_metrics(plan, port, address)
     out.print(
         f"serving move '{plan.move}' metrics on http://{address}:{port}/metrics; Ctrl-C stops"
     )

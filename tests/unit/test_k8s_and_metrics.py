@@ -12,6 +12,7 @@ from prometheus_client import generate_latest
 
 from cutover import metrics
 from cutover.ledger import FileStore, Journal
+from cutover.metrics import exporter
 from cutover.plan import load
 from cutover.state import step_state
 from cutover.types import TableState
@@ -46,10 +47,10 @@ def test_the_backfill_job_runs_the_plan_of_its_config_map_with_secrets_from_a_se
 
 
 def test_backfill_progress_is_exposed_per_table() -> None:
-    metrics.backfill_progress(
+    exporter.backfill_progress(
         "m", "db", '"public"."t"', rows_done=10, rows_total=40, pages_done=1, pages_total=4
     )
-    text = generate_latest(metrics.REGISTRY).decode()
+    text = generate_latest(exporter.REGISTRY).decode()
     labels = 'database="db",move="m",table="\\"public\\".\\"t\\""'
     assert f"cutover_backfill_rows_done{{{labels}}} 10.0" in text
     assert f"cutover_backfill_rows_total{{{labels}}} 40.0" in text
@@ -63,8 +64,8 @@ MONITORING = REPO / "k8s" / "monitoring"
 
 def exposed_names() -> set[str]:
     """Every metric name the exporter serves: the move's families and the backfill's gauges."""
-    collector = metrics.MoveCollector("m", lambda: metrics.Snapshot(servers={}))
-    text = metrics.exposition(collector) + generate_latest(metrics.REGISTRY).decode()
+    collector = exporter.MoveCollector("m", lambda: metrics.Snapshot(servers={}))
+    text = exporter.exposition(collector) + generate_latest(exporter.REGISTRY).decode()
     names = set()
     for line in text.splitlines():
         if line.startswith("# TYPE "):
@@ -160,7 +161,7 @@ def test_tables_by_state_count_every_table_once_under_a_bounded_label(
         servers={"source": True},
         replication=[metrics.Replication("db", "native", tables=by_state)],
     )
-    families = list(metrics.MoveCollector("m", lambda: snapshot).collect())
+    families = list(exporter.MoveCollector("m", lambda: snapshot).collect())
     tables = next(f for f in families if f.name == "cutover_tables")
     assert sum(s.value for s in tables.samples) == len(table_states)
     assert {s.labels["state"] for s in tables.samples} == set(TableState)

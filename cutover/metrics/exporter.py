@@ -1,4 +1,4 @@
-"""Prometheus metrics: the only module that imports prometheus_client.
+"""The Prometheus exporter: the only module that imports prometheus_client.
 
 A move's metrics are read at scrape time: `MoveCollector` asks a reader for a
 `Snapshot` of the servers and the ledger on every scrape and keeps nothing
@@ -11,7 +11,6 @@ tables: bounded by the plan, never a secret, a DSN or a free text.
 """
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest, start_http_server
 from prometheus_client.core import (
@@ -23,6 +22,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from cutover.errors import UsageError
+from cutover.metrics import PHASES, Replication, Snapshot, StepSample
 from cutover.types import TableState
 
 REGISTRY = CollectorRegistry()
@@ -90,72 +90,6 @@ def backfill_progress(
     BACKFILL_ROWS_TOTAL.labels(*labels).set(rows_total)
     BACKFILL_PAGES_DONE.labels(*labels).set(pages_done)
     BACKFILL_PAGES_TOTAL.labels(*labels).set(pages_total)
-
-
-# -- a move's state, read at scrape time -------------------------------------------------------
-
-PHASES = ("prepare", "backfill", "start", "switch", "rollback", "cleanup")
-
-
-@dataclass(frozen=True)
-class Replication:
-    """One database's replication as the servers show it; None where a server did not answer."""
-
-    database: str
-    engine: str
-    lag_bytes: int | None = None
-    lag_seconds: float | None = None
-    wal_retained_bytes: int | None = None
-    wal_safe_bytes: int | None = None  # left before max_slot_wal_keep_size invalidates the slot
-    slot_active: bool | None = None
-    apply_errors: int | None = None  # a counter the target keeps (pg_stat_subscription_stats)
-    schema_drift: int | None = None  # differences of the moved tables between the sides
-    apply_stopped: bool | None = None  # the apply worker is stopped by a failure now
-    streaming: bool | None = None  # None: no subscription (yet, or any more)
-    tables: dict[TableState, int] | None = None  # tables by sync state
-    copy_bytes_done: int | None = None
-    copy_bytes_total: int | None = None
-    rows_target: int | None = None
-    rows_source: int | None = None
-
-
-@dataclass(frozen=True)
-class StepSample:
-    """One step of the ledger: where it ran, and how long its last run took."""
-
-    scope: str
-    phase: str
-    step: str
-    seconds: float | None
-    started_at: str
-
-
-@dataclass(frozen=True)
-class Verification:
-    """The last verification of one database: rows that differ (or tables, by count)."""
-
-    database: str
-    mode: str
-    mismatches: int
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """Everything one scrape reports of a move."""
-
-    servers: dict[str, bool]  # server -> answered
-    replication: list[Replication] = field(default_factory=list)
-    steps: list[StepSample] = field(default_factory=list)
-    phase: str | None = None  # the phase of the step run last
-    pauses: dict[str, tuple[float, float]] = field(default_factory=dict)  # phase -> pause, fence
-    rollbacks: dict[str, int] = field(default_factory=dict)  # phase -> count
-    verifications: list[Verification] = field(default_factory=list)
-    seconds: float = 0.0  # how long reading took
-
-
-def phase_family(name: str) -> str:
-    """A phase's kind: a backfill's phase is named after its table."""
-    return name.split(" ", 1)[0]
 
 
 class MoveCollector(Collector):
