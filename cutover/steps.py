@@ -94,6 +94,7 @@ class SwitchStep(StrEnum):
     COPY_LARGE_OBJECTS = "copy_large_objects"
     VERIFY_COUNTS = "verify_counts"
     PROMOTE = "promote"
+    RELEASE_SOURCE = "release_source"
     START_FALLBACK = "start_fallback"
     REPOINT = "repoint"
     START_WRITERS = "start_writers"

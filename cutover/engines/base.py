@@ -134,7 +134,11 @@ class Engine(Protocol):
     def promoted(self, db: str) -> bool: ...
 
     def promote(self, db: str, *, dry_run: bool) -> Sequence[Change]:
-        """The target stands alone: replication ends and the source keeps nothing for it."""
+        """The target stands alone: nothing the source sends is applied once this returns.
+
+        Only what the writers wait for: the subscription and the source's slot are
+        removed after they are back (`stop`, then `release_source`).
+        """
         ...
 
     # -- fallback: asked of the engine of the reversed move (target to source)

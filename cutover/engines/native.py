@@ -309,11 +309,13 @@ class NativeReplication:
             self._pool.get("source", self._db), self.slot_name, marker.position
         )
 
-    def promoted(self) -> bool:
-        """The subscription and its slot are gone: the target stands alone."""
-        return not replication.subscription_exists(
-            self._pool.get("target", self._db), self.name
-        ) and not replication.slot_exists(self._pool.get("source", self._db), self.slot_name)
+    def halted(self) -> bool:
+        """The subscription is gone: nothing is applied any more."""
+        return not self.subscribed()
+
+    def halt(self, *, dry_run: bool) -> Sequence[Change]:
+        """Drop the subscription: DROP SUBSCRIPTION returns once its workers have ended."""
+        return self.stop(dry_run=dry_run)
 
     def stop(self, *, dry_run: bool) -> Sequence[Change]:
         """Drop the subscription, leaving the slot (dropped next, even when unreachable now)."""

@@ -27,6 +27,7 @@ from cutover.types import SyncProgress, TableName, TableState
 
 HEARTBEAT_SECONDS = 1.0
 POLL_SECONDS = 0.2
+WORKER_END_SECONDS = 10.0  # a disabled subscription's apply worker ends within this
 DOWN_SECONDS = 30.0  # a subscription whose worker stays down this long will not recover by itself
 
 
@@ -419,11 +420,32 @@ class PglogicalReplication:
         barrier.flush(target)
         return True
 
-    def promoted(self) -> bool:
-        """The subscription and its slot are gone: the target stands alone."""
-        name = self._slot()
-        return not self.subscribed() and (
-            name is None or not replication.slot_exists(self._source(), name)
+    def halted(self) -> bool:
+        """Nothing is applied any more: the subscription is disabled or gone, its worker ended."""
+        target = self._target()
+        sub = pglogical.subscription(target, self.name)
+        return sub is None or (
+            sub.status == "disabled" and not pglogical.apply_worker_running(target, self.name)
+        )
+
+    def halt(self, *, dry_run: bool) -> Sequence[Change]:
+        """Disable the subscription and wait until its apply worker has ended."""
+        self._slot()  # remembered while the subscription tells it
+        target = self._target()
+        change = pglogical.disable_subscription(
+            target, self.name, where=self._where[1], dry_run=dry_run
+        )
+        if not dry_run:
+            self._worker_ended(target, timeout=WORKER_END_SECONDS)
+        return [change]
+
+    def _worker_ended(self, target: Connection, *, timeout: float) -> None:
+        wait.until(
+            lambda: not pglogical.apply_worker_running(target, self.name),
+            timeout=timeout,
+            interval=0.005,
+            what="the pglogical apply worker did not end after its subscription was disabled",
+            hint="look for a stuck apply worker in pg_stat_activity on the target",
         )
 
     # -- cleanup -------------------------------------------------------------------------------
@@ -443,13 +465,7 @@ class PglogicalReplication:
             replication.released(self._source(), name, timeout=10.0, poll=0.005)
             # Its sender may go a moment before the worker leaves pglogical's registry.
             with suppress(StepFailed):
-                wait.until(
-                    lambda: not pglogical.apply_worker_running(target, self.name),
-                    timeout=2.0,
-                    interval=0.005,
-                    what="the apply worker did not end",
-                    hint="drop_subscription waits for it",
-                )
+                self._worker_ended(target, timeout=2.0)  # else drop_subscription waits for it
         return changes + pglogical.drop_subscription(
             target, self.name, where=self._where[1], dry_run=dry_run
         )

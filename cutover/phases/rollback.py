@@ -66,6 +66,7 @@ def phase(
     back_writers = [
         Step(S.REPOINT, back.repoint, back.is_repointed if back.repoints else None),
         Step(S.START_WRITERS, back.start_writers, attempts=1),
+        Step(S.RELEASE_SOURCE, back.release_source, back.is_released),
         Step(S.CHECK_WRITERS, back.check_writers, attempts=1),
     ]
     return Phase(

@@ -482,10 +482,24 @@ class Switch:
         return all(self.engine.promoted(db) for db in self.databases)
 
     def promote(self, *, dry_run: bool) -> Sequence[Change]:
-        """End replication of every database: the target stands alone."""
+        """Stop replicating to every database, at once: the target stands alone."""
         changes: list[Change] = []
         for db in self.databases:
             changes += self.engine.promote(db, dry_run=dry_run)
+        return changes
+
+    def is_released(self) -> bool:
+        """No subscription is left, and the source keeps no WAL for the target."""
+        return all(
+            self.engine.stopped(db) and self.engine.source_released(db) for db in self.databases
+        )
+
+    def release_source(self, *, dry_run: bool) -> Sequence[Change]:
+        """Drop the ended subscriptions and their slots: work the writers need not wait for."""
+        changes: list[Change] = []
+        for db in self.databases:
+            changes += self.engine.stop(db, dry_run=dry_run)
+            changes += self.engine.release_source(db, dry_run=dry_run)
         return changes
 
     def fallback_running(self) -> bool:
@@ -581,6 +595,7 @@ def phase(
         Step(S.REPOINT, switch.repoint, switch.is_repointed if switch.repoints else None),
         Step(S.START_WRITERS, switch.start_writers, attempts=1),
         Step(S.REFRESH_MATERIALIZED_VIEWS, switch.refresh_materialized_views, attempts=1),
+        Step(S.RELEASE_SOURCE, switch.release_source, switch.is_released),
         # Off the pause: counted in the snapshots pinned at the barrier, writers writing.
         Step(S.VERIFY_COUNTS, partial(switch.verify_counts, promoted=True), attempts=1),
         # Last: an unhealthy writer leaves the views refreshed and the switch otherwise done.

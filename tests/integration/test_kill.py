@@ -33,7 +33,7 @@ NOT_HERE = {
 }
 SWITCH_STEPS = [s for s in S if s not in NOT_HERE]
 # Steps whose effect the servers show: a resumed run adopts them.
-OBSERVABLE = {S.COPY_SEQUENCES, S.PROMOTE, S.REPOINT, S.START_FALLBACK}
+OBSERVABLE = {S.COPY_SEQUENCES, S.PROMOTE, S.REPOINT, S.START_FALLBACK, S.RELEASE_SOURCE}
 
 
 @contextmanager
