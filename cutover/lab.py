@@ -83,6 +83,9 @@ SETTINGS = {
     "fsync": "off",
     "full_page_writes": "off",
     "log_min_messages": "warning",
+    # The launcher starts apply workers at most once per this interval (5 s by default):
+    # a subscription enabled within 5 s of another's start would wait up to 5 s for its worker.
+    "wal_retrieve_retry_interval": "'200ms'",
 }
 
 
