@@ -422,7 +422,7 @@ class NewCloudSqlInstance(_Model):
     edition: Literal["ENTERPRISE", "ENTERPRISE_PLUS"] | None = None
     availability_type: Literal["ZONAL", "REGIONAL"] = "ZONAL"
     zone: str | None = None
-    data_disk_type: Literal["PD_SSD", "PD_HDD"] = "PD_SSD"
+    data_disk_type: Literal["PD_SSD", "PD_HDD", "HYPERDISK_BALANCED"] = "PD_SSD"
     data_disk_size_gb: int | None = Field(None, ge=10)
     database_flags: dict[str, str] = {}
     root_password: SecretRef | None = None
