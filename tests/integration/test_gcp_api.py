@@ -21,6 +21,7 @@ from cutover.cloud.client import (
     OperationFailed,
     Polling,
     RetryPolicy,
+    credentials_for,
     request_id,
 )
 from cutover.cloud.datamigration import (
@@ -31,7 +32,7 @@ from cutover.cloud.datamigration import (
     source_profile_body,
 )
 from cutover.cloud.monitoring import DMS_LAG_SECONDS, DMS_RESOURCE, Monitoring
-from cutover.cloud.resources import InstanceState, JobPhase, JobState, ProfileState
+from cutover.cloud.resources import Api, InstanceState, JobPhase, JobState, ProfileState
 from cutover.cloud.sqladmin import SqlAdmin
 from cutover.errors import Retryable
 from cutover.plan import Connectivity, NewCloudSqlInstance, parse
@@ -454,3 +455,23 @@ def test_a_job_s_objects_over_pages(world: World) -> None:
     objects = world.dms.job_objects("job")
     assert [o.database for o in objects] == ["app", "billing", "audit"]
     assert len(world.standin.requests_to("GET", "/objects$")) == 2
+
+
+def test_an_api_that_cannot_be_reached_is_tried_again_then_unavailable() -> None:
+    with Standin().serve() as endpoint:
+        pass  # served and closed: nothing listens on its port any more
+    sleeps = Sleeps()
+    clients = Clients(
+        credentials=credentials_for("anonymous"),
+        endpoints={Api.DATAMIGRATION: endpoint},
+        retry=RetryPolicy(attempts=3, initial=0.01, maximum=0.02),
+        sleep=sleeps,
+    )
+    with pytest.raises(ApiUnavailable) as caught:
+        DataMigration(clients, project=PROJECT, region=REGION).job("job")
+    assert len(sleeps.asked) == 2
+    assert caught.value.message.startswith(
+        "datamigration GET /v1/projects/shop-prod/locations/europe-west1/migrationJobs/job: "
+        "ConnectionRefusedError"
+    )
+    assert "check the network path to the API" in caught.value.hint
