@@ -341,6 +341,135 @@ class Thresholds(_Model):
     index_memory: Bytes = 512 * 1024**2  # maintenance_work_mem of each index build on the target
 
 
+def _pattern(regex: str, message: str) -> AfterValidator:
+    compiled = re.compile(regex)
+
+    def check(value: str) -> str:
+        if not compiled.match(value):
+            raise ValueError(message)
+        return value
+
+    return AfterValidator(check)
+
+
+# Google Cloud's own naming rules, checked here so a typo fails before any API call.
+GcpProject = Annotated[
+    str,
+    _pattern(
+        r"^(?:[a-z][a-z0-9.-]*[a-z0-9]:)?[a-z][a-z0-9-]{4,28}[a-z0-9]$",
+        "a project ID is 6 to 30 characters of a-z, 0-9 and -, starting with a letter "
+        "(e.g. my-project-123)",
+    ),
+]
+GcpRegion = Annotated[
+    str, _pattern(r"^[a-z]+-[a-z]+[0-9]+$", "a region such as europe-west1 or us-central1")
+]
+CloudSqlInstance = Annotated[
+    str,
+    _pattern(
+        r"^[a-z](?:[a-z0-9-]{0,96}[a-z0-9])?$",
+        "a Cloud SQL instance ID is a-z, 0-9 and -, starts with a letter and does not end "
+        "with - (the ID alone, not project:region:instance)",
+    ),
+]
+
+
+class Connectivity(StrEnum):
+    """How a DMS migration job's destination reaches the source."""
+
+    STATIC_IP = "static_ip"  # the source allows the destination's outgoing public IP
+    VPC_PEERING = "vpc_peering"  # the destination reaches the source in a peered VPC
+
+
+class CloudCredentials(StrEnum):
+    """Credentials that are not a service-account key given by reference."""
+
+    APPLICATION_DEFAULT = "application_default"  # gcloud's, or the workload's identity
+    ANONYMOUS = "anonymous"  # none at all: only for a stand-in server at api_endpoints
+
+
+def _check_cloud_credentials(value: str) -> str:
+    if value in set(CloudCredentials):
+        return value
+    try:
+        return _check_secret_ref(value)
+    except ValueError:
+        # Never the value in the message: it may be the key itself.
+        raise ValueError(
+            "credentials are application_default, anonymous, or a service account's JSON "
+            "key by reference: file:PATH or env:NAME"
+        ) from None
+
+
+CloudCredentialsRef = Annotated[str, AfterValidator(_check_cloud_credentials)]
+
+
+class ApiEndpoints(_Model):
+    """Where each Google API is reached instead of its public address (a test stand-in)."""
+
+    datamigration: Url | None = None
+    sqladmin: Url | None = None
+    monitoring: Url | None = None
+
+
+class NewCloudSqlInstance(_Model):
+    """The Cloud SQL instance DMS creates as the destination (its name: dms.target_instance)."""
+
+    database_version: Annotated[
+        str, _pattern(r"^POSTGRES_[0-9]+$", "a version as Cloud SQL names it, e.g. POSTGRES_16")
+    ]
+    tier: str = Field(min_length=1)  # db-custom-2-7680
+    edition: Literal["ENTERPRISE", "ENTERPRISE_PLUS"] | None = None
+    availability_type: Literal["ZONAL", "REGIONAL"] = "ZONAL"
+    zone: str | None = None
+    data_disk_type: Literal["PD_SSD", "PD_HDD", "HYPERDISK_BALANCED"] = "PD_SSD"
+    data_disk_size_gb: int | None = Field(None, ge=10)
+    database_flags: dict[str, str] = {}
+    root_password: SecretRef | None = None
+
+
+class Dms(_Model):
+    """Google Database Migration Service: Cloud SQL to Cloud SQL, for engine: dms."""
+
+    project: GcpProject
+    region: GcpRegion
+    source_instance: CloudSqlInstance
+    # The destination's Cloud SQL instance: one that exists already (DMS demotes it to a
+    # replica), or, with new_target, the one DMS creates under this name.
+    target_instance: CloudSqlInstance
+    new_target: NewCloudSqlInstance | None = None
+    connectivity: Connectivity = Connectivity.STATIC_IP
+    network: str | None = None  # the VPC to peer with: projects/P/global/networks/N
+    # A service account's JSON key by reference (file:PATH or env:NAME), or one of
+    # application_default and anonymous.
+    credentials: CloudCredentialsRef = CloudCredentials.APPLICATION_DEFAULT
+    api_endpoints: ApiEndpoints = ApiEndpoints()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.source_instance == self.target_instance:
+            raise ValueError("source_instance and target_instance must differ")
+        if self.connectivity is Connectivity.VPC_PEERING and not self.network:
+            raise ValueError(
+                "connectivity vpc_peering needs network: the VPC to peer with "
+                "(projects/PROJECT/global/networks/NAME)"
+            )
+        if self.connectivity is Connectivity.STATIC_IP and self.network is not None:
+            raise ValueError("network is only for connectivity: vpc_peering")
+        endpoints = self.api_endpoints
+        if self.credentials == CloudCredentials.ANONYMOUS and None in (
+            endpoints.datamigration,
+            endpoints.sqladmin,
+            endpoints.monitoring,
+        ):
+            raise ValueError(
+                "credentials: anonymous is only for a stand-in server: give api_endpoints "
+                "for datamigration, sqladmin and monitoring, or use application_default "
+                "or a key by reference (file:PATH)"
+            )
+        return self
+
+
 class Plan(_Model):
     """A whole move."""
 
@@ -353,6 +482,7 @@ class Plan(_Model):
     fence: Fence = Fence()
     backfill: Backfill = Backfill()
     large_objects: LargeObjects = LargeObjects.FAIL
+    dms: Dms | None = None  # engine: dms only
     # With true, prepare puts event triggers on the source that refuse DDL from every session
     # but cutover's own until cleanup removes them (temporary objects, GRANT, REVOKE, COMMENT
     # and REFRESH MATERIALIZED VIEW pass; rows are never affected): a schema change during a
@@ -372,6 +502,20 @@ class Plan(_Model):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"{label}: names must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+    @model_validator(mode="after")
+    def _engine_settings(self) -> Self:
+        if self.engine is Engine.DMS and self.dms is None:
+            raise ValueError(
+                "engine: dms needs a dms section (project, region, source_instance, "
+                "target_instance; docs/plan.md shows one)"
+            )
+        if self.engine is not Engine.DMS and self.dms is not None:
+            raise ValueError(
+                f"the dms section is only for engine: dms (this plan's engine is "
+                f"{self.engine.value})"
+            )
         return self
 
     # The reversed plan of a fallback keeps the forward move's ledger (see `reversed`).

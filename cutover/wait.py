@@ -56,6 +56,8 @@ def until(
     clock: Clock = time.monotonic,
     sleep: Sleep = time.sleep,
     interval: float = INTERVAL,
+    backoff: float = 1.0,
+    max_interval: float | None = None,
     on_tick: Callable[[], None] | None = None,
 ) -> T:
     """Probe until it returns a truthy value and return that value; StepFailed at the deadline.
@@ -66,8 +68,11 @@ def until(
     deadline is nearer. The message reads "`what` within N s", so `what` names
     the thing that did not happen: "the slot was not released"; a callable `what`
     is asked at the deadline, for a message that says what was still missing.
+    With `backoff` above 1 the interval grows by that factor after each round,
+    up to `max_interval` (a remote API is asked less often the longer it takes).
     """
     deadline = timeout if isinstance(timeout, Deadline) else Deadline.after(timeout, clock=clock)
+    ceiling = float("inf") if max_interval is None else max_interval
     while True:
         value = probe()
         if value:
@@ -79,3 +84,4 @@ def until(
             said = what() if callable(what) else what
             raise StepFailed(f"{said} within {deadline.seconds:g} s", hint=hint)
         sleep(min(interval, left))
+        interval = min(interval * backoff, ceiling)

@@ -154,3 +154,31 @@ def test_a_deadline_tells_what_is_left() -> None:
     assert deadline.remaining() == 2.0 and not deadline.passed
     time.now += 2.5
     assert deadline.remaining() == 0.0 and deadline.passed
+
+
+@given(
+    start=st.floats(min_value=0.01, max_value=1.0, allow_nan=False),
+    factor=st.floats(min_value=1.0, max_value=3.0, allow_nan=False),
+    ceiling=st.floats(min_value=0.01, max_value=5.0, allow_nan=False),
+)
+def test_backoff_grows_each_sleep_up_to_the_ceiling(
+    start: float, factor: float, ceiling: float
+) -> None:
+    time = FakeTime()
+    probe = Probe(time, ready_at=time.now + 30.0)
+    until(
+        probe,
+        timeout=60.0,
+        what="the thing did not happen",
+        hint="do something",
+        clock=time.clock,
+        sleep=time.sleep,
+        interval=start,
+        backoff=factor,
+        max_interval=ceiling,
+    )
+    slept = [seconds for _, seconds in time.sleeps]
+    expected = [start]
+    while len(expected) < len(slept):
+        expected.append(min(expected[-1] * factor, ceiling))
+    assert slept == pytest.approx(expected)
