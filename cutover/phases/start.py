@@ -36,6 +36,7 @@ from cutover.plan import Plan
 from cutover.steps import Change, Phase, Step
 from cutover.types import Lag, Side, SyncProgress
 
+CATCHUP_FIRST_POLL_SECONDS = 0.02
 CATCHUP_POLL_SECONDS = 0.2
 CONNECT_SECONDS = 60.0  # an apply worker that has not connected by then never will by itself
 
@@ -166,7 +167,9 @@ def phase(
         wait.until(
             arrived,
             timeout=limits.copy_timeout,
-            interval=CATCHUP_POLL_SECONDS,
+            interval=CATCHUP_FIRST_POLL_SECONDS,  # often caught up within a few looks
+            backoff=1.5,
+            max_interval=CATCHUP_POLL_SECONDS,
             on_tick=partial(engine.heartbeat, db),
             what=f"the target of {db} did not catch up with the source",
             hint="replication goes on; run `cutover start` again to keep following it, "
