@@ -163,13 +163,14 @@ def main() -> None:
                     conn.execute("VACUUM ANALYZE")
                     conn.execute("CHECKPOINT")
 
-                for side in ("source", "target"):
-                    with psycopg.connect(uri(lab, side, "postgres"), autocommit=True) as conn:
-                        conn.execute("CHECKPOINT")
-                os.sync()  # no way starts while the OS still writes back the one before it
                 # Each run in another order, so none is always the one after pgbench.
                 order = ["cutover", "pg_dump", "pgcopydb"]
                 for way in order[i - 1 :] + order[: i - 1]:
+                    # No way starts while the servers or the OS still write back the one before.
+                    for side in ("source", "target"):
+                        with psycopg.connect(uri(lab, side, "postgres"), autocommit=True) as conn:
+                            conn.execute("CHECKPOINT")
+                    os.sync()
                     if way == "cutover":
                         ours, steps = cutover_copy(lab, work, db, args.jobs)
                         times["cutover"].append(ours)
@@ -183,7 +184,6 @@ def main() -> None:
                     else:
                         times["pgcopydb"].append(pgcopydb(lab, work, db, args.jobs))
                         print(f"  pgcopydb clone: {times['pgcopydb'][-1]:.1f} s", flush=True)
-                    os.sync()
 
                 reference = counts(lab, db)
                 for other in (f"{db}_dump", f"{db}_pgcopydb"):
