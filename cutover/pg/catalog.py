@@ -395,3 +395,43 @@ def estimated_rows(conn: Connection) -> int:
     An estimate that costs no scan: what a scrape can afford on a large database.
     """
     return int(_value(conn, load("estimated_rows")) or 0)
+
+
+@dataclass(frozen=True)
+class OpenTransaction:
+    """A session's transaction that holds a transaction id (what a new logical slot waits for)."""
+
+    pid: int
+    user: str | None
+    database: str | None
+    application: str | None
+    state: str | None
+    seconds: float | None
+
+    def describe(self) -> str:
+        """`pid 123 (user app, database shop, 'psql', idle in transaction, open 65 s)`."""
+        known = [
+            f"user {self.user}" if self.user else None,
+            f"database {self.database}" if self.database else None,
+            f"'{self.application}'" if self.application else None,
+            self.state,
+            f"open {self.seconds:.0f} s" if self.seconds is not None else None,
+        ]
+        return f"pid {self.pid} ({', '.join(k for k in known if k)})"
+
+
+def transactions_older_than(conn: Connection, backend: int) -> list[OpenTransaction]:
+    """The transactions holding an id that began before the session `backend`, oldest first."""
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT a.pid, a.usename AS user, a.datname AS database, "
+            "a.application_name AS application, a.state, "
+            "extract(epoch FROM pg_catalog.clock_timestamp() - a.xact_start)::float8 AS seconds "
+            "FROM pg_catalog.pg_stat_activity a "
+            "JOIN pg_catalog.pg_stat_activity w ON w.pid = %s "
+            "WHERE a.backend_xid IS NOT NULL AND a.pid <> w.pid "
+            "AND a.xact_start < w.backend_start ORDER BY a.xact_start"
+        ),
+        (backend,),
+    ).fetchall()
+    return [OpenTransaction(**r) for r in rows]

@@ -19,6 +19,7 @@ is truncated and filled in one transaction with FREEZE, so reading it later
 writes no hint bits.
 """
 
+import logging
 import math
 import subprocess
 import threading
@@ -26,12 +27,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
+import psycopg
 from psycopg import sql
 
-from cutover.errors import PreconditionFailed, StepFailed
+from cutover.errors import CutoverError, PreconditionFailed, StepFailed
 from cutover.log import redact
 from cutover.pg import catalog, tools
 from cutover.pg.connect import Connection, connect
@@ -45,6 +47,8 @@ from cutover.types import SyncProgress, TableName, TableState
 SPLIT_BYTES = 1 << 30  # a table larger than this is copied by several jobs at once
 CHUNK = 1 << 20  # bytes read from the source's pipe at a time
 POLL_SECONDS = 0.5
+SLOT_WAIT_FIRST_SECONDS = 5.0  # creating the slot this long: say what it waits for
+SLOT_WAIT_AGAIN_SECONDS = 30.0
 STOPPED = "another part of the copy failed, or it was interrupted; that reason comes first"
 
 
@@ -107,6 +111,9 @@ def plan_parts(
     return sorted(parts, key=lambda p: -p.bytes)
 
 
+log = logging.getLogger(__name__)
+
+
 def slot_command(slot: str) -> sql.Composed:
     """The replication command that creates the move's slot and exports its snapshot."""
     return sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT").format(
@@ -119,11 +126,65 @@ def exported_snapshot(server: Server, db: str, slot: str) -> Iterator[str]:
     """Create the logical slot `slot` on the source; yields the snapshot it starts from."""
     conn = connect(server, db, label="source", replication=True)
     try:
-        row = conn.execute(slot_command(slot)).fetchone()
+        with _telling_what_it_waits_for(server, db, slot, conn.info.backend_pid):
+            row = conn.execute(slot_command(slot)).fetchone()
         assert row is not None
         yield str(row["snapshot_name"])
     finally:
         conn.close()  # the snapshot ends with the connection; the slot stays
+
+
+@contextmanager
+def _telling_what_it_waits_for(
+    server: Server, db: str, slot: str, walsender: int
+) -> Iterator[None]:
+    """While the slot is being created, warn now and then of the transactions it waits for.
+
+    A logical slot starts from a consistent point: every transaction that held a
+    transaction id when its creation began must end first, in any database of
+    the server. An idle transaction left open keeps `start` waiting, silently
+    without this.
+    """
+    created = threading.Event()
+
+    def tell() -> None:
+        if created.wait(SLOT_WAIT_FIRST_SECONDS):
+            return
+        began = time.monotonic() - SLOT_WAIT_FIRST_SECONDS
+        with suppress(CutoverError, psycopg.Error), connect(server, db, label="source") as conn:
+            while not created.is_set():
+                waited = time.monotonic() - began
+                older = catalog.transactions_older_than(conn, walsender)
+                if older:
+                    shown = "; ".join(t.describe() for t in older[:5])
+                    more = f" and {len(older) - 5} more" if len(older) > 5 else ""
+                    log.warning(
+                        "creating the replication slot %s has waited %.0f s for %d transaction(s) "
+                        "open on the source since before it: %s%s. It goes on once they end "
+                        "(end one with SELECT pg_terminate_backend(pid)).",
+                        slot,
+                        waited,
+                        len(older),
+                        shown,
+                        more,
+                    )
+                else:
+                    log.warning(
+                        "creating the replication slot %s has waited %.0f s: it waits for every "
+                        "transaction open on the source when it began (pg_stat_activity shows "
+                        "them to a role with pg_read_all_stats).",
+                        slot,
+                        waited,
+                    )
+                created.wait(SLOT_WAIT_AGAIN_SECONDS)
+
+    teller = threading.Thread(target=tell, name="slot-wait", daemon=True)
+    teller.start()
+    try:
+        yield
+    finally:
+        created.set()
+        teller.join(timeout=5)
 
 
 def _read_command(part: Part, conn: Connection) -> str:

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -132,6 +133,49 @@ def test_rows_already_on_the_target_stop_start_and_stay(
     with connect(lab.server("target"), db) as conn:
         assert conn.execute("SELECT array_agg(id) AS ids FROM t").fetchone() == {"ids": [42]}
     assert move_slots(lab, move) == 0  # refused before the slot: no WAL pinned
+
+
+def test_start_says_which_open_transaction_its_slot_waits_for(
+    lab: Lab, databases: Databases, write_plan: Callable[..., Path], cutover: Callable[..., Result]
+) -> None:
+    """A transaction left open on the source holds the slot's creation: start names it."""
+    db = databases.create()
+    with connect(lab.server("source"), db) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    plan = str(write_plan([db]))
+    assert cutover("prepare", "-p", plan).code == 0
+    holder = connect(lab.server("source"), db)
+    holder.autocommit = False
+    holder.execute("INSERT INTO t VALUES (1)")  # a transaction id, then idle in transaction
+    started = subprocess.Popen(
+        [sys.executable, "-m", "cutover", "start", "-p", plan, "--wait"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "COLUMNS": "400"},
+    )
+    try:
+        assert started.stderr is not None
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(started.stderr or ()), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 60
+        while not any("creating the replication slot" in x for x in lines):
+            assert time.monotonic() < deadline and started.poll() is None, "".join(lines)
+            time.sleep(0.2)
+        told = "".join(lines)
+        assert f"pid {holder.info.backend_pid} (" in told, told
+        assert "idle in transaction" in told and "pg_terminate_backend" in told
+        holder.commit()
+        assert started.wait(timeout=120) == 0, "".join(lines)
+        reader.join(timeout=10)
+    finally:
+        if started.poll() is None:
+            started.kill()
+        holder.close()
+    with connect(lab.server("target"), db) as conn:
+        assert conn.execute("SELECT array_agg(id) AS ids FROM t").fetchone() == {"ids": [1]}
 
 
 def big_table(lab: Lab, db: str, rows: int) -> None:
