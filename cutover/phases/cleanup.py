@@ -28,7 +28,7 @@ from cutover import database
 from cutover.database import Pool
 from cutover.engines import reversed_plan
 from cutover.engines.base import Engine
-from cutover.errors import PreconditionFailed
+from cutover.phases import no_switch_in_progress
 from cutover.plan import Plan
 from cutover.steps import Change, Phase, Step, from_other_side
 from cutover.types import Side
@@ -49,18 +49,6 @@ def phase(plan: Plan, servers: Pool, db: str, engine: Engine) -> Phase:
 
     def subscribed() -> bool:
         return database.exists(servers, Side.TARGET, db) and not engine.stopped(db)
-
-    def check_no_switch_in_progress(*, dry_run: bool) -> Sequence[Change]:
-        fenced = database.fenced_roles(plan, servers)
-        if fenced and subscribed():
-            raise PreconditionFailed(
-                f"a switch of this move is half done: {', '.join(fenced)} are fenced on the "
-                "source and the target is not promoted",
-                hint="run `cutover switch` again to finish it, or give it up with "
-                "`cutover switch --abandon` (the fence lifted, the writers back on the source); "
-                "then clean up",
-            )
-        return []
 
     def stop(*, dry_run: bool) -> Sequence[Change]:
         return engine.stop(db, dry_run=dry_run) if on_target() else []
@@ -110,7 +98,11 @@ def phase(plan: Plan, servers: Pool, db: str, engine: Engine) -> Phase:
     return Phase(
         "cleanup",
         (
-            Step(CHECK, check_no_switch_in_progress, attempts=1),
+            Step(
+                CHECK,
+                no_switch_in_progress(plan, servers, db, engine, then="clean up"),
+                attempts=1,
+            ),
             Step(DROP_DDL_GUARD, drop_ddl_guard, ddl_guard_gone),
             Step("drop_subscription", stop, lambda: not subscribed()),
             Step("drop_slot", release_source, lambda: engine.source_released(db)),

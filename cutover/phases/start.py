@@ -32,6 +32,7 @@ from cutover import database, wait
 from cutover.database import Pool
 from cutover.engines.base import Engine
 from cutover.errors import PreconditionFailed, StepFailed
+from cutover.phases import no_switch_in_progress
 from cutover.plan import Plan
 from cutover.steps import Change, Phase, Step
 from cutover.types import Lag, Side, SyncProgress
@@ -59,23 +60,17 @@ def require_prepared(servers: Pool, db: str, engine: Engine) -> None:
 def recopy_phase(plan: Plan, servers: Pool, db: str, engine: Engine) -> Phase:
     """What a copy anew starts from: no subscription, no slot, the target's tables empty."""
 
-    def check_no_switch_in_progress(*, dry_run: bool) -> Sequence[Change]:
-        fenced = database.fenced_roles(plan, servers)
-        if fenced:
-            raise PreconditionFailed(
-                f"a switch of this move is half done: {', '.join(fenced)} are fenced on the source",
-                hint="finish it with `cutover switch`, or give it up with "
-                "`cutover switch --abandon`; then copy anew",
-            )
-        return []
-
     def stopped() -> bool:
         return not database.exists(servers, Side.TARGET, db) or engine.stopped(db)
 
     return Phase(
         "recopy",
         (
-            Step("check_no_switch_in_progress", check_no_switch_in_progress, attempts=1),
+            Step(
+                "check_no_switch_in_progress",
+                no_switch_in_progress(plan, servers, db, engine, then="copy anew"),
+                attempts=1,
+            ),
             Step("drop_subscription", partial(engine.stop, db), stopped),
             Step(
                 "drop_slot", partial(engine.release_source, db), partial(engine.source_released, db)
