@@ -18,7 +18,7 @@ from cutover.engines import reversed_plan
 from cutover.engines.base import Engine
 from cutover.errors import PreconditionFailed
 from cutover.phases.switch import Readiness, Switch
-from cutover.plan import Plan
+from cutover.plan import LargeObjects, Plan
 from cutover.steps import Change, Phase, Step, from_other_side
 from cutover.steps import SwitchStep as S
 
@@ -60,6 +60,12 @@ def phase(
         Step(S.FENCE_TARGET, back.fence_source, undo=back.unfence_source, attempts=1),
         Step(S.WAIT_FOR_BARRIER, back.wait_for_barrier, attempts=1),
         Step(S.COPY_SEQUENCES, back.copy_sequences, back.sequences_copied),
+        # Replication carries none: those written on the target since the switch go back.
+        *(
+            [Step(S.COPY_LARGE_OBJECTS, back.copy_large_objects, back.large_objects_copied)]
+            if plan.large_objects is LargeObjects.COPY
+            else []
+        ),
         Step(S.VERIFY_COUNTS, back.verify_counts, attempts=1),
         Step(S.PROMOTE, back.promote, back.is_promoted, point_of_no_return=True),
     ]

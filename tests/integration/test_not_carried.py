@@ -23,13 +23,14 @@ from tests.conftest import Databases, Result, connect
 pytestmark = pytest.mark.integration
 
 BIG = 3 * 1024 * 1024 + 12345  # a few MB: copied in chunks, never whole
-BIG_OID, SMALL_OID, GONE_OID, CHANGED_OID, NEW_OID, TARGET_ONLY_OID = (
+BIG_OID, SMALL_OID, GONE_OID, CHANGED_OID, NEW_OID, TARGET_ONLY_OID, AFTER_SWITCH_OID = (
     424240,
     424241,
     424242,
     424243,
     424244,
     424245,
+    424246,
 )
 
 
@@ -240,7 +241,7 @@ def test_a_move_copies_large_objects_and_refreshes_views_in_the_switch(
         conn.execute(f"SELECT lo_from_bytea({NEW_OID}, 'created after start')")
         conn.execute(f"INSERT INTO docs VALUES (3, {NEW_OID})")
 
-    switched = cutover("switch", "-p", plan, "--yes")
+    switched = cutover("switch", "-p", plan, "--yes", "--keep-fallback")
     assert switched.code == 0, switched.stdout + switched.stderr
     assert "all/switch.copy_large_objects" in switched.stdout
     copied = next(line for line in switched.stdout.splitlines() if "large objects:" in line)
@@ -265,6 +266,19 @@ def test_a_move_copies_large_objects_and_refreshes_views_in_the_switch(
     ledger = json.loads(next((Path(plan).parent / "state").glob("*.ledger.json")).read_text())
     step = ledger["steps"]["all/switch.copy_large_objects"]
     print(f"copy_large_objects step: {step}")
+
+    # Written on the target after the switch, they go back with a rollback.
+    with connect(lab.server("target"), db) as conn:
+        conn.execute(f"SELECT lo_from_bytea({AFTER_SWITCH_OID}, 'written on the target')")
+        conn.execute(f"SELECT lo_put({CHANGED_OID}, 0, 'TARGET')")
+        conn.execute(f"SELECT lo_unlink({SMALL_OID})")
+        conn.execute(f"INSERT INTO docs VALUES (4, {AFTER_SWITCH_OID})")
+    rolled_back = cutover("rollback", "-p", plan, "--yes")
+    assert rolled_back.code == 0, rolled_back.stdout + rolled_back.stderr
+    assert "all/rollback.copy_large_objects" in rolled_back.stdout
+    source, target = digests(lab, "source", db), digests(lab, "target", db)
+    assert source == target
+    assert AFTER_SWITCH_OID in source and SMALL_OID not in source
 
 
 def test_pglogical_copies_unlogged_tables_once_after_its_own_copy(
