@@ -20,6 +20,9 @@ lint: venv  ## ruff, formatting, mypy --strict and the import layers
 	$(BIN)/ruff format --check cutover tests
 	$(BIN)/mypy cutover
 	$(BIN)/lint-imports
+	@if command -v terraform >/dev/null; then \
+		terraform fmt -check -recursive tests/terraform $(wildcard terraform); \
+	else echo "terraform is not installed: its formatting is not checked"; fi
 
 unit: venv  ## the tests that need no server
 	$(BIN)/pytest tests/unit
