@@ -29,6 +29,15 @@ from cutover.errors import PreconditionFailed, StepFailed
 from cutover.steps import Change
 
 VARS_FILE = "cutover.auto.tfvars.json"
+# What cutover writes to a root module and reads from it (terraform/examples/move declares them).
+VARIABLES = (
+    "cutover_move",
+    "source_database_flags",
+    "source_deletion_protection",
+    "target_backups_enabled",
+    "target_point_in_time_recovery",
+)
+OUTPUTS = ("source_instance", "target_instance", "migration_job")
 PLAN_FILE = "cutover.tfplan"
 TIMEOUT_SECONDS = 3600.0  # an instance's creation or restart can take many minutes
 LOCK_TIMEOUT = "120s"  # a Terraform left running by a killed controller holds the state's lock

@@ -18,6 +18,11 @@ variable "source_deletion_protection" {
   default = true
 }
 
+variable "target_backups_enabled" {
+  type    = bool
+  default = false
+}
+
 variable "target_point_in_time_recovery" {
   type    = bool
   default = false
@@ -47,7 +52,10 @@ resource "terraform_data" "source" {
 }
 
 resource "terraform_data" "target" {
-  input            = { point_in_time_recovery = var.target_point_in_time_recovery }
+  input = {
+    backups                = var.target_backups_enabled
+    point_in_time_recovery = var.target_point_in_time_recovery
+  }
   triggers_replace = [var.target_tier]
 }
 
@@ -57,4 +65,8 @@ output "source_instance" {
 
 output "target_instance" {
   value = terraform_data.target.id
+}
+
+output "migration_job" {
+  value = "projects/p/locations/r/migrationJobs/${var.cutover_move}"
 }
