@@ -225,6 +225,28 @@ class CommandWriter(_Model):
     env: CommandEnv = {}  # secrets for the commands, by reference, never on a command line
 
 
+class PgBouncer(_Model):
+    """One PgBouncer's admin console (a user of its `admin_users`), and its configuration file."""
+
+    host: str = Field("127.0.0.1", min_length=1)
+    port: int = Field(6432, ge=1, le=65535)
+    user: str = Field("pgbouncer", min_length=1)
+    password: SecretRef | None = None
+    config: Path | None = None  # its pgbouncer.ini: what a pgbouncer repoint rewrites
+    connect_timeout: Seconds = 10.0
+
+    def describe(self) -> str:
+        """`host:port`: never a secret."""
+        return f"pgbouncer {self.host}:{self.port}"
+
+
+class PgBouncerWriter(_Model):
+    """The application's pools: PAUSE holds new queries once in-flight transactions end."""
+
+    pgbouncers: list[PgBouncer] = Field(min_length=1)
+    databases: list[str] = Field(min_length=1)  # the names in PgBouncer's [databases]
+
+
 class Writer(_Model):
     """One writer of the application; writers stop by ascending tier and start in reverse."""
 
@@ -232,15 +254,18 @@ class Writer(_Model):
     tier: int | None = Field(None, ge=0)
     http: HttpWriter | None = None
     command: CommandWriter | None = None
+    pgbouncer: PgBouncerWriter | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> Self:
-        _exactly_one(self, ("http", "command"))
+        _exactly_one(self, ("http", "command", "pgbouncer"))
         return self
 
     @property
     def has_health(self) -> bool:
         """Whether the writer has a health probe, asked after it starts."""
+        if self.pgbouncer is not None:
+            return True  # SHOW DATABASES: no database left paused
         kind = self.http or self.command
         return kind is not None and kind.health is not None
 
@@ -314,16 +339,31 @@ class CommandRepoint(_Model):
     env: CommandEnv = {}  # secrets for the command, by reference, never on its command line
 
 
+class PgBouncerRepoint(_Model):
+    """The [databases] entries of each PgBouncer: host and port rewritten, then RELOAD."""
+
+    pgbouncers: list[PgBouncer] = Field(min_length=1)
+    databases: list[str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _configs(self) -> Self:
+        missing = [p.describe() for p in self.pgbouncers if p.config is None]
+        if missing:
+            raise ValueError(f"config (pgbouncer.ini) is needed to repoint {', '.join(missing)}")
+        return self
+
+
 class Repoint(_Model):
     """One place where a connection string lives."""
 
     name: str = Field(min_length=1)
     file: FileRepoint | None = None
     command: CommandRepoint | None = None
+    pgbouncer: PgBouncerRepoint | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> Self:
-        _exactly_one(self, ("file", "command"))
+        _exactly_one(self, ("file", "command", "pgbouncer"))
         return self
 
 

@@ -277,10 +277,14 @@ class Switch:
         return changes
 
     def _wait_drained(self, tier: list[Writer]) -> None:
+        def undrained() -> str:
+            said = [f"{w.name} ({w.busy()})" if w.busy() else w.name for w in tier]
+            return f"writers {', '.join(said)} did not drain"
+
         self._wait(
             lambda: all(writer.is_drained() for writer in tier),
             timeout=self.limits.drain_timeout,
-            what=f"writers {', '.join(w.name for w in tier)} did not drain",
+            what=undrained,
             hint="raise thresholds.drain_timeout, or see why they keep writing",
         )
 

@@ -24,6 +24,10 @@ def repoint_for(spec: RepointSpec, databases: list[str]) -> Repoint:
         from cutover.repoint.file import FileRepoint
 
         return FileRepoint(spec.name, spec.file)
+    if spec.pgbouncer is not None:
+        from cutover.repoint.pgbouncer import PgBouncerRepoint
+
+        return PgBouncerRepoint(spec.name, spec.pgbouncer)
     assert spec.command is not None  # the plan allows exactly one kind
     from cutover.repoint.command import CommandRepoint
 

@@ -1,4 +1,4 @@
-"""The application's writers, stopped and started in tiers (http, command; kubernetes later)."""
+"""The application's writers, stopped and started in tiers (http, command, pgbouncer)."""
 
 from collections.abc import Sequence
 from typing import Protocol
@@ -18,6 +18,10 @@ class Writer(Protocol):
 
     def is_drained(self) -> bool: ...
 
+    def busy(self) -> str:
+        """What keeps it from draining, named for a drain timeout's message ("": unknown)."""
+        ...
+
     def is_healthy(self) -> tuple[bool, str]:
         """Whether the writer writes successfully, and why not (redacted); True, "" unprobed."""
         ...
@@ -29,6 +33,10 @@ def writer_for(spec: WriterSpec) -> Writer:
         from cutover.writers.http import HttpWriter
 
         return HttpWriter(spec.name, spec.http)
+    if spec.pgbouncer is not None:
+        from cutover.writers.pgbouncer import PgBouncerWriter
+
+        return PgBouncerWriter(spec.name, spec.pgbouncer)
     assert spec.command is not None  # the plan allows exactly one kind
     from cutover.writers.command import CommandWriter
 
