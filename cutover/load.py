@@ -188,12 +188,12 @@ class Load:
     def _write_once(self, conn: Connection, rng: random.Random, mine: dict[str, list[int]]) -> None:
         table = rng.choice(self.tables)
         known = mine[table]
-        port = sql.server_port(conn)
         roll = rng.random()
         value = self._next_value()
+        port: int | None  # of the server that took the write, as it says itself
         if roll < 0.6 or not known:
             self.log.record({"op": "insert", "table": table, "v": value, "ack": False})
-            row_id = sql.insert(conn, table, value)
+            row_id, port = sql.insert(conn, table, value)
             known.append(row_id)
             self.log.record(
                 {
@@ -210,7 +210,7 @@ class Load:
             self.log.record(
                 {"op": "update", "table": table, "id": row_id, "v": value, "ack": False}
             )
-            sql.update(conn, table, row_id, value)
+            port = sql.update(conn, table, row_id, value)  # of the server that took it
             self.log.record(
                 {
                     "op": "update",
@@ -224,7 +224,7 @@ class Load:
         else:
             row_id = known.pop(rng.randrange(len(known)))
             self.log.record({"op": "delete", "table": table, "id": row_id, "ack": False})
-            sql.delete(conn, table, row_id)
+            port = sql.delete(conn, table, row_id)
             self.log.record(
                 {"op": "delete", "table": table, "id": row_id, "port": port, "ack": True}
             )

@@ -87,40 +87,48 @@ def ensure_login_role(
 
 
 def connect_dsn(dsn: str) -> Connection:
-    """A connection for one load worker (autocommit: each write is acknowledged alone)."""
-    return psycopg.connect(dsn, autocommit=True, connect_timeout=2, row_factory=dict_row)
+    """A connection for one load worker (autocommit: each write is acknowledged alone).
+
+    No server-side prepared statements: through a PgBouncer in transaction pooling
+    (before 1.21), a statement prepared on one server is missing on the next.
+    """
+    conn = psycopg.connect(dsn, autocommit=True, connect_timeout=2, row_factory=dict_row)
+    conn.prepare_threshold = None
+    return conn
 
 
-def insert(conn: Connection, table: str, value: int) -> int:
-    """Insert a row; its id."""
+def insert(conn: Connection, table: str, value: int) -> tuple[int, int]:
+    """Insert a row; its id, and the port of the server that took it."""
     row = conn.execute(
-        sql.SQL("INSERT INTO {} (v) VALUES (%s) RETURNING id").format(sql.Identifier(table)),
+        sql.SQL("INSERT INTO {} (v) VALUES (%s) RETURNING id, inet_server_port() AS port").format(
+            sql.Identifier(table)
+        ),
         (value,),
     ).fetchone()
     assert row is not None
-    return int(row["id"])
+    return int(row["id"]), int(row["port"])
 
 
-def update(conn: Connection, table: str, row_id: int, value: int) -> bool:
-    """Set a row's value; whether the row was there."""
-    cur = conn.execute(
-        sql.SQL("UPDATE {} SET v = %s WHERE id = %s").format(sql.Identifier(table)),
+def update(conn: Connection, table: str, row_id: int, value: int) -> int | None:
+    """Set a row's value; the port of the server that took it (None: the row was not there)."""
+    row = conn.execute(
+        sql.SQL("UPDATE {} SET v = %s WHERE id = %s RETURNING inet_server_port() AS port").format(
+            sql.Identifier(table)
+        ),
         (value, row_id),
-    )
-    return cur.rowcount == 1
+    ).fetchone()
+    return None if row is None else int(row["port"])
 
 
-def delete(conn: Connection, table: str, row_id: int) -> bool:
-    """Delete a row; whether it was there."""
-    cur = conn.execute(
-        sql.SQL("DELETE FROM {} WHERE id = %s").format(sql.Identifier(table)), (row_id,)
-    )
-    return cur.rowcount == 1
-
-
-def server_port(conn: Connection) -> int:
-    """The port of the server a connection reached (the lab's servers differ by port)."""
-    return int(conn.info.port)
+def delete(conn: Connection, table: str, row_id: int) -> int | None:
+    """Delete a row; the port of the server that took it (None: the row was not there)."""
+    row = conn.execute(
+        sql.SQL("DELETE FROM {} WHERE id = %s RETURNING inet_server_port() AS port").format(
+            sql.Identifier(table)
+        ),
+        (row_id,),
+    ).fetchone()
+    return None if row is None else int(row["port"])
 
 
 def rows(conn: Connection, table: str) -> dict[int, int]:

@@ -153,8 +153,9 @@ class Pause:
 
     def abandon(self) -> None:
         """Stop waiting for the answer (the database stays paused until RESUME)."""
-        with suppress(psycopg.Error):
-            self.conn.cancel()
+        if not self.done.is_set():
+            with suppress(psycopg.Error):
+                self.conn.cancel()
         with suppress(psycopg.Error):
             self.conn.close()
         self._thread.join(timeout=5)

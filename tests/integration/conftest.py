@@ -5,8 +5,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -17,6 +19,7 @@ from cutover.lab import Lab, free_port
 from cutover.ledger import journal_for
 from cutover.pg import load as load_sql
 from cutover.plan import load as load_plan
+from tests import pgbouncer
 from tests.conftest import Databases, Result, connect
 
 TABLES = 12
@@ -46,6 +49,12 @@ class Running:
 def engine(request: pytest.FixtureRequest) -> str:
     """Each replication engine in turn."""
     return str(request.param)
+
+
+@pytest.fixture
+def pooler() -> str:
+    """What the application reaches the database through: `none`, or `pgbouncer`."""
+    return "none"
 
 
 @pytest.fixture
@@ -102,6 +111,7 @@ def apply_superuser_fixes(lab: Lab, plan: Path, cutover: Callable[..., Result]) 
 def under_load(
     engine: str,
     controller: str,
+    pooler: str,
     lab: Lab,
     databases: Databases,
     write_plan: Callable[..., Path],
@@ -141,33 +151,43 @@ def under_load(
     env = tmp_path / "app.env"
     port = lab.server("source").port
     quoted_db = db.replace('"', "%22").replace(" ", "%20")
+    control = free_port()
+    writers: list[dict[str, Any]] = [
+        {
+            "name": "app",
+            "http": {
+                "stop": f"http://127.0.0.1:{control}/pause",
+                "start": f"http://127.0.0.1:{control}/resume",
+                "status": f"http://127.0.0.1:{control}/drained",
+                "health": f"http://127.0.0.1:{control}/healthy",
+            },
+        }
+    ]
+    repoint: list[dict[str, Any]] = [
+        {"name": f"env-{key.lower()}", "file": {"path": str(env), "key": key}}
+        for key in ("DATABASE_URL", "WRITER_URL")
+    ]
+    stack = ExitStack()
+    if pooler == "pgbouncer":  # the application's pool is paused and repointed instead
+        users = {role: password, clerk: password}
+        pool = stack.enter_context(pgbouncer.running(lab.server("source"), db, users))
+        port, quoted_db = pool.port, "app"
+        spec = pool.spec().model_dump(mode="json")
+        writers = [{"name": "pool", "pgbouncer": {"pgbouncers": [spec], "databases": ["app"]}}]
+        repoint = [{"name": "pool", "pgbouncer": {"pgbouncers": [spec], "databases": ["app"]}}]
     env.write_text(
         "".join(
             f"{key}=postgresql://{name}:{password}@127.0.0.1:{port}/{quoted_db}\n"
             for key, name in (("DATABASE_URL", role), ("WRITER_URL", clerk))
         )
     )
-    control = free_port()
     plan = write_plan(
         [db],
         move=f"t{uuid.uuid4().hex[:8]}",
         engine=engine,
         source=source,
-        writers=[
-            {
-                "name": "app",
-                "http": {
-                    "stop": f"http://127.0.0.1:{control}/pause",
-                    "start": f"http://127.0.0.1:{control}/resume",
-                    "status": f"http://127.0.0.1:{control}/drained",
-                    "health": f"http://127.0.0.1:{control}/healthy",
-                },
-            }
-        ],
-        repoint=[
-            {"name": f"env-{key.lower()}", "file": {"path": str(env), "key": key}}
-            for key in ("DATABASE_URL", "WRITER_URL")
-        ],
+        writers=writers,
+        repoint=repoint,
         fence={"roles": [role, clerk]},
         thresholds={"lag_window": "1s", "switch_timeout": "5s"},
     )
@@ -194,6 +214,7 @@ def under_load(
     finally:
         running.stop()
         handle.close()
+        stack.close()
 
 
 def nothing_lost(lab: Lab, running: Running, *, writing: float = 1.0) -> load.Audit:

@@ -1,13 +1,9 @@
 """A real PgBouncer in front of the lab: paused, repointed and resumed without a failed query."""
 
-import os
 import shutil
-import socket
-import subprocess
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,33 +11,40 @@ import psycopg
 import pytest
 
 from cutover.errors import PreconditionFailed
-from cutover.lab import RUN_AS, Lab, free_port
-from cutover.plan import PgBouncer, PgBouncerRepoint, PgBouncerWriter, Server
+from cutover.lab import Lab
+from cutover.plan import PgBouncer, PgBouncerRepoint, PgBouncerWriter
 from cutover.repoint.pgbouncer import PgBouncerRepoint as Repoint
 from cutover.writers.pgbouncer import PgBouncerWriter as Writer
-from tests.conftest import Databases, connect
+from tests import pgbouncer
+from tests.conftest import Databases, Result, connect
+from tests.integration.conftest import Running, acked_on, nothing_lost
+from tests.pgbouncer import Bouncer
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(shutil.which("pgbouncer") is None, reason="no pgbouncer here"),
 ]
 
-ADMIN_PASSWORD = "admin-secret-1"
 APP_PASSWORD = "app-secret-2"
 
 
 @dataclass
-class Bouncer:
-    port: int
-    config: Path
+class Pool:
+    """The test's PgBouncer, and its database."""
+
+    bouncer: Bouncer
     db: str
-    process: "subprocess.Popen[bytes]"
+
+    @property
+    def config(self) -> Path:
+        return self.bouncer.config
+
+    @property
+    def port(self) -> int:
+        return self.bouncer.port
 
     def spec(self) -> PgBouncer:
-        password = self.config.parent / "admin.pw"
-        return PgBouncer(
-            port=self.port, user="admin", password=f"file:{password}", config=self.config
-        )
+        return self.bouncer.spec()
 
     def client(self, application: str = "shop") -> psycopg.Connection[tuple[object, ...]]:
         return psycopg.connect(
@@ -55,69 +58,25 @@ class Bouncer:
         )
 
 
-def config_text(server: Server, db: str, port: int, folder: Path, password: str) -> str:
-    quoted = "'" + db.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    return f"""; the application's pool
-[databases]
-; app reaches the move's database as the lab's superuser
-app = host={server.host} port={server.port} dbname={quoted} user={server.user} password={password}
-other = host=127.0.0.1 port=1 dbname=untouched
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = {port}
-unix_socket_dir =
-auth_type = plain
-auth_file = {folder}/userlist.txt
-admin_users = admin
-pool_mode = transaction
-ignore_startup_parameters = extra_float_digits
-"""
-
-
 @pytest.fixture
-def bouncer(lab: Lab, databases: Databases) -> Iterator[Bouncer]:
+def bouncer(lab: Lab, databases: Databases) -> Iterator[Pool]:
     db = databases.create()
-    with connect(lab.server("source"), db) as conn:
-        conn.execute("CREATE TABLE t (id serial PRIMARY KEY, note text)")
     with connect(lab.server("target")) as conn:
         conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(db)))
-    with connect(lab.server("target"), db) as conn:
-        conn.execute("CREATE TABLE t (id serial PRIMARY KEY, note text)")
-    # PgBouncer runs as the lab's user: its files in a folder that user reaches.
-    folder = Path(tempfile.mkdtemp(prefix="cutover-pgbouncer-"))
-    folder.chmod(0o777)
-    password = lab.password_file.read_text().strip()
-    port = free_port()
-    config = folder / "pgbouncer.ini"
-    config.write_text(config_text(lab.server("source"), db, port, folder, password))
-    (folder / "userlist.txt").write_text(f'"admin" "{ADMIN_PASSWORD}"\n"app" "{APP_PASSWORD}"\n')
-    (folder / "admin.pw").write_text(ADMIN_PASSWORD + "\n")
-    for path in folder.iterdir():
-        path.chmod(0o666)
-    as_user = ["-u", RUN_AS] if os.geteuid() == 0 else []
-    process = subprocess.Popen(["pgbouncer", *as_user, str(config)])
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline and process.poll() is None, "pgbouncer did not start"
-            time.sleep(0.05)
-    try:
-        yield Bouncer(port, config, db, process)
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        shutil.rmtree(folder, ignore_errors=True)
+    for side in ("source", "target"):
+        with connect(lab.server(side), db) as conn:
+            conn.execute("CREATE TABLE t (id serial PRIMARY KEY, note text)")
+    source = lab.server("source")
+    force = f"user={source.user} password={lab.password_file.read_text().strip()}"
+    with pgbouncer.running(source, db, {"app": APP_PASSWORD}, force=force) as running:
+        yield Pool(running, db)
 
 
-def writer(b: Bouncer) -> Writer:
+def writer(b: Pool) -> Writer:
     return Writer("pool", PgBouncerWriter(pgbouncers=[b.spec()], databases=["app"]))
 
 
-def test_a_paused_pool_holds_queries_and_resume_sends_them_on(bouncer: Bouncer) -> None:
+def test_a_paused_pool_holds_queries_and_resume_sends_them_on(bouncer: Pool) -> None:
     pool = writer(bouncer)
     with bouncer.client() as app:
         app.execute("INSERT INTO t (note) VALUES ('before')")
@@ -143,7 +102,7 @@ def test_a_paused_pool_holds_queries_and_resume_sends_them_on(bouncer: Bouncer) 
     assert notes == (["before", "held"],)
 
 
-def test_a_pause_waits_for_a_transaction_and_names_its_client(bouncer: Bouncer) -> None:
+def test_a_pause_waits_for_a_transaction_and_names_its_client(bouncer: Pool) -> None:
     pool = writer(bouncer)
     with bouncer.client(application="billing") as app:
         app.autocommit = False
@@ -163,7 +122,7 @@ def test_a_pause_waits_for_a_transaction_and_names_its_client(bouncer: Bouncer) 
 
 
 def test_the_repoint_rewrites_only_host_and_port_reloads_and_reads_it_back(
-    lab: Lab, bouncer: Bouncer
+    lab: Lab, bouncer: Pool
 ) -> None:
     source, target = lab.server("source"), lab.server("target")
     repoint = Repoint("pool", PgBouncerRepoint(pgbouncers=[bouncer.spec()], databases=["app"]))
@@ -195,7 +154,7 @@ def test_the_repoint_rewrites_only_host_and_port_reloads_and_reads_it_back(
 
 
 def test_an_entry_missing_from_the_config_is_refused_before_anything_changes(
-    bouncer: Bouncer, lab: Lab
+    bouncer: Pool, lab: Lab
 ) -> None:
     before = bouncer.config.read_text()
     repoint = Repoint("pool", PgBouncerRepoint(pgbouncers=[bouncer.spec()], databases=["nope"]))
@@ -203,3 +162,21 @@ def test_an_entry_missing_from_the_config_is_refused_before_anything_changes(
         repoint.point_to(lab.server("target"), dry_run=False)
     assert "has no [databases] entry nope" in refused.value.message
     assert bouncer.config.read_text() == before
+
+
+@pytest.fixture
+def pooler() -> str:
+    """The application of `under_load` reaches its database through a PgBouncer."""
+    return "pgbouncer"
+
+
+def test_a_switch_through_pgbouncer_fails_no_write_of_the_application(
+    lab: Lab, under_load: Running, cutover: Callable[..., Result]
+) -> None:
+    """Paused, repointed and resumed: the application waits a little, and sees no error."""
+    switched = cutover("switch", "-p", str(under_load.plan), "--yes")
+    assert switched.code == 0, switched.stdout + switched.stderr
+    outcome = nothing_lost(lab, under_load)
+    assert outcome.errors == [] and outcome.fenced_errors == 0, outcome.errors[:5]
+    assert acked_on(under_load, lab.server("target").port) > 0
+    print(switched.stdout.splitlines()[-1])  # the write pause, with -s
