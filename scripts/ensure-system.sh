@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs the machine's packages cutover's lab, tests and benchmarks need, when missing:
-# PostgreSQL 15 with pglogical (and pgcopydb for the benchmarks). Idempotent and quiet
+# PostgreSQL 15 with pglogical, PgBouncer (and pgcopydb for the benchmarks). Idempotent and quiet
 # when everything is there. Uses sudo when not root.
 set -euo pipefail
 
-packages=(postgresql-15 postgresql-15-pglogical postgresql-contrib)
+packages=(postgresql-15 postgresql-15-pglogical postgresql-contrib pgbouncer)
 [ "${WITH_BENCH:-0}" = 1 ] && packages+=(pgcopydb)
 
 missing=()
@@ -30,5 +30,9 @@ $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # The Debian package starts a cluster of its own on 5432; the lab does not need it.
 if command -v pg_lsclusters >/dev/null && pg_lsclusters -h 2>/dev/null | grep -q '^15 *main'; then
     $sudo pg_ctlcluster 15 main stop 2>/dev/null || true
+fi
+# Nor the PgBouncer of the package: the tests start their own.
+if command -v service >/dev/null; then
+    $sudo service pgbouncer stop >/dev/null 2>&1 || true
 fi
 echo "installed ${missing[*]}"
