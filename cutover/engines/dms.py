@@ -65,8 +65,6 @@ TRAITS = Traits(copies_schema=True, target_read_only_until_promote=True)
 OPERATION_SECONDS = 1800.0  # a profile, a job, a verification or a demotion
 PROMOTE_SECONDS = 900.0  # the promotion, and the job reading COMPLETED after it
 DELETE_SECONDS = 900.0
-POLL_SECONDS = 2.0  # reads of the job while waiting for its phase
-MAX_POLL_SECONDS = 20.0
 HEARTBEAT_SECONDS = 1.0
 MONITORED_WINDOW = timedelta(minutes=15)  # how far back a monitoring sample is looked for
 
@@ -196,16 +194,16 @@ class DmsEngine:
                 )
             return job if probe(job) else None
 
+        polling = self._clients.polling  # the job is read as often as an operation is
         return wait.until(
             read,
             timeout=timeout,
             what=what,
             hint="the job goes on in DMS: run the command again to keep waiting",
-            interval=POLL_SECONDS,
-            backoff=1.5,
-            max_interval=MAX_POLL_SECONDS,
+            interval=polling.interval,
+            backoff=polling.backoff,
+            max_interval=polling.max_interval,
             on_tick=on_tick,
-            clock=time.monotonic,
         )
 
     def _ensure_profiles(self, *, timeout: float, dry_run: bool) -> list[Change]:
