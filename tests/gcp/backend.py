@@ -2,7 +2,7 @@
 
 `PglogicalJobs` is the stand-in's `JobBackend` and `InstanceBackend` for
 Cloud SQL instance ids that name lab servers (`lab_instances`). What it does
-is what DMS does and leaves (docs/../reference gcp-dms.md):
+is what DMS does and leaves, as Google documents it:
 
 - start: for each database of the source (all but templates, `postgres` and
   `cloudsql*`; or the job's SPECIFIED_OBJECTS; or the `databases` the backend
@@ -14,22 +14,30 @@ is what DMS does and leaves (docs/../reference gcp-dms.md):
   destination. The destination database is read-only for every session but
   pglogical's (`default_transaction_read_only`, which the subscriber node's own
   connection string overrides); sessions open at start are ended.
-- phase: FULL_DUMP until pglogical has copied every table, then CDC.
+- verify: an error when the source's `wal_level` is not logical or pglogical
+  is not loaded, when a Cloud SQL source lacks `cloudsql.logical_decoding` or
+  `cloudsql.enable_pglogical` (or their restart), when a table has no primary
+  key, or when the destination already has one of the databases.
+- phase: FULL_DUMP until pglogical has copied every table, then CDC; a set-up
+  that failed makes the job FAILED with its error.
+- stop: the subscription is disabled (the stand-in has no resume).
 - promote: the subscription is disabled, its worker waited out, then dropped
   (pglogical drops its slot on the source); the database is writable again.
-  Sequences are left as the dump made them: behind the source's.
+  Sequences are left as the dump made them, behind the source's ("SEQUENCE
+  states on the destination might vary from the source": the engine sets them).
   Ownership stays with `cloudsqlexternalsync`.
 - delete: the job's subscription (a job never promoted) and subscriber node on
   the destination, and its replication set and slot on the source, are dropped;
   never a database nor its rows (a forced delete included). The source keeps the
   pglogical extension and its provider node: DMS asks the user to install the
   extension, and the reference says nothing of DMS removing either [inference].
-- flags: a patch of `databaseFlags` is applied with ALTER SYSTEM (a removed
-  flag is RESET) and a reload; `cloudsql.logical_decoding` sets `wal_level` only
-  when it is not `logical` already, `cloudsql.enable_pglogical` is recorded. A
-  setting that needs a restart stays pending until `instances.restart`, which
-  restarts the lab server; its operation is done when the server accepts
-  connections again.
+- flags: a patch of `databaseFlags` is applied with ALTER SYSTEM (a flag set
+  through the API and left out of a later patch is RESET) and a reload;
+  `cloudsql.logical_decoding` sets `wal_level` only when it is not `logical`
+  already, `cloudsql.enable_pglogical` is recorded. A setting that needs a
+  restart, or a change of those two flags, stays pending (`pending_restart`)
+  until `instances.restart`, which restarts the lab server; its operation is
+  done when the server accepts connections again.
 - backups: `pg_dump -Fc` of every database of the instance into `backup_dir`.
 - lag: a sampler measures every `period` seconds, on the source, how far each
   running job's slot is behind (`pg_current_wal_lsn()` - `confirmed_flush_lsn`,
@@ -206,6 +214,7 @@ class PglogicalJobs:
         period: float = 60.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         sync_timeout: float = 120.0,
+        require_flags: bool = True,
     ) -> None:
         self.instances = dict(instances)
         self.backup_dir = backup_dir
@@ -214,6 +223,7 @@ class PglogicalJobs:
         self.period = period
         self.clock = clock
         self.sync_timeout = sync_timeout
+        self.require_flags = require_flags
         self.standin: Standin | None = None
         self.lock = threading.Lock()
         self.runs: dict[str, Run] = {}
@@ -330,6 +340,9 @@ class PglogicalJobs:
                     "WHERE name IN ('wal_level', 'shared_preload_libraries')"
                 ).fetchall()
             }
+        flags_error = self._source_flags_error(job, source)
+        if flags_error is not None:
+            return flags_error
         if settings.get("wal_level") != "logical":
             return (
                 f"the source's wal_level is {settings.get('wal_level')}, not logical: "
@@ -359,6 +372,23 @@ class PglogicalJobs:
                 ).fetchone()
             if there and not self._is_ours(job, destination, db):
                 return f"the destination already has a database {db}: it must hold none"
+        return None
+
+    def _source_flags_error(self, job: Json, source: LabInstance) -> str | None:
+        """A Cloud SQL source needs both flags on, and the restart they take done."""
+        if not self.require_flags or self.standin is None:
+            return None
+        project = job["name"].split("/")[1]
+        for instance_id, server in self.instances.items():
+            record = self.standin.instances.get((project, instance_id))
+            if server != source or record is None:
+                continue
+            flags = {f["name"]: f.get("value") for f in record["settings"]["databaseFlags"]}
+            for flag in (LOGICAL_DECODING, ENABLE_PGLOGICAL):
+                if flags.get(flag) != "on":
+                    return f"the source instance {instance_id} needs the flag {flag}=on"
+            if instance_id in self.pending_restart:
+                return f"the source instance {instance_id} must be restarted for its flags"
         return None
 
     def _is_ours(self, job: Json, destination: LabInstance, db: str) -> bool:
@@ -399,6 +429,19 @@ class PglogicalJobs:
             job["error"] = {"code": 9, "message": error}
             return "FULL_DUMP"
         return "CDC" if all(self._synced(run, db) for db in run.databases) else "FULL_DUMP"
+
+    def stopped(self, job: Json) -> None:
+        """Replication stops (the subscription disabled); the stand-in has no resume."""
+        run = self.runs.get(job["name"])
+        if run is None:
+            return
+        for db in run.databases:
+            with run.destination.connect(db) as conn:
+                conn.execute(
+                    "SELECT pglogical.alter_subscription_disable(sub_name, true) "
+                    "FROM pglogical.subscription WHERE sub_name = %s",
+                    (run.name,),
+                )
 
     def promoted(self, job: Json) -> None:
         run = self.runs[job["name"]]
@@ -613,7 +656,8 @@ class PglogicalJobs:
                                 _ident(name), sql.Literal(value)
                             )
                         )
-                for name in set(before) | set(self._applied(instance)):
+                # A flag left out goes back to its default; only those set through the API.
+                for name in before:
                     if name not in wanted and not name.startswith("cloudsql."):
                         conn.execute(sql.SQL("ALTER SYSTEM RESET {}").format(_ident(name)))
                 conn.execute("SELECT pg_catalog.pg_reload_conf()")
@@ -625,20 +669,11 @@ class PglogicalJobs:
             return f"invalid flag value: {exc}".strip()
         with self.lock:
             self.recorded[instance] = wanted
-            restarts = bool(pending and pending["n"])
-            if restarts or LOGICAL_DECODING in wanted or ENABLE_PGLOGICAL in wanted:
-                # Cloud SQL restarts for these two; here the restart is the caller's.
+            changed = {n for n in wanted.keys() | before.keys() if wanted.get(n) != before.get(n)}
+            if (pending and pending["n"]) or changed & {LOGICAL_DECODING, ENABLE_PGLOGICAL}:
+                # Cloud SQL restarts for these two as well; here the restart is the caller's.
                 self.pending_restart.add(instance)
         return None
-
-    def _applied(self, instance: str) -> set[str]:
-        """The settings ALTER SYSTEM wrote for this server (postgresql.auto.conf)."""
-        with self.instances[instance].connect() as conn:
-            rows = conn.execute(
-                "SELECT name FROM pg_catalog.pg_file_settings "
-                "WHERE sourcefile LIKE '%%postgresql.auto.conf'"
-            ).fetchall()
-        return {r["name"] for r in rows}
 
     def restart(self, instance: str) -> Thread:
         server = self.instances[instance]
@@ -791,10 +826,15 @@ def lab_standin(
     databases: Sequence[str] | None = None,
     delay: float = 60.0,
     period: float = 60.0,
+    flags: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Iterator[tuple[Standin, PglogicalJobs]]:
     """A stand-in whose instances (id -> lab server name) and jobs are the lab's servers.
 
-    Yields the stand-in (not yet served: `standin.serve()`) and its backend.
+    `flags` are the instances' databaseFlags to begin with, as recorded (the lab
+    servers have wal_level=logical and pglogical loaded already): a source
+    without `cloudsql.logical_decoding` and `cloudsql.enable_pglogical` on fails
+    verify until they are patched on and the instance restarted. Yields the
+    stand-in (not yet served: `standin.serve()`) and its backend.
     """
     jobs = PglogicalJobs(
         lab_instances(lab, instances),
@@ -806,7 +846,9 @@ def lab_standin(
     standin = Standin(polls_to_done=polls_to_done, backend=jobs, instances=jobs)
     jobs.attach(standin)
     for instance in instances:
-        standin.add_instance(project, instance)
+        initial = dict((flags or {}).get(instance, {}))
+        standin.add_instance(project, instance, flags=initial)
+        jobs.recorded[instance] = initial
     try:
         yield standin, jobs
     finally:

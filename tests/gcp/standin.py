@@ -134,6 +134,8 @@ class JobBackend(Protocol):
         """The phase of a running job, asked at each read (FULL_DUMP, then CDC)."""
         ...
 
+    def stopped(self, job: Json) -> None: ...
+
     def promoted(self, job: Json) -> None: ...
 
     def deleted(self, job: Json) -> None: ...
@@ -185,6 +187,9 @@ class InMemoryJobs:
         count = self.reads.get(job["name"], 0) + 1
         self.reads[job["name"]] = count
         return "CDC" if count > self.dump_reads else "FULL_DUMP"
+
+    def stopped(self, job: Json) -> None:
+        self.events.append(("stopped", job["name"]))
 
     def promoted(self, job: Json) -> None:
         self.events.append(("promoted", job["name"]))
@@ -714,6 +719,7 @@ class Standin:
 
             def finish() -> str | None:
                 job["state"] = "STOPPED"
+                self.backend.stopped(job)
                 return None
 
         else:

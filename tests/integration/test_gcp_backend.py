@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from cutover.cloud.client import Clients, Polling, RetryPolicy
+from cutover.cloud.client import Clients, OperationFailed, Polling, RetryPolicy
 from cutover.cloud.datamigration import (
     DataMigration,
     existing_destination_profile_body,
@@ -37,7 +37,13 @@ from cutover.lab import Lab
 from cutover.pg import tools
 from cutover.plan import Connectivity, parse
 from tests.conftest import Databases, connect
-from tests.gcp.backend import OWNER, PglogicalJobs, lab_standin
+from tests.gcp.backend import (
+    ENABLE_PGLOGICAL,
+    LOGICAL_DECODING,
+    OWNER,
+    PglogicalJobs,
+    lab_standin,
+)
 from tests.gcp.standin import Standin
 
 PROJECT = "shop-prod"
@@ -80,6 +86,7 @@ def world(lab: Lab, databases: Databases, tmp_path: Path) -> Iterator[World]:
             backup_dir=tmp_path / "backups",
             delay=DELAY,
             period=PERIOD,
+            flags={SOURCE: {LOGICAL_DECODING: "on", ENABLE_PGLOGICAL: "on"}},
         ) as (standin, backend),
         standin.serve() as endpoint,
     ):
@@ -302,9 +309,34 @@ def test_verify_refuses_a_table_without_a_primary_key(
 ) -> None:
     db = source_db(lab, databases, SCHEMA + "CREATE TABLE notes (body text);")
     make_job(world, db)
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(OperationFailed) as caught:
         world.run(world.dms.verify_job("job"), "verify")
-    assert f"tables without a primary key in database {db}: public.notes" in str(caught.value)
+    assert f"tables without a primary key in database {db}: public.notes" in caught.value.message
+
+
+def test_verify_wants_the_source_s_flags_on_and_restarted(
+    world: World, lab: Lab, databases: Databases
+) -> None:
+    make_job(world, source_db(lab, databases))
+
+    def verify_error() -> str:
+        with pytest.raises(OperationFailed) as caught:
+            world.run(world.dms.verify_job("job"), "verify")
+        return caught.value.message
+
+    def patch(wanted: dict[str, str | None]) -> None:
+        instance = world.sql.instance(SOURCE)
+        assert instance is not None
+        call = world.sql.patch_flags(instance, wanted)
+        assert call is not None
+        world.run(call, "flags")
+
+    patch({LOGICAL_DECODING: None, ENABLE_PGLOGICAL: None})
+    assert f"the source instance {SOURCE} needs the flag {LOGICAL_DECODING}=on" in verify_error()
+    patch({LOGICAL_DECODING: "on", ENABLE_PGLOGICAL: "on"})
+    assert f"the source instance {SOURCE} must be restarted" in verify_error()
+    world.run(world.sql.restart(SOURCE), "restart")
+    world.run(world.dms.verify_job("job"), "verify")
 
 
 def test_lag_is_measured_on_the_source_and_seen_late(
@@ -333,11 +365,10 @@ def test_lag_is_measured_on_the_source_and_seen_late(
 
     wait_for(visible, seconds=DELAY * 5, what="no lag point after the delay")
     # Nothing applied: the subscription stopped, a burst written on the source.
+    world.run(world.dms.stop_job("job"), "stop")
     with connect(lab.server("target"), db) as conn:
-        conn.execute(
-            "SELECT pglogical.alter_subscription_disable(sub_name, true) "
-            "FROM pglogical.subscription"
-        )
+        disabled = conn.execute("SELECT sub_enabled FROM pglogical.subscription").fetchall()
+    assert disabled == [{"sub_enabled": False}]
     with connect(lab.server("source"), db) as conn:
         conn.execute(
             "INSERT INTO items (name) SELECT repeat('x', 200) FROM generate_series(1, 5000)"
