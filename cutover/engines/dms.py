@@ -609,6 +609,8 @@ class DmsEngine:
                     timeout=PROMOTE_SECONDS,
                     what=f"the migration job {self.job_id} did not read COMPLETED",
                 )
+                # Sessions opened while the replica was read-only stay so: open new ones.
+                self._pool.discard("target")
         where = f"target/{db}"
         if dry_run and job.state is not JobState.COMPLETED:
             return [
@@ -742,35 +744,41 @@ class DmsEngine:
         """Nothing: see access_revoked."""
         return []
 
-    def _leftovers(self, db: str) -> tuple[str | None, bool]:
-        source = self._source(db)
-        node = pglogical.local_node(source)
-        return (
-            None if node is None else node.name,
-            pglogical.extension_ours(source, self._plan.move),
-        )
+    def _leftovers(self, db: str) -> list[tuple[Connection, str, str | None, bool]]:
+        """Each side: its connection, where, its pglogical node, whether to drop the extension.
+
+        The source's extension goes only where this move created it; the target's
+        database is DMS's own (it made it), so pglogical there is DMS's too.
+        """
+        found = []
+        for side, conn in (("source", self._source(db)), ("target", self._target(db))):
+            node = pglogical.local_node(conn)
+            if side == "source":
+                drop = pglogical.extension_ours(conn, self._plan.move)
+            else:
+                drop = pglogical.extension_installed(conn)
+            found.append((conn, f"{side}/{db}", None if node is None else node.name, drop))
+        return found
 
     def uninstalled(self, db: str) -> bool:
-        """No pglogical node of DMS's and no extension of this move is left on the source."""
+        """No pglogical node is left on either side, nor an extension this move brought."""
         if self._one_way:
             return True
-        node, ours = self._leftovers(db)
-        return node is None and not ours
+        return not any(node or drop for _, _, node, drop in self._leftovers(db))
 
     def uninstall(self, db: str, *, dry_run: bool) -> Sequence[Change]:
-        """Drop the source's pglogical node DMS made, then the extension if this move made it.
+        """Drop the pglogical nodes DMS left, then the extensions this move brought.
 
-        Runs after the job is deleted: no subscription of DMS's uses the node any more.
+        Runs after the job is deleted: no subscription of DMS's uses a node any more.
         """
         if self._one_way:
             return []
-        node, ours = self._leftovers(db)
-        source, where = self._source(db), f"source/{db}"
         changes: list[Change] = []
-        if node is not None:
-            changes.append(pglogical.drop_node(source, node, where=where, dry_run=dry_run))
-        if ours:
-            changes += pglogical.drop_extension(source, where=where, dry_run=dry_run)
+        for conn, where, node, drop in self._leftovers(db):
+            if node is not None:
+                changes.append(pglogical.drop_node(conn, node, where=where, dry_run=dry_run))
+            if drop:
+                changes += pglogical.drop_extension(conn, where=where, dry_run=dry_run)
         return changes
 
 
