@@ -274,6 +274,7 @@ class DmsEngine:
                 connectivity=self._settings.connectivity,
                 network=self._settings.network,
                 display_name=f"cutover {self._plan.move}",
+                databases=self._plan.databases,  # the move's, not every one of the source
             )
             call = self._dms.create_job(
                 self.job_id, body, request_id=self._request_id("create_job")
@@ -587,7 +588,8 @@ class DmsEngine:
 
     def promote(self, db: str, *, dry_run: bool) -> Sequence[Change]:
         """Promote the job (once for every database) and wait until it is COMPLETED; then
-        each object DMS left to cloudsqlexternalsync goes back to its owner on the source."""
+        what the source grants is granted here too, and each object DMS left to
+        cloudsqlexternalsync goes back to its owner on the source."""
         changes: list[Change] = []
         job = self.job()
         if job is None:
@@ -615,12 +617,17 @@ class DmsEngine:
         if dry_run and job.state is not JobState.COMPLETED:
             return [
                 *changes,
+                Change(where, "GRANT what the source grants on its schemas and relations"),
                 Change(
                     where,
                     "each object cloudsqlexternalsync owns: ALTER ... "
                     "OWNER TO its owner on the source",
                 ),
             ]
+        # Grants first: the ownership given back is what promoted() reads as done.
+        changes += pgdms.copy_grants(
+            self._source(db), self._target(db), where=where, dry_run=dry_run
+        )
         changes += pgdms.give_back_ownership(
             self._source(db),
             self._target(db),

@@ -5,7 +5,9 @@ the source are pglogical's (`pgl_<db>_<node>_<subscription>`), and what they
 confirmed, against the source's current WAL, is the exact lag that no
 monitoring sample gives. On the destination every object it created belongs
 to `cloudsqlexternalsync`; after the promotion each goes back to the role that
-owns it on the source, object by object, not all to one role.
+owns it on the source, object by object, not all to one role; and what the source
+grants on its schemas and relations is granted on the destination too (DMS
+carries no role and no grant).
 """
 
 from dataclasses import dataclass
@@ -118,6 +120,90 @@ def give_back_ownership(
         if owner == fallback and owners.get(obj.key) != fallback:
             done = Change(done.where, f"{done.action} (its source owner is no role here)")
         changes.append(done)
+    return changes
+
+
+# What aclexplode names, and GRANT takes: nothing else is ever put in a statement.
+_PRIVILEGES = frozenset(
+    {
+        "SELECT",
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+        "TRUNCATE",
+        "REFERENCES",
+        "TRIGGER",
+        "USAGE",
+        "CREATE",
+        "MAINTAIN",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One privilege granted on a schema or a relation ('' grantee: PUBLIC)."""
+
+    kind: str  # SCHEMA, TABLE (views and the like too) or SEQUENCE
+    schema: str
+    name: str
+    grantee: str
+    privilege: str
+    grantable: bool
+
+    def statement(self) -> sql.Composed:
+        """GRANT ... ON ... TO ...."""
+        if self.privilege not in _PRIVILEGES or self.kind not in ("SCHEMA", "TABLE", "SEQUENCE"):
+            raise ValueError(f"no GRANT of {self.privilege} on a {self.kind}")
+        target = (
+            sql.Identifier(self.name)
+            if self.kind == "SCHEMA"
+            else sql.Identifier(self.schema, self.name)
+        )
+        to = sql.Identifier(self.grantee) if self.grantee else sql.SQL("PUBLIC")
+        return sql.SQL("GRANT {} ON {} {} TO {}{}").format(
+            sql.SQL(self.privilege),
+            sql.SQL(self.kind),
+            target,
+            to,
+            sql.SQL(" WITH GRANT OPTION" if self.grantable else ""),
+        )
+
+
+def grants(conn: Connection) -> set[Grant]:
+    """What the connected database grants on its users' schemas and relations."""
+    return {
+        Grant(r["kind"], r["schema"], r["name"], r["grantee"], r["privilege"], r["grantable"])
+        for r in conn.execute(load("object_privileges")).fetchall()
+    }
+
+
+def copy_grants(
+    source: Connection, target: Connection, *, where: str, dry_run: bool
+) -> list[Change]:
+    """Grant on the target what the source grants and the target does not yet.
+
+    A grantee that is no role on the target is left out, and the change says so.
+    """
+    missing = sorted(
+        grants(source) - grants(target),
+        key=lambda g: (g.kind, g.schema, g.name, g.grantee, g.privilege),
+    )
+    exists: dict[str, bool] = {}
+    changes: list[Change] = []
+    for grant in missing:
+        if grant.grantee and grant.grantee not in exists:
+            exists[grant.grantee] = replication.role_exists(target, grant.grantee)
+        if grant.grantee and not exists[grant.grantee]:
+            changes.append(
+                Change(
+                    where,
+                    f"not granted: {grant.privilege} on {grant.schema}.{grant.name} "
+                    f"to {grant.grantee}, who is no role here",
+                )
+            )
+            continue
+        changes.append(change(target, grant.statement(), where=where, dry_run=dry_run))
     return changes
 
 
