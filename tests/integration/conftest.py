@@ -5,8 +5,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -18,6 +20,7 @@ from cutover.ledger import journal_for
 from cutover.pg import load as load_sql
 from cutover.plan import load as load_plan
 from tests.conftest import Databases, Result, connect
+from tests.gcp.backend import ENABLE_PGLOGICAL, LOGICAL_DECODING, lab_standin
 
 TABLES = 12
 TABLE_NAMES = [*load_sql.table_names(TABLES), load_sql.KEYLESS]
@@ -99,9 +102,42 @@ def apply_superuser_fixes(lab: Lab, plan: Path, cutover: Callable[..., Result]) 
 
 
 @pytest.fixture
+def plan_extra() -> dict[str, Any]:
+    """More top-level keys for under_load's plan (a test module overrides it: dms)."""
+    return {}
+
+
+def dms_section(stack: ExitStack, lab: Lab, tmp_path: Path) -> dict[str, Any]:
+    """A plan's dms section pointing at a stand-in whose DMS jobs replicate between the
+    lab's servers (the databases each job selects), served until `stack` closes."""
+    standin, _ = stack.enter_context(
+        lab_standin(
+            lab,
+            project="lab-project",
+            instances={"lab-source": "source", "lab-target": "target"},
+            backup_dir=tmp_path / "backups",
+            polls_to_done=0,
+            delay=0.5,
+            period=0.2,
+            flags={"lab-source": {LOGICAL_DECODING: "on", ENABLE_PGLOGICAL: "on"}},
+        )
+    )
+    endpoint = stack.enter_context(standin.serve())
+    return {
+        "project": "lab-project",
+        "region": "europe-west1",
+        "source_instance": "lab-source",
+        "target_instance": "lab-target",
+        "credentials": "anonymous",
+        "api_endpoints": {"datamigration": endpoint, "sqladmin": endpoint, "monitoring": endpoint},
+    }
+
+
+@pytest.fixture
 def under_load(
     engine: str,
     controller: str,
+    plan_extra: dict[str, Any],
     lab: Lab,
     databases: Databases,
     write_plan: Callable[..., Path],
@@ -170,6 +206,7 @@ def under_load(
         ],
         fence={"roles": [role, clerk]},
         thresholds={"lag_window": "1s", "switch_timeout": "5s"},
+        **plan_extra,
     )
     log_path = tmp_path / "writes.jsonl"
     handle = log_path.open("a")

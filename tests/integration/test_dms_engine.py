@@ -262,6 +262,7 @@ def give_items_to_dms(world: World, owner: str) -> None:
                     conn.execute(psycopg.sql.SQL("CREATE ROLE {}").format(ident(role)))
     with connect(world.lab.server("source"), world.db) as conn:
         conn.execute(psycopg.sql.SQL("ALTER TABLE items OWNER TO {}").format(ident(owner)))
+        conn.execute("GRANT SELECT, INSERT ON items TO PUBLIC")  # DMS carries no grant
     with connect(world.lab.server("target"), world.db) as conn:
         for kind in ("TABLE items", "SCHEMA _cutover"):
             conn.execute(
@@ -309,6 +310,11 @@ def test_promote_once_owners_given_back_and_cleanup_deletes_without_force(
         == world.plan.source.user
     )
     assert any("ALTER TABLE" in c.action and "OWNER TO" in c.action for c in changes)
+    with connect(world.lab.server("target"), db) as conn:
+        granted = conn.execute(
+            "SELECT has_table_privilege('public', 'items', 'INSERT') AS ok"
+        ).fetchone()
+    assert granted == {"ok": True}
 
     # The switch's release_source, after the writers: the job deleted, never with force.
     assert engine.stopped(db) and not engine.source_released(db)

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -27,8 +26,7 @@ from cutover.plan import Plan
 from cutover.plan import load as load_plan
 from cutover.types import Side, SyncProgress, TableState
 from tests.conftest import Databases, Result, connect
-from tests.gcp.backend import ENABLE_PGLOGICAL, LOGICAL_DECODING, lab_standin
-from tests.integration.conftest import ENGINES, replication_objects
+from tests.integration.conftest import ENGINES, dms_section, replication_objects
 
 pytestmark = pytest.mark.integration
 
@@ -73,33 +71,6 @@ def engine(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def google_standin(stack: ExitStack, lab: Lab, db: str, tmp_path: Path) -> dict[str, Any]:
-    """The stand-in whose DMS jobs replicate `db` between the lab's servers: the plan's
-    dms section that points at it."""
-    standin, _ = stack.enter_context(
-        lab_standin(
-            lab,
-            project="lab-project",
-            instances={"lab-source": "source", "lab-target": "target"},
-            backup_dir=tmp_path / "backups",
-            polls_to_done=0,
-            databases=[db],
-            delay=0.5,
-            period=0.2,
-            flags={"lab-source": {LOGICAL_DECODING: "on", ENABLE_PGLOGICAL: "on"}},
-        )
-    )
-    endpoint = stack.enter_context(standin.serve())
-    return {
-        "project": "lab-project",
-        "region": "europe-west1",
-        "source_instance": "lab-source",
-        "target_instance": "lab-target",
-        "credentials": "anonymous",
-        "api_endpoints": {"datamigration": endpoint, "sqladmin": endpoint, "monitoring": endpoint},
-    }
-
-
 @pytest.fixture
 def move(
     lab: Lab,
@@ -114,7 +85,7 @@ def move(
     with connect(lab.server("source"), db) as conn:
         conn.execute(SCHEMA)
     with ExitStack() as stack:
-        extra = {"dms": google_standin(stack, lab, db, tmp_path)} if engine == "dms" else {}
+        extra = {"dms": dms_section(stack, lab, tmp_path)} if engine == "dms" else {}
         path = write_plan([db], move=f"c{uuid.uuid4().hex[:8]}", engine=engine, **extra)
         prepared = cutover("prepare", "-p", str(path))
         assert prepared.code == 0, prepared.stdout + prepared.stderr
