@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -19,6 +20,7 @@ import yaml
 from cutover import database
 from cutover.cloud.client import ApiUnavailable, Clients, Polling, RetryPolicy
 from cutover.cloud.datamigration import DataMigration
+from cutover.cloud.monitoring import DMS_LAG_BYTES, DMS_LAG_SECONDS, DMS_RESOURCE
 from cutover.database import Pool
 from cutover.engines import dms
 from cutover.engines.base import Engine
@@ -360,3 +362,38 @@ def test_dry_run_lists_every_call_with_secrets_masked_and_sends_none(world: Worl
     assert reference is not None
     password = resolve_secret(reference, where="source.password")
     assert not any(password in line for line in shown)
+
+
+def test_monitoring_s_lag_is_shown_with_the_age_of_its_sample_and_decides_nothing(
+    world: World,
+) -> None:
+    world.start()
+    job = dms.resource_id(world.plan.move)
+    now = datetime.now(UTC)
+    for metric, values in ((DMS_LAG_SECONDS, (40, 3)), (DMS_LAG_BYTES, (900_000, 4_096))):
+        world.standin.add_points(
+            metric,
+            [(now - timedelta(seconds=200), values[0]), (now - timedelta(seconds=140), values[1])],
+            resource=DMS_RESOURCE,
+            resource_labels={"migration_job_id": job},
+            metric_labels={"database": world.db},
+        )
+    # Another database's series of the same job is not this one's.
+    world.standin.add_points(
+        DMS_LAG_SECONDS,
+        [(now - timedelta(seconds=60), 999)],
+        resource=DMS_RESOURCE,
+        resource_labels={"migration_job_id": job},
+        metric_labels={"database": "other"},
+    )
+    engine = world.engine
+    assert isinstance(engine, dms.DmsEngine)
+    sample = engine.monitored_lag(world.db, now=now)
+    assert sample is not None
+    assert (sample.seconds, sample.bytes) == (3, 4_096)
+    assert sample.age(now) == pytest.approx(140, abs=1)
+    said = engine.describe(world.db)
+    assert said is not None and "RUNNING/CDC" in said
+    assert "monitored lag 3 s, 4096 B (14" in said and "s old)" in said
+    # The exact lag is the source's slots', and there is none: no figure is made up.
+    assert engine.lag(world.db) is None
