@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cutover.steps import Change
-from cutover.types import Lag, SyncProgress, TableName
+from cutover.types import Lag, MonitoredLag, SyncProgress, TableName
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,10 @@ class Engine(Protocol):
 
     def lag(self, db: str) -> Lag | None:
         """How far the target is behind; None: the source keeps no position for it."""
+        ...
+
+    def monitored_lag(self, db: str) -> MonitoredLag | None:
+        """The service's own lag figures, for status and metrics only (None: it has none)."""
         ...
 
     def apply_errors(self, db: str) -> int:

@@ -22,7 +22,6 @@ minutes old; `describe` shows them with their age, and nothing decides on them.
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from cutover import wait
@@ -54,7 +53,7 @@ from cutover.pg import dms as pgdms
 from cutover.pg.connect import Connection, Pool
 from cutover.plan import Dms, Plan, resolve_secret
 from cutover.steps import Change
-from cutover.types import Lag, SyncProgress, TableName, TableState
+from cutover.types import Lag, MonitoredLag, SyncProgress, TableName, TableState
 
 log = logging.getLogger(__name__)
 
@@ -101,19 +100,6 @@ _JOB_STATES = {
 def resource_id(move: str, suffix: str = "") -> str:
     """A DMS resource ID of the move: a-z, 0-9 and -, as DMS takes them."""
     return "cutover-" + move.replace("_", "-") + (f"-{suffix}" if suffix else "")
-
-
-@dataclass(frozen=True)
-class MonitoredLag:
-    """DMS's own lag figures from Cloud Monitoring: a sample, never current."""
-
-    seconds: float | None
-    bytes: int | None
-    sampled_at: datetime
-
-    def age(self, now: datetime) -> float:
-        """Seconds since the sample's interval ended."""
-        return max(0.0, (now - self.sampled_at).total_seconds())
 
 
 class DmsEngine:
@@ -493,7 +479,7 @@ class DmsEngine:
         return MonitoredLag(
             seconds=None if seconds is None else seconds[0],
             bytes=None if by_bytes is None else int(by_bytes[0]),
-            sampled_at=max(at for _, at in figures.values()),
+            sampled_at=max(at for _, at in figures.values()).timestamp(),
         )
 
     def apply_errors(self, db: str) -> int:
@@ -527,7 +513,7 @@ class DmsEngine:
             figures.append(f"{sample.seconds:g} s")
         if sample.bytes is not None:
             figures.append(f"{sample.bytes} B")
-        age = sample.age(datetime.now(UTC))
+        age = sample.age()
         return said + f"; monitored lag {', '.join(figures)} ({age:.0f} s old)"
 
     def heartbeat(self, db: str) -> None:

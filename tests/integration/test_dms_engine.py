@@ -391,7 +391,7 @@ def test_monitoring_s_lag_is_shown_with_the_age_of_its_sample_and_decides_nothin
     sample = engine.monitored_lag(world.db, now=now)
     assert sample is not None
     assert (sample.seconds, sample.bytes) == (3, 4_096)
-    assert sample.age(now) == pytest.approx(140, abs=1)
+    assert sample.age(now.timestamp()) == pytest.approx(140, abs=1)
     said = engine.describe(world.db)
     assert said is not None and "RUNNING/CDC" in said
     assert "monitored lag 3 s, 4096 B (14" in said and "s old)" in said
