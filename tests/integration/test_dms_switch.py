@@ -5,6 +5,7 @@ between the lab's servers (tests/gcp/backend.py): the destination read-only
 until the promotion, every object DMS made owned by `cloudsqlexternalsync`.
 """
 
+import re
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -44,6 +45,12 @@ def test_a_dms_switch_under_load_loses_no_acknowledged_write(
     status = cutover("status", "-p", str(under_load.plan))
     assert status.code == 0, status.stdout + status.stderr
     assert "DMS job" in status.stdout and "RUNNING/CDC" in status.stdout
+
+    planned = cutover("switch", "-p", str(under_load.plan), "--dry-run")
+    assert planned.code == 0, planned.stdout + planned.stderr
+    promote = re.compile(r"datamigration: POST /v1/\S+/migrationJobs/cutover-[a-z0-9-]+:promote")
+    assert promote.search(planned.stdout), planned.stdout  # the call it would send
+    assert "RUNNING/CDC" in cutover("status", "-p", str(under_load.plan)).stdout  # sent none
 
     result = cutover("switch", "-p", str(under_load.plan), "--yes")
     assert result.code == 0, result.stdout + result.stderr
