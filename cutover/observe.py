@@ -70,6 +70,7 @@ def snapshot(move: state.MoveState) -> metrics.Snapshot:
 
 def _replication(engine: str, db: state.DatabaseState) -> metrics.Replication:
     facts, lag, progress = db.replication, db.replication.lag, db.replication.progress
+    monitored = facts.monitored
     return metrics.Replication(
         database=db.name,
         engine=engine,
@@ -88,4 +89,7 @@ def _replication(engine: str, db: state.DatabaseState) -> metrics.Replication:
         copy_bytes_total=progress.bytes_total if progress else None,
         rows_target=db.rows_target,
         rows_source=db.rows_source,
+        monitored_lag_seconds=monitored.seconds if monitored else None,
+        monitored_lag_bytes=monitored.bytes if monitored else None,
+        monitored_lag_age_seconds=monitored.age() if monitored else None,
     )

@@ -263,6 +263,8 @@ def _slots(plan: Plan, conn: Connection) -> Iterator[Finding]:
 
 def fallback_problems(plan: Plan, pool: Pool) -> list[str]:
     """Why `switch --keep-fallback` could not replicate back to the source (empty: it can)."""
+    if plan.engine is Engine.DMS:
+        return ["the dms engine replicates one way: DMS has no job back to the source"]
     source, target = pool.get("source"), pool.get("target")
     needed = len(plan.databases)
     settings = catalog.settings(target, ["wal_level", "max_replication_slots", "max_wal_senders"])

@@ -24,7 +24,7 @@ from cutover.ledger import Journal, Pause, StepRecord, last_verification
 from cutover.log import redact
 from cutover.plan import Plan
 from cutover.steps import SWITCH_SCOPE, SwitchStep
-from cutover.types import Lag, Side, SyncProgress
+from cutover.types import Lag, MonitoredLag, Side, SyncProgress
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -43,6 +43,7 @@ class Replication:
     description: str | None = None  # the engine's own words, when it has any
     apply_errors: int | None = None  # the apply worker's failures since the subscription began
     apply_stopped: bool | None = None  # the apply worker is stopped by a failure right now
+    monitored: MonitoredLag | None = None  # the service's own figures (DMS), minutes old
 
     @property
     def replicating(self) -> bool:
@@ -290,6 +291,7 @@ def _replication(
         else None,
         apply_errors=reading.attempt(lambda: engine.apply_errors(db)) if subscribed else None,
         apply_stopped=reading.attempt(lambda: engine.apply_stopped(db)) if subscribed else None,
+        monitored=reading.attempt(lambda: engine.monitored_lag(db)) if subscribed else None,
     )
 
 

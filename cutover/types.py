@@ -100,3 +100,20 @@ class Lag:
     def lost(self) -> bool:
         """The source gave up: the WAL it kept for the target is gone."""
         return self.retention == "lost"
+
+
+@dataclass(frozen=True)
+class MonitoredLag:
+    """A managed service's own lag figures (Cloud Monitoring's): a sample, minutes old.
+
+    Shown beside the exact lag, never used to decide: the switch proves zero lag
+    with its barrier.
+    """
+
+    seconds: float | None
+    bytes: int | None
+    sampled_at: float  # the end of the sample's interval, seconds since the epoch
+
+    def age(self, now: float | None = None) -> float:
+        """Seconds since the sample's interval ended."""
+        return max(0.0, (time.time() if now is None else now) - self.sampled_at)

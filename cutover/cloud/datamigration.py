@@ -10,7 +10,7 @@ job's state first and calls them only when the job needs them. The request
 bodies are built here too, from the plan's dms section.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from cutover.cloud.client import Call, Clients, NotFound
@@ -101,8 +101,10 @@ def job_body(
     network: str | None,
     display_name: str,
     labels: Mapping[str, str] | None = None,
+    databases: Sequence[str] | None = None,
 ) -> Body:
-    """A continuous migration job between two profiles (their full names)."""
+    """A continuous migration job between two profiles (their full names); with
+    `databases`, only those (else every database of the source)."""
     body: Body = {
         "displayName": display_name,
         "type": "CONTINUOUS",
@@ -112,6 +114,15 @@ def job_body(
         "destinationDatabase": dict(_POSTGRES_ON_CLOUD_SQL),
         "labels": dict(labels or {}),
     }
+    if databases is not None:
+        body["objectsConfig"] = {
+            "sourceObjectsConfig": {
+                "objectsSelectionType": "SPECIFIED_OBJECTS",
+                "objectConfigs": [
+                    {"objectIdentifier": {"database": db, "type": "DATABASE"}} for db in databases
+                ],
+            }
+        }
     if connectivity is Connectivity.VPC_PEERING:
         body["vpcPeeringConnectivity"] = {"vpc": network}
     else:

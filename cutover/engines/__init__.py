@@ -1,7 +1,8 @@
 """Replication engines behind one Protocol (base.py); each is imported only when chosen.
 
 An engine is one module with `build(plan, pool) -> Engine`; native and pglogical
-share postgres.py. No engine imports another.
+share postgres.py; dms drives Google's Database Migration Service. No engine
+imports another.
 """
 
 import time
@@ -21,6 +22,7 @@ BARRIER_POLL_SECONDS = 0.01
 _MODULES = {
     EngineKind.NATIVE: "cutover.engines.native",
     EngineKind.PGLOGICAL: "cutover.engines.pglogical",
+    EngineKind.DMS: "cutover.engines.dms",  # the only one that loads Google's client
 }
 
 
@@ -30,7 +32,7 @@ def engine_for(plan: Plan, pool: Pool) -> Engine:
     if module_name is None:
         raise UsageError(
             f"the {plan.engine.value} engine is not available yet",
-            hint="use engine: native or pglogical",
+            hint="use engine: native, pglogical or dms",
         )
     engine: Engine = import_module(module_name).build(plan, pool)
     return engine

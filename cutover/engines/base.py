@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cutover.steps import Change
-from cutover.types import Lag, SyncProgress, TableName
+from cutover.types import Lag, MonitoredLag, SyncProgress, TableName
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,9 @@ class Traits:
     copies_schema: bool = False  # the initial sync creates the target's schema itself
     sets_sequences_at_promote: bool = False  # promote carries the sequences: no copy step
     target_read_only_until_promote: bool = False  # nothing may write the target before
+    # The switch removes what replicated (subscription, slot) once the writers are back;
+    # otherwise cleanup does (a DMS job stays for its owner to look at until cleanup).
+    released_by_switch: bool = True
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,10 @@ class Engine(Protocol):
 
     def lag(self, db: str) -> Lag | None:
         """How far the target is behind; None: the source keeps no position for it."""
+        ...
+
+    def monitored_lag(self, db: str) -> MonitoredLag | None:
+        """The service's own lag figures, for status and metrics only (None: it has none)."""
         ...
 
     def apply_errors(self, db: str) -> int:

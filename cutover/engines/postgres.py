@@ -14,7 +14,7 @@ from cutover.pg import admin, replication
 from cutover.pg.connect import Pool
 from cutover.plan import Plan
 from cutover.steps import Change
-from cutover.types import Lag, SyncProgress, TableName
+from cutover.types import Lag, MonitoredLag, SyncProgress, TableName
 
 
 class Replication(Protocol):
@@ -149,6 +149,10 @@ class PerDatabase:
 
     def lag(self, db: str) -> Lag | None:
         return lag_of(self._of(db).slot())
+
+    def monitored_lag(self, db: str) -> MonitoredLag | None:
+        """None: the slot's lag is the only one, and it is exact."""
+        return None
 
     def apply_errors(self, db: str) -> int:
         return self._of(db).apply_errors()

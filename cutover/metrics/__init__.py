@@ -32,6 +32,10 @@ class Replication:
     copy_bytes_total: int | None = None
     rows_target: int | None = None
     rows_source: int | None = None
+    # A managed service's own figures (Cloud Monitoring), and how old their sample is.
+    monitored_lag_seconds: float | None = None
+    monitored_lag_bytes: int | None = None
+    monitored_lag_age_seconds: float | None = None
 
 
 @dataclass(frozen=True)

@@ -171,6 +171,21 @@ _REPLICATION_GAUGES = (
         "Rows on the target, from statistics, plus rows a running COPY wrote",
     ),
     ("rows_source", "cutover_copy_rows_total", "Rows on the source, from statistics"),
+    (
+        "monitored_lag_seconds",
+        "cutover_monitored_lag_seconds",
+        "The managed service's own lag (DMS, from Cloud Monitoring): minutes old, never decides",
+    ),
+    (
+        "monitored_lag_bytes",
+        "cutover_monitored_lag_bytes",
+        "The managed service's own lag in bytes (DMS, from Cloud Monitoring)",
+    ),
+    (
+        "monitored_lag_age_seconds",
+        "cutover_monitored_lag_sample_age_seconds",
+        "Age of the managed service's last lag sample (Cloud Monitoring shows one 1-3 min late)",
+    ),
 )
 
 

@@ -11,11 +11,14 @@
    which the schema copy brings to the target).
 6. create_replication_role: a role that may replicate and read, nothing more.
 7. copy_schema: pg_dump the schema; restore its pre-data part on the target
-   (tables, types, functions: no index yet, so the copy fills bare tables);
-   left to the engine where it copies the schema itself.
+   (tables, types, functions: no index yet, so the copy fills bare tables).
 8. create_target_barrier: adopted when the schema copy brought it.
 9. create_publication: every replicated table of the source (pglogical: a
    replication set of the tables and sequences, on the source's node).
+
+An engine that copies the schema itself (`copies_schema`: DMS) makes the
+target's database too, and wants it absent until then: prepare leaves the
+target alone (no steps 2, 7 and 8; the barrier table comes with its copy).
 """
 
 from collections.abc import Sequence
@@ -85,13 +88,29 @@ def phase(
                 partial(database.ddl_guard_exists, plan, servers, db),
             ),
         )
+    target: tuple[Step, ...] = ()
     schema: tuple[Step, ...] = ()
+    target_barrier: tuple[Step, ...] = ()
     if not engine.traits.copies_schema:
+        target = (
+            Step(
+                "create_target_database",
+                partial(database.create, servers, Side.TARGET, db),
+                partial(database.exists, servers, Side.TARGET, db),
+            ),
+        )
         schema = (
             Step(
                 "copy_schema",
                 partial(database.copy_pre_data, plan, servers, db),
                 partial(database.pre_data_copied, servers, db),
+            ),
+        )
+        target_barrier = (
+            Step(
+                "create_target_barrier",
+                partial(database.create_barrier_table, servers, Side.TARGET, db),
+                partial(database.barrier_table_exists, servers, Side.TARGET, db),
             ),
         )
     return Phase(
@@ -103,11 +122,7 @@ def phase(
                 prepare.logical_decoding_on,
                 attempts=1,
             ),
-            Step(
-                "create_target_database",
-                partial(database.create, servers, Side.TARGET, db),
-                partial(database.exists, servers, Side.TARGET, db),
-            ),
+            *target,
             Step(
                 "create_source_barrier",
                 partial(database.create_barrier_table, servers, Side.SOURCE, db),
@@ -121,11 +136,7 @@ def phase(
                 partial(engine.access_granted, db),
             ),
             *schema,
-            Step(
-                "create_target_barrier",
-                partial(database.create_barrier_table, servers, Side.TARGET, db),
-                partial(database.barrier_table_exists, servers, Side.TARGET, db),
-            ),
+            *target_barrier,
             Step(
                 "create_publication",
                 partial(engine.prepare_source, db),

@@ -16,7 +16,9 @@
 An engine whose target has its keys before the copy (`keys_before_copy`:
 pglogical applies changes as soon as its copy commits) restores post-data
 first, and its copy_data waits for that copy. An engine that copies the
-schema itself (`copies_schema`) has no restore_post_data step.
+schema itself (`copies_schema`) has no restore_post_data step, and makes the
+target database itself. On a target that takes no write before its promotion
+(`target_read_only_until_promote`) the views are refreshed by the switch only.
 
 `start --recopy` runs the recopy phase first, for a move whose changes were
 lost to the target (its slot dropped or invalidated): the subscription and
@@ -49,8 +51,10 @@ RECOPY_HINT = (
 
 
 def require_prepared(servers: Pool, db: str, engine: Engine) -> None:
-    """Raise unless prepare made the target database and readied the source."""
-    if not database.exists(servers, Side.TARGET, db) or not engine.source_prepared(db):
+    """Raise unless prepare made the target database (unless the engine makes it) and
+    readied the source."""
+    target_ready = engine.traits.copies_schema or database.exists(servers, Side.TARGET, db)
+    if not target_ready or not engine.source_prepared(db):
         raise PreconditionFailed(
             f"{db} is not prepared for this move (no target database or no publication)",
             hint="run `cutover prepare` until it finishes, then start again",
@@ -100,7 +104,8 @@ def phase(
     limits = plan.thresholds
 
     def sync_started() -> bool:
-        return database.exists(servers, Side.TARGET, db) and engine.initial_sync_started(db)
+        made = engine.traits.copies_schema or database.exists(servers, Side.TARGET, db)
+        return made and engine.initial_sync_started(db)
 
     def copy_data(*, dry_run: bool) -> Sequence[Change]:
         require_prepared(servers, db, engine)
@@ -186,16 +191,21 @@ def phase(
         first = (post, copy)
     else:
         first = (copy, post)
+    views: tuple[Step, ...] = ()
+    if not engine.traits.target_read_only_until_promote:
+        views = (
+            Step(
+                "refresh_materialized_views",
+                partial(database.refresh_views, servers, db, unpopulated_only=True),
+                partial(database.views_populated, servers, db),
+            ),
+        )
     return Phase(
         "start",
         (
             *first,
             Step("start_streaming", partial(engine.stream, db), partial(engine.streaming, db)),
             Step("wait_for_catchup", wait_for_catchup, caught_up, attempts=1),
-            Step(
-                "refresh_materialized_views",
-                partial(database.refresh_views, servers, db, unpopulated_only=True),
-                partial(database.views_populated, servers, db),
-            ),
+            *views,
         ),
     )

@@ -599,7 +599,11 @@ def phase(
         Step(S.REPOINT, switch.repoint, switch.is_repointed if switch.repoints else None),
         Step(S.START_WRITERS, switch.start_writers, attempts=1),
         Step(S.REFRESH_MATERIALIZED_VIEWS, switch.refresh_materialized_views, attempts=1),
-        Step(S.RELEASE_SOURCE, switch.release_source, switch.is_released),
+        *(
+            [Step(S.RELEASE_SOURCE, switch.release_source, switch.is_released)]
+            if traits.released_by_switch
+            else []
+        ),
         # Off the pause: counted in the snapshots pinned at the barrier, writers writing.
         Step(S.VERIFY_COUNTS, partial(switch.verify_counts, promoted=True), attempts=1),
         # Last: an unhealthy writer leaves the views refreshed and the switch otherwise done.

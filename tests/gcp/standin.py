@@ -21,7 +21,10 @@ talks to it through `api_endpoint`. What it keeps is in memory:
 What a migration job does is a `JobBackend`: the in-memory one counts reads
 of the job to end the full dump; a backend that runs real replication between
 lab servers can take its place (the hooks are called on create, verify,
-start, each read while running, promote and delete).
+start, each read while running, promote and delete). What an instance does is
+an optional `InstanceBackend` (tests/gcp/backend.py puts lab servers behind
+instances: flags, restarts, backups and the lag series are then real); an
+operation whose work runs in the world is done only once that work is.
 """
 
 import itertools
@@ -103,6 +106,17 @@ class Op:
     done: bool = False
     error: str | None = None
     extra: Json = field(default_factory=dict)  # Cloud SQL: backupContext
+    work: "Work | None" = None  # what runs in the world: the operation waits for it
+
+
+class Work(Protocol):
+    """Something an operation started in the world (a restart, a dump)."""
+
+    def finished(self) -> bool: ...
+
+    def error(self) -> str | None:
+        """An error message once finished, else None."""
+        ...
 
 
 class JobBackend(Protocol):
@@ -120,9 +134,33 @@ class JobBackend(Protocol):
         """The phase of a running job, asked at each read (FULL_DUMP, then CDC)."""
         ...
 
+    def stopped(self, job: Json) -> None: ...
+
     def promoted(self, job: Json) -> None: ...
 
     def deleted(self, job: Json) -> None: ...
+
+    def databases(self, job: Json) -> list[str] | None:
+        """The job's databases (its objects), or None for the stand-in's own list."""
+        ...
+
+
+class InstanceBackend(Protocol):
+    """What a Cloud SQL instance does in the world, for the instances it serves."""
+
+    def serves(self, instance: str) -> bool: ...
+
+    def set_flags(self, instance: str, flags: list[Json]) -> str | None:
+        """Apply the whole list of databaseFlags; an error message, or None."""
+        ...
+
+    def restart(self, instance: str) -> Work: ...
+
+    def backup(self, instance: str, backup_id: str) -> Work: ...
+
+    def series(self, metric: str) -> list[Json]:
+        """The time series of a metric this backend measures (points as timeSeries.list)."""
+        ...
 
 
 @dataclass
@@ -150,11 +188,17 @@ class InMemoryJobs:
         self.reads[job["name"]] = count
         return "CDC" if count > self.dump_reads else "FULL_DUMP"
 
+    def stopped(self, job: Json) -> None:
+        self.events.append(("stopped", job["name"]))
+
     def promoted(self, job: Json) -> None:
         self.events.append(("promoted", job["name"]))
 
     def deleted(self, job: Json) -> None:
         self.events.append(("deleted", job["name"]))
+
+    def databases(self, job: Json) -> list[str] | None:
+        return None
 
 
 def _now() -> str:
@@ -178,9 +222,17 @@ _FILTER_CLAUSE = re.compile(r'([\w.]+)\s*=\s*"((?:[^"\\]|\\.)*)"')
 class Standin:
     """The stand-in's state and its request handling; `serve()` puts it on a port."""
 
-    def __init__(self, *, polls_to_done: int = 1, backend: JobBackend | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        polls_to_done: int = 1,
+        backend: JobBackend | None = None,
+        instances: InstanceBackend | None = None,
+    ) -> None:
         self.polls_to_done = polls_to_done
         self.backend: JobBackend = backend or InMemoryJobs()
+        self.instance_backend = instances
+        self.passwords: dict[str, str] = {}  # profile name -> its input-only password
         self.lock = threading.RLock()
         self.requests: list[Request] = []
         self.faults: list[Fault] = []
@@ -393,13 +445,20 @@ class Standin:
     # -- operations
 
     def _operation(
-        self, api: str, parent: str, *, target: str, verb: str, finish: Callable[[], str | None]
+        self,
+        api: str,
+        parent: str,
+        *,
+        target: str,
+        verb: str,
+        finish: Callable[[], str | None],
+        work: Work | None = None,
     ) -> Op:
         op_id = f"op-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
         name = f"{parent}/operations/{op_id}" if api == "datamigration" else op_id
-        op = Op(name, api, self.polls_to_done, finish, target, verb)
+        op = Op(name, api, self.polls_to_done, finish, target, verb, work=work)
         self.operations[name] = op
-        if op.polls_left <= 0:
+        if op.polls_left <= 0 and (work is None or work.finished()):
             self._finish(op)
         return op
 
@@ -413,7 +472,7 @@ class Standin:
             raise ApiFailure(404, f"operation {name} not found")
         if not op.done:
             op.polls_left -= 1
-            if op.polls_left <= 0:
+            if op.polls_left <= 0 and (op.work is None or op.work.finished()):
                 self._finish(op)
         return op
 
@@ -500,7 +559,8 @@ class Standin:
         sql = profile.get("postgresql")
         if isinstance(sql, dict) and "password" in sql:
             sql["passwordSet"] = True
-            del sql["password"]  # input only
+            # Input only: never answered, but kept for a backend that connects as DMS would.
+            self.passwords[name] = sql.pop("password")
         self.profiles[name] = profile
 
         def finish() -> None:
@@ -659,6 +719,7 @@ class Standin:
 
             def finish() -> str | None:
                 job["state"] = "STOPPED"
+                self.backend.stopped(job)
                 return None
 
         else:
@@ -696,7 +757,7 @@ class Standin:
         self, *, project: str, location: str, id: str, query: dict[str, str], **_: Any
     ) -> Json:
         job = self._get_job(project, location, id)
-        databases = self.databases
+        databases = self.backend.databases(job) or self.databases
         running = job["state"] in ("RUNNING", "COMPLETED")
         objects = [
             {
@@ -733,6 +794,11 @@ class Standin:
                 "Operation failed because another operation was already in progress.",
             )
 
+    def _lab(self, instance: str) -> InstanceBackend | None:
+        """The backend that serves this instance in the world, if any."""
+        lab = self.instance_backend
+        return lab if lab is not None and lab.serves(instance) else None
+
     def _instance(self, *, project: str, instance: str, **_: Any) -> Json:
         return self._get_instance(project, instance)
 
@@ -741,10 +807,17 @@ class Standin:
         self._busy(instance)
         patch = json.loads(json.dumps(body))
 
-        def finish() -> None:
+        def finish() -> str | None:
+            flags = patch.get("settings", {}).get("databaseFlags")
+            lab = self._lab(instance)
+            if lab is not None and flags is not None:
+                error = lab.set_flags(instance, flags)
+                if error is not None:
+                    return error
             _merge(current, patch)
             settings = current["settings"]
             settings["settingsVersion"] = str(int(settings["settingsVersion"]) + 1)
+            return None
 
         op = self._operation("sqladmin", "", target=instance, verb="UPDATE", finish=finish)
         return self._sql_op_json(op, project)
@@ -753,10 +826,16 @@ class Standin:
         self._get_instance(project, instance)
         self._busy(instance)
 
-        def finish() -> None:
-            self.restarts[instance] = self.restarts.get(instance, 0) + 1
+        lab = self._lab(instance)
+        work = lab.restart(instance) if lab is not None else None
 
-        op = self._operation("sqladmin", "", target=instance, verb="RESTART", finish=finish)
+        def finish() -> str | None:
+            self.restarts[instance] = self.restarts.get(instance, 0) + 1
+            return work.error() if work is not None else None
+
+        op = self._operation(
+            "sqladmin", "", target=instance, verb="RESTART", finish=finish, work=work
+        )
         return self._sql_op_json(op, project)
 
     def _insert_backup(self, *, project: str, instance: str, body: Json, **_: Any) -> Json:
@@ -774,10 +853,18 @@ class Standin:
         }
         self.backups[(instance, backup_id)] = run
 
-        def finish() -> None:
-            run["status"] = "SUCCESSFUL"
+        lab = self._lab(instance)
+        work = lab.backup(instance, backup_id) if lab is not None else None
 
-        op = self._operation("sqladmin", "", target=instance, verb="BACKUP_VOLUME", finish=finish)
+        def finish() -> str | None:
+            error = work.error() if work is not None else None
+            run["status"] = "FAILED" if error else "SUCCESSFUL"
+            run["endTime"] = _now()
+            return error
+
+        op = self._operation(
+            "sqladmin", "", target=instance, verb="BACKUP_VOLUME", finish=finish, work=work
+        )
         op.extra["backupContext"] = {"kind": "sql#backupContext", "backupId": backup_id}
         if not op.done:
             run["status"] = "RUNNING"
@@ -802,7 +889,10 @@ class Standin:
         end = query["interval.endTime"]
         start = query.get("interval.startTime") or end
         found = []
-        for series in self.series:
+        measured = (
+            self.instance_backend.series(clauses["metric.type"]) if self.instance_backend else []
+        )
+        for series in [*self.series, *measured]:
             if series["metric"]["type"] != clauses["metric.type"]:
                 continue
             if (

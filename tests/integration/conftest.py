@@ -21,6 +21,7 @@ from cutover.pg import load as load_sql
 from cutover.plan import load as load_plan
 from tests import pgbouncer
 from tests.conftest import Databases, Result, connect
+from tests.gcp.backend import ENABLE_PGLOGICAL, LOGICAL_DECODING, lab_standin
 
 TABLES = 12
 TABLE_NAMES = [*load_sql.table_names(TABLES), load_sql.KEYLESS]
@@ -108,10 +109,43 @@ def apply_superuser_fixes(lab: Lab, plan: Path, cutover: Callable[..., Result]) 
 
 
 @pytest.fixture
+def plan_extra() -> dict[str, Any]:
+    """More top-level keys for under_load's plan (a test module overrides it: dms)."""
+    return {}
+
+
+def dms_section(stack: ExitStack, lab: Lab, tmp_path: Path) -> dict[str, Any]:
+    """A plan's dms section pointing at a stand-in whose DMS jobs replicate between the
+    lab's servers (the databases each job selects), served until `stack` closes."""
+    standin, _ = stack.enter_context(
+        lab_standin(
+            lab,
+            project="lab-project",
+            instances={"lab-source": "source", "lab-target": "target"},
+            backup_dir=tmp_path / "backups",
+            polls_to_done=0,
+            delay=0.5,
+            period=0.2,
+            flags={"lab-source": {LOGICAL_DECODING: "on", ENABLE_PGLOGICAL: "on"}},
+        )
+    )
+    endpoint = stack.enter_context(standin.serve())
+    return {
+        "project": "lab-project",
+        "region": "europe-west1",
+        "source_instance": "lab-source",
+        "target_instance": "lab-target",
+        "credentials": "anonymous",
+        "api_endpoints": {"datamigration": endpoint, "sqladmin": endpoint, "monitoring": endpoint},
+    }
+
+
+@pytest.fixture
 def under_load(
     engine: str,
     controller: str,
     pooler: str,
+    plan_extra: dict[str, Any],
     lab: Lab,
     databases: Databases,
     write_plan: Callable[..., Path],
@@ -190,6 +224,7 @@ def under_load(
         repoint=repoint,
         fence={"roles": [role, clerk]},
         thresholds={"lag_window": "1s", "switch_timeout": "5s"},
+        **plan_extra,
     )
     log_path = tmp_path / "writes.jsonl"
     handle = log_path.open("a")

@@ -181,3 +181,39 @@ def test_steps_recorded_without_phase_and_scope_are_read_back_from_their_key(
     samples = {s.step: s for s in map(step_state, journal.steps().values())}
     assert (samples[step].scope, samples[step].phase) == (scope, phase)
     assert (samples["x"].scope, samples["x"].phase) == (scope, phase)
+
+
+def test_a_managed_service_s_own_lag_is_exported_beside_the_exact_one_with_its_age() -> None:
+    snapshot = metrics.Snapshot(
+        servers={"source": True},
+        replication=[
+            metrics.Replication(
+                "db",
+                "dms",
+                lag_bytes=120,
+                monitored_lag_seconds=3.0,
+                monitored_lag_bytes=4096,
+                monitored_lag_age_seconds=140.0,
+            )
+        ],
+    )
+    families = {f.name: f for f in exporter.MoveCollector("m", lambda: snapshot).collect()}
+    values = {
+        name: [s.value for s in families[name].samples]
+        for name in (
+            "cutover_replication_lag_bytes",
+            "cutover_monitored_lag_seconds",
+            "cutover_monitored_lag_bytes",
+            "cutover_monitored_lag_sample_age_seconds",
+        )
+    }
+    assert values == {
+        "cutover_replication_lag_bytes": [120.0],
+        "cutover_monitored_lag_seconds": [3.0],
+        "cutover_monitored_lag_bytes": [4096.0],
+        "cutover_monitored_lag_sample_age_seconds": [140.0],
+    }
+    # An engine without such figures exports none of them.
+    plain = metrics.Snapshot(servers={}, replication=[metrics.Replication("db", "native")])
+    names = {f.name: f for f in exporter.MoveCollector("m", lambda: plain).collect()}
+    assert names["cutover_monitored_lag_seconds"].samples == []

@@ -1,6 +1,8 @@
 """The plan's dms section: what validates, what does not, and what the errors say."""
 
 import copy
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -8,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cutover.engines import engine_for
-from cutover.errors import PlanError, UsageError
+from cutover.errors import PlanError
 from cutover.pg.connect import Pool
 from cutover.plan import CloudCredentials, Connectivity, parse
 
@@ -130,9 +132,26 @@ def test_a_literal_credential_is_refused_and_never_repeated(tail: str) -> None:
     assert secret not in message
 
 
-def test_the_engine_factory_says_dms_is_not_available_yet() -> None:
-    plan = parse(DMS)
-    with pytest.raises(UsageError) as caught:
-        engine_for(plan, Pool({}))
-    assert caught.value.message == "the dms engine is not available yet"
-    assert "native or pglogical" in caught.value.hint
+def test_the_engine_factory_builds_dms_and_only_it_loads_google_s_client() -> None:
+    endpoint = "http://127.0.0.1:9/"
+    endpoints = {"datamigration": endpoint, "sqladmin": endpoint, "monitoring": endpoint}
+    plan = parse(with_dms(credentials="anonymous", api_endpoints=endpoints))
+    engine = engine_for(plan, Pool({}))  # nothing is sent or connected yet
+    assert engine.kind == "dms"
+    assert engine.traits.copies_schema and engine.traits.target_read_only_until_promote
+    assert not engine.traits.sets_sequences_at_promote  # the switch copies them after
+    native = {**copy.deepcopy(DMS), "engine": "native"}
+    del native["dms"]
+    script = (
+        "import sys\n"
+        "from cutover.engines import engine_for\n"
+        "from cutover.pg.connect import Pool\n"
+        "from cutover.plan import parse\n"
+        f"engine_for(parse({native!r}), Pool({{}}))\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('google', 'cutover.cloud')))\n"
+        "assert not loaded, loaded\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], check=False, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr

@@ -79,6 +79,9 @@ def test_prepare_and_start_leave_the_schema_to_an_engine_that_copies_it(
     prepared = names(prepare.phase(the_plan, Pool({}), "app", engine))
     started = names(start.phase(the_plan, Pool({}), "app", engine))
     assert ("copy_schema" in prepared) is not copies_schema
+    # The engine that copies the schema makes the target database too: prepare leaves it.
+    assert ("create_target_database" in prepared) is not copies_schema
+    assert ("create_target_barrier" in prepared) is not copies_schema
     if copies_schema:
         assert started[0] == "copy_data" and "restore_post_data" not in started
     elif keys_before_copy:
@@ -86,3 +89,13 @@ def test_prepare_and_start_leave_the_schema_to_an_engine_that_copies_it(
     else:
         assert started[:2] == ["copy_data", "restore_post_data"]
     assert started[-3:] == ["start_streaming", "wait_for_catchup", "refresh_materialized_views"]
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_start_refreshes_views_only_on_a_target_that_takes_writes(
+    tmp_path: Path, read_only: bool
+) -> None:
+    the_plan = plan(tmp_path, LargeObjects.FAIL)
+    engine = declared(Traits(target_read_only_until_promote=read_only), the_plan)
+    started = names(start.phase(the_plan, Pool({}), "app", engine))
+    assert ("refresh_materialized_views" in started) is not read_only
