@@ -35,11 +35,14 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 
 import yaml
 from psycopg import sql
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, for dms's stand-in
 
 from cutover import load
 from cutover.lab import Lab, free_port
@@ -48,6 +51,7 @@ from cutover.pg import tools
 from cutover.pg.connect import Connection
 from cutover.pg.connect import connect as cutover_connect
 from cutover.plan import dump
+from tests.integration.conftest import dms_section  # the stand-in of Google's APIs, on the lab
 
 ROLE = "bench_writer"
 CURVE = (10, 100, 1000, 10000)
@@ -139,6 +143,7 @@ class App:
             target=self.load.run, kwargs={"port": self.port, "duration": None}
         )
         self.thread.start()
+        self.stack = ExitStack()  # what lives as long as the app: a stand-in of Google's APIs
 
     def point_to(self, side: str) -> None:
         port = self.lab.server(side).port
@@ -168,6 +173,7 @@ class App:
     def stop(self) -> None:
         self.load.stop.set()
         self.thread.join()
+        self.stack.close()
 
     def longest_gap(self, since: datetime) -> float:
         """Seconds of the longest gap between two acknowledged writes after `since`."""
@@ -193,6 +199,8 @@ def replicating(lab: Lab, work_dir: Path, app: App, engine: str, run: str) -> Pa
     """A plan for the app's database, prepared and streaming; its path."""
     control = f"http://127.0.0.1:{app.port}"
     plan = yaml.safe_load(dump(lab.plan([app.db], move=f"b{run}_{uuid.uuid4().hex[:4]}")))
+    if engine == "dms":
+        plan["dms"] = dms_section(app.stack, lab, work_dir / f"{app.db}.dms")
     plan.update(
         engine=engine,
         state_dir=str(work_dir / f"{app.db}.state"),
@@ -419,7 +427,11 @@ def main() -> None:
     parser.add_argument("--sequences", type=int, default=1000, help="sequences in all")
     parser.add_argument("--rate", type=float, default=300, help="writes per second")
     parser.add_argument(
-        "--engine", dest="engines", action="append", choices=("native", "pglogical")
+        "--engine",
+        dest="engines",
+        action="append",
+        choices=("native", "pglogical", "dms"),
+        help="repeat for several; dms runs against the lab-backed stand-in of Google's APIs",
     )
     parser.add_argument("--curve", action="store_true", help="10, 100, 1,000, 10,000 sequences")
     parser.add_argument("--no-peers", action="store_true", help="cutover only")
