@@ -25,6 +25,9 @@ class Traits:
     # The switch removes what replicated (subscription, slot) once the writers are back;
     # otherwise cleanup does (a DMS job stays for its owner to look at until cleanup).
     released_by_switch: bool = True
+    # The source's decoding is set through the service's API (Cloud SQL's flags), not by
+    # ALTER SYSTEM and a restart command: prepare asks the engine.
+    source_settings_by_api: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,15 @@ class Engine(Protocol):
 
     def lag(self, db: str) -> Lag | None:
         """How far the target is behind; None: the source keeps no position for it."""
+        ...
+
+    def source_decodes(self) -> bool:
+        """The source's settings let the move decode (with `source_settings_by_api`)."""
+        ...
+
+    def enable_decoding(self, *, restart: bool, dry_run: bool) -> Sequence[Change]:
+        """Set what the source needs to decode through the service's API; the restart
+        that takes happens only with `restart` (else PreconditionFailed, nothing changed)."""
         ...
 
     def monitored_lag(self, db: str) -> MonitoredLag | None:

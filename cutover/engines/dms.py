@@ -35,6 +35,7 @@ from cutover.cloud.datamigration import (
 )
 from cutover.cloud.monitoring import DMS_LAG_BYTES, DMS_LAG_SECONDS, DMS_RESOURCE, Monitoring
 from cutover.cloud.resources import (
+    Instance,
     JobPhase,
     JobState,
     MigrationJob,
@@ -59,7 +60,15 @@ log = logging.getLogger(__name__)
 
 # DMS copies the schema; nothing may write the destination before the promotion; the
 # sequences are copied by the switch right after it (DMS does not promise them).
-TRAITS = Traits(copies_schema=True, target_read_only_until_promote=True, released_by_switch=False)
+TRAITS = Traits(
+    copies_schema=True,
+    target_read_only_until_promote=True,
+    released_by_switch=False,
+    source_settings_by_api=True,
+)
+# The source's flags DMS needs; both restart the instance (Cloud SQL's documentation).
+SOURCE_FLAGS = {"cloudsql.logical_decoding": "on", "cloudsql.enable_pglogical": "on"}
+RESTART_SECONDS = 1800.0
 
 OPERATION_SECONDS = 1800.0  # a profile, a job, a verification or a demotion
 PROMOTE_SECONDS = 900.0  # the promotion, and the job reading COMPLETED after it
@@ -329,6 +338,68 @@ class DmsEngine:
 
     def _target(self, db: str) -> Connection:
         return self._pool.get("target", db)
+
+    # -- prepare: the source instance's flags ---------------------------------------------------
+
+    def _source_instance(self) -> Instance:
+        name = self._settings.source_instance
+        instance = self._sql.instance(name)
+        if instance is None:
+            raise PreconditionFailed(
+                f"the Cloud SQL instance {name} does not exist in project {self._settings.project}",
+                hint="check dms.source_instance and dms.project in the plan",
+            )
+        return instance
+
+    def source_decodes(self) -> bool:
+        """Both flags are on, and the source runs with them (the restart is done)."""
+        flags = {f.name: f.value for f in self._source_instance().flags}
+        if any(flags.get(name) != value for name, value in SOURCE_FLAGS.items()):
+            return False
+        return pgdms.decodes_with_pglogical(self._pool.get("source"))
+
+    def enable_decoding(self, *, restart: bool, dry_run: bool) -> Sequence[Change]:
+        """The flags set by a read-merge-write of the whole list, then the instance restarted.
+
+        Cloud SQL's instances.patch replaces the flag list: the list is read just
+        before and only these two flags change. Setting them restarts the instance,
+        so nothing is sent without `restart`; a dry run shows both calls.
+        """
+        instance = self._source_instance()
+        patch = self._sql.patch_flags(instance, SOURCE_FLAGS)
+        reboot = self._sql.restart(instance.name)
+        shown = [Change("cloudsql", c.render()) for c in ([patch] if patch else []) + [reboot]]
+        if dry_run:
+            return shown
+        if not restart:
+            raise PreconditionFailed(
+                f"the source instance {instance.name} needs the flags "
+                + ", ".join(f"{k}={v}" for k, v in SOURCE_FLAGS.items())
+                + " and a restart to take them: a minute or more without the database",
+                hint="run `cutover prepare --restart` at a quiet moment "
+                "(`--dry-run --restart` shows the calls first)",
+            )
+        if patch is not None:
+            self._send(
+                patch, what="setting the source's flags", timeout=RESTART_SECONDS, dry_run=False
+            )
+        self._pool.close()  # the restart ends every session
+        self._send(reboot, what="restarting the source", timeout=RESTART_SECONDS, dry_run=False)
+        wait.until(
+            self._quietly_decodes,
+            timeout=RESTART_SECONDS,
+            interval=1.0,
+            what=f"the source instance {instance.name} did not come back decoding",
+            hint="look at the instance in the console; run prepare again once it runs",
+        )
+        return shown
+
+    def _quietly_decodes(self) -> bool:
+        try:
+            return pgdms.decodes_with_pglogical(self._pool.get("source"))
+        except CutoverError:
+            self._pool.close()
+            return False
 
     def installed(self, db: str) -> bool:
         """pglogical is in the source database (DMS needs it in each one it migrates)."""

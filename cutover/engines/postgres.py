@@ -150,6 +150,14 @@ class PerDatabase:
     def lag(self, db: str) -> Lag | None:
         return lag_of(self._of(db).slot())
 
+    def source_decodes(self) -> bool:
+        """Not asked: prepare sets wal_level itself (ALTER SYSTEM)."""
+        return True
+
+    def enable_decoding(self, *, restart: bool, dry_run: bool) -> Sequence[Change]:
+        """Nothing: prepare sets wal_level itself (ALTER SYSTEM)."""
+        return []
+
     def monitored_lag(self, db: str) -> MonitoredLag | None:
         """None: the slot's lag is the only one, and it is exact."""
         return None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
-from cutover.pg import replication
+from cutover.pg import catalog, replication
 from cutover.pg.connect import Connection
 from cutover.pg.execute import change
 from cutover.pg.queries import load
@@ -236,3 +236,10 @@ def mark_promoted(conn: Connection, move: str, *, where: str, dry_run: bool) -> 
         sql.Literal(promotion_mark(move))
     )
     return change(conn, statement, where=where, dry_run=dry_run)
+
+
+def decodes_with_pglogical(conn: Connection) -> bool:
+    """wal_level is logical and pglogical is loaded: what DMS needs of a source."""
+    found = catalog.settings(conn, ["wal_level", "shared_preload_libraries"])
+    loaded = [lib.strip() for lib in found.get("shared_preload_libraries", "").split(",")]
+    return found.get("wal_level") == "logical" and "pglogical" in loaded

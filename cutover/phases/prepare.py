@@ -113,15 +113,25 @@ def phase(
                 partial(database.barrier_table_exists, servers, Side.TARGET, db),
             ),
         )
+    decoding = (
+        Step(  # Cloud SQL's flags, through its API
+            "enable_logical_decoding",
+            partial(engine.enable_decoding, restart=restart),
+            engine.source_decodes,
+            attempts=1,
+        )
+        if engine.traits.source_settings_by_api
+        else Step(
+            "enable_logical_decoding",
+            prepare.enable_logical_decoding,
+            prepare.logical_decoding_on,
+            attempts=1,
+        )
+    )
     return Phase(
         "prepare",
         (
-            Step(
-                "enable_logical_decoding",
-                prepare.enable_logical_decoding,
-                prepare.logical_decoding_on,
-                attempts=1,
-            ),
+            decoding,
             *target,
             Step(
                 "create_source_barrier",
