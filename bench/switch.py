@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import yaml
 from psycopg import sql
@@ -51,6 +52,7 @@ from cutover.pg import tools
 from cutover.pg.connect import Connection
 from cutover.pg.connect import connect as cutover_connect
 from cutover.plan import dump
+from tests import pgbouncer
 from tests.integration.conftest import dms_section  # the stand-in of Google's APIs, on the lab
 
 ROLE = "bench_writer"
@@ -123,11 +125,21 @@ def make_database(lab: Lab, db: str, args: argparse.Namespace) -> None:
 class App:
     """The application stand-in on one database: its env file, its load, its write log."""
 
-    def __init__(self, lab: Lab, work_dir: Path, args: argparse.Namespace, prefix: str) -> None:
+    def __init__(
+        self, lab: Lab, work_dir: Path, args: argparse.Namespace, prefix: str, *, pooled: bool
+    ) -> None:
         self.lab, self.password = lab, args.password
         self.db = f"{prefix}_{uuid.uuid4().hex[:6]}"
         make_database(lab, self.db, args)
         self.env = work_dir / f"{self.db}.env"
+        self.stack = ExitStack()  # what lives as long as the app: a PgBouncer, Google's stand-in
+        self.bouncer = (
+            self.stack.enter_context(
+                pgbouncer.running(lab.server("source"), self.db, {ROLE: self.password})
+            )
+            if pooled
+            else None
+        )
         self.point_to("source")
         self.log_path = work_dir / f"{self.db}.jsonl"
         self.port = free_port()
@@ -143,12 +155,22 @@ class App:
             target=self.load.run, kwargs={"port": self.port, "duration": None}
         )
         self.thread.start()
-        self.stack = ExitStack()  # what lives as long as the app: a stand-in of Google's APIs
 
     def point_to(self, side: str) -> None:
-        port = self.lab.server(side).port
+        """The application's connection string: the server's, or its PgBouncer's (for good)."""
+        port, db = self.lab.server(side).port, self.db
+        if self.bouncer is not None:
+            port, db = self.bouncer.port, "app"
         self.env.write_text(
-            f"DATABASE_URL=postgresql://{ROLE}:{self.password}@127.0.0.1:{port}/{self.db}\n"
+            f"DATABASE_URL=postgresql://{ROLE}:{self.password}@127.0.0.1:{port}/{db}\n"
+        )
+
+    def errors(self, since: datetime) -> int:
+        """Writes the application saw fail after `since`."""
+        return sum(
+            1
+            for entry in map(json.loads, self.log_path.read_text().splitlines())
+            if entry["op"] == "error" and datetime.fromisoformat(entry["at"]) >= since
         )
 
     def stop_writes(self) -> float:
@@ -201,20 +223,28 @@ def replicating(lab: Lab, work_dir: Path, app: App, engine: str, run: str) -> Pa
     plan = yaml.safe_load(dump(lab.plan([app.db], move=f"b{run}_{uuid.uuid4().hex[:4]}")))
     if engine == "dms":
         plan["dms"] = dms_section(app.stack, lab, work_dir / f"{app.db}.dms")
+    writers: list[dict[str, Any]] = [
+        {
+            "name": "app",
+            "http": {
+                "stop": f"{control}/pause",
+                "start": f"{control}/resume",
+                "status": f"{control}/drained",
+            },
+        }
+    ]
+    repoint: list[dict[str, Any]] = [
+        {"name": "env", "file": {"path": str(app.env), "key": "DATABASE_URL"}}
+    ]
+    if app.bouncer is not None:  # the application keeps running: its pool is paused instead
+        pool = {"pgbouncers": [app.bouncer.spec().model_dump(mode="json")], "databases": ["app"]}
+        writers = [{"name": "pool", "pgbouncer": pool}]
+        repoint = [{"name": "pool", "pgbouncer": pool}]
     plan.update(
         engine=engine,
         state_dir=str(work_dir / f"{app.db}.state"),
-        writers=[
-            {
-                "name": "app",
-                "http": {
-                    "stop": f"{control}/pause",
-                    "start": f"{control}/resume",
-                    "status": f"{control}/drained",
-                },
-            }
-        ],
-        repoint=[{"name": "env", "file": {"path": str(app.env), "key": "DATABASE_URL"}}],
+        writers=writers,
+        repoint=repoint,
         fence={"roles": [ROLE]},
         thresholds={"lag_window": "1s"},
     )
@@ -232,7 +262,7 @@ def seconds_between(a: str, b: str) -> float:
 def with_cutover(
     lab: Lab, work_dir: Path, args: argparse.Namespace, engine: str, run: str
 ) -> dict[str, float]:
-    app = App(lab, work_dir, args, f"bench_{engine}")
+    app = App(lab, work_dir, args, f"bench_{engine}", pooled=args.pgbouncer)
     try:
         plan_path = replicating(lab, work_dir, app, engine, run)
         rate = app.rate()
@@ -254,6 +284,7 @@ def with_cutover(
         "own": seconds_between(step("fence_source")["started_at"], step("promote")["ended_at"]),
         "app": app.longest_gap(began),
         "rate": rate,
+        "errors": app.errors(began),
     }
     # Each step from the end of the one before: its probe, its work and its record.
     switch = sorted(
@@ -273,7 +304,7 @@ def with_cutover(
 
 def by_hand(lab: Lab, work_dir: Path, args: argparse.Namespace, run: str) -> dict[str, float]:
     """The runbook: stop, wait for the LSN, a setval per sequence, drop, repoint, start."""
-    app = App(lab, work_dir, args, "bench_runbook")
+    app = App(lab, work_dir, args, "bench_runbook", pooled=False)
     try:
         replicating(lab, work_dir, app, "native", run)
         rate = app.rate()
@@ -304,7 +335,7 @@ def by_hand(lab: Lab, work_dir: Path, args: argparse.Namespace, run: str) -> dic
 
 def offline(lab: Lab, work_dir: Path, args: argparse.Namespace) -> dict[str, float]:
     """Stop, pg_dump -Fc | pg_restore, repoint, start."""
-    app = App(lab, work_dir, args, "bench_offline")
+    app = App(lab, work_dir, args, "bench_offline", pooled=False)
     source_env = tools.client_env(lab.server("source"), app.db, label="source")
     target_env = tools.client_env(lab.server("target"), "postgres", label="target")
     bindir = tools.bindir()
@@ -344,6 +375,8 @@ def report(name: str, runs: list[dict[str, float]], *, steps: bool = False) -> f
     if "own" in runs[0]:
         line += f"  fence to promote {statistics.median(r['own'] for r in runs) * 1000:.0f} ms"
     line += f"  load {statistics.median(r['rate'] for r in runs):.0f} writes/s"
+    if "errors" in runs[0]:
+        line += f"  failed writes {sum(int(r['errors']) for r in runs)}"
     print(line)
     if steps:
         for key in runs[0]:
@@ -435,6 +468,11 @@ def main() -> None:
     )
     parser.add_argument("--curve", action="store_true", help="10, 100, 1,000, 10,000 sequences")
     parser.add_argument("--no-peers", action="store_true", help="cutover only")
+    parser.add_argument(
+        "--pgbouncer",
+        action="store_true",
+        help="the application reaches its database through a PgBouncer, paused and repointed",
+    )
     args = parser.parse_args()
     args.engines = args.engines or ["native", "pglogical"]
     args.password = uuid.uuid4().hex
