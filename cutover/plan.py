@@ -225,6 +225,57 @@ class CommandWriter(_Model):
     env: CommandEnv = {}  # secrets for the commands, by reference, never on a command line
 
 
+def _check_k8s_name(value: str) -> str:
+    if not _K8S_NAME.match(value):
+        raise ValueError(
+            "a Kubernetes name is at most 253 characters of a-z, 0-9, - and ., "
+            "starting and ending with a letter or digit"
+        )
+    return value
+
+
+def _check_selector(value: str) -> str:
+    from cutover.selectors import parse_selector  # pure: no Kubernetes client
+
+    parse_selector(value)
+    return value
+
+
+_K8S_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?$")
+K8sName = Annotated[str, AfterValidator(_check_k8s_name)]
+LabelSelector = Annotated[str, AfterValidator(_check_selector)]
+
+
+class KubernetesCluster(_Model):
+    """How cutover reaches a Kubernetes API server, and the namespace it acts in."""
+
+    # A kubeconfig file (its current context, or `context`); None: the pod's service account.
+    kubeconfig: Path | None = None
+    context: str | None = None
+    namespace: K8sName
+    timeout: Seconds = 10.0  # each API call
+
+
+class KubernetesWriter(KubernetesCluster):
+    """Deployments, StatefulSets and CronJobs scaled to zero (suspended) and back.
+
+    By names, or every one of the three kinds whose labels match `selector`.
+    """
+
+    deployments: list[K8sName] = []
+    statefulsets: list[K8sName] = []
+    cronjobs: list[K8sName] = []
+    selector: LabelSelector | None = None
+    ready_timeout: Seconds = 300.0  # start waits this long for the recorded ready replicas
+
+    @model_validator(mode="after")
+    def _something(self) -> Self:
+        named = self.deployments or self.statefulsets or self.cronjobs
+        if not named and self.selector is None:
+            raise ValueError("name deployments, statefulsets or cronjobs, or give a selector")
+        return self
+
+
 class Writer(_Model):
     """One writer of the application; writers stop by ascending tier and start in reverse."""
 
@@ -232,15 +283,18 @@ class Writer(_Model):
     tier: int | None = Field(None, ge=0)
     http: HttpWriter | None = None
     command: CommandWriter | None = None
+    kubernetes: KubernetesWriter | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> Self:
-        _exactly_one(self, ("http", "command"))
+        _exactly_one(self, ("http", "command", "kubernetes"))
         return self
 
     @property
     def has_health(self) -> bool:
         """Whether the writer has a health probe, asked after it starts."""
+        if self.kubernetes is not None:  # ready replicas against the recorded counts
+            return True
         kind = self.http or self.command
         return kind is not None and kind.health is not None
 

@@ -1,7 +1,7 @@
-"""The application's writers, stopped and started in tiers (http, command; kubernetes later)."""
+"""The application's writers, stopped and started in tiers (http, command, kubernetes)."""
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from cutover.plan import Writer as WriterSpec
 from cutover.steps import Change
@@ -18,13 +18,29 @@ class Writer(Protocol):
 
     def is_drained(self) -> bool: ...
 
+    def draining(self) -> str:
+        """What the writer still waits for, after is_drained said no ("" if it cannot say)."""
+        ...
+
     def is_healthy(self) -> tuple[bool, str]:
         """Whether the writer writes successfully, and why not (redacted); True, "" unprobed."""
         ...
 
 
-def writer_for(spec: WriterSpec) -> Writer:
-    """The writer a plan entry describes."""
+class Records(Protocol):
+    """Where a writer keeps its state from before a stop, durably, until it starts again."""
+
+    def get(self, writer: str) -> dict[str, Any] | None: ...
+
+    def put(self, writer: str, record: dict[str, Any]) -> None: ...
+
+
+def writer_for(spec: WriterSpec, *, records: Records) -> Writer:
+    """The writer a plan entry describes (`records`: see cutover.ledger.WriterRecords)."""
+    if spec.kubernetes is not None:
+        from cutover.writers.kubernetes import KubernetesWriter
+
+        return KubernetesWriter(spec.name, spec.kubernetes, records=records)
     if spec.http is not None:
         from cutover.writers.http import HttpWriter
 

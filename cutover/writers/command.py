@@ -61,6 +61,10 @@ class CommandWriter:
             return True
         return self._run(self._spec.status, what="status").returncode == 0
 
+    def draining(self) -> str:
+        """Nothing more to say than is_drained."""
+        return ""
+
     def is_healthy(self) -> tuple[bool, str]:
         """Run the health command: exit 0 is healthy; otherwise its code and its output's end."""
         if self._spec.health is None:

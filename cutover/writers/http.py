@@ -69,6 +69,10 @@ class HttpWriter:
             return True
         return self._call(self._spec.status, "GET") == 200
 
+    def draining(self) -> str:
+        """Nothing more to say than is_drained."""
+        return ""
+
     def is_healthy(self) -> tuple[bool, str]:
         """GET the health URL: 200 is healthy; otherwise its code and the start of its body."""
         if self._spec.health is None:
