@@ -368,16 +368,42 @@ class CommandRepoint(_Model):
     env: CommandEnv = {}  # secrets for the command, by reference, never on its command line
 
 
+class RepointValue(StrEnum):
+    """What a Kubernetes key holds: the target's address in one of these forms."""
+
+    DSN = "dsn"  # the key's connection string, its host and port the target's
+    HOST = "host"
+    PORT = "port"
+    HOST_PORT = "host:port"
+
+
+class KubernetesRepoint(KubernetesCluster):
+    """One key of a Secret or a ConfigMap, written with a compare-and-set."""
+
+    secret: K8sName | None = None
+    config_map: K8sName | None = None
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+    value: RepointValue = RepointValue.DSN
+    # Deployments that read the key only when they start: restarted after it changed.
+    restart: list[K8sName] = []
+
+    @model_validator(mode="after")
+    def _one_object(self) -> Self:
+        _exactly_one(self, ("secret", "config_map"))
+        return self
+
+
 class Repoint(_Model):
     """One place where a connection string lives."""
 
     name: str = Field(min_length=1)
     file: FileRepoint | None = None
     command: CommandRepoint | None = None
+    kubernetes: KubernetesRepoint | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> Self:
-        _exactly_one(self, ("file", "command"))
+        _exactly_one(self, ("file", "command", "kubernetes"))
         return self
 
 
