@@ -115,7 +115,11 @@ def test_writers_without_tiers_stop_in_list_order_and_share_a_tier_when_told() -
         ),
         ("thresholds.max_switch_lag", "1 MiBs", "thresholds.max_switch_lag: expected a size"),
         ("thresholds.lock_timeout", -1, "thresholds.lock_timeout: a duration cannot be negative"),
-        ("repoint.0.file", DELETE, "repoint[0]: give exactly one of file, command (found 0)"),
+        (
+            "repoint.0.file",
+            DELETE,
+            "repoint[0]: give exactly one of file, command, kubernetes (found 0)",
+        ),
     ],
 )
 def test_each_mistake_names_its_path(path: str, value: Any, expected: str) -> None:
@@ -124,14 +128,14 @@ def test_each_mistake_names_its_path(path: str, value: Any, expected: str) -> No
 
 def test_a_writer_with_two_kinds_is_refused() -> None:
     data = with_change("writers.0.http", {"stop": "http://a/b", "start": "http://a/c"})
-    assert "writers[0]: give exactly one of http, command (found 2)" in error_of(data)
+    assert "writers[0]: give exactly one of http, command, kubernetes (found 2)" in error_of(data)
 
 
 def test_an_unknown_key_is_named_with_a_suggestion() -> None:
     data = with_change("writers.1.htttp", {"stop": "http://a"})
     message = error_of(data)
     assert "writers[1].htttp: unknown key; did you mean 'http'?" in message
-    assert "allowed: command, http, name, tier" in message
+    assert "allowed: command, http, kubernetes, name, tier" in message
 
 
 def test_every_error_is_reported_at_once() -> None:
