@@ -57,6 +57,8 @@ _PATH = re.compile(
     r"/namespaces/(?P<ns>[^/]+)/(?P<resource>[^/]+)(?:/(?P<name>[^/]+)(?:/(?P<sub>[^/]+))?)?$"
 )
 LOOP_SECONDS = 0.05
+# A pod is ready once its process has run this long: its signal handlers are set by then.
+READY_AFTER_SECONDS = 0.5
 
 
 def _now() -> str:
@@ -163,6 +165,7 @@ class Process:
 
     popen: subprocess.Popen[bytes]
     kill_at: float | None = None
+    started: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -485,7 +488,7 @@ class Cluster:
             if pod_name in taken:
                 continue
             live.append(self._start_pod(workload, ns, pod_name, revision))
-        ready = sum(1 for p in live if self._running(ns, p["metadata"]["name"]))
+        ready = sum(1 for p in live if self._ready(ns, p["metadata"]["name"]))
         status = {
             "replicas": len(live),
             "readyReplicas": ready,
@@ -548,9 +551,13 @@ class Cluster:
         ref = source["configMapKeyRef"]
         return str(self.objects[("configmaps", ns, ref["name"])]["data"][ref["key"]])
 
-    def _running(self, ns: str, pod_name: str) -> bool:
+    def _ready(self, ns: str, pod_name: str) -> bool:
         process = self._processes.get((ns, pod_name))
-        return process is not None and process.popen.poll() is None
+        return (
+            process is not None
+            and process.popen.poll() is None
+            and time.monotonic() - process.started >= READY_AFTER_SECONDS
+        )
 
     def _terminate(self, pod: dict[str, Any]) -> None:
         """SIGTERM now, SIGKILL after the grace period; the pod goes with its process."""
