@@ -407,6 +407,19 @@ class Repoint(_Model):
         return self
 
 
+class ConfigMapLedger(KubernetesCluster):
+    """The ledger in ConfigMaps (`cutover-<move>-ledger`), the move's lock a Lease."""
+
+    # A holder that has not renewed the Lease for this long is taken to be dead.
+    lease_duration: Seconds = Field(30.0, ge=3.0)
+
+
+class Ledger(_Model):
+    """Where the move's ledger is kept: files in state_dir (default), or ConfigMaps."""
+
+    configmap: ConfigMapLedger | None = None
+
+
 class Thresholds(_Model):
     """The limits a move respects."""
 
@@ -571,6 +584,7 @@ class Plan(_Model):
     repoint: list[Repoint] = []
     thresholds: Thresholds = Thresholds()
     state_dir: Path = Path(".cutover")
+    ledger: Ledger = Ledger()
 
     @model_validator(mode="after")
     def _unique_names(self) -> Self:

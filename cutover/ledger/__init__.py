@@ -12,15 +12,26 @@ from cutover.ledger.base import Event, Journal, Pause, StepRecord, Store, now
 from cutover.ledger.file import FileStore
 from cutover.plan import Plan
 
+
+def _configmap(plan: Plan, kind: str) -> Store:
+    from cutover.ledger.configmap import ConfigMapStore  # the Kubernetes client, only here
+
+    assert plan.ledger.configmap is not None
+    return ConfigMapStore(plan.ledger.configmap, plan.ledger_move, kind=kind)
+
+
 # Where a move's documents are kept: one entry per backend, each one module.
 BACKENDS: dict[str, Callable[[Plan, str], Store]] = {
     "file": lambda plan, kind: FileStore(plan.state_dir, plan.ledger_move, kind=kind),
+    "configmap": _configmap,
 }
 
 
-def store_for(plan: Plan, kind: str = "ledger", *, backend: str = "file") -> Store:
-    """The store of one of the move's documents (`ledger`, `verify`)."""
-    return BACKENDS[backend](plan, kind)
+def store_for(plan: Plan, kind: str = "ledger", *, backend: str | None = None) -> Store:
+    """The store of one of the move's documents (`ledger`, `verify`, `writers`): where the
+    plan's `ledger` says, unless `backend` names another."""
+    chosen = backend or ("configmap" if plan.ledger.configmap is not None else "file")
+    return BACKENDS[chosen](plan, kind)
 
 
 def journal_for(plan: Plan) -> Journal:
