@@ -343,8 +343,10 @@ class KubernetesWriter:
         """Back to the recorded counts (ready within ready_timeout), CronJobs as they were,
         autoscalers on their own targets again. Without a record there is nothing to undo."""
         record = self.recorded()
+        if record is None and dry_run:  # a whole dry run: the stop would record these
+            record = self._observe()
         if record is None:
-            return []
+            return []  # never stopped: nothing to undo
         where = f"writer {self.name}"
         changes = [
             Change(where, f"{w.describe()}: replicas -> {w.replicas} (recorded)")

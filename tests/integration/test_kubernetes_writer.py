@@ -180,6 +180,10 @@ def test_a_selector_chooses_the_workloads_and_cronjobs_by_label(
     assert "cronjob/nightly: suspend" in shown
     assert not any("other" in a for a in shown)
     assert shop.get("deployments", NS, "api")["spec"]["replicas"] == 3
+    # A dry run of the start shows the counts the stop would record.
+    assert "deployment/api: replicas -> 3 (recorded)" in [
+        c.action for c in stopping.start(dry_run=True)
+    ]
 
 
 def test_pods_that_outlast_the_drain_timeout_fail_the_wait_naming_them(
