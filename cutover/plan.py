@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from cutover.errors import PlanError, UsageError
+from cutover.selectors import parse_selector
 from cutover.types import TableName
 
 PLAN_HINT = "fix the plan and run again; docs/plan.md describes every key"
@@ -247,6 +248,55 @@ class PgBouncerWriter(_Model):
     databases: list[str] = Field(min_length=1)  # the names in PgBouncer's [databases]
 
 
+def _check_k8s_name(value: str) -> str:
+    if not _K8S_NAME.match(value):
+        raise ValueError(
+            "a Kubernetes name is at most 253 characters of a-z, 0-9, - and ., "
+            "starting and ending with a letter or digit"
+        )
+    return value
+
+
+def _check_selector(value: str) -> str:
+    parse_selector(value)  # pure: no Kubernetes client needed to validate a plan
+    return value
+
+
+_K8S_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?$")
+K8sName = Annotated[str, AfterValidator(_check_k8s_name)]
+LabelSelector = Annotated[str, AfterValidator(_check_selector)]
+
+
+class KubernetesCluster(_Model):
+    """How cutover reaches a Kubernetes API server, and the namespace it acts in."""
+
+    # A kubeconfig file (its current context, or `context`); None: the pod's service account.
+    kubeconfig: Path | None = None
+    context: str | None = None
+    namespace: K8sName
+    timeout: Seconds = 10.0  # each API call
+
+
+class KubernetesWriter(KubernetesCluster):
+    """Deployments, StatefulSets and CronJobs scaled to zero (suspended) and back.
+
+    By names, or every one of the three kinds whose labels match `selector`.
+    """
+
+    deployments: list[K8sName] = []
+    statefulsets: list[K8sName] = []
+    cronjobs: list[K8sName] = []
+    selector: LabelSelector | None = None
+    ready_timeout: Seconds = 300.0  # start waits this long for the recorded ready replicas
+
+    @model_validator(mode="after")
+    def _something(self) -> Self:
+        named = self.deployments or self.statefulsets or self.cronjobs
+        if not named and self.selector is None:
+            raise ValueError("name deployments, statefulsets or cronjobs, or give a selector")
+        return self
+
+
 class Writer(_Model):
     """One writer of the application; writers stop by ascending tier and start in reverse."""
 
@@ -255,10 +305,11 @@ class Writer(_Model):
     http: HttpWriter | None = None
     command: CommandWriter | None = None
     pgbouncer: PgBouncerWriter | None = None
+    kubernetes: KubernetesWriter | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> Self:
-        _exactly_one(self, ("http", "command", "pgbouncer"))
+        _exactly_one(self, ("http", "command", "pgbouncer", "kubernetes"))
         return self
 
     @property
@@ -266,6 +317,8 @@ class Writer(_Model):
         """Whether the writer has a health probe, asked after it starts."""
         if self.pgbouncer is not None:
             return True  # SHOW DATABASES: no database left paused
+        if self.kubernetes is not None:  # ready replicas against the recorded counts
+            return True
         kind = self.http or self.command
         return kind is not None and kind.health is not None
 
@@ -353,6 +406,31 @@ class PgBouncerRepoint(_Model):
         return self
 
 
+class RepointValue(StrEnum):
+    """What a Kubernetes key holds: the target's address in one of these forms."""
+
+    DSN = "dsn"  # the key's connection string, its host and port the target's
+    HOST = "host"
+    PORT = "port"
+    HOST_PORT = "host:port"
+
+
+class KubernetesRepoint(KubernetesCluster):
+    """One key of a Secret or a ConfigMap, written with a compare-and-set."""
+
+    secret: K8sName | None = None
+    config_map: K8sName | None = None
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+    value: RepointValue = RepointValue.DSN
+    # Deployments that read the key only when they start: restarted after it changed.
+    restart: list[K8sName] = []
+
+    @model_validator(mode="after")
+    def _one_object(self) -> Self:
+        _exactly_one(self, ("secret", "config_map"))
+        return self
+
+
 class Repoint(_Model):
     """One place where a connection string lives."""
 
@@ -360,11 +438,25 @@ class Repoint(_Model):
     file: FileRepoint | None = None
     command: CommandRepoint | None = None
     pgbouncer: PgBouncerRepoint | None = None
+    kubernetes: KubernetesRepoint | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> Self:
-        _exactly_one(self, ("file", "command", "pgbouncer"))
+        _exactly_one(self, ("file", "command", "pgbouncer", "kubernetes"))
         return self
+
+
+class ConfigMapLedger(KubernetesCluster):
+    """The ledger in ConfigMaps (`cutover-<move>-ledger`), the move's lock a Lease."""
+
+    # A holder that has not renewed the Lease for this long is taken to be dead.
+    lease_duration: Seconds = Field(30.0, ge=3.0)
+
+
+class Ledger(_Model):
+    """Where the move's ledger is kept: files in state_dir (default), or ConfigMaps."""
+
+    configmap: ConfigMapLedger | None = None
 
 
 class Thresholds(_Model):
@@ -531,6 +623,7 @@ class Plan(_Model):
     repoint: list[Repoint] = []
     thresholds: Thresholds = Thresholds()
     state_dir: Path = Path(".cutover")
+    ledger: Ledger = Ledger()
 
     @model_validator(mode="after")
     def _unique_names(self) -> Self:

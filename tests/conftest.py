@@ -21,6 +21,7 @@ import yaml
 from cutover.lab import Lab
 from cutover.pg.connect import connect as cutover_connect
 from cutover.plan import Server, dump
+from tests.k8s.apiserver import Cluster
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -168,3 +169,19 @@ def run_cutover(*args: str, env: dict[str, str] | None = None, timeout: float = 
 def cutover() -> Callable[..., Result]:
     """The command line, as a fixture."""
     return run_cutover
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """A Kubernetes API server stand-in whose pods are local processes (tests/k8s)."""
+    work = tmp_path / "cluster"
+    work.mkdir()
+    running = Cluster(work).start()
+    yield running
+    running.close()
+
+
+@pytest.fixture
+def kubeconfig(cluster: Cluster, tmp_path: Path) -> Path:
+    """A kubeconfig the real client reads to reach the stand-in."""
+    return cluster.kubeconfig(tmp_path / "kubeconfig")

@@ -42,6 +42,7 @@ from cutover.database import Pool
 from cutover.engines import prove_applied
 from cutover.engines.base import Engine
 from cutover.errors import CountsDiffer, PreconditionFailed, StepFailed, WritersUnhealthy
+from cutover.ledger import writer_records
 from cutover.phases import start as starting
 from cutover.plan import LargeObjects, Plan
 from cutover.repoint import repoint_for
@@ -90,7 +91,8 @@ class Switch:
         self.fallback = fallback
         self.databases = plan.databases
         self.limits = plan.thresholds
-        self.tiers = [[writer_for(spec) for spec in tier] for tier in plan.tiers()]
+        records = writer_records(plan)
+        self.tiers = [[writer_for(spec, records=records) for spec in tier] for tier in plan.tiers()]
         self.repoints = [repoint_for(spec, plan.databases) for spec in plan.repoint]
         self.clock = clock
         self.sleep = sleep
@@ -277,14 +279,13 @@ class Switch:
         return changes
 
     def _wait_drained(self, tier: list[Writer]) -> None:
-        def undrained() -> str:
-            said = [f"{w.name} ({w.busy()})" if w.busy() else w.name for w in tier]
-            return f"writers {', '.join(said)} did not drain"
-
         self._wait(
             lambda: all(writer.is_drained() for writer in tier),
             timeout=self.limits.drain_timeout,
-            what=undrained,
+            what=lambda: (
+                f"writers {', '.join(w.name for w in tier)} did not drain"
+                + "".join(f"; {w.name} still runs {w.draining()}" for w in tier if w.draining())
+            ),
             hint="raise thresholds.drain_timeout, or see why they keep writing",
         )
 

@@ -20,6 +20,10 @@ class Repoint(Protocol):
 
 def repoint_for(spec: RepointSpec, databases: list[str]) -> Repoint:
     """The repoint target a plan entry describes."""
+    if spec.kubernetes is not None:
+        from cutover.repoint.kubernetes import KubernetesRepoint
+
+        return KubernetesRepoint(spec.name, spec.kubernetes)
     if spec.file is not None:
         from cutover.repoint.file import FileRepoint
 

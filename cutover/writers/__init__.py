@@ -1,7 +1,8 @@
-"""The application's writers, stopped and started in tiers (http, command, pgbouncer)."""
+"""The application's writers, stopped and started in tiers (http, command, pgbouncer,
+kubernetes)."""
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from cutover.plan import Writer as WriterSpec
 from cutover.steps import Change
@@ -18,8 +19,8 @@ class Writer(Protocol):
 
     def is_drained(self) -> bool: ...
 
-    def busy(self) -> str:
-        """What keeps it from draining, named for a drain timeout's message ("": unknown)."""
+    def draining(self) -> str:
+        """What the writer still waits for, after is_drained said no ("" if it cannot say)."""
         ...
 
     def is_healthy(self) -> tuple[bool, str]:
@@ -27,8 +28,20 @@ class Writer(Protocol):
         ...
 
 
-def writer_for(spec: WriterSpec) -> Writer:
-    """The writer a plan entry describes."""
+class Records(Protocol):
+    """Where a writer keeps its state from before a stop, durably, until it starts again."""
+
+    def get(self, writer: str) -> dict[str, Any] | None: ...
+
+    def put(self, writer: str, record: dict[str, Any]) -> None: ...
+
+
+def writer_for(spec: WriterSpec, *, records: Records) -> Writer:
+    """The writer a plan entry describes (`records`: see cutover.ledger.WriterRecords)."""
+    if spec.kubernetes is not None:
+        from cutover.writers.kubernetes import KubernetesWriter
+
+        return KubernetesWriter(spec.name, spec.kubernetes, records=records)
     if spec.http is not None:
         from cutover.writers.http import HttpWriter
 

@@ -61,8 +61,8 @@ class CommandWriter:
             return True
         return self._run(self._spec.status, what="status").returncode == 0
 
-    def busy(self) -> str:
-        """Nothing more to say than its status does."""
+    def draining(self) -> str:
+        """Nothing more to say than is_drained."""
         return ""
 
     def is_healthy(self) -> tuple[bool, str]:

@@ -69,8 +69,8 @@ class HttpWriter:
             return True
         return self._call(self._spec.status, "GET") == 200
 
-    def busy(self) -> str:
-        """Nothing more to say than its status does."""
+    def draining(self) -> str:
+        """Nothing more to say than is_drained."""
         return ""
 
     def is_healthy(self) -> tuple[bool, str]:

@@ -8,7 +8,7 @@ The application sees a slower query, not an error, and keeps its connections.
 
 Each PAUSE runs on its own console connection, since PgBouncer answers it only
 once the database is drained: the writer is drained when every PAUSE has been
-answered. Until then `busy` names the clients still holding a server
+answered. Until then `draining` names the clients still holding a server
 connection (in session pooling, every client holds one until it disconnects).
 """
 
@@ -61,14 +61,14 @@ class PgBouncerWriter:
             return False
         return all(self._drained(b, db) for b, db in self._each())
 
-    def busy(self) -> str:
+    def draining(self) -> str:
         """What the PAUSEs not yet answered wait for: the clients holding a server connection."""
-        waiting = [p for p in self._pauses if not p.done.is_set()]
         said = []
-        for p in waiting:
-            clients = pgbouncer.busy_clients(p.bouncer, p.database)
-            held = ", ".join(c.describe() for c in clients[:5]) or "no client seen"
-            said.append(f"{p.bouncer.describe()} {p.database}: {held}")
+        for p in self._pauses:
+            if not p.done.is_set():
+                clients = pgbouncer.busy_clients(p.bouncer, p.database)
+                held = ", ".join(c.describe() for c in clients[:5]) or "a transaction"
+                said.append(f"{held} on {p.bouncer.describe()} {p.database}")
         return "; ".join(said)
 
     def start(self, *, dry_run: bool) -> Sequence[Change]:

@@ -110,7 +110,7 @@ def test_a_pause_waits_for_a_transaction_and_names_its_client(bouncer: Pool) -> 
         pool.stop(dry_run=False)
         time.sleep(0.5)
         assert not pool.is_drained()
-        said = pool.busy()
+        said = pool.draining()
         assert "user app from 127.0.0.1:" in said and "'billing'" in said, said
         app.commit()  # the transaction ends: the PAUSE is answered
         deadline = time.monotonic() + 5

@@ -217,3 +217,31 @@ def test_a_managed_service_s_own_lag_is_exported_beside_the_exact_one_with_its_a
     plain = metrics.Snapshot(servers={}, replication=[metrics.Replication("db", "native")])
     names = {f.name: f for f in exporter.MoveCollector("m", lambda: plain).collect()}
     assert names["cutover_monitored_lag_seconds"].samples == []
+
+
+def test_the_switch_job_runs_a_plan_with_kubernetes_tiers_as_the_rbac_service_account(
+    tmp_path: Path,
+) -> None:
+    documents = list(yaml.safe_load_all((REPO / "k8s" / "controller-job.yaml").read_text()))
+    config_map = next(d for d in documents if d["kind"] == "ConfigMap")
+    job = next(d for d in documents if d["kind"] == "Job")
+    plan_path = tmp_path / "plan.yaml"
+    plan_path.write_text(config_map["data"]["plan.yaml"])
+    plan = load(plan_path)
+    assert [w.kubernetes is not None for w in plan.writers] == [True, True]
+    assert all(w.kubernetes and w.kubernetes.kubeconfig is None for w in plan.writers)
+    assert plan.ledger.configmap is not None  # the ledger and its lock in the cluster
+    assert plan.repoint[0].kubernetes is not None
+
+    rbac = list(yaml.safe_load_all((REPO / "k8s" / "rbac.yaml").read_text()))
+    account = next(d for d in rbac if d["kind"] == "ServiceAccount")
+    binding = next(d for d in rbac if d["kind"] == "RoleBinding")
+    pod = job["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+    assert binding["subjects"][0]["name"] == account["metadata"]["name"]
+    container = pod["containers"][0]
+    assert container["args"][:3] == ["switch", "--plan", "/etc/cutover/plan.yaml"]
+    from_secret = {e["name"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+    for server in (plan.source, plan.target):
+        assert server.password is not None
+        assert server.password.removeprefix("env:") in from_secret

@@ -118,7 +118,7 @@ def test_writers_without_tiers_stop_in_list_order_and_share_a_tier_when_told() -
         (
             "repoint.0.file",
             DELETE,
-            "repoint[0]: give exactly one of file, command, pgbouncer (found 0)",
+            "repoint[0]: give exactly one of file, command, pgbouncer, kubernetes (found 0)",
         ),
     ],
 )
@@ -128,14 +128,17 @@ def test_each_mistake_names_its_path(path: str, value: Any, expected: str) -> No
 
 def test_a_writer_with_two_kinds_is_refused() -> None:
     data = with_change("writers.0.http", {"stop": "http://a/b", "start": "http://a/c"})
-    assert "writers[0]: give exactly one of http, command, pgbouncer (found 2)" in error_of(data)
+    assert (
+        "writers[0]: give exactly one of http, command, pgbouncer, kubernetes (found 2)"
+        in error_of(data)
+    )
 
 
 def test_an_unknown_key_is_named_with_a_suggestion() -> None:
     data = with_change("writers.1.htttp", {"stop": "http://a"})
     message = error_of(data)
     assert "writers[1].htttp: unknown key; did you mean 'http'?" in message
-    assert "allowed: command, http, name, pgbouncer, tier" in message
+    assert "allowed: command, http, kubernetes, name, pgbouncer, tier" in message
 
 
 def test_every_error_is_reported_at_once() -> None:

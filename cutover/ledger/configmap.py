@@ -1,0 +1,255 @@
+"""A ledger store for a controller that runs in a cluster: ConfigMaps and a Lease.
+
+Each document of a move is one ConfigMap, `cutover-<move>-<kind>` (`_` made `-`),
+its JSON under the key `document.json`, replaced with the `resourceVersion` it was
+read at (a 409 Conflict reads it again; the lock holder is the only writer of the
+ledger, so a conflict is an operator's edit, and the ledger's own view wins). The
+move's lock is a coordination.k8s.io/v1 Lease, `cutover-<move>`: its holder renews
+it every third of `lease_duration`; a holder that stopped renewing for longer is
+taken to be dead and its Lease is taken over, as a killed controller's flock is
+released by the kernel. A ConfigMap holds at most 1 MiB: a ledger's events fit
+many moves' worth of runs.
+"""
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+
+from cutover.errors import LedgerLocked, StepFailed, UsageError
+from cutover.ledger.base import actor
+from cutover.plan import ConfigMapLedger
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+KEY = "document.json"
+CONFLICT_ATTEMPTS = 5
+
+
+def api_client(spec: ConfigMapLedger) -> client.ApiClient:
+    """A client of the cluster the plan names: its kubeconfig, or the pod's service account."""
+    try:
+        if spec.kubeconfig is None:
+            configuration = client.Configuration()
+            config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
+            return client.ApiClient(configuration)
+        built: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
+            config_file=str(spec.kubeconfig.expanduser()), context=spec.context
+        )
+        return built
+    except (ConfigException, OSError) as exc:
+        raise UsageError(
+            f"the ledger: cannot configure the Kubernetes client: {exc}",
+            hint="give ledger.configmap.kubeconfig in the plan, or run cutover in a pod "
+            "with a service account",
+        ) from None
+
+
+def _k8s_name(text: str) -> str:
+    return text.replace("_", "-").lower()[:253]
+
+
+class ConfigMapStore:
+    """One document of a move in a ConfigMap; the move's lock in a Lease."""
+
+    def __init__(self, spec: ConfigMapLedger, move: str, *, kind: str = "ledger") -> None:
+        self._spec = spec
+        self.name = _k8s_name(f"cutover-{move}-{kind}")
+        self.lease = _k8s_name(f"cutover-{move}")
+        self._api: client.ApiClient | None = None
+
+    def _client(self) -> client.ApiClient:
+        if self._api is None:
+            self._api = api_client(self._spec)
+        return self._api
+
+    @property
+    def _core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self._client())
+
+    @property
+    def _leases(self) -> client.CoordinationV1Api:
+        return client.CoordinationV1Api(self._client())
+
+    def describe(self) -> str:
+        """Where the document is: `configmap NAMESPACE/NAME`."""
+        return f"configmap {self._spec.namespace}/{self.name}"
+
+    def _call(self, what: str, call: Callable[..., T], *args: Any) -> T:
+        try:
+            return call(*args, _request_timeout=self._spec.timeout)
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                raise
+            raise StepFailed(
+                f"the ledger: {what} {self.describe()}: HTTP {exc.status} {exc.reason}",
+                hint="check that cutover's role may get, create and update ConfigMaps and "
+                "Leases in that namespace",
+            ) from None
+        except OSError as exc:
+            raise StepFailed(
+                f"the ledger: {what} {self.describe()}: the API server did not answer: {exc}",
+                hint="check that the cluster is reachable from here",
+            ) from None
+
+    def _read_map(self) -> client.V1ConfigMap | None:
+        try:
+            return self._call(
+                "read", self._core.read_namespaced_config_map, self.name, self._spec.namespace
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise StepFailed(
+                f"the ledger: read {self.describe()}: HTTP {exc.status}", hint="run it again"
+            ) from None
+
+    def read(self) -> dict[str, Any] | None:
+        """The document, or None before the first write."""
+        found = self._read_map()
+        text = (found.data or {}).get(KEY) if found is not None else None
+        if text is None:
+            return None
+        try:
+            data: dict[str, Any] = json.loads(text)
+        except ValueError as exc:
+            raise UsageError(
+                f"the ledger {self.describe()} cannot be read: {exc}",
+                hint="restore it from a backup, or delete it to start the move's record anew",
+            ) from None
+        return data
+
+    def write(self, data: dict[str, Any]) -> None:
+        """Replace the document with a compare-and-set (create it the first time)."""
+        text = json.dumps(data, indent=1)
+        ns = self._spec.namespace
+        for _ in range(CONFLICT_ATTEMPTS):
+            found = self._read_map()
+            try:
+                if found is None:
+                    meta = client.V1ObjectMeta(
+                        name=self.name, labels={"app.kubernetes.io/managed-by": "cutover"}
+                    )
+                    body = client.V1ConfigMap(metadata=meta, data={KEY: text})
+                    self._call("create", self._core.create_namespaced_config_map, ns, body)
+                else:
+                    found.data = {**(found.data or {}), KEY: text}
+                    self._call(
+                        "replace", self._core.replace_namespaced_config_map, self.name, ns, found
+                    )
+                return
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise StepFailed(
+                        f"the ledger: write {self.describe()}: HTTP {exc.status}",
+                        hint="run it again",
+                    ) from None
+                log.info("the ledger %s changed meanwhile: writing again", self.describe())
+        raise StepFailed(
+            f"the ledger: {self.describe()} changed under every one of {CONFLICT_ATTEMPTS} "
+            "attempts to write it",
+            hint="something else writes it; stop that, then run again",
+        )
+
+    # -- the lock ----------------------------------------------------------------------------
+
+    def _holder(self, lease: client.V1Lease) -> str | None:
+        """Who holds the Lease now (None: nobody, or a holder that stopped renewing)."""
+        spec = lease.spec
+        if spec is None or not spec.holder_identity or spec.renew_time is None:
+            return None
+        duration = timedelta(seconds=spec.lease_duration_seconds or self._spec.lease_duration)
+        renewed = spec.renew_time
+        if renewed.tzinfo is None:
+            renewed = renewed.replace(tzinfo=UTC)
+        return spec.holder_identity if renewed + duration > datetime.now(UTC) else None
+
+    def _lease_spec(self, me: str | None, acquired: datetime | None) -> client.V1LeaseSpec:
+        now = datetime.now(UTC)
+        return client.V1LeaseSpec(
+            holder_identity=me,
+            lease_duration_seconds=int(self._spec.lease_duration),
+            acquire_time=acquired,
+            renew_time=now if me else None,
+        )
+
+    def _acquire(self, me: str) -> datetime:
+        ns, acquired = self._spec.namespace, datetime.now(UTC)
+        body = client.V1Lease(
+            metadata=client.V1ObjectMeta(name=self.lease), spec=self._lease_spec(me, acquired)
+        )
+        try:
+            self._call("create the lease", self._leases.create_namespaced_lease, ns, body)
+            return acquired
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        found = self._call("read the lease", self._leases.read_namespaced_lease, self.lease, ns)
+        holder = self._holder(found)
+        if holder is not None and holder != me:
+            raise LedgerLocked(
+                f"this move is being run by {holder} (lease {ns}/{self.lease})",
+                hint="wait for it to finish; a holder that stops renewing the lease loses it "
+                f"after {self._spec.lease_duration:g} s",
+            )
+        found.spec = self._lease_spec(me, acquired)  # free, or its holder dead: taken over
+        try:
+            self._call(
+                "take the lease", self._leases.replace_namespaced_lease, self.lease, ns, found
+            )
+        except ApiException:  # someone took it between our read and write
+            raise LedgerLocked(
+                f"this move's lease {ns}/{self.lease} was just taken by another run",
+                hint="wait for it to finish",
+            ) from None
+        return acquired
+
+    def _renew(self, me: str, acquired: datetime, stop: threading.Event) -> None:
+        ns = self._spec.namespace
+        while not stop.wait(self._spec.lease_duration / 3):
+            try:
+                found = self._call("read", self._leases.read_namespaced_lease, self.lease, ns)
+                if found.spec is None or found.spec.holder_identity != me:
+                    log.error("the lease %s/%s was taken by another run", ns, self.lease)
+                    return
+                found.spec = self._lease_spec(me, acquired)
+                self._call("renew", self._leases.replace_namespaced_lease, self.lease, ns, found)
+            except (ApiException, StepFailed) as exc:  # try again at the next beat
+                log.warning("the lease %s/%s was not renewed: %s", ns, self.lease, exc)
+
+    def _release(self, me: str) -> None:
+        ns = self._spec.namespace
+        try:
+            found = self._call("read", self._leases.read_namespaced_lease, self.lease, ns)
+            if found.spec is not None and found.spec.holder_identity == me:
+                found.spec = self._lease_spec(None, None)
+                self._call("release", self._leases.replace_namespaced_lease, self.lease, ns, found)
+        except (ApiException, StepFailed) as exc:  # it expires by itself
+            log.warning("the lease %s/%s was not released: %s", ns, self.lease, exc)
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the move's Lease, renewed while held, or fail at once naming who holds it."""
+        me = actor()
+        acquired = self._acquire(me)
+        stop = threading.Event()
+        renewing = threading.Thread(
+            target=self._renew, args=(me, acquired, stop), name="cutover-lease", daemon=True
+        )
+        renewing.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            renewing.join(timeout=self._spec.timeout)
+            self._release(me)

@@ -1,0 +1,167 @@
+"""A whole switch whose application runs as Deployments of the API server stand-in.
+
+The lab's write load runs as the replicas of two Deployments in two tiers, their
+connection strings from a Secret; the switch scales them to zero tier by tier (an
+autoscaler held meanwhile), repoints the Secret's keys, and scales them back to
+their recorded counts: the new pods read the target's address, and the write
+audit finds every acknowledged write on the target.
+"""
+
+import base64
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from cutover import load, wait
+from cutover.lab import Lab
+from cutover.ledger import journal_for
+from cutover.pg import load as load_sql
+from cutover.plan import load as load_plan
+from tests.conftest import REPO, Databases, Result, connect
+from tests.integration.conftest import TABLE_NAMES, TABLES
+from tests.k8s.apiserver import Cluster
+from tests.k8s.workloads import autoscaler, deployment
+
+NS = "shop"
+pytestmark = pytest.mark.integration
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def until(probe: Callable[[], bool], timeout: float = 30.0) -> None:
+    wait.until(probe, timeout=timeout, what="the cluster did not get there", hint="")
+
+
+def app(name: str, replicas: int, logs: Path) -> dict[str, Any]:
+    """A Deployment whose replicas run the write load, DSNs from the Secret `db`."""
+    env = [
+        {"name": key, "valueFrom": {"secretKeyRef": {"name": "db", "key": key}}}
+        for key in ("DATABASE_URL", "WRITER_URL")
+    ]
+    env += [
+        {"name": "LOG_DIR", "value": str(logs)},
+        {"name": "TABLES", "value": ",".join(TABLE_NAMES)},
+        {"name": "PYTHONPATH", "value": str(REPO)},
+    ]
+    return deployment(
+        name, replicas, argv=[sys.executable, "-m", "tests.k8s.replica"], env=env, grace=10
+    )
+
+
+def test_a_switch_stops_and_starts_kubernetes_tiers_and_repoints_a_secret_losing_nothing(
+    lab: Lab,
+    databases: Databases,
+    write_plan: Callable[..., Path],
+    cutover: Callable[..., Result],
+    cluster: Cluster,
+    kubeconfig: Path,
+    tmp_path: Path,
+) -> None:
+    db = databases.create()
+    role, password = f"app_{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
+    for side in ("source", "target"):
+        with connect(lab.server(side)) as conn:
+            load_sql.ensure_login_role(conn, role, password)  # type: ignore[arg-type]
+    with connect(lab.server("source")) as conn:
+        conn.execute(
+            psycopg.sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                psycopg.sql.Identifier(db), psycopg.sql.Identifier(role)
+            )
+        )
+    with connect(lab.server("source"), db) as conn:
+        load_sql.create_schema(  # type: ignore[arg-type]
+            conn, tables=TABLES, writer=role, owner=role, keyless=True
+        )
+    quoted_db = db.replace('"', "%22").replace(" ", "%20")
+    dsn = f"postgresql://{role}:{password}@127.0.0.1:{lab.server('source').port}/{quoted_db}"
+    cluster.create(
+        "secrets",
+        NS,
+        {"metadata": {"name": "db"}, "data": {"DATABASE_URL": b64(dsn), "WRITER_URL": b64(dsn)}},
+    )
+    logs = tmp_path / "writes"
+    logs.mkdir()
+    cluster.create("deployments", NS, app("web", 2, logs))
+    cluster.create("deployments", NS, app("worker", 1, logs))
+    cluster.create("horizontalpodautoscalers", NS, autoscaler("web", "web", low=2, high=4))
+    k8s = {"kubeconfig": str(kubeconfig), "namespace": NS}
+    plan = write_plan(
+        [db],
+        writers=[
+            {"name": "web", "tier": 0, "kubernetes": {**k8s, "deployments": ["web"]}},
+            {"name": "worker", "tier": 1, "kubernetes": {**k8s, "deployments": ["worker"]}},
+        ],
+        repoint=[
+            {"name": f"secret-{key.lower()}", "kubernetes": {**k8s, "secret": "db", "key": key}}
+            for key in ("DATABASE_URL", "WRITER_URL")
+        ],
+        fence={"roles": [role]},
+        thresholds={"lag_window": "1s", "switch_timeout": "10s", "drain_timeout": "20s"},
+    )
+    for command in ("prepare", "start"):
+        done = cutover(command, "-p", str(plan), *(["--wait"] if command == "start" else []))
+        assert done.code == 0, done.stdout + done.stderr
+    source_port, target_port = lab.server("source").port, lab.server("target").port
+
+    def acked(port: int) -> int:
+        return sum(
+            1
+            for f in logs.glob("*.jsonl")
+            for line in f.read_text().splitlines()
+            if f'"port": {port}' in line and '"ack": true' in line
+        )
+
+    until(lambda: acked(source_port) > 50)
+    cluster.requests.clear()
+
+    switched = cutover("switch", "-p", str(plan), "--yes", timeout=240)
+
+    assert switched.code == 0, switched.stdout + switched.stderr
+    assert password not in switched.stdout + switched.stderr
+    for name, count in (("web", 2), ("worker", 1)):
+        found = cluster.get("deployments", NS, name)
+        assert found["spec"]["replicas"] == count
+        assert found["status"]["readyReplicas"] == count
+    assert cluster.get("horizontalpodautoscalers", NS, "web")["spec"]["scaleTargetRef"]["name"] == (
+        "web"
+    )
+    until(lambda: acked(target_port) > 50)  # the new pods write to the target
+    # The tiers stopped in order (web first) and started in reverse, through the scale.
+    scaled = [
+        p.split("/")[-2] for m, p in cluster.requests if m == "PATCH" and p.endswith("/scale")
+    ]
+    assert scaled == ["web", "worker", "worker", "web"]
+    journal = journal_for(load_plan(plan))
+
+    for name in ("web", "worker"):  # end the load cleanly, then audit every write
+        cluster.update("deployments", NS, name, lambda o: o["spec"].update(replicas=0))
+    cluster.update(
+        "horizontalpodautoscalers",
+        NS,
+        "web",
+        lambda o: o["spec"]["scaleTargetRef"].update(name="gone"),
+    )
+    until(lambda: not cluster.select("pods", NS, "app in (web,worker)"))
+    merged = tmp_path / "writes.jsonl"
+    merged.write_text("".join(f.read_text() for f in sorted(logs.glob("*.jsonl"))))
+    fenced = journal.get("all/switch.fence_source")
+    with connect(lab.server("target"), db) as conn:
+        rows = {t: load_sql.rows(conn, t) for t in TABLE_NAMES}  # type: ignore[arg-type]
+    outcome = load.audit(
+        merged,
+        rows,
+        source_port=source_port,
+        fenced_at=fenced.ended_at if fenced else None,
+        switch_window=journal.pause_window(phase="switch", scope="all"),
+    )
+    assert outcome.acknowledged > 100
+    assert outcome.missing == []
+    assert outcome.after_fence == 0
+    assert outcome.errors == []  # the pods were gone before the fence: nothing refused

@@ -1,0 +1,91 @@
+"""The ledger in ConfigMaps, its lock a Lease, through the real client against the stand-in."""
+
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from cutover.errors import LedgerLocked
+from cutover.ledger import Journal, store_for
+from cutover.ledger.configmap import ConfigMapStore
+from cutover.plan import ConfigMapLedger, parse
+from cutover.steps import Outcome
+from tests.k8s.apiserver import Cluster
+
+NS = "cutover"
+
+
+def spec(kubeconfig: Path) -> ConfigMapLedger:
+    return ConfigMapLedger(kubeconfig=kubeconfig, namespace=NS, lease_duration=3)
+
+
+def test_the_plan_chooses_the_configmap_store(kubeconfig: Path) -> None:
+    plan = parse(
+        {
+            "move": "shop_2026",
+            "source": {"host": "a", "user": "u"},
+            "target": {"host": "b", "user": "u"},
+            "databases": ["db"],
+            "ledger": {"configmap": {"kubeconfig": str(kubeconfig), "namespace": NS}},
+        }
+    )
+    assert store_for(plan).describe() == f"configmap {NS}/cutover-shop-2026-ledger"
+    assert store_for(plan, "writers").describe() == f"configmap {NS}/cutover-shop-2026-writers"
+
+
+def test_a_journal_is_written_through_and_read_back(cluster: Cluster, kubeconfig: Path) -> None:
+    store = ConfigMapStore(spec(kubeconfig), "shop_2026")
+    with store.lock():
+        journal = Journal(store, move="shop_2026")
+        journal.started("all/switch.stop_writers", phase="switch", scope="all")
+        journal.finished("all/switch.stop_writers", outcome=Outcome.APPLIED, seconds=0.5)
+
+    again = Journal(ConfigMapStore(spec(kubeconfig), "shop_2026"), move="shop_2026")
+    assert again.is_done("all/switch.stop_writers")
+    assert again.id == journal.id
+    stored = cluster.get("configmaps", NS, "cutover-shop-2026-ledger")
+    assert "document.json" in stored["data"]
+
+
+def test_a_second_run_is_refused_while_the_first_holds_the_lease(
+    cluster: Cluster, kubeconfig: Path
+) -> None:
+    first = ConfigMapStore(spec(kubeconfig), "m")
+    with first.lock():
+        lease = cluster.get("leases", NS, "cutover-m")
+        with pytest.raises(LedgerLocked) as refused:  # another process: another identity
+            ConfigMapStore(spec(kubeconfig), "m")._acquire("other@host pid 2")
+        assert lease["spec"]["holderIdentity"] in refused.value.message
+    assert not cluster.get("leases", NS, "cutover-m")["spec"].get("holderIdentity")
+    with ConfigMapStore(spec(kubeconfig), "m").lock():  # released: free again
+        pass
+
+
+def test_a_lease_its_holder_stopped_renewing_is_taken_over(
+    cluster: Cluster, kubeconfig: Path
+) -> None:
+    stale = (datetime.now(UTC) - timedelta(seconds=60)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    cluster.create(
+        "leases",
+        NS,
+        {
+            "metadata": {"name": "cutover-m"},
+            "spec": {
+                "holderIdentity": "dead@host pid 1",
+                "leaseDurationSeconds": 3,
+                "renewTime": stale,
+            },
+        },
+    )
+    with ConfigMapStore(spec(kubeconfig), "m").lock():
+        holder = cluster.get("leases", NS, "cutover-m")["spec"]["holderIdentity"]
+        assert holder != "dead@host pid 1"
+
+
+def test_the_holder_renews_its_lease_while_it_runs(cluster: Cluster, kubeconfig: Path) -> None:
+    with ConfigMapStore(spec(kubeconfig), "m").lock():
+        before = cluster.get("leases", NS, "cutover-m")["spec"]["renewTime"]
+        time.sleep(2.5)  # a third of the 3 s lease passed twice
+        after = cluster.get("leases", NS, "cutover-m")["spec"]["renewTime"]
+    assert after > before
