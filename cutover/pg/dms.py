@@ -16,7 +16,7 @@ from psycopg import sql
 
 from cutover.pg import catalog, replication
 from cutover.pg.connect import Connection
-from cutover.pg.execute import change
+from cutover.pg.execute import change, changes
 from cutover.pg.queries import load
 from cutover.pg.replication import SlotState
 from cutover.steps import Change
@@ -109,18 +109,20 @@ def give_back_ownership(
         return []
     owners = {o.key: o.owner for o in object_owners(source)}
     exists: dict[str, bool] = {}
-    changes: list[Change] = []
+    statements, fell_back = [], []
     for obj in held:
         owner = owners.get(obj.key, fallback)
         if owner not in exists:
             exists[owner] = replication.role_exists(target, owner)
         if not exists[owner] and owner != fallback:
             owner = fallback
-        done = change(target, obj.alter_owner(owner), where=where, dry_run=dry_run)
-        if owner == fallback and owners.get(obj.key) != fallback:
-            done = Change(done.where, f"{done.action} (its source owner is no role here)")
-        changes.append(done)
-    return changes
+        statements.append(obj.alter_owner(owner))
+        fell_back.append(owner == fallback and owners.get(obj.key) != fallback)
+    done = changes(target, statements, where=where, dry_run=dry_run)
+    return [
+        Change(d.where, f"{d.action} (its source owner is no role here)") if fell else d
+        for d, fell in zip(done, fell_back, strict=True)
+    ]
 
 
 # What aclexplode names, and GRANT takes: nothing else is ever put in a statement.
@@ -190,12 +192,13 @@ def copy_grants(
         key=lambda g: (g.kind, g.schema, g.name, g.grantee, g.privilege),
     )
     exists: dict[str, bool] = {}
-    changes: list[Change] = []
+    skipped: list[Change] = []
+    statements = []
     for grant in missing:
         if grant.grantee and grant.grantee not in exists:
             exists[grant.grantee] = replication.role_exists(target, grant.grantee)
         if grant.grantee and not exists[grant.grantee]:
-            changes.append(
+            skipped.append(
                 Change(
                     where,
                     f"not granted: {grant.privilege} on {grant.schema}.{grant.name} "
@@ -203,8 +206,8 @@ def copy_grants(
                 )
             )
             continue
-        changes.append(change(target, grant.statement(), where=where, dry_run=dry_run))
-    return changes
+        statements.append(grant.statement())
+    return changes(target, statements, where=where, dry_run=dry_run) + skipped
 
 
 def _barrier_schema_comment(conn: Connection) -> str | None:

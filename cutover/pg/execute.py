@@ -5,6 +5,7 @@ values inlined here (as `render` shows it), not a template with values bound
 apart, so what the operator read is what the server's log shows.
 """
 
+from collections.abc import Sequence
 from typing import Any
 
 from psycopg import ClientCursor, sql
@@ -51,6 +52,18 @@ def change(
 
 
 BATCH = 1000  # statements sent in one round trip
+
+
+def changes(
+    conn: Connection, statements: Sequence[Query], *, where: str, dry_run: bool
+) -> list[Change]:
+    """`change` of each statement, sent a thousand to a round trip (each batch one
+    transaction on an autocommit connection): for thousands of small DDL statements."""
+    texts = [render(conn, s) for s in statements]
+    if not dry_run:
+        for start in range(0, len(texts), BATCH):
+            conn.execute("; ".join(texts[start : start + BATCH]))
+    return [Change(where=where, action=redact(t)) for t in texts]
 
 
 def each_row(conn: Connection, queries: list[Query]) -> list[dict[str, Any]]:
