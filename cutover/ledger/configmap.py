@@ -19,11 +19,11 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from kubernetes.config.config_exception import ConfigException
 
 from cutover.errors import LedgerLocked, StepFailed, UsageError
+from cutover.kube import api_client
 from cutover.ledger.base import actor
 from cutover.plan import ConfigMapLedger
 
@@ -32,27 +32,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 KEY = "document.json"
 CONFLICT_ATTEMPTS = 5
-
-
-def api_client(spec: ConfigMapLedger) -> client.ApiClient:
-    """A client of the cluster the plan names: its kubeconfig, or the pod's service account."""
-    try:
-        if spec.kubeconfig is None:
-            configuration = client.Configuration()
-            config.load_incluster_config(  # type: ignore[no-untyped-call]
-                client_configuration=configuration
-            )
-            return client.ApiClient(configuration)
-        built: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
-            config_file=str(spec.kubeconfig.expanduser()), context=spec.context
-        )
-        return built
-    except (ConfigException, OSError) as exc:
-        raise UsageError(
-            f"the ledger: cannot configure the Kubernetes client: {exc}",
-            hint="give ledger.configmap.kubeconfig in the plan, or run cutover in a pod "
-            "with a service account",
-        ) from None
 
 
 def _k8s_name(text: str) -> str:
@@ -70,7 +49,12 @@ class ConfigMapStore:
 
     def _client(self) -> client.ApiClient:
         if self._api is None:
-            self._api = api_client(self._spec)
+            self._api = api_client(
+                self._spec,
+                what="the ledger",
+                hint="give ledger.configmap.kubeconfig in the plan, or run cutover in a pod "
+                "with a service account",
+            )
         return self._api
 
     @property

@@ -27,9 +27,10 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from cutover.errors import PreconditionFailed, StepFailed
+from cutover.kube import api_client
 from cutover.log import redact
-from cutover.plan import KubernetesCluster, RepointValue, Server
 from cutover.plan import KubernetesRepoint as KubernetesSpec
+from cutover.plan import RepointValue, Server
 from cutover.repoint.file import retarget
 from cutover.steps import Change
 
@@ -41,32 +42,6 @@ RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 CHANGED_AT = "cutover.io/changed-at"
 COMPANION_SUFFIX = "-cutover-previous"
 CONFLICT_ATTEMPTS = 5
-
-
-def api_client(spec: KubernetesCluster, *, what: str) -> client.ApiClient:
-    """A client of the cluster the plan names: its kubeconfig, or the pod's service account."""
-    from kubernetes import config
-    from kubernetes.config.config_exception import ConfigException
-
-    from cutover.errors import UsageError
-
-    try:
-        if spec.kubeconfig is None:
-            configuration = client.Configuration()
-            config.load_incluster_config(  # type: ignore[no-untyped-call]
-                client_configuration=configuration
-            )
-            return client.ApiClient(configuration)
-        built: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
-            config_file=str(spec.kubeconfig.expanduser()), context=spec.context
-        )
-        return built
-    except (ConfigException, OSError) as exc:
-        raise UsageError(
-            f"{what}: cannot configure the Kubernetes client: {exc}",
-            hint="give kubeconfig (and context) in the plan, or run cutover in a pod "
-            "with a service account",
-        ) from None
 
 
 def build_value(kind: RepointValue, current: str | None, server: Server) -> str:

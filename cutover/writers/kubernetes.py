@@ -18,13 +18,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from kubernetes.config.config_exception import ConfigException
 
 from cutover import wait
-from cutover.errors import StepFailed, UsageError
-from cutover.plan import KubernetesCluster
+from cutover.errors import StepFailed
+from cutover.kube import api_client
 from cutover.plan import KubernetesWriter as KubernetesSpec
 from cutover.selectors import Selector, from_label_selector, render_selector
 from cutover.steps import Change
@@ -37,27 +36,6 @@ T = TypeVar("T")
 MERGE_PATCH = "application/merge-patch+json"
 HELD_PREFIX = "cutover-held-"
 READY_POLL_SECONDS = 0.2
-
-
-def api_client(spec: KubernetesCluster, *, what: str) -> client.ApiClient:
-    """A client of the cluster the plan names: its kubeconfig, or the pod's service account."""
-    try:
-        if spec.kubeconfig is None:
-            configuration = client.Configuration()
-            config.load_incluster_config(  # type: ignore[no-untyped-call]
-                client_configuration=configuration
-            )
-            return client.ApiClient(configuration)
-        built: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
-            config_file=str(spec.kubeconfig.expanduser()), context=spec.context
-        )
-        return built
-    except (ConfigException, OSError) as exc:
-        raise UsageError(
-            f"{what}: cannot configure the Kubernetes client: {exc}",
-            hint="give kubeconfig (and context) in the plan, or run cutover in a pod "
-            "with a service account",
-        ) from None
 
 
 def held_name(target: str) -> str:

@@ -114,9 +114,13 @@ def plan_extra() -> dict[str, Any]:
     return {}
 
 
-def dms_section(stack: ExitStack, lab: Lab, tmp_path: Path) -> dict[str, Any]:
+def dms_section(
+    stack: ExitStack, lab: Lab, tmp_path: Path, *, flags: dict[str, str] | None = None
+) -> dict[str, Any]:
     """A plan's dms section pointing at a stand-in whose DMS jobs replicate between the
-    lab's servers (the databases each job selects), served until `stack` closes."""
+    lab's servers (the databases each job selects), served until `stack` closes.
+
+    `flags`: the source instance's flags to begin with (default: DMS's two, on)."""
     standin, _ = stack.enter_context(
         lab_standin(
             lab,
@@ -126,7 +130,11 @@ def dms_section(stack: ExitStack, lab: Lab, tmp_path: Path) -> dict[str, Any]:
             polls_to_done=0,
             delay=0.5,
             period=0.2,
-            flags={"lab-source": {LOGICAL_DECODING: "on", ENABLE_PGLOGICAL: "on"}},
+            flags={
+                "lab-source": {LOGICAL_DECODING: "on", ENABLE_PGLOGICAL: "on"}
+                if flags is None
+                else flags
+            },
         )
     )
     endpoint = stack.enter_context(standin.serve())

@@ -7,7 +7,7 @@ written whole (a patch replaces it), the instance's other flags kept.
 
 import json
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
@@ -17,30 +17,11 @@ import pytest
 
 from cutover.lab import Lab
 from tests.conftest import Databases, Result, connect
-from tests.gcp.backend import PglogicalJobs, lab_standin
-from tests.gcp.standin import Standin
+from tests.integration.conftest import dms_section
 
 pytestmark = pytest.mark.integration
 
 OTHER_FLAG = {"log_min_duration_statement": "2500"}
-
-
-@pytest.fixture
-def cloud(lab: Lab, tmp_path: Path) -> Iterator[tuple[Standin, PglogicalJobs, str]]:
-    """A stand-in whose source instance has one flag of its own, and not DMS's two."""
-    with ExitStack() as stack:
-        standin, backend = stack.enter_context(
-            lab_standin(
-                lab,
-                project="lab-project",
-                instances={"lab-source": "source", "lab-target": "target"},
-                backup_dir=tmp_path / "backups",
-                polls_to_done=0,
-                flags={"lab-source": dict(OTHER_FLAG)},
-            )
-        )
-        endpoint = stack.enter_context(standin.serve())
-        yield standin, backend, endpoint
 
 
 def flags(endpoint: str) -> dict[str, str]:
@@ -63,20 +44,24 @@ def test_the_flags_wait_for_restart_then_are_merged_and_the_source_restarted(
     databases: Databases,
     write_plan: Callable[..., Path],
     cutover: Callable[..., Result],
-    cloud: tuple[Standin, PglogicalJobs, str],
+    tmp_path: Path,
 ) -> None:
-    _, backend, endpoint = cloud
+    with ExitStack() as stack:
+        dms = dms_section(stack, lab, tmp_path, flags=dict(OTHER_FLAG))
+        run_prepare(lab, databases, write_plan, cutover, dms)
+
+
+def run_prepare(
+    lab: Lab,
+    databases: Databases,
+    write_plan: Callable[..., Path],
+    cutover: Callable[..., Result],
+    dms: dict[str, Any],
+) -> None:
+    endpoint = dms["api_endpoints"]["sqladmin"]
     db = databases.create()
     with connect(lab.server("source"), db) as conn:
         conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
-    dms: dict[str, Any] = {
-        "project": "lab-project",
-        "region": "europe-west1",
-        "source_instance": "lab-source",
-        "target_instance": "lab-target",
-        "credentials": "anonymous",
-        "api_endpoints": {"datamigration": endpoint, "sqladmin": endpoint, "monitoring": endpoint},
-    }
     plan = str(write_plan([db], engine="dms", dms=dms))
 
     refused = cutover("prepare", "-p", plan)
@@ -85,7 +70,7 @@ def test_the_flags_wait_for_restart_then_are_merged_and_the_source_restarted(
         refused.stderr.replace("\n", " ")
     )
     assert "cutover prepare --restart" in refused.stderr
-    assert backend.pending_restart == set()  # nothing patched
+    assert flags(endpoint) == OTHER_FLAG  # nothing patched
 
     dry = cutover("prepare", "-p", plan, "--dry-run", "--restart")
     assert dry.code == 0, dry.stdout + dry.stderr
