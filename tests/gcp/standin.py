@@ -32,6 +32,7 @@ import json
 import re
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -914,3 +915,32 @@ class Standin:
         if offset + self.series_page_size < len(found):
             page["nextPageToken"] = str(offset + self.series_page_size)
         return page
+
+
+PROJECT = "shop-prod"
+REGION = "europe-west1"
+
+
+def dms_settings(
+    endpoint: str, *, source: str = "shop-db", target: str = "shop-db-16", project: str = PROJECT
+) -> dict[str, Any]:
+    """A plan's dms section whose three APIs are the stand-in at `endpoint`."""
+    return {
+        "project": project,
+        "region": REGION,
+        "source_instance": source,
+        "target_instance": target,
+        "credentials": "anonymous",
+        "api_endpoints": {"datamigration": endpoint, "sqladmin": endpoint, "monitoring": endpoint},
+    }
+
+
+@dataclass
+class Sleeps:
+    """Sleeps for real, but very briefly, and remembers what it was asked."""
+
+    asked: list[float] = field(default_factory=list)
+
+    def __call__(self, seconds: float) -> None:
+        self.asked.append(seconds)
+        time.sleep(min(seconds, 0.002))

@@ -22,6 +22,7 @@ from cutover.plan import load as load_plan
 from tests import pgbouncer
 from tests.conftest import Databases, Result, connect
 from tests.gcp.backend import ENABLE_PGLOGICAL, LOGICAL_DECODING, lab_standin
+from tests.gcp.standin import dms_settings
 
 TABLES = 12
 TABLE_NAMES = [*load_sql.table_names(TABLES), load_sql.KEYLESS]
@@ -138,14 +139,7 @@ def dms_section(
         )
     )
     endpoint = stack.enter_context(standin.serve())
-    return {
-        "project": "lab-project",
-        "region": "europe-west1",
-        "source_instance": "lab-source",
-        "target_instance": "lab-target",
-        "credentials": "anonymous",
-        "api_endpoints": {"datamigration": endpoint, "sqladmin": endpoint, "monitoring": endpoint},
-    }
+    return dms_settings(endpoint, source="lab-source", target="lab-target", project="lab-project")
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ lab's real servers, for what the engine reads there (table sizes, ownership).
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -30,28 +30,23 @@ from cutover.plan import Plan, dump, parse, resolve_secret
 from cutover.steps import Change
 from cutover.types import SyncProgress, TableState
 from tests.conftest import Databases, connect
-from tests.gcp.standin import InMemoryJobs, Request, Standin
+from tests.gcp.standin import (
+    PROJECT,
+    REGION,
+    InMemoryJobs,
+    Request,
+    Sleeps,
+    Standin,
+    dms_settings,
+)
 
 pytestmark = pytest.mark.integration
 
-PROJECT = "shop-prod"
-REGION = "europe-west1"
 ATTEMPTS = 4
 SCHEMA = """
 CREATE TABLE items (id bigserial PRIMARY KEY, note text);
 INSERT INTO items (note) SELECT 'n' || g FROM generate_series(1, 500) g;
 """
-
-
-@dataclass
-class Sleeps:
-    """Sleeps for real, but very briefly, and remembers what it was asked."""
-
-    asked: list[float] = field(default_factory=list)
-
-    def __call__(self, seconds: float) -> None:
-        self.asked.append(seconds)
-        time.sleep(min(seconds, 0.002))
 
 
 @dataclass
@@ -115,18 +110,7 @@ def world(lab: Lab, databases: Databases, monkeypatch: pytest.MonkeyPatch) -> It
     with standin.serve() as endpoint:
         data = yaml.safe_load(dump(lab.plan([db], move=f"d{uuid.uuid4().hex[:8]}")))
         data["engine"] = "dms"
-        data["dms"] = {
-            "project": PROJECT,
-            "region": REGION,
-            "source_instance": "shop-db",
-            "target_instance": "shop-db-16",
-            "credentials": "anonymous",
-            "api_endpoints": {
-                "datamigration": endpoint,
-                "sqladmin": endpoint,
-                "monitoring": endpoint,
-            },
-        }
+        data["dms"] = dms_settings(endpoint, source="shop-db", target="shop-db-16")
         plan = parse(data)
         assert plan.dms is not None
         sleeps = Sleeps()

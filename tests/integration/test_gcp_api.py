@@ -5,9 +5,8 @@ which the stand-in in tests/gcp speaks in the discovery documents' shapes.
 """
 
 import re
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -36,23 +35,10 @@ from cutover.cloud.resources import Api, InstanceState, JobPhase, JobState, Prof
 from cutover.cloud.sqladmin import SqlAdmin
 from cutover.errors import Retryable
 from cutover.plan import Connectivity, NewCloudSqlInstance, parse
-from tests.gcp.standin import InMemoryJobs, Standin
+from tests.gcp.standin import PROJECT, REGION, InMemoryJobs, Sleeps, Standin, dms_settings
 
-PROJECT = "shop-prod"
-REGION = "europe-west1"
 MOVE = "shop_2026"
 ATTEMPTS = 4
-
-
-@dataclass
-class Sleeps:
-    """Sleeps for real, but very briefly, and remembers what it was asked."""
-
-    asked: list[float] = field(default_factory=list)
-
-    def __call__(self, seconds: float) -> None:
-        self.asked.append(seconds)
-        time.sleep(min(seconds, 0.002))
 
 
 @dataclass
@@ -80,18 +66,7 @@ def world() -> Iterator[World]:
                 "source": {"host": "10.0.0.5", "user": "postgres"},
                 "target": {"host": "10.0.0.6", "user": "postgres"},
                 "databases": ["app"],
-                "dms": {
-                    "project": PROJECT,
-                    "region": REGION,
-                    "source_instance": "shop-db",
-                    "target_instance": "shop-db-16",
-                    "credentials": "anonymous",
-                    "api_endpoints": {
-                        "datamigration": endpoint,
-                        "sqladmin": endpoint,
-                        "monitoring": endpoint,
-                    },
-                },
+                "dms": dms_settings(endpoint, source="shop-db", target="shop-db-16"),
             }
         )
         assert plan.dms is not None

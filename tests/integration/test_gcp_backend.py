@@ -44,10 +44,8 @@ from tests.gcp.backend import (
     PglogicalJobs,
     lab_standin,
 )
-from tests.gcp.standin import Standin
+from tests.gcp.standin import PROJECT, Standin, dms_settings
 
-PROJECT = "shop-prod"
-REGION = "europe-west1"
 SOURCE, TARGET = "shop-db", "shop-db-16"
 DELAY = 1.5  # seconds a lag point stays invisible (Cloud Monitoring: 1-3 minutes)
 PERIOD = 0.2  # seconds between two lag samples (Cloud Monitoring: 60)
@@ -97,18 +95,7 @@ def world(lab: Lab, databases: Databases, tmp_path: Path) -> Iterator[World]:
                 "source": {"host": "127.0.0.1", "user": "postgres"},
                 "target": {"host": "127.0.0.1", "user": "postgres"},
                 "databases": ["app"],
-                "dms": {
-                    "project": PROJECT,
-                    "region": REGION,
-                    "source_instance": SOURCE,
-                    "target_instance": TARGET,
-                    "credentials": "anonymous",
-                    "api_endpoints": {
-                        "datamigration": endpoint,
-                        "sqladmin": endpoint,
-                        "monitoring": endpoint,
-                    },
-                },
+                "dms": dms_settings(endpoint, source=SOURCE, target=TARGET),
             }
         )
         assert plan.dms is not None
