@@ -510,7 +510,7 @@ class DmsEngine:
         )
 
     def _slots(self, db: str) -> dict[str, replication.SlotState]:
-        return pgdms.slot_states(self._source(db), pgdms.PGLOGICAL_SLOTS)
+        return replication.slot_states(self._source(db), pgdms.PGLOGICAL_SLOTS)
 
     def lag(self, db: str) -> Lag | None:
         """The exact lag: the furthest behind of DMS's slots for this database on the source."""

@@ -18,29 +18,12 @@ from cutover.pg import catalog, replication
 from cutover.pg.connect import Connection
 from cutover.pg.execute import change, changes
 from cutover.pg.queries import load
-from cutover.pg.replication import SlotState
 from cutover.steps import Change
 
 EXTERNAL_SYNC = "cloudsqlexternalsync"  # the role that owns what DMS made on the destination
 PGLOGICAL_SLOTS = r"pgl\_%"  # LIKE: the slots pglogical names for its subscriptions
 _QUALIFIED = frozenset({"TABLE", "VIEW", "MATERIALIZED VIEW", "SEQUENCE", "FOREIGN TABLE", "TYPE"})
 _ROUTINES = frozenset({"ROUTINE", "AGGREGATE"})
-
-
-def slot_states(conn: Connection, pattern: str) -> dict[str, SlotState]:
-    """The connected database's logical slots whose names match `pattern` (LIKE), by name."""
-    rows = conn.execute(load("slot_states_like"), (pattern,)).fetchall()
-    return {
-        row["slot_name"]: SlotState(
-            lag_bytes=max(0, int(row["lag_bytes"] or 0)),
-            retained_bytes=max(0, int(row["retained_bytes"] or 0)),
-            wal_status=row["wal_status"] or "unknown",
-            safe_wal_size=None if row["safe_wal_size"] is None else int(row["safe_wal_size"]),
-            active=bool(row["active"]),
-            lag_seconds=None if row["lag_seconds"] is None else float(row["lag_seconds"]),
-        )
-        for row in rows
-    }
 
 
 @dataclass(frozen=True)

@@ -467,17 +467,24 @@ class SlotState:
 
 def slot_state(conn: Connection, slot: str) -> SlotState | None:
     """The slot's lag and retained WAL, or None if it does not exist."""
-    row = conn.execute(load("slot_state"), (slot,)).fetchone()
-    if row is None:
-        return None
-    return SlotState(
-        lag_bytes=max(0, int(row["lag_bytes"] or 0)),
-        retained_bytes=max(0, int(row["retained_bytes"] or 0)),
-        wal_status=row["wal_status"] or "unknown",
-        safe_wal_size=None if row["safe_wal_size"] is None else int(row["safe_wal_size"]),
-        active=bool(row["active"]),
-        lag_seconds=None if row["lag_seconds"] is None else float(row["lag_seconds"]),
-    )
+    literal = slot.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return slot_states(conn, literal).get(slot)
+
+
+def slot_states(conn: Connection, pattern: str) -> dict[str, SlotState]:
+    """The connected database's logical slots whose names match `pattern` (LIKE), by name."""
+    rows = conn.execute(load("slot_states_like"), (pattern,)).fetchall()
+    return {
+        row["slot_name"]: SlotState(
+            lag_bytes=max(0, int(row["lag_bytes"] or 0)),
+            retained_bytes=max(0, int(row["retained_bytes"] or 0)),
+            wal_status=row["wal_status"] or "unknown",
+            safe_wal_size=None if row["safe_wal_size"] is None else int(row["safe_wal_size"]),
+            active=bool(row["active"]),
+            lag_seconds=None if row["lag_seconds"] is None else float(row["lag_seconds"]),
+        )
+        for row in rows
+    }
 
 
 def set_synchronous_commit(conn: Connection, name: str, *, where: str, dry_run: bool) -> Change:
