@@ -17,11 +17,17 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
+from hypothesis import HealthCheck, settings
 
 from cutover.lab import Lab
 from cutover.pg.connect import connect as cutover_connect
 from cutover.plan import Server, dump
 from tests.k8s.apiserver import Cluster
+
+# Property tests check what holds, not how fast: a server test on the other core must not
+# fail one by its 200 ms deadline, nor by generating its inputs slowly.
+settings.register_profile("suite", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("suite")
 
 REPO = Path(__file__).resolve().parent.parent
 

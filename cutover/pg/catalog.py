@@ -435,3 +435,22 @@ def transactions_older_than(conn: Connection, backend: int) -> list[OpenTransact
         (backend,),
     ).fetchall()
     return [OpenTransaction(**r) for r in rows]
+
+
+def foreign_key_references(conn: Connection) -> set[tuple[TableName, TableName]]:
+    """(table, referenced table) for each foreign key of the connected database."""
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT n.nspname AS schema, r.relname AS name, "
+            "fn.nspname AS ref_schema, fr.relname AS ref_name "
+            "FROM pg_catalog.pg_constraint c "
+            "JOIN pg_catalog.pg_class r ON r.oid = c.conrelid "
+            "JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace "
+            "JOIN pg_catalog.pg_class fr ON fr.oid = c.confrelid "
+            "JOIN pg_catalog.pg_namespace fn ON fn.oid = fr.relnamespace "
+            "WHERE c.contype = 'f'"
+        )
+    ).fetchall()
+    return {
+        (TableName(r["schema"], r["name"]), TableName(r["ref_schema"], r["ref_name"])) for r in rows
+    }

@@ -214,6 +214,7 @@ class _Tracker:
     copied: dict[int, int] = field(default_factory=dict)  # part index -> bytes relayed
     finished: set[int] = field(default_factory=set)
     started: set[int] = field(default_factory=set)
+    after: dict[int, set[int]] = field(default_factory=dict)  # part -> the parts it waits for
     processes: set["subprocess.Popen[bytes]"] = field(default_factory=set)
     stop: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -243,6 +244,41 @@ class _Tracker:
                     process.kill()
 
 
+def referenced_first(
+    parts: list[Part], references: AbstractSet[tuple[TableName, TableName]]
+) -> tuple[list[Part], dict[int, set[int]]]:
+    """The parts reordered so that a table comes after the tables it references (largest
+    first among those free to go), and for each part the parts it must wait for.
+
+    `references` holds (table, referenced table) pairs; a table's reference to itself
+    and references that close a cycle are left out (order cannot help those).
+    """
+    tables = {p.table for p in parts}
+    needs: dict[TableName, set[TableName]] = {t: set() for t in tables}
+    for table, referenced in references:
+        if table in tables and referenced in tables and table != referenced:
+            needs[table].add(referenced)
+    ordered: list[Part] = []
+    placed: set[TableName] = set()
+    waiting = sorted(parts, key=lambda p: -p.bytes)
+    while waiting:
+        free = [p for p in waiting if needs[p.table] <= placed | {p.table}]
+        chosen = free[0] if free else waiting[0]  # a cycle: take the largest anyway
+        if not free:
+            needs[chosen.table] &= placed
+        same = [p for p in waiting if p.table == chosen.table]
+        ordered += same
+        placed.add(chosen.table)
+        waiting = [p for p in waiting if p.table != chosen.table]
+    index: dict[TableName, list[int]] = {}
+    for i, part in enumerate(ordered):
+        index.setdefault(part.table, []).append(i)
+    after = {
+        i: {j for ref in needs[part.table] for j in index[ref]} for i, part in enumerate(ordered)
+    }
+    return ordered, {i: deps for i, deps in after.items() if deps}
+
+
 class Copier:
     """Copy the parts of one database from source to target in `jobs` jobs."""
 
@@ -269,8 +305,16 @@ class Copier:
         deadline: float,
         on_progress: Callable[[SyncProgress], None],
     ) -> None:
-        """Every part copied; the first failure, the deadline or Ctrl-C stops every job."""
-        tracker = _Tracker(parts)
+        """Every part copied; the first failure, the deadline or Ctrl-C stops every job.
+
+        A table the target already holds foreign keys on (a schema made there by
+        hand) is copied only once the tables it references are: the key is checked
+        as each part commits.
+        """
+        with connect(self.target, self.db, label="target") as conn:
+            references = catalog.foreign_key_references(conn)
+        parts, after = referenced_first(parts, references)
+        tracker = _Tracker(parts, after=after)
         with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="copy") as pool:
             futures: list[Future[None]] = [
                 pool.submit(self._copy, i, part, tracker) for i, part in enumerate(parts)
@@ -297,6 +341,8 @@ class Copier:
                 raise
 
     def _copy(self, index: int, part: Part, tracker: _Tracker) -> None:
+        while not tracker.stop.is_set() and not tracker.after.get(index, set()) <= tracker.finished:
+            time.sleep(0.01)  # what it references is being copied (started before it)
         if tracker.stop.is_set():
             return
         with tracker.lock:
