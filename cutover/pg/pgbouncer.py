@@ -105,6 +105,12 @@ def databases(conn: Console) -> dict[str, PoolDatabase]:
     }
 
 
+def shown(bouncer: PgBouncer) -> dict[str, PoolDatabase]:
+    """SHOW DATABASES of one PgBouncer, by name, on a console connection of its own."""
+    with console(bouncer) as conn:
+        return databases(conn)
+
+
 def busy_clients(bouncer: PgBouncer, database: str) -> list[Client]:
     """The clients of `database` that hold a server connection: what a PAUSE waits for.
 

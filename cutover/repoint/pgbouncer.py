@@ -129,8 +129,7 @@ class PgBouncerRepoint:
         return all(self._names(b, server) for b in self._spec.pgbouncers)
 
     def _names(self, bouncer: PgBouncer, server: Server) -> bool:
-        with pgbouncer.console(bouncer) as conn:
-            shown = pgbouncer.databases(conn)
+        shown = pgbouncer.shown(bouncer)
         return all(
             db in shown and shown[db].host == server.host and shown[db].port == server.port
             for db in self._spec.databases

@@ -41,7 +41,7 @@ class PgBouncerWriter:
             self._abandon()
             # One already paused (a switch run again) is not paused twice: PgBouncer refuses.
             self._pauses = [
-                pgbouncer.Pause(b, db) for b, db in self._each() if not self._paused(b, db)
+                pgbouncer.Pause(b, db) for b, db, pool in self._pools() if not pool.paused
             ]
         return changes
 
@@ -59,7 +59,7 @@ class PgBouncerWriter:
             )
         if not all(p.done.is_set() for p in self._pauses):
             return False
-        return all(self._drained(b, db) for b, db in self._each())
+        return all(pool.paused and pool.connections == 0 for _, _, pool in self._pools())
 
     def draining(self) -> str:
         """What the PAUSEs not yet answered wait for: the clients holding a server connection."""
@@ -89,26 +89,24 @@ class PgBouncerWriter:
 
     def is_healthy(self) -> tuple[bool, str]:
         """No database of the writer is left paused on any PgBouncer."""
-        paused = [f"{b.describe()} {db}" for b, db in self._each() if self._paused(b, db)]
+        paused = [f"{b.describe()} {db}" for b, db, pool in self._pools() if pool.paused]
         if paused:
             return False, "still paused: " + ", ".join(paused)
         return True, ""
 
-    def _paused(self, bouncer: PgBouncer, database: str) -> bool:
-        return self._shown(bouncer, database).paused
-
-    def _drained(self, bouncer: PgBouncer, database: str) -> bool:
-        shown = self._shown(bouncer, database)
-        return shown.paused and shown.connections == 0
-
-    def _shown(self, bouncer: PgBouncer, database: str) -> pgbouncer.PoolDatabase:
-        with pgbouncer.console(bouncer) as conn:
-            found = pgbouncer.databases(conn).get(database)
-        if found is None:
-            raise StepFailed(
-                f"writer {self.name}: {bouncer.describe()} has no database {database}",
-                hint="the plan's pgbouncer databases are the names of its [databases] section",
-            )
+    def _pools(self) -> list[tuple[PgBouncer, str, pgbouncer.PoolDatabase]]:
+        """Each database of the writer on each PgBouncer as it shows it: one look at each."""
+        found = []
+        for bouncer in self._spec.pgbouncers:
+            shown = pgbouncer.shown(bouncer)
+            for db in self._spec.databases:
+                if db not in shown:
+                    raise StepFailed(
+                        f"writer {self.name}: {bouncer.describe()} has no database {db}",
+                        hint="the plan's pgbouncer databases are the names of its [databases] "
+                        "section",
+                    )
+                found.append((bouncer, db, shown[db]))
         return found
 
     def _abandon(self) -> None:
