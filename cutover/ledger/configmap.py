@@ -14,6 +14,7 @@ many moves' worth of runs.
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -178,14 +179,7 @@ class ConfigMapStore:
         except ApiException as exc:
             if exc.status != 409:
                 raise
-        found = self._call("read the lease", self._leases.read_namespaced_lease, self.lease, ns)
-        holder = self._holder(found)
-        if holder is not None and holder != me:
-            raise LedgerLocked(
-                f"this move is being run by {holder} (lease {ns}/{self.lease})",
-                hint="wait for it to finish; a holder that stops renewing the lease loses it "
-                f"after {self._spec.lease_duration:g} s",
-            )
+        found = self._expired_or_ours(me)
         found.spec = self._lease_spec(me, acquired)  # free, or its holder dead: taken over
         try:
             self._call(
@@ -197,6 +191,42 @@ class ConfigMapStore:
                 hint="wait for it to finish",
             ) from None
         return acquired
+
+    def _expired_or_ours(self, me: str) -> client.V1Lease:
+        """The Lease once nobody else holds it: a holder that renews it is refused at once.
+
+        A controller killed with its Lease held (a Job's pod deleted, a node lost)
+        is followed by a new pod within seconds, before the Lease expired. The new
+        run waits, up to one `lease_duration`, for a renewal: none means the holder
+        is dead and its Lease is taken over; one means it runs, and is named.
+        """
+        ns, beat = self._spec.namespace, min(1.0, self._spec.lease_duration / 6)
+        found = self._call("read the lease", self._leases.read_namespaced_lease, self.lease, ns)
+        holder = self._holder(found)
+        if holder is None or holder == me:
+            return found
+        renewed = found.spec.renew_time if found.spec else None
+        log.warning(
+            "this move's lease %s/%s is held by %s: waiting up to %g s to see it renewed "
+            "(a run that goes on) or expire (a run that was killed)",
+            ns,
+            self.lease,
+            holder,
+            self._spec.lease_duration,
+        )
+        deadline = time.monotonic() + self._spec.lease_duration + beat
+        while holder is not None and holder != me:
+            now_renewed = found.spec.renew_time if found.spec else None
+            if now_renewed != renewed or time.monotonic() > deadline:
+                raise LedgerLocked(
+                    f"this move is being run by {holder} (lease {ns}/{self.lease})",
+                    hint="wait for it to finish; a holder that stops renewing the lease loses "
+                    f"it after {self._spec.lease_duration:g} s",
+                )
+            time.sleep(beat)
+            found = self._call("read", self._leases.read_namespaced_lease, self.lease, ns)
+            holder = self._holder(found)
+        return found
 
     def _renew(self, me: str, acquired: datetime, stop: threading.Event) -> None:
         ns = self._spec.namespace
@@ -223,7 +253,7 @@ class ConfigMapStore:
 
     @contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold the move's Lease, renewed while held, or fail at once naming who holds it."""
+        """Hold the move's Lease, renewed while held, or fail naming who holds it."""
         me = actor()
         acquired = self._acquire(me)
         stop = threading.Event()

@@ -4,10 +4,13 @@ The lab's write load runs as the replicas of two Deployments in two tiers, their
 connection strings from a Secret; the switch scales them to zero tier by tier (an
 autoscaler held meanwhile), repoints the Secret's keys, and scales them back to
 their recorded counts: the new pods read the target's address, and the write
-audit finds every acknowledged write on the target.
+audit finds every acknowledged write on the target. The ledger is in ConfigMaps,
+and the controller is killed halfway: a new process with nothing but the plan
+finishes the switch, as a Job's next pod would.
 """
 
 import base64
+import json
 import sys
 import uuid
 from collections.abc import Callable
@@ -16,12 +19,14 @@ from typing import Any
 
 import psycopg
 import pytest
+import yaml
 
 from cutover import load, wait
 from cutover.lab import Lab
 from cutover.ledger import journal_for
 from cutover.pg import load as load_sql
 from cutover.plan import load as load_plan
+from cutover.runner import FAILPOINT
 from tests.conftest import REPO, Databases, Result, connect
 from tests.integration.conftest import TABLE_NAMES, TABLES
 from tests.k8s.apiserver import Cluster
@@ -104,6 +109,7 @@ def test_a_switch_stops_and_starts_kubernetes_tiers_and_repoints_a_secret_losing
         ],
         fence={"roles": [role]},
         thresholds={"lag_window": "1s", "switch_timeout": "10s", "drain_timeout": "20s"},
+        ledger={"configmap": {**k8s, "lease_duration": "3s"}},
     )
     for command in ("prepare", "start"):
         done = cutover(command, "-p", str(plan), *(["--wait"] if command == "start" else []))
@@ -121,9 +127,23 @@ def test_a_switch_stops_and_starts_kubernetes_tiers_and_repoints_a_secret_losing
     until(lambda: acked(source_port) > 50)
     cluster.requests.clear()
 
-    switched = cutover("switch", "-p", str(plan), "--yes", timeout=240)
+    # The controller killed once the Secret is repointed, its Lease still held: the
+    # next run is a new process on another "node", with an empty state directory.
+    killed = cutover(
+        "switch", "-p", str(plan), "--yes", env={FAILPOINT: "all/switch.repoint@applied"}
+    )
+    assert killed.code == -9, killed.stdout + killed.stderr
+    elsewhere = tmp_path / "elsewhere.yaml"
+    elsewhere.write_text(
+        yaml.safe_dump({**yaml.safe_load(plan.read_text()), "state_dir": str(tmp_path / "new")})
+    )
+    status = json.loads(cutover("status", "-p", str(elsewhere), "--json").stdout)
+    assert status["interrupted"] == ["all/switch.repoint"]  # read from the ConfigMap
+
+    switched = cutover("switch", "-p", str(elsewhere), "--yes", timeout=240)
 
     assert switched.code == 0, switched.stdout + switched.stderr
+    assert "adopted all/switch.repoint" in switched.stdout  # the Secret showed it done
     assert password not in switched.stdout + switched.stderr
     for name, count in (("web", 2), ("worker", 1)):
         found = cluster.get("deployments", NS, name)

@@ -54,9 +54,11 @@ def test_a_second_run_is_refused_while_the_first_holds_the_lease(
     first = ConfigMapStore(spec(kubeconfig), "m")
     with first.lock():
         lease = cluster.get("leases", NS, "cutover-m")
+        began = time.monotonic()
         with pytest.raises(LedgerLocked) as refused:  # another process: another identity
             ConfigMapStore(spec(kubeconfig), "m")._acquire("other@host pid 2")
         assert lease["spec"]["holderIdentity"] in refused.value.message
+        assert time.monotonic() - began < 2.5  # told at the holder's next renewal (1 s)
     assert not cluster.get("leases", NS, "cutover-m")["spec"].get("holderIdentity")
     with ConfigMapStore(spec(kubeconfig), "m").lock():  # released: free again
         pass
@@ -89,3 +91,28 @@ def test_the_holder_renews_its_lease_while_it_runs(cluster: Cluster, kubeconfig:
         time.sleep(2.5)  # a third of the 3 s lease passed twice
         after = cluster.get("leases", NS, "cutover-m")["spec"]["renewTime"]
     assert after > before
+
+
+def test_a_run_started_just_after_its_holder_was_killed_takes_the_lease_when_it_expires(
+    cluster: Cluster, kubeconfig: Path
+) -> None:
+    """A Job's new pod comes before its killed predecessor's Lease expired: it waits, then runs."""
+    just_now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    cluster.create(
+        "leases",
+        NS,
+        {
+            "metadata": {"name": "cutover-m"},
+            "spec": {
+                "holderIdentity": "killed@node-a pid 7",
+                "leaseDurationSeconds": 3,
+                "renewTime": just_now,
+            },
+        },
+    )
+    began = time.monotonic()
+    with ConfigMapStore(spec(kubeconfig), "m").lock():
+        waited = time.monotonic() - began
+        holder = cluster.get("leases", NS, "cutover-m")["spec"]["holderIdentity"]
+    assert holder != "killed@node-a pid 7"
+    assert 2.0 < waited < 5.0  # until the Lease expired, not at once and not for long
