@@ -1,4 +1,4 @@
-"""Every call cutover makes to Kubernetes is one the Role of k8s/rbac.yaml allows."""
+"""Every call cutover makes to Kubernetes is one the Role of k8s/base/rbac.yaml allows."""
 
 import re
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import yaml
 
 from cutover import wait
-from cutover.ledger import FileStore, Journal, WriterRecords
+from cutover.ledger import Journal, WriterRecords
 from cutover.ledger.configmap import ConfigMapStore
 from cutover.plan import ConfigMapLedger, Server
 from cutover.plan import KubernetesRepoint as RepointSpec
@@ -25,16 +25,25 @@ _PATH = re.compile(
 )
 
 
-def allowed() -> set[tuple[str, str, str]]:
-    documents = yaml.safe_load_all((REPO / "k8s" / "rbac.yaml").read_text())
+Rule = tuple[str, str, str, str | None]  # group, resource, verb, name (None: any)
+
+
+def allowed() -> set[Rule]:
+    documents = yaml.safe_load_all((REPO / "k8s" / "base" / "rbac.yaml").read_text())
     role = next(d for d in documents if d["kind"] == "Role")
     return {
-        (group, resource, verb)
+        (group, resource, verb, name)
         for rule in role["rules"]
         for group in rule["apiGroups"]
         for resource in rule["resources"]
         for verb in rule["verbs"]
+        for name in rule.get("resourceNames") or [None]
     }
+
+
+def permits(rules: set[Rule], call: Rule) -> bool:
+    group, resource, verb, name = call
+    return bool({(group, resource, verb, None), (group, resource, verb, name)} & rules)
 
 
 def test_the_role_allows_every_call_of_the_writer_the_repoint_and_the_ledger(
@@ -44,13 +53,15 @@ def test_the_role_allows_every_call_of_the_writer_the_repoint_and_the_ledger(
     cluster.create("statefulsets", NS, stateful_set("sync", 1))
     cluster.create("horizontalpodautoscalers", NS, autoscaler("api", "api", low=1, high=3))
     cluster.create("cronjobs", NS, cron_job("nightly"))
-    cluster.create("secrets", NS, {"metadata": {"name": "db"}, "data": {"URL": "aG9zdD1h"}})
+    # The names of the Role's example move, `orders`, whose Secret is `orders-db`.
+    cluster.create("secrets", NS, {"metadata": {"name": "orders-db"}, "data": {"URL": "aG9zdD1h"}})
     cluster.requests.clear()
 
+    ledger = ConfigMapLedger(kubeconfig=kubeconfig, namespace=NS)
     writer = KubernetesWriter(
         "shop",
         WriterSpec(kubeconfig=kubeconfig, namespace=NS, selector="part-of=shop", ready_timeout=20),
-        records=WriterRecords(FileStore(tmp_path, "m", kind="writers")),
+        records=WriterRecords(ConfigMapStore(ledger, "orders", kind="writers")),
     )
     writer.stop(dry_run=False)
     wait.until(writer.is_drained, timeout=20, what="not drained", hint="")
@@ -58,23 +69,31 @@ def test_the_role_allows_every_call_of_the_writer_the_repoint_and_the_ledger(
     writer.is_healthy()
     place = KubernetesRepoint(
         "db",
-        RepointSpec(kubeconfig=kubeconfig, namespace=NS, secret="db", key="URL", restart=["api"]),
+        RepointSpec(
+            kubeconfig=kubeconfig, namespace=NS, secret="orders-db", key="URL", restart=["api"]
+        ),
     )
     place.point_to(Server(host="b", user="u"), dry_run=False)
     place.points_to(Server(host="b", user="u"))
-    store = ConfigMapStore(ConfigMapLedger(kubeconfig=kubeconfig, namespace=NS), "m")
+    place.point_to(Server(host="a", user="u"), dry_run=False)  # as a rollback does
+    store = ConfigMapStore(ledger, "orders")
     with store.lock():
-        journal = Journal(store, move="m")
+        journal = Journal(store, move="orders")
         journal.note("test", detail="created")
         journal.note("test", detail="updated")
+        for mode in ("counts", "checksum"):  # made, then replaced
+            ConfigMapStore(ledger, "orders", kind="verify").write({"mode": mode})
 
-    calls = set()
+    calls: set[Rule] = set()
     for method, path in cluster.requests:
         m = _PATH.match(path)
         assert m is not None, path
         resource = m["resource"] + (f"/{m['sub']}" if m["sub"] else "")
         verb = VERBS.get(method) or ("get" if m["name"] else "list")
-        calls.add((m["group"] or "", resource, verb))
-    assert calls - allowed() == set()
-    assert allowed() - calls == set()  # and nothing it never does
+        calls.add((m["group"] or "", resource, verb, m["name"]))
+    rules = allowed()
+    assert {c for c in calls if not permits(rules, c)} == set()
+    # and nothing it never does: each rule is used, each name of a rule too
+    used = {(g, r, v, n if (g, r, v, n) in rules else None) for g, r, v, n in calls}
+    assert rules - used == set()
     assert len(calls) > 15  # every kind of call was made
