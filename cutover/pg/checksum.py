@@ -4,7 +4,10 @@ A row is hashed on the server by `hash_record_extended` (PostgreSQL 14+):
 each column by its type's own hash function, which gives equal values equal
 hashes (1.5 and 1.50, 0 and -0, one instant in any time zone, jsonb by
 content), with the source's column order on both sides. json is hashed as
-jsonb; a type without a hash function is hashed as its text, rendered in a
+jsonb; a type without a hash function, and a type whose values are this
+server's OIDs (an enum, whose hash is its label's OID; regclass and the other
+OID aliases; an array, domain, range or composite holding one), is hashed as
+its text, rendered in a
 session with fixed output settings (UTC, ISO dates, hex bytea, shortest exact
 floats). A chunk of keys gets the XOR of its rows' hashes and its row count,
 all chunks from one scan; chunks that differ are read again row by row.
@@ -43,11 +46,12 @@ CHUNK_ROWS = 10_000
 
 @dataclass(frozen=True)
 class Column:
-    """A column, its type as `format_type` spells it, and whether the type has a hash function."""
+    """A column, its type as `format_type` spells it, and how its values are hashed."""
 
     name: str
     type: str
-    hashable: bool = True
+    hashable: bool = True  # the type has a hash function
+    by_oid: bool = False  # its values are this server's OIDs: hashed as their text
 
 
 @dataclass(frozen=True)
@@ -100,8 +104,8 @@ def shapes(conn: Connection, tables: Sequence[TableName]) -> dict[TableName, Sha
         )
         result[table] = Shape(
             table,
-            tuple(Column(c["column"], c["type"]) for c in columns),
-            tuple(Column(c["column"], c["type"]) for c in key),
+            tuple(Column(c["column"], c["type"], by_oid=c["by_oid"]) for c in columns),
+            tuple(Column(c["column"], c["type"], by_oid=c["by_oid"]) for c in key),
         )
     return result
 
@@ -111,7 +115,7 @@ def _value(column: Column) -> sql.Composable:
     ident = sql.Identifier(column.name)
     if column.type == "json":
         return sql.SQL("{}::jsonb").format(ident)  # key order and spaces do not matter
-    if not column.hashable:
+    if not column.hashable or column.by_oid:
         return sql.SQL("{}::text").format(ident)
     return ident
 

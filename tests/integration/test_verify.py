@@ -30,6 +30,11 @@ CREATE TABLE typed (
     bo boolean, u uuid, iv interval
 );
 CREATE TABLE pairs (a text, b integer, v text, PRIMARY KEY (a, b));
+CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE TYPE feeling AS (m mood, n integer);
+CREATE TABLE tagged (
+    m mood PRIMARY KEY, ms mood[], f feeling, c regclass, o regrole, v text
+);
 """
 COLUMNS = ("id", "n", "f", "r", "ts", "d", "j", "js", "ia", "ta", "b", "t", "tc", "bo", "u", "iv")
 
@@ -150,6 +155,31 @@ def test_rows_of_many_types_compare_equal_and_each_injected_difference_is_found_
             target.execute("DELETE FROM typed")
 
     check()
+
+
+def test_values_stored_as_each_server_s_oids_compare_by_what_they_name(
+    moving: tuple[str, Path],
+) -> None:
+    """An enum's hash is its label's OID, a regclass is one: both differ between servers."""
+    db, plan_path = moving
+    plan = load_plan(plan_path)
+    enum_oids = "SELECT array_agg(oid ORDER BY enumsortorder) AS o FROM pg_enum"
+    with connect(plan.source, db) as source, connect(plan.target, db) as target:
+        assert source.execute(enum_oids).fetchone() != target.execute(enum_oids).fetchone()
+        source.execute(
+            "INSERT INTO tagged VALUES "
+            "('sad', '{sad,happy}', ROW('ok', 1), 'typed', 'postgres', 'a'), "
+            "('ok', NULL, ROW('happy', NULL), 'pairs', NULL, 'b'), "
+            "('happy', '{}', NULL, NULL, 'postgres', 'c')"
+        )
+        equal = run_verify(plan_path)
+        assert equal.differences == 0 and equal.errors == 0, equal.tables
+
+        target.execute("UPDATE tagged SET ms = '{ok}' WHERE m = 'ok'")
+        found = run_verify(plan_path)
+    tagged = next(t for t in found.tables if t.name == "tagged")
+    assert tagged.keys == (verify.Difference("changed", ("ok",)),)
+    assert sum(t.differences for t in found.tables) == 1
 
 
 def test_values_equal_in_meaning_are_equal_whatever_the_target_renders(
