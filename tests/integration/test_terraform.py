@@ -17,8 +17,11 @@ import pytest
 from cutover.cloud.terraform import VARS_FILE, Terraform, refuse_destroys
 from cutover.errors import PreconditionFailed
 from cutover.lab import Lab
+from cutover.phases import terraform as terraforming
+from cutover.plan import parse
 from cutover.runner import FAILPOINT
 from tests.conftest import REPO, Databases, Result, connect, move_of
+from tests.gcp.standin import PROJECT, InMemoryJobs, Standin, dms_settings
 
 pytestmark = [
     pytest.mark.integration,
@@ -26,6 +29,7 @@ pytestmark = [
 ]
 
 MODULE = Path(__file__).resolve().parents[1] / "terraform" / "module"
+MOVE = "shop_2026"
 VARS = {"cutover_move": "m1", "source_database_flags": {"cloudsql.logical_decoding": "on"}}
 
 
@@ -259,3 +263,50 @@ def test_a_move_changes_its_instances_through_terraform_and_retires_exactly_the_
     assert state(module) == ["terraform_data.target"]
     shown_all = [shown.stdout, shown.stderr, prepared.stdout, switched.stdout, retired.stdout]
     assert not [t for t in [*shown_all, module.vars_path.read_text()] if secret in t]
+
+
+def test_with_cloud_sql_in_the_plan_the_source_is_backed_up_before_it_is_retired(
+    module: Terraform,
+) -> None:
+    """The final backup goes through the Cloud SQL Admin API (the stand-in), then the
+    protection is lifted and the source alone destroyed; a dry run sends nothing."""
+    module.write_vars({"cutover_move": MOVE}, dry_run=False)
+    module.converge(dry_run=False)
+    standin = Standin(polls_to_done=0, backend=InMemoryJobs())
+    standin.add_instance(PROJECT, "shop-db")
+    with standin.serve() as endpoint:
+        plan = parse(
+            {
+                "move": MOVE,
+                "engine": "dms",
+                "source": {"host": "10.0.0.5", "user": "postgres"},
+                "target": {"host": "10.0.0.6", "user": "postgres"},
+                "databases": ["app"],
+                "dms": dms_settings(endpoint, source="shop-db", target="shop-db-16"),
+                "terraform": {
+                    "directory": str(module.directory),
+                    "source_address": "terraform_data.source",
+                },
+            }
+        )
+        assert plan.terraform is not None
+        retire = terraforming.retire_phase(
+            plan, terraforming.Module(plan, plan.terraform, replica_target=True)
+        )
+        assert [s.name for s in retire.steps] == [
+            "back_up_source",
+            "lift_deletion_protection",
+            "retire_source",
+        ]
+        dry = [c.action for s in retire.steps for c in s.apply(dry_run=True)]
+        assert dry[0].startswith(
+            "sqladmin: POST /v1/projects/shop-prod/instances/shop-db/backupRuns"
+        )
+        assert standin.backups == {}
+        for step in retire.steps:
+            step.apply(dry_run=False)
+    (run,) = standin.backups.values()
+    assert run["instance"] == "shop-db" and run["status"] == "SUCCESSFUL"
+    assert MOVE in run["description"]
+    assert state(module) == ["terraform_data.target"]
+    assert inputs(module)["target"] == {"backups": True, "point_in_time_recovery": True}
