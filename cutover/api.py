@@ -269,7 +269,7 @@ def prepare(
         database.refuse_other_moves(plan, connections)
         engine = engine_for(plan, connections)
         module = terraforming.module_for(plan, engine)
-        flags = (terraforming.prepare_phase(plan, module, approved=approved),) if module else ()
+        flags = (terraforming.prepare_phase(module, approved=approved),) if module else ()
 
         def phases_for(db: str) -> list[Phase]:
             tables = database.tables_without_key(plan, connections, db)
@@ -511,7 +511,7 @@ def cleanup(
                 steps.run(back, scope=fallback)
                 steps.run(forward, scope=db)
             if module is not None:  # last: the source keeps its objects until it goes
-                steps.run(terraforming.retire_phase(plan, module), scope=SWITCH_SCOPE)
+                steps.run(terraforming.retire_phase(module), scope=SWITCH_SCOPE)
 
         reports = _run(plan, both_ways, dry_run=dry_run, on_step=on_step)
     return Ran(reports, dry_run)

@@ -609,7 +609,8 @@ _TF_INDEX = r'(?:\[(?:[0-9]+|"[^"\]]+")\])?'
 TerraformAddress = Annotated[
     str,
     _pattern(
-        rf"^(?:module\.{_TF_NAME}{_TF_INDEX}\.)*(?!module\.|data\.){_TF_NAME}\.{_TF_NAME}{_TF_INDEX}$",
+        rf"^(?:module\.{_TF_NAME}{_TF_INDEX}\.)*"  # the modules it is in, then its type and name
+        rf"(?!module\.|data\.){_TF_NAME}\.{_TF_NAME}{_TF_INDEX}$",
         "a resource address as `terraform state list` prints it, e.g. "
         "module.source.google_sql_database_instance.this",
     ),

@@ -37,7 +37,7 @@ from cutover.steps import SwitchStep as S
 
 log = logging.getLogger(__name__)
 
-SOURCE_FLAGS = "terraform_source_flags"
+SET_SOURCE_FLAGS = "terraform_source_flags"
 BACK_UP_SOURCE = "back_up_source"
 LIFT_DELETION_PROTECTION = "lift_deletion_protection"
 RETIRE_SOURCE = "retire_source"
@@ -155,7 +155,7 @@ def module_for(plan: Plan, engine: Engine) -> Module | None:
     return Module(plan, plan.terraform, replica_target=replica)
 
 
-def prepare_phase(plan: Plan, module: Module, *, approved: bool) -> Phase:
+def prepare_phase(module: Module, *, approved: bool) -> Phase:
     """prepare's Terraform step: the source's flags, applied only when `approved` (--yes)."""
     values = module.variables(promoted=False)
 
@@ -166,7 +166,11 @@ def prepare_phase(plan: Plan, module: Module, *, approved: bool) -> Phase:
 
     return Phase(
         "prepare",
-        (Step(SOURCE_FLAGS, set_flags, functools.partial(module.converged, values), attempts=1),),
+        (
+            Step(
+                SET_SOURCE_FLAGS, set_flags, functools.partial(module.converged, values), attempts=1
+            ),
+        ),
     )
 
 
@@ -185,8 +189,9 @@ def target_backups_step(module: Module) -> Step:
     )
 
 
-def retire_phase(plan: Plan, module: Module) -> Phase:
+def retire_phase(module: Module) -> Phase:
     """cleanup --retire-source: a final backup, the protection lifted, the source destroyed."""
+    plan = module.plan
     address = module.settings.source_address
     values = module.variables(promoted=True, retiring=True)
 

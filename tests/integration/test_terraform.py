@@ -291,7 +291,7 @@ def test_with_cloud_sql_in_the_plan_the_source_is_backed_up_before_it_is_retired
         )
         assert plan.terraform is not None
         retire = terraforming.retire_phase(
-            plan, terraforming.Module(plan, plan.terraform, replica_target=True)
+            terraforming.Module(plan, plan.terraform, replica_target=True)
         )
         assert [s.name for s in retire.steps] == [
             "back_up_source",
