@@ -187,6 +187,7 @@ def test_a_move_changes_its_instances_through_terraform_and_retires_exactly_the_
     dry = cutover("prepare", "-p", plan, "--dry-run", env=env)
     assert dry.code == 0, dry.stdout + dry.stderr
     assert f"write {module.vars_path}: cutover_move, source_database_flags" in dry.stdout
+    assert module.vars_written({"cutover_move": "before"})  # a dry run writes nothing
     shown = cutover("prepare", "-p", plan, env=env)
     assert shown.code == 4, shown.stdout + shown.stderr
     said = " ".join(shown.stderr.split())
@@ -257,6 +258,8 @@ def test_a_move_changes_its_instances_through_terraform_and_retires_exactly_the_
     )
     assert killed.code == -signal.SIGKILL
     assert state(module) == ["terraform_data.target"]
+    status = json.loads(cutover("status", "-p", plan, "--json", env=env).stdout)
+    assert status["interrupted"] == ["all/cleanup.retire_source"]
     retired = cutover("cleanup", "-p", plan, "--retire-source", "--yes", env=env)
     assert retired.code == 0, retired.stdout + retired.stderr
     assert "adopted all/cleanup.retire_source" in " ".join(retired.stdout.split())
