@@ -22,7 +22,13 @@ from cutover import database, observe, preflight, runner, state
 from cutover import verify as comparing
 from cutover.database import FillProgress, Pool, mask, pool, translate
 from cutover.engines import engine_for, prove_applied, reversed_plan
-from cutover.errors import CannotCompare, CutoverError, PreconditionFailed, StepFailed
+from cutover.errors import (
+    CannotCompare,
+    CutoverError,
+    PreconditionFailed,
+    StepFailed,
+    UsageError,
+)
 from cutover.ledger import Pause, journal_for, move_id, save_verification
 from cutover.phases import backfill as backfilling
 from cutover.phases import cleanup as cleaning
@@ -31,6 +37,7 @@ from cutover.phases import rollback as rolling_back
 from cutover.phases import start as starting
 from cutover.phases import switch as switching
 from cutover.phases import sync_schema as syncing
+from cutover.phases import terraform as terraforming
 from cutover.plan import Plan, Server
 from cutover.runner import StepReport
 from cutover.steps import SWITCH_SCOPE, Phase, StepStatus, SwitchStep
@@ -158,11 +165,19 @@ def _run(
 
 
 def _run_phases(
-    plan: Plan, phases_for: Callable[[str], list[Phase]], *, dry_run: bool, on_step: OnStep
+    plan: Plan,
+    phases_for: Callable[[str], list[Phase]],
+    *,
+    dry_run: bool,
+    on_step: OnStep,
+    move_wide: tuple[Phase, ...] = (),
 ) -> tuple[StepReport, ...]:
-    """The phases of each database, in the plan's order; each built when its turn comes."""
+    """The `move_wide` phases first, then the phases of each database, in the plan's order;
+    each built when its turn comes."""
 
     def run_all(steps: runner.Runner) -> None:
+        for phase in move_wide:
+            steps.run(phase, scope=SWITCH_SCOPE)
         for db in plan.databases:
             for phase in phases_for(db):
                 steps.run(phase, scope=db)
@@ -241,13 +256,20 @@ def prepare(
     *,
     restart: bool,
     dry_run: bool,
+    approved: bool = False,
     on_step: OnStep = _ignore,
     on_fill: OnFill = _ignore,
 ) -> Ran:
-    """Keys for tables without one, then both sides made ready, database by database."""
+    """Keys for tables without one, then both sides made ready, database by database.
+
+    With a terraform section the source's flags go through Terraform first; its
+    plan is applied only when `approved` (--yes), else shown and ApprovalNeeded.
+    """
     with pool(_servers(plan)) as connections:
         database.refuse_other_moves(plan, connections)
         engine = engine_for(plan, connections)
+        module = terraforming.module_for(plan, engine)
+        flags = (terraforming.prepare_phase(module, approved=approved),) if module else ()
 
         def phases_for(db: str) -> list[Phase]:
             tables = database.tables_without_key(plan, connections, db)
@@ -256,7 +278,7 @@ def prepare(
                 preparing.phase(plan, connections, db, engine, restart=restart),
             ]
 
-        reports = _run_phases(plan, phases_for, dry_run=dry_run, on_step=on_step)
+        reports = _run_phases(plan, phases_for, dry_run=dry_run, on_step=on_step, move_wide=flags)
     return Ran(reports, dry_run)
 
 
@@ -451,13 +473,22 @@ def rollback(
 
 
 @_command
-def cleanup(plan: Plan, *, dry_run: bool, on_step: OnStep = _ignore) -> Ran:
-    """Remove the move's objects from both servers, the fallback's first."""
+def cleanup(
+    plan: Plan, *, dry_run: bool, retire_source: bool = False, on_step: OnStep = _ignore
+) -> Ran:
+    """Remove the move's objects from both servers, the fallback's first.
+
+    With `retire_source`, then the old instance through Terraform: a final backup,
+    its deletion protection lifted, its resource alone destroyed.
+    """
+    if retire_source:
+        _require_retirable(plan)
     back = reversed_plan(plan)
     with _both_ways(plan) as (connections, back_connections):
         database.refuse_other_moves(plan, connections)
         engine = engine_for(plan, connections)
         back_engine = engine_for(back, back_connections)
+        module = terraforming.module_for(plan, engine) if retire_source else None
 
         def both_ways(steps: runner.Runner) -> None:
             for db in plan.databases:
@@ -479,9 +510,29 @@ def cleanup(plan: Plan, *, dry_run: bool, on_step: OnStep = _ignore) -> Ran:
                 # before the forward one, since it uses what the forward replication installed.
                 steps.run(back, scope=fallback)
                 steps.run(forward, scope=db)
+            if module is not None:  # last: the source keeps its objects until it goes
+                steps.run(terraforming.retire_phase(module), scope=SWITCH_SCOPE)
 
         reports = _run(plan, both_ways, dry_run=dry_run, on_step=on_step)
     return Ran(reports, dry_run)
+
+
+def _require_retirable(plan: Plan) -> None:
+    """The source may be destroyed only through Terraform, and only once the switch promoted."""
+    if plan.terraform is None:
+        raise UsageError(
+            "--retire-source destroys the source through Terraform, and the plan has no "
+            "terraform section",
+            hint="add terraform: directory and source_address to the plan "
+            "(docs/terraform.md), or remove the old instance yourself",
+        )
+    promoted = journal_for(plan).get(f"{SWITCH_SCOPE}/switch.{SwitchStep.PROMOTE}")
+    if promoted is None or promoted.status is not StepStatus.DONE:
+        raise PreconditionFailed(
+            "the switch has not promoted the target: the source is still the primary, "
+            "and nothing was changed",
+            hint="switch first (`cutover switch`); --retire-source is for a finished move",
+        )
 
 
 # -- status and metrics -----------------------------------------------------------------------

@@ -181,6 +181,15 @@ def prepare_command(
             "plan: the one downtime of a move.",
         ),
     ] = False,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes",
+            "-y",
+            help="Apply the Terraform plan of the source's flags (with a terraform section); "
+            "without it the plan is shown, nothing is applied, and the command exits 4.",
+        ),
+    ] = False,
     dry_run: DryRunOption = False,
 ) -> None:
     """Make both sides ready: primary keys, logical decoding, replication role, schema, publication.
@@ -188,11 +197,19 @@ def prepare_command(
     First every source table without a primary key or replica identity gets
     one (see `cutover backfill`). Safe to run again: what is already done is
     skipped, what was done but not recorded is adopted. With --dry-run, prints
-    the SQL and changes nothing.
+    the SQL and changes nothing. With a terraform section in the plan, the
+    source's flags are set through Terraform first (docs/terraform.md).
     """
     plan = load_plan(plan_path)
     with _backfill_progress() as on_fill:
-        ran = api.prepare(plan, restart=restart, dry_run=dry_run, on_step=_show, on_fill=on_fill)
+        ran = api.prepare(
+            plan,
+            restart=restart,
+            approved=yes,
+            dry_run=dry_run,
+            on_step=_show,
+            on_fill=on_fill,
+        )
     _dry_run_note(ran)
 
 
@@ -553,6 +570,15 @@ def rollback_command(
 def cleanup_command(
     plan_path: PlanOption,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    retire_source: Annotated[
+        bool,
+        typer.Option(
+            "--retire-source",
+            help="Then destroy the old instance through Terraform (the plan's terraform "
+            "section): a final backup, its deletion protection lifted, its resource alone "
+            "destroyed. Only after the switch.",
+        ),
+    ] = False,
     dry_run: DryRunOption = False,
 ) -> None:
     """Remove what the move put on the servers: subscription, slot, publication, role, barrier.
@@ -561,13 +587,18 @@ def cleanup_command(
     (the target keeps what was copied). Works when the old source is read-only.
     """
     plan = load_plan(plan_path)
+    retired = (
+        f", then destroy the old instance {plan.terraform.source_address} through Terraform"
+        if retire_source and plan.terraform is not None
+        else ""
+    )
     _confirm(
         f"Remove move '{plan.move}' objects (subscription, slot, publication, role "
-        f"cutover_{plan.move}, _cutover schema) from both servers?",
+        f"cutover_{plan.move}, _cutover schema) from both servers{retired}?",
         yes=yes,
         dry_run=dry_run,
     )
-    _dry_run_note(api.cleanup(plan, dry_run=dry_run, on_step=_show))
+    _dry_run_note(api.cleanup(plan, dry_run=dry_run, retire_source=retire_source, on_step=_show))
 
 
 @app.command("sync-schema")
@@ -1157,7 +1188,7 @@ def _fail(exc: CutoverError) -> NoReturn:
     if exc.__cause__ is not None and log.is_verbose():
         trace = "".join(traceback.format_exception(exc))
         err.print(api.mask(trace), markup=False, soft_wrap=True, end="")
-    style = "bold yellow" if exc.label == "WARNING" else "bold red"
+    style = "bold yellow" if exc.label in ("WARNING", "PLANNED") else "bold red"
     err.print(f"[{style}]{exc.label}:[/] {_escape(api.mask(exc.message))}", soft_wrap=True)
     if exc.hint:
         err.print(f"[dim]hint:[/] {_escape(api.mask(exc.hint))}", soft_wrap=True)

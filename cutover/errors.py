@@ -46,6 +46,16 @@ class PreconditionFailed(CutoverError):
     """The world is not ready for this step; nothing was changed. Fix and run again."""
 
 
+class ApprovalNeeded(PreconditionFailed):
+    """A change was planned and shown, and waits for the operator's approval (`--yes`).
+
+    Nothing was changed; the command exits 4, so that a script can tell it from a failure.
+    """
+
+    exit_code = 4
+    label = "PLANNED"
+
+
 class CannotCompare(CutoverError):
     """Verification could not reach a point where source and target are comparable."""
 

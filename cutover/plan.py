@@ -602,6 +602,42 @@ class Dms(_Model):
         return self
 
 
+# A resource's address in Terraform's state: `module.source.google_sql_database_instance.this`,
+# with an index where the resource has count or for_each (`...this[0]`, `...this["a"]`).
+_TF_NAME = r"[A-Za-z_][A-Za-z0-9_-]*"
+_TF_INDEX = r'(?:\[(?:[0-9]+|"[^"\]]+")\])?'
+TerraformAddress = Annotated[
+    str,
+    _pattern(
+        rf"^(?:module\.{_TF_NAME}{_TF_INDEX}\.)*"  # the modules it is in, then its type and name
+        rf"(?!module\.|data\.){_TF_NAME}\.{_TF_NAME}{_TF_INDEX}$",
+        "a resource address as `terraform state list` prints it, e.g. "
+        "module.source.google_sql_database_instance.this",
+    ),
+]
+
+
+class TerraformModule(_Model):
+    """The Terraform root module that holds the instances: the move changes them through it."""
+
+    directory: Path  # relative: to the plan's folder
+    source_address: TerraformAddress  # the old instance, destroyed by cleanup --retire-source
+    # Flags the source keeps besides the two the move adds: the module's variable is the whole map.
+    source_database_flags: dict[str, str] = {}
+    binary: str = Field(default="terraform", min_length=1)
+    lock_timeout: Seconds = 120.0  # how long a plan or an apply waits for the state's lock
+    # Terraform's extra environment (TF_VAR_migration_password, a backend's token): each
+    # value a secret reference, resolved at use, never written to the variables file.
+    env: CommandEnv = {}
+
+    @model_validator(mode="after")
+    def _directory_exists(self) -> Self:
+        # A relative directory is checked by `load`, once anchored at the plan's folder.
+        if self.directory.is_absolute() and not self.directory.is_dir():
+            raise ValueError(f"directory {self.directory} is not a directory")
+        return self
+
+
 class Plan(_Model):
     """A whole move."""
 
@@ -615,6 +651,9 @@ class Plan(_Model):
     backfill: Backfill = Backfill()
     large_objects: LargeObjects = LargeObjects.FAIL
     dms: Dms | None = None  # engine: dms only
+    # The instances' Terraform: prepare, the switch and cleanup --retire-source change them
+    # through it (docs/terraform.md), and the source's flags are never set by the API then.
+    terraform: TerraformModule | None = None
     # With true, prepare puts event triggers on the source that refuse DDL from every session
     # but cutover's own until cleanup removes them (temporary objects, GRANT, REVOKE, COMMENT
     # and REFRESH MATERIALIZED VIEW pass; rows are never affected): a schema change during a
@@ -775,6 +814,16 @@ def load(path: Path) -> Plan:
     plan = parse(data, origin=str(path))
     if not plan.state_dir.is_absolute():
         plan = plan.model_copy(update={"state_dir": (path.parent / plan.state_dir).resolve()})
+    module = plan.terraform
+    if module is not None and not module.directory.is_absolute():
+        directory = (path.parent / module.directory).resolve()
+        if not directory.is_dir():
+            raise PlanError(
+                f"{path} is not valid:\n  terraform.directory: {directory} is not a directory",
+                hint=PLAN_HINT,
+            )
+        module = module.model_copy(update={"directory": directory})
+        plan = plan.model_copy(update={"terraform": module})
     return plan
 
 

@@ -21,6 +21,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 
 from cutover.database import translate
 from cutover.errors import (
+    ApprovalNeeded,
     CutoverError,
     Interrupted,
     PreconditionFailed,
@@ -152,7 +153,7 @@ class Runner:
                     f"{key}: {message}{undo_note}",
                     hint="run the same command again to continue; `cutover status` shows where",
                 ) from None
-            if isinstance(exc, SwitchedWithWarning):  # a warning with its own exit code
+            if isinstance(exc, SwitchedWithWarning | ApprovalNeeded):  # exit codes of their own
                 raise type(exc)(f"{key}: {message}{undo_note}", hint=exc.hint) from exc
             if isinstance(exc, CutoverError):
                 raise StepFailed(f"{key}: {message}{undo_note}", hint=exc.hint) from exc

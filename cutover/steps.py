@@ -98,6 +98,7 @@ class SwitchStep(StrEnum):
     START_FALLBACK = "start_fallback"
     REPOINT = "repoint"
     START_WRITERS = "start_writers"
+    ENABLE_TARGET_BACKUPS = "enable_target_backups"  # only with a terraform section
     CHECK_WRITERS = "check_writers"
     REFRESH_MATERIALIZED_VIEWS = "refresh_materialized_views"
     # rollback's own

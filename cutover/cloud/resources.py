@@ -21,6 +21,10 @@ E = TypeVar("E", bound=StrEnum)
 
 Json = Mapping[str, Any]
 
+# The Cloud SQL flags a source needs to be decoded (DMS reads it through pglogical); both
+# restart the instance when they change (Cloud SQL's documentation).
+LOGICAL_DECODING_FLAGS = {"cloudsql.logical_decoding": "on", "cloudsql.enable_pglogical": "on"}
+
 
 class Api(StrEnum):
     """The Google APIs cutover calls, by the name their discovery document has."""

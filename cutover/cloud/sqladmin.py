@@ -7,7 +7,7 @@ the instance just read and sends nothing when every flag is already as wanted.
 Cloud SQL takes no requestId: its changes are made idempotent by reading first.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from cutover.cloud.client import Call, Clients, NotFound
@@ -22,6 +22,7 @@ from cutover.cloud.resources import (
     merge_flags,
     sql_operation_from,
 )
+from cutover.steps import Change
 
 T = TypeVar("T")
 
@@ -73,6 +74,17 @@ class SqlAdmin:
         return self._call(
             lambda s: s.backupRuns().insert(project=self.project, instance=name, body=body),
             sql_operation_from,
+        )
+
+    def back_up(
+        self, name: str, *, description: str, timeout: float, dry_run: bool
+    ) -> Sequence[Change]:
+        """An on-demand backup of an instance, waited for until it is taken."""
+        return self.clients.run(
+            self.insert_backup(name, description=description),
+            timeout=timeout,
+            what=f"the backup of {name}",
+            dry_run=dry_run,
         )
 
     def backup_run(self, name: str, backup_id: str) -> BackupRun | None:

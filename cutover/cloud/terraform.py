@@ -19,7 +19,7 @@ apply had finished.
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ VARIABLES = (
 OUTPUTS = ("source_instance", "target_instance", "migration_job")
 PLAN_FILE = "cutover.tfplan"
 TIMEOUT_SECONDS = 3600.0  # an instance's creation or restart can take many minutes
-LOCK_TIMEOUT = "120s"  # a Terraform left running by a killed controller holds the state's lock
+LOCK_TIMEOUT = 120.0  # seconds: a Terraform left running by a killed controller holds the lock
 HINT = "the output above is Terraform's; fix the module or its state, then run the command again"
 
 
@@ -112,6 +112,20 @@ def summary(shown: Any) -> PlanSummary:
     return PlanSummary(tuple(changes))
 
 
+def state_addresses(shown: Any) -> Iterator[str]:
+    """The resource addresses of `terraform show -json` of a state, child modules included."""
+    values = shown.get("values") if isinstance(shown, dict) else None
+    modules = [values.get("root_module")] if isinstance(values, dict) else []
+    while modules:
+        module = modules.pop()
+        if not isinstance(module, dict):
+            continue
+        for resource in module.get("resources") or ():
+            if isinstance(resource, dict) and resource.get("mode") == "managed":
+                yield str(resource.get("address"))
+        modules += module.get("child_modules") or ()
+
+
 def refuse_destroys(plan: PlanSummary, *, allowed: Iterable[str] = ()) -> None:
     """PreconditionFailed when the plan deletes or replaces an address not in `allowed`."""
     allowed = set(allowed)
@@ -137,9 +151,18 @@ def refuse_destroys(plan: PlanSummary, *, allowed: Iterable[str] = ()) -> None:
 class Terraform:
     """One Terraform root module: its variables, plans and applies."""
 
-    def __init__(self, directory: Path, *, binary: str = "terraform") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        binary: str = "terraform",
+        lock_timeout: float = LOCK_TIMEOUT,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.directory = directory
         self.binary = binary
+        self.lock_timeout = lock_timeout
+        self.env = dict(env or {})  # secrets (TF_VAR_...): given to Terraform, never written
 
     @property
     def vars_path(self) -> Path:
@@ -177,7 +200,7 @@ class Terraform:
 
     def plan(self, *, destroy: bool = False, targets: Iterable[str] = ()) -> PlanSummary:
         """`terraform plan -out`, read back: what applying the saved plan would change."""
-        argv = ["plan", "-input=false", "-no-color", f"-lock-timeout={LOCK_TIMEOUT}"]
+        argv = ["plan", "-input=false", "-no-color", self._lock_timeout]
         argv += ["-destroy"] if destroy else []
         argv += [f"-target={t}" for t in targets]
         self._run(*argv, f"-out={self.plan_path}", what="terraform plan")
@@ -200,11 +223,25 @@ class Terraform:
             "apply",
             "-input=false",
             "-no-color",
-            f"-lock-timeout={LOCK_TIMEOUT}",
+            self._lock_timeout,
             str(self.plan_path),
             what="terraform apply",
         )
         self.plan_path.unlink(missing_ok=True)
+
+    def addresses(self) -> list[str]:
+        """The resources in the state, as `terraform state list` names them.
+
+        Read from `terraform show -json` (an empty state is no error there); the
+        values it holds, secrets among them, are never kept or shown.
+        """
+        shown = self._run("show", "-json", "-no-color", what="terraform show")
+        try:
+            return sorted(state_addresses(json.loads(shown)))
+        except ValueError as exc:
+            raise StepFailed(
+                f"terraform show -json printed no JSON: {exc}", hint="check the Terraform version"
+            ) from None
 
     def converged(self, *, destroy: bool = False, targets: Iterable[str] = ()) -> bool:
         """A plan made now would change nothing."""
@@ -228,11 +265,15 @@ class Terraform:
             self.apply()
         return [Change("terraform", line) for line in planned.lines()]
 
+    @property
+    def _lock_timeout(self) -> str:
+        return f"-lock-timeout={self.lock_timeout:.0f}s"
+
     def _run(self, *argv: str, what: str) -> str:
         result = process.run(
             [self.binary, f"-chdir={self.directory}", *argv],
             timeout=TIMEOUT_SECONDS,
-            env={**os.environ, "TF_IN_AUTOMATION": "1"},
+            env={**os.environ, **self.env, "TF_IN_AUTOMATION": "1"},
             what=what,
             hint=HINT,
         )

@@ -35,6 +35,7 @@ from cutover.cloud.datamigration import (
 )
 from cutover.cloud.monitoring import DMS_LAG_BYTES, DMS_LAG_SECONDS, DMS_RESOURCE, Monitoring
 from cutover.cloud.resources import (
+    LOGICAL_DECODING_FLAGS,
     Instance,
     JobPhase,
     JobState,
@@ -66,8 +67,7 @@ TRAITS = Traits(
     released_by_switch=False,
     source_settings_by_api=True,
 )
-# The source's flags DMS needs; both restart the instance (Cloud SQL's documentation).
-SOURCE_FLAGS = {"cloudsql.logical_decoding": "on", "cloudsql.enable_pglogical": "on"}
+SOURCE_FLAGS = LOGICAL_DECODING_FLAGS  # the source's flags DMS needs; both restart it
 RESTART_SECONDS = 1800.0
 
 OPERATION_SECONDS = 1800.0  # a profile, a job, a verification or a demotion

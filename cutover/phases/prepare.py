@@ -1,7 +1,9 @@
 """prepare: make both sides ready to replicate one database.
 
 1. enable_logical_decoding: `wal_level = logical` on the source (a restart is the
-   one downtime of a move, so it is never done without being asked).
+   one downtime of a move, so it is never done without being asked). With a
+   `terraform` section the flags are Terraform's (phases/terraform.py, run first):
+   this step only checks that the source decodes.
 2. create_target_database: the database exists on the target.
 3. create_source_barrier: `_cutover.barrier`, for the switch's proof of zero lag.
 4. guard_source_ddl: only with `ddl_guard: true` in the plan, event triggers on
@@ -67,6 +69,16 @@ class Prepare:
         database.restart_source(self.servers, command, timeout=self.restart_timeout)
         return changes
 
+    def require_decoding(self, *, dry_run: bool) -> Sequence[Change]:
+        """Refuse a source that does not decode: with Terraform, its flags are Terraform's."""
+        if dry_run:
+            return [Change("source", "check that it decodes, with the flags Terraform applied")]
+        raise PreconditionFailed(
+            "the source does not decode yet, and its flags are Terraform's to set",
+            hint="run `cutover prepare --yes` to apply the plan of terraform_source_flags; if "
+            "it was applied, the instance takes the flags when it restarts",
+        )
+
 
 def phase(
     plan: Plan,
@@ -113,14 +125,23 @@ def phase(
                 partial(database.barrier_table_exists, servers, Side.TARGET, db),
             ),
         )
+    by_api = engine.traits.source_settings_by_api
+    decodes = engine.source_decodes if by_api else prepare.logical_decoding_on
     decoding = (
-        Step(  # Cloud SQL's flags, through its API
+        Step(  # the flags are Terraform's (terraform_source_flags): only checked here
             "enable_logical_decoding",
-            partial(engine.enable_decoding, restart=restart),
-            engine.source_decodes,
+            prepare.require_decoding,
+            decodes,
             attempts=1,
         )
-        if engine.traits.source_settings_by_api
+        if plan.terraform is not None
+        else Step(  # Cloud SQL's flags, through its API
+            "enable_logical_decoding",
+            partial(engine.enable_decoding, restart=restart),
+            decodes,
+            attempts=1,
+        )
+        if by_api
         else Step(
             "enable_logical_decoding",
             prepare.enable_logical_decoding,

@@ -24,6 +24,10 @@
 10. verify_counts: exact row counts of every table, source against target, in
     the snapshots both sides took right after the barrier: exact, and off the
     pause. A difference ends the switch with a warning (exit 3), not a rollback.
+    enable_target_backups (with a `terraform` section): backups and
+    point-in-time recovery turned on for the new primary through Terraform
+    (phases/terraform.py), the writers writing again; the switch's
+    confirmation is the approval of its plan, which is guarded like every other.
 11. check_writers: each writer with a `health` probe reports healthy within
     drain_timeout; if not, the switch ends with a warning (exit 3), not a
     rollback: the data is on the target. Running the switch again checks again.
@@ -44,6 +48,7 @@ from cutover.engines.base import Engine
 from cutover.errors import CountsDiffer, PreconditionFailed, StepFailed, WritersUnhealthy
 from cutover.ledger import writer_records
 from cutover.phases import start as starting
+from cutover.phases import terraform as terraforming
 from cutover.plan import LargeObjects, Plan
 from cutover.repoint import repoint_for
 from cutover.steps import Change, Phase, Step
@@ -607,6 +612,11 @@ def phase(
         ),
         # Off the pause: counted in the snapshots pinned at the barrier, writers writing.
         Step(S.VERIFY_COUNTS, partial(switch.verify_counts, promoted=True), attempts=1),
+    ]
+    module = terraforming.module_for(plan, engine)
+    if module is not None:  # off the pause, the writers writing on the new primary
+        steps.append(terraforming.target_backups_step(module))
+    steps += [
         # Last: an unhealthy writer leaves the views refreshed and the switch otherwise done.
         Step(S.CHECK_WRITERS, switch.check_writers, attempts=1),
     ]

@@ -27,6 +27,7 @@ pytestmark = pytest.mark.integration
 NOT_HERE = {
     S.COPY_LARGE_OBJECTS,  # only with large_objects: copy
     S.REFRESH_MATERIALIZED_VIEWS,
+    S.ENABLE_TARGET_BACKUPS,  # only with a terraform section (test_terraform_steps.py)
     S.CHECK_FALLBACK,  # rollback's own
     S.FENCE_TARGET,
     S.UNFENCE_SOURCE,

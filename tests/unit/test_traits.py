@@ -9,8 +9,9 @@ from hypothesis import strategies as st
 from cutover.database import Pool
 from cutover.engines.base import Traits
 from cutover.engines.postgres import PerDatabase, Replication
+from cutover.errors import PreconditionFailed
 from cutover.phases import prepare, start, switch
-from cutover.plan import LargeObjects, Plan
+from cutover.plan import LargeObjects, Plan, TerraformModule
 from cutover.steps import Phase
 from cutover.steps import SwitchStep as S
 
@@ -99,3 +100,35 @@ def test_start_refreshes_views_only_on_a_target_that_takes_writes(
     engine = declared(Traits(target_read_only_until_promote=read_only), the_plan)
     started = names(start.phase(the_plan, Pool({}), "app", engine))
     assert ("refresh_materialized_views" in started) is not read_only
+
+
+@pytest.mark.parametrize("by_api", [False, True])
+def test_with_terraform_the_flags_are_terraforms_and_the_target_backups_come_after_writers(
+    tmp_path: Path, by_api: bool
+) -> None:
+    """prepare only checks the source decodes (no API call, no ALTER SYSTEM); the switch turns
+    the target's backups on once the writers are back, before it checks them."""
+    section = {"directory": str(tmp_path), "source_address": "terraform_data.source"}
+    the_plan = plan(tmp_path, LargeObjects.FAIL).model_copy(
+        update={"terraform": TerraformModule.model_validate(section)}
+    )
+    engine = declared(Traits(source_settings_by_api=by_api), the_plan)
+    decoding = prepare.phase(the_plan, Pool({}), "app", engine).steps[0]
+    assert decoding.name == "enable_logical_decoding"
+    with pytest.raises(PreconditionFailed) as refused:
+        decoding.apply(dry_run=False)
+    assert refused.value.message == (
+        "the source does not decode yet, and its flags are Terraform's to set"
+    )
+    assert [c.action for c in decoding.apply(dry_run=True)] == [
+        "check that it decodes, with the flags Terraform applied"
+    ]
+    steps = names(switch.phase(the_plan, Pool({}), engine))
+    assert (
+        steps.index(S.START_WRITERS)
+        < steps.index(S.VERIFY_COUNTS)
+        < steps.index(S.ENABLE_TARGET_BACKUPS)
+        < steps.index(S.CHECK_WRITERS)
+    )
+    without = plan(tmp_path, LargeObjects.FAIL)
+    assert S.ENABLE_TARGET_BACKUPS not in names(switch.phase(without, Pool({}), engine))
