@@ -119,17 +119,8 @@ log_disconnections = 0
             _chown(path, run_as)
 
     def is_running(self) -> bool:
-        """Whether the process of its pid file is alive."""
-        pid = self._pid()
-        if pid is None:
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # alive, another user's
-            return True
-        return True
+        """Whether the process of its pid file is alive, and is this PgBouncer."""
+        return self._pid() is not None
 
     def start(self, *, run_as: str | None) -> None:
         """Start it in the background; return once it accepts connections."""
@@ -168,10 +159,17 @@ log_disconnections = 0
             time.sleep(_POLL_SECONDS)
 
     def _pid(self) -> int | None:
+        """The pid of its pid file, if that process runs this PgBouncer's configuration.
+
+        A pid file left by a PgBouncer that did not stop (the machine restarted)
+        may name another process by now: that one is neither asked nor ended.
+        """
         try:
-            return int(self.pid_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
+            pid = int(self.pid_file.read_text().strip())
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError, ValueError):
             return None
+        return pid if str(self.config).encode() in command.split(b"\0") else None
 
 
 def _doubled(value: str) -> str:
