@@ -2,6 +2,7 @@
 
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import sys
@@ -81,6 +82,7 @@ def test_lab_status_without_a_lab_says_how_to_start_one(
     assert "cutover lab up" in result.stdout
 
 
+@pytest.mark.skipif(shutil.which("pgbouncer") is None, reason="no pgbouncer here")
 def test_the_managed_lab_behind_pgbouncer_moves_its_live_database_as_no_superuser(
     tmp_path: Path, cutover: Callable[..., Result]
 ) -> None:

@@ -18,6 +18,7 @@ from cutover.load import read_dsn
 from cutover.pg.pgbouncer import PoolDatabase, shown
 from cutover.plan import PgBouncer, PgBouncerRepoint, PgBouncerWriter, Server
 from cutover.plan import load as load_plan
+from cutover.pooler import Bouncer
 from cutover.repoint.pgbouncer import PgBouncerRepoint as Repoint
 from cutover.runner import FAILPOINT
 from cutover.steps import SwitchStep as S
@@ -32,7 +33,6 @@ from tests.integration.conftest import (
     ledger_of,
     nothing_lost,
 )
-from tests.pgbouncer import Bouncer
 
 pytestmark = [
     pytest.mark.integration,
