@@ -9,6 +9,8 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 LAB    ?= .lab
 # `make demo MANAGED=1`: the source reached as a user that is no superuser (as on Cloud SQL)
 MANAGED ?=
+# `make demo POOLER=pgbouncer`: the application writes through a PgBouncer, paused and repointed
+POOLER ?=
 
 .PHONY: test demo lint unit system venv clean
 
@@ -28,7 +30,7 @@ unit: venv  ## the tests that need no server
 	$(BIN)/pytest tests/unit
 
 demo: system venv  ## a live move on local servers, under a write load, audited
-	BIN=$(BIN) LAB=$(LAB) MANAGED=$(MANAGED) scripts/demo.sh
+	BIN=$(BIN) LAB=$(LAB) MANAGED=$(MANAGED) POOLER=$(POOLER) scripts/demo.sh
 	@echo
 	@echo "The lab keeps running: 'cutover lab status --dir $(LAB)', 'cutover lab down --dir $(LAB) --purge'."
 

@@ -1034,6 +1034,15 @@ def lab_up(
             "Chosen when the lab is created.",
         ),
     ] = False,
+    with_pgbouncer: Annotated[
+        bool,
+        typer.Option(
+            "--pgbouncer",
+            help="Put a PgBouncer (the machine's pgbouncer) between the write load and the "
+            "servers; the plan pauses it and repoints it instead of the load. "
+            "Chosen when the lab is created.",
+        ),
+    ] = False,
 ) -> None:
     """Start two local PostgreSQL 15 servers (source, target) and write a ready plan.
 
@@ -1042,7 +1051,7 @@ def lab_up(
     """
     the_lab = lab.Lab(directory)
     with err.status("starting the lab servers..."):
-        state = the_lab.up(sample=sample, managed=managed)
+        state = the_lab.up(sample=sample, managed=managed, with_pgbouncer=with_pgbouncer)
     for instance in state.instances:
         out.print(
             f"{instance.name:>6}: postgresql://postgres@127.0.0.1:{instance.port}/postgres "
@@ -1052,6 +1061,7 @@ def lab_up(
         out.print("pglogical: preloaded")
     if state.managed:
         out.print(f"source plan user: {lab.CONTROLLER_ROLE} (no superuser)")
+    _print_pool(the_lab)
     out.print(f"plan: {the_lab.plan_file}")
     out.print(f"next: cutover check -p {the_lab.plan_file}")
 
@@ -1090,6 +1100,23 @@ def lab_status(directory: LabDirOption = Path(".lab")) -> None:
     for instance in state.instances:
         word = "[green]running[/]" if running[instance.name] else "[red]stopped[/]"
         out.print(f"{instance.name:>6}: {word} on 127.0.0.1:{instance.port} ({instance.datadir})")
+    _print_pool(the_lab)
+
+
+def _print_pool(the_lab: lab.Lab) -> None:
+    """The lab's PgBouncer, if it has one: where its entry points, and whether it is paused."""
+    bouncer = the_lab.bouncer()
+    if bouncer is None:
+        return
+    pool = the_lab.pool()
+    if pool is None:
+        out.print(f"pgbouncer: [red]stopped[/] (127.0.0.1:{bouncer.port})")
+        return
+    paused = ", [yellow]paused[/]" if pool.paused else ""
+    out.print(
+        f"pgbouncer: [green]running[/] on 127.0.0.1:{bouncer.port}, "
+        f"{pool.name} -> {pool.host}:{pool.port}{paused}"
+    )
 
 
 @lab_app.command("load")

@@ -15,6 +15,11 @@ writes as both. With `managed`, cutover's plan reaches the source as
 membership in `shop`, `pg_signal_backend` and `pg_read_all_stats`, what a
 managed service's admin user has (Cloud SQL's `postgres`). The target is
 reached as its superuser: on PostgreSQL 15 only a superuser may subscribe.
+
+With `pgbouncer`, a PgBouncer (cutover.pooler) stands between the write load
+and the servers: the load's connection strings name it, its entry `app` names
+the source, and the plan pauses it (the writer) and rewrites that entry (the
+repoint) instead of stopping the load and rewriting its env file.
 """
 
 import json
@@ -31,16 +36,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cutover import load
+from cutover import load, pooler
 from cutover.errors import PreconditionFailed, UsageError
 from cutover.ledger import journal_for
-from cutover.pg import admin, tools
+from cutover.pg import admin, pgbouncer, tools
 from cutover.pg import load as load_sql
 from cutover.pg.connect import connect
 from cutover.plan import (
     Fence,
     FileRepoint,
     HttpWriter,
+    PgBouncerRepoint,
+    PgBouncerWriter,
     Plan,
     Repoint,
     Server,
@@ -109,6 +116,7 @@ class LabState:
     pglogical: bool
     instances: tuple[Instance, ...]
     managed: bool = False  # the source's plan user is CONTROLLER_ROLE, not a superuser
+    pgbouncer: int | None = None  # the port of the PgBouncer in front of the servers, if any
 
     def instance(self, name: str) -> Instance:
         """The server called `name`."""
@@ -207,11 +215,27 @@ class Lab:
         """A plan moving `databases` from the lab's source to its target.
 
         With the write load set up, the load is the writer tier (over HTTP) and
-        the app's env file is the repoint target.
+        the app's env file is the repoint target; in a lab with a PgBouncer, the
+        pool is both (its entry for the load's database).
         """
         load = self.load_settings()
+        bouncer = self.bouncer()
         writers, repoint = [], []
-        if load is not None:
+        if load is not None and bouncer is not None:  # the load's pool: paused and repointed
+            entries = [load["database"]]
+            writers = [
+                Writer(
+                    name="pool",
+                    pgbouncer=PgBouncerWriter(pgbouncers=[bouncer.spec()], databases=entries),
+                )
+            ]
+            repoint = [
+                Repoint(
+                    name="pool",
+                    pgbouncer=PgBouncerRepoint(pgbouncers=[bouncer.spec()], databases=entries),
+                )
+            ]
+        elif load is not None:
             control = f"http://127.0.0.1:{load['port']}"
             writers = [
                 Writer(
@@ -239,6 +263,20 @@ class Lab:
             fence=Fence(roles=[OWNER_ROLE, LOAD_ROLE] if load is not None else None),
             state_dir=self.root / "state",
         )
+
+    def bouncer(self) -> pooler.Bouncer | None:
+        """The lab's PgBouncer, if it has one: in `<data>/pgbouncer`, which its user reaches."""
+        state = self.state()
+        if state is None or state.pgbouncer is None:
+            return None
+        return pooler.Bouncer(Path(state.data_root) / "pgbouncer", state.pgbouncer)
+
+    def pool(self) -> pgbouncer.PoolDatabase | None:
+        """The sample database as the lab's PgBouncer shows it (where it points, paused)."""
+        bouncer = self.bouncer()
+        if bouncer is None or not bouncer.is_running():
+            return None
+        return pgbouncer.shown(bouncer.spec()).get(SAMPLE_DATABASE)
 
     def load_settings(self) -> dict[str, Any] | None:
         """The write load's port, database and tables, once set up."""
@@ -281,7 +319,9 @@ class Lab:
             )
         finally:
             conn.close()
-        port = self._require_state().instance("source").port
+        state = self._require_state()
+        # Through the pool, its entry for the database has the database's name.
+        port = state.pgbouncer or state.instance("source").port
         password = self._app_password()
         self.app_env.touch(mode=0o600)
         lines = [
@@ -336,17 +376,19 @@ class Lab:
 
     # -- changing ----------------------------------------------------------------------------
 
-    def up(self, *, sample: bool, managed: bool = False) -> LabState:
+    def up(self, *, sample: bool, managed: bool = False, with_pgbouncer: bool = False) -> LabState:
         """Create (once) and start both servers; write the plan; load the sample if asked.
 
-        `managed` lays out a source whose plan user is no superuser (once, at creation).
+        `managed` lays out a source whose plan user is no superuser, `with_pgbouncer`
+        puts a PgBouncer between the write load and the servers (both once, at creation).
         """
         self.root.mkdir(parents=True, exist_ok=True)
-        state = self.state() or self._create(managed=managed)
+        state = self.state() or self._create(managed=managed, with_pgbouncer=with_pgbouncer)
         for instance in state.instances:
             if not self._is_running(state, instance):
                 self._start(state, instance)
         self._create_roles(state)
+        self._start_pgbouncer(state)
         databases = [SAMPLE_DATABASE] if sample else []
         if sample and self._load_sample():
             self.setup_load(database=SAMPLE_DATABASE)
@@ -355,8 +397,11 @@ class Lab:
         return state
 
     def down(self, *, purge: bool) -> None:
-        """Stop both servers; with purge, delete their data and the lab folder."""
+        """Stop the PgBouncer and both servers; with purge, delete their data and the lab folder."""
         state = self.state()
+        bouncer = self.bouncer()
+        if bouncer is not None:
+            bouncer.stop()
         if state is not None:
             for instance in state.instances:
                 if self._is_running(state, instance):
@@ -376,7 +421,25 @@ class Lab:
         state = self._require_state()
         self._start(state, state.instance(name))
 
-    def _create(self, *, managed: bool) -> LabState:
+    def _start_pgbouncer(self, state: LabState) -> None:
+        """Configure the lab's PgBouncer the first time, and start it if it does not run.
+
+        Its entry names the source until a switch rewrites it: an existing
+        configuration is kept, so `up` after a switch leaves the pool on the target.
+        """
+        bouncer = self.bouncer()
+        if bouncer is None:
+            return
+        if not bouncer.config.exists():
+            password = self._app_password()
+            bouncer.configure(
+                {SAMPLE_DATABASE: pooler.entry(self.server("source"), SAMPLE_DATABASE)},
+                {OWNER_ROLE: password, LOAD_ROLE: password},
+                run_as=state.run_as,
+            )
+        bouncer.start(run_as=state.run_as)
+
+    def _create(self, *, managed: bool, with_pgbouncer: bool) -> LabState:
         bindir = tools.bindir()
         run_as = RUN_AS if os.geteuid() == 0 else None
         data_root = self._make_data_root(run_as)
@@ -410,7 +473,13 @@ class Lab:
                 Instance(name, free_port(), str(datadir), str(data_root / f"{name}.log"))
             )
         state = LabState(
-            str(bindir), str(data_root), run_as, pglogical, tuple(instances), managed=managed
+            str(bindir),
+            str(data_root),
+            run_as,
+            pglogical,
+            tuple(instances),
+            managed=managed,
+            pgbouncer=free_port() if with_pgbouncer else None,
         )
         for instance in instances:
             self._configure(state, instance)

@@ -5,8 +5,15 @@ set -euo pipefail
 BIN=${BIN:-.venv/bin}
 LAB=${LAB:-.lab}
 # MANAGED=1: cutover reaches the source as 'cutover_admin', no superuser (as on Cloud SQL).
+# POOLER=pgbouncer: the application writes through a PgBouncer, which the switch pauses
+# and repoints instead of stopping the application.
 LAB_FLAGS=()
-if [ -n "${MANAGED:-}" ]; then LAB_FLAGS=(--managed); fi
+if [ -n "${MANAGED:-}" ]; then LAB_FLAGS+=(--managed); fi
+case "${POOLER:-}" in
+  "") ;;
+  pgbouncer) LAB_FLAGS+=(--pgbouncer) ;;
+  *) echo "POOLER is empty or pgbouncer, not '$POOLER'" >&2; exit 2 ;;
+esac
 PLAN="$LAB/plan.yaml"
 cutover() { "$BIN/cutover" "$@"; }
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -35,6 +42,7 @@ step "cutover switch: stop writers, fence, barrier, sequences, promote, repoint,
 cutover switch -p "$PLAN" --yes
 
 step "the application now writes to the target"
+cutover lab status --dir "$LAB"
 sleep 3
 kill -TERM "$load"
 wait "$load" || true

@@ -280,6 +280,14 @@ def audit(lab: Lab, running: Running) -> load.Audit:
     )
 
 
+def audit_on_source(lab: Lab, running: Running) -> load.Audit:
+    """The write log against the source, once the load stopped: after a rollback, or a
+    switch that did not happen. Every error the application saw is counted as an error."""
+    with connect(lab.server("source"), running.db) as conn:
+        rows = {t: load_sql.rows(conn, t) for t in TABLE_NAMES}  # type: ignore[arg-type]
+    return load.audit(running.log_path, rows, source_port=lab.server("source").port, fenced_at=None)
+
+
 def acked_on(running: Running, port: int) -> int:
     lines = []
     for line in running.log_path.read_text().splitlines():

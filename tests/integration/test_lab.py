@@ -2,6 +2,7 @@
 
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import sys
@@ -81,18 +82,34 @@ def test_lab_status_without_a_lab_says_how_to_start_one(
     assert "cutover lab up" in result.stdout
 
 
-def test_the_managed_lab_moves_its_live_database_as_a_user_that_is_no_superuser(
+@pytest.mark.skipif(shutil.which("pgbouncer") is None, reason="no pgbouncer here")
+def test_the_managed_lab_behind_pgbouncer_moves_its_live_database_as_no_superuser(
     tmp_path: Path, cutover: Callable[..., Result]
 ) -> None:
-    """What `make demo MANAGED=1` does: the source reached as a managed service's admin."""
+    """What `make demo MANAGED=1 POOLER=pgbouncer` does: the source reached as a managed
+    service's admin, the write load through the lab's PgBouncer, which the switch pauses
+    and repoints."""
     root = tmp_path / "managed lab"
-    up = cutover("lab", "up", "--dir", str(root), "--managed")
+    up = cutover("lab", "up", "--dir", str(root), "--managed", "--pgbouncer")
     assert up.code == 0, up.stderr
     assert "source plan user: cutover_admin (no superuser)" in up.stdout
-    plan = str(root / "plan.yaml")
-    assert load(root / "plan.yaml").source.user == "cutover_admin"
     lab = Lab(root)
-    with connect(lab.server("source"), "app") as conn:
+    bouncer = lab.bouncer()
+    assert bouncer is not None
+    source, target = lab.server("source"), lab.server("target")
+    assert f"pgbouncer: running on 127.0.0.1:{bouncer.port}, app -> 127.0.0.1:{source.port}" in (
+        up.stdout
+    )
+    plan = str(root / "plan.yaml")
+    the_plan = load(root / "plan.yaml")
+    assert the_plan.source.user == "cutover_admin"
+    assert [(w.name, w.pgbouncer is not None) for w in the_plan.writers] == [("pool", True)]
+    assert [(r.name, r.pgbouncer is not None) for r in the_plan.repoint] == [("pool", True)]
+    assert f"@127.0.0.1:{bouncer.port}/app" in (root / "app.env").read_text()
+    pid = int(bouncer.pid_file.read_text())
+    if os.geteuid() == 0:  # as the lab's servers: not as root
+        assert pwd.getpwuid(os.stat(f"/proc/{pid}").st_uid).pw_name == "postgres"
+    with connect(source, "app") as conn:
         row = conn.execute(
             "SELECT rolsuper, (SELECT pg_get_userbyid(relowner) FROM pg_class "
             "WHERE relname = 'orders') AS owner FROM pg_roles WHERE rolname = 'cutover_admin'"
@@ -109,12 +126,18 @@ def test_the_managed_lab_moves_its_live_database_as_a_user_that_is_no_superuser(
         for command in (["check"], ["prepare"], ["start", "--wait"], ["switch", "--yes"]):
             result = cutover(*command, "-p", plan)
             assert result.code == 0, result.stdout + result.stderr
+        status = cutover("lab", "status", "--dir", str(root))
+        assert f"app -> 127.0.0.1:{target.port}" in status.stdout
+        assert "paused" not in status.stdout
         time.sleep(2)
     finally:
         load_process.send_signal(signal.SIGTERM)
         load_process.wait(timeout=30)
     audited = cutover("lab", "audit", "--dir", str(root))
     assert audited.code == 0, audited.stdout
+    assert "errors the application saw from the fence, during the switch: 0" in audited.stdout
     assert "other errors the application saw: 0" in audited.stdout
     assert "acknowledged writes missing on the target: 0" in audited.stdout
     assert cutover("lab", "down", "--dir", str(root), "--purge").code == 0
+    with pytest.raises(ProcessLookupError):  # the PgBouncer stopped with the servers
+        os.kill(pid, 0)

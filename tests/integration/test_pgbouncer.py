@@ -1,5 +1,6 @@
 """A real PgBouncer in front of the lab: paused, repointed and resumed without a failed query."""
 
+import json
 import shutil
 import threading
 import time
@@ -9,16 +10,29 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import yaml
 
 from cutover.errors import PreconditionFailed
 from cutover.lab import Lab
-from cutover.plan import PgBouncer, PgBouncerRepoint, PgBouncerWriter
+from cutover.load import read_dsn
+from cutover.pg.pgbouncer import PoolDatabase, shown
+from cutover.plan import PgBouncer, PgBouncerRepoint, PgBouncerWriter, Server
+from cutover.plan import load as load_plan
+from cutover.pooler import Bouncer
 from cutover.repoint.pgbouncer import PgBouncerRepoint as Repoint
+from cutover.runner import FAILPOINT
+from cutover.steps import SwitchStep as S
 from cutover.writers.pgbouncer import PgBouncerWriter as Writer
 from tests import pgbouncer
 from tests.conftest import Databases, Result, connect
-from tests.integration.conftest import Running, acked_on, nothing_lost
-from tests.pgbouncer import Bouncer
+from tests.integration.conftest import (
+    Running,
+    acked_on,
+    audit_on_source,
+    can_login,
+    ledger_of,
+    nothing_lost,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -170,6 +184,8 @@ def pooler() -> str:
     return "pgbouncer"
 
 
+# native's switch through PgBouncer ends test_the_switch_suite_through_pgbouncer_on_one_move.
+@pytest.mark.parametrize("engine", ["pglogical"])
 def test_a_switch_through_pgbouncer_fails_no_write_of_the_application(
     lab: Lab, under_load: Running, cutover: Callable[..., Result]
 ) -> None:
@@ -180,3 +196,133 @@ def test_a_switch_through_pgbouncer_fails_no_write_of_the_application(
     assert outcome.errors == [] and outcome.fenced_errors == 0, outcome.errors[:5]
     assert acked_on(under_load, lab.server("target").port) > 0
     print(switched.stdout.splitlines()[-1])  # the write pause, with -s
+
+
+def pool_of(running: Running) -> PoolDatabase:
+    """The move's database as the application's PgBouncer shows it now."""
+    spec = load_plan(running.plan).writers[0].pgbouncer
+    assert spec is not None
+    return shown(spec.pgbouncers[0])["app"]
+
+
+def points_at(pool: PoolDatabase, server: Server) -> bool:
+    return (pool.host, pool.port) == (server.host, server.port)
+
+
+def writes_on(
+    lab: Lab, running: Running, side: str, *, more_than: int = 50, seconds: float = 1.5
+) -> bool:
+    """Whether the application's writes land on `side` now: more than `more_than` in `seconds`."""
+    port = lab.server(side).port
+    before = acked_on(running, port)
+    running.work.stop.wait(seconds)
+    return acked_on(running, port) > before + more_than
+
+
+# The steps of a native switch with --keep-fallback, in the order it runs them.
+WALK = [
+    S.CHECK_READY,
+    S.COPY_SEQUENCES_AHEAD,
+    S.STOP_WRITERS,
+    S.FENCE_SOURCE,
+    S.WAIT_FOR_BARRIER,
+    S.COPY_SEQUENCES,
+    S.PROMOTE,
+    S.START_FALLBACK,
+    S.REPOINT,
+    S.START_WRITERS,
+    S.REFRESH_MATERIALIZED_VIEWS,
+    S.RELEASE_SOURCE,
+    S.VERIFY_COUNTS,
+    S.CHECK_WRITERS,
+]
+PAUSED = WALK[WALK.index(S.STOP_WRITERS) : WALK.index(S.START_WRITERS)]
+REPOINTED = WALK[WALK.index(S.REPOINT) :]
+
+
+@pytest.mark.parametrize("engine", ["native"])
+def test_the_switch_suite_through_pgbouncer_on_one_move(
+    lab: Lab, under_load: Running, cutover: Callable[..., Result]
+) -> None:
+    """Through PgBouncer, on one move under load, the application failing no write:
+
+    - a transaction that never ends outlasts drain_timeout: the switch names its
+      client and rolls back, the pool resumed on the source;
+    - the switch killed (SIGKILL, after a step's work, before the ledger knew it)
+      at each step in turn, each run going one step further. The pool stays
+      paused from the kill in stop_writers, its queries held, until a run starts
+      the writers; killed in the pause, the switch is also abandoned once, which
+      resumes the pool on the source;
+    - one run to the end adopts what the killed ones did, then `rollback` points
+      the pool back at the source, where every write is.
+    """
+    plan = str(under_load.plan)
+    source, target = lab.server("source"), lab.server("target")
+    data = yaml.safe_load(under_load.plan.read_text())
+    data["thresholds"]["drain_timeout"] = "2s"
+    under_load.plan.write_text(yaml.safe_dump(data))
+
+    dsn = read_dsn(under_load.plan.parent / "app.env", "DATABASE_URL")
+    with psycopg.connect(dsn, application_name="billing") as stuck:
+        stuck.execute("INSERT INTO load_01 (v) VALUES (-1)")  # its transaction stays open
+        failed = cutover("switch", "-p", plan, "--yes")
+        stuck.rollback()
+    assert failed.code == 1, failed.stdout + failed.stderr
+    assert "all/switch.stop_writers: writers pool did not drain" in failed.stderr
+    assert f"user {under_load.role} from 127.0.0.1:" in failed.stderr
+    assert "'billing'" in failed.stderr
+    assert "undone" in failed.stderr
+    stop = ledger_of(under_load)["all/switch.stop_writers"]
+    assert stop["status"] == "failed"
+    assert 2.0 <= float(str(stop["seconds"])) < 3.0  # drain_timeout, not PgBouncer's waits
+    pool = pool_of(under_load)
+    assert not pool.paused and points_at(pool, source)
+
+    for step in WALK:
+        if step is S.COPY_SEQUENCES:  # a sequence moved in the pause: the copy has work
+            with connect(source, under_load.db) as conn:  # a superuser, whom the fence spares
+                conn.execute("SELECT nextval('load_ticket_seq')")
+        killed = cutover(
+            "switch",
+            "-p",
+            plan,
+            "--yes",
+            "--keep-fallback",
+            env={FAILPOINT: f"all/switch.{step}@applied"},
+        )
+        assert killed.code == -9, f"{step}: {killed.stdout}{killed.stderr}"
+        status = json.loads(cutover("status", "-p", plan, "--json").stdout)
+        assert status["interrupted"] == [f"all/switch.{step}"]
+        pool = pool_of(under_load)
+        assert pool.paused == (step in PAUSED), step
+        assert points_at(pool, target if step in REPOINTED else source), step
+        if step is S.FENCE_SOURCE:
+            # Held, with nobody to resume them (the audit shows that none failed).
+            assert not writes_on(lab, under_load, "source", more_than=0, seconds=0.5)
+            abandoned = cutover("switch", "-p", plan, "--abandon", "--yes")
+            assert abandoned.code == 0, abandoned.stdout + abandoned.stderr
+            pool = pool_of(under_load)
+            assert not pool.paused and points_at(pool, source)
+            assert can_login(lab, under_load.role)
+            assert writes_on(lab, under_load, "source")
+
+    finished = cutover("switch", "-p", plan, "--yes", "--keep-fallback")
+    assert finished.code == 0, finished.stdout + finished.stderr
+    ledger = ledger_of(under_load)
+    for step in (S.COPY_SEQUENCES, S.PROMOTE, S.START_FALLBACK, S.REPOINT, S.RELEASE_SOURCE):
+        assert ledger[f"all/switch.{step}"]["outcome"] == "adopted", step  # not done twice
+    pool = pool_of(under_load)
+    assert not pool.paused and points_at(pool, target)
+    assert writes_on(lab, under_load, "target")
+
+    rolled = cutover("rollback", "-p", plan, "--yes")
+    assert rolled.code == 0, rolled.stdout + rolled.stderr
+    pool = pool_of(under_load)
+    assert not pool.paused and points_at(pool, source)
+    assert writes_on(lab, under_load, "source")
+
+    under_load.stop()
+    outcome = audit_on_source(lab, under_load)  # the target's writes came back by the fallback
+    assert outcome.acknowledged > 500
+    assert outcome.missing == []
+    assert outcome.errors == [] and outcome.fenced_errors == 0, outcome.errors[:5]

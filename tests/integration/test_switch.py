@@ -13,17 +13,15 @@ import psycopg
 import pytest
 import yaml
 
-from cutover import load
 from cutover.lab import Lab
-from cutover.pg import load as load_sql
 from cutover.plan import dump
 from cutover.runner import FAILPOINT
 from tests.conftest import Result, connect
 from tests.integration.conftest import (
-    TABLE_NAMES,
     Running,
     acked_on,
     audit,
+    audit_on_source,
     can_login,
     ledger_of,
     move_of,
@@ -297,10 +295,7 @@ def test_rollback_after_a_switch_with_fallback_loses_nothing_written_on_the_targ
     under_load.stop()
 
     # Every acknowledged write, on either server, is on the source now.
-    with connect(lab.server("source"), under_load.db) as conn:
-        rows = {t: load_sql.rows(conn, t) for t in TABLE_NAMES}  # type: ignore[arg-type]
-    outcome = load.audit(under_load.log_path, rows, source_port=source_port, fenced_at=None)
-    assert outcome.missing == []
+    assert audit_on_source(lab, under_load).missing == []
     assert can_login(lab, under_load.role)
 
     done = cutover("cleanup", "-p", plan, "--yes")
