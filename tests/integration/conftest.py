@@ -327,11 +327,15 @@ def can_login(lab: Lab, role: str) -> bool:
     return bool(row["rolcanlogin"])
 
 
-def set_replication(lab: Lab, running: Running, *, enabled: bool) -> None:
-    """Stop or resume applying changes on the target, the engine's own way."""
-    name = f"cutover_{move_of(running)}"
+def set_replication(
+    lab: Lab, running: Running, *, enabled: bool, subscription: str | None = None
+) -> None:
+    """Stop or resume applying changes on the target, the engine's own way.
+
+    `subscription`: its name when the move's engine did not name it (dms: DMS's job)."""
+    name = subscription or f"cutover_{move_of(running)}"
     with connect(lab.server("target"), running.db) as conn:
-        if running.engine == "pglogical":
+        if running.engine in ("pglogical", "dms"):  # DMS replicates with pglogical
             verb = "enable" if enabled else "disable"
             conn.execute(f"SELECT pglogical.alter_subscription_{verb}(%s, true)", (name,))
         else:

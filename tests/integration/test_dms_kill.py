@@ -24,6 +24,7 @@ from cutover.lab import Lab
 from cutover.runner import FAILPOINT
 from cutover.steps import SwitchStep as S
 from tests.conftest import Databases, Result, connect, move_of
+from tests.gcp.backend import PglogicalJobs
 from tests.gcp.standin import Request, Standin
 from tests.integration.conftest import (
     Running,
@@ -33,6 +34,7 @@ from tests.integration.conftest import (
     ledger_of,
     ledger_of_plan,
     nothing_lost,
+    set_replication,
 )
 
 pytestmark = pytest.mark.integration
@@ -164,7 +166,7 @@ def test_start_killed_in_each_api_call_sends_each_once_when_run_again(
     assert subscriptions == {"n": 1}  # one job, started once
 
 
-def test_switch_killed_at_each_step_abandoned_before_the_promotion_then_finished(
+def test_switch_rolled_back_abandoned_and_killed_at_each_step_then_finished(
     lab: Lab,
     under_load: Running,
     standin: tuple[Standin, dict[str, Any]],
@@ -173,6 +175,17 @@ def test_switch_killed_at_each_step_abandoned_before_the_promotion_then_finished
     api, _ = standin
     plan = str(under_load.plan)
     move = resource_id(move_of(under_load.plan))
+    source_port = lab.server("source").port
+
+    def back_on_the_source() -> None:
+        """The fence lifted, the load writing on the source, DMS's job streaming on."""
+        assert can_login(lab, under_load.role)
+        before = acked_on(under_load, source_port)
+        under_load.work.stop.wait(1.0)
+        assert acked_on(under_load, source_port) > before + 30
+        (job,) = api.jobs.values()
+        assert (job["state"], job["phase"]) == ("RUNNING", "CDC")
+        assert not [r for r in changing(api) if r.path.endswith(":promote")]
 
     def killed_at(step: S) -> None:
         killed = cutover(
@@ -181,20 +194,24 @@ def test_switch_killed_at_each_step_abandoned_before_the_promotion_then_finished
         assert killed.code == -9, (step, killed.stdout + killed.stderr)
         assert interrupted(cutover, plan, ask=step is S.CHECK_READY) == [f"all/switch.{step}"]
 
-    # Killed after the fence, before the promotion: the switch is abandoned (rolled back).
+    # A switch that fails before the promotion rolls back by itself: DMS's apply is held,
+    # the barrier never arrives.
+    assert isinstance(api.backend, PglogicalJobs)
+    (run,) = api.backend.runs.values()
+    set_replication(lab, under_load, enabled=False, subscription=run.name)
+    failed = cutover("switch", "-p", plan, "--yes")
+    assert failed.code == 1, failed.stdout + failed.stderr
+    assert "did not confirm the barrier of" in failed.stderr and "undone" in failed.stderr
+    set_replication(lab, under_load, enabled=True, subscription=run.name)
+    back_on_the_source()
+
+    # Killed after the fence, before the promotion: the switch is abandoned.
     for step in SWITCH_STEPS[: SWITCH_STEPS.index(S.FENCE_SOURCE) + 1]:
         killed_at(step)
     assert not can_login(lab, under_load.role)
     abandoned = cutover("switch", "-p", plan, "--abandon", "--yes")
     assert abandoned.code == 0, abandoned.stdout + abandoned.stderr
-    assert can_login(lab, under_load.role)
-    source_port = lab.server("source").port
-    before = acked_on(under_load, source_port)
-    under_load.work.stop.wait(1.0)
-    assert acked_on(under_load, source_port) > before + 30  # the load writes on the source
-    (job,) = api.jobs.values()
-    assert (job["state"], job["phase"]) == ("RUNNING", "CDC")  # the job streams on
-    assert not [r for r in changing(api) if r.path.endswith(":promote")]
+    back_on_the_source()
 
     # Then a switch from its first step, killed at each step from the barrier on.
     for step in SWITCH_STEPS[SWITCH_STEPS.index(S.WAIT_FOR_BARRIER) :]:
