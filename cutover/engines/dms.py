@@ -675,6 +675,7 @@ class DmsEngine:
             return [
                 *changes,
                 Change(where, "GRANT what the source grants on its schemas and relations"),
+                Change(where, "GRANT USAGE ON SCHEMA pglogical TO PUBLIC, where DMS left it"),
                 Change(
                     where,
                     "each object cloudsqlexternalsync owns: ALTER ... "
@@ -685,6 +686,10 @@ class DmsEngine:
         changes += pgdms.copy_grants(
             self._source(db), self._target(db), where=where, dry_run=dry_run
         )
+        # DMS's pglogical stays on the destination until cleanup, its schema closed: the
+        # application's first DROP TABLE (or REFRESH ... CONCURRENTLY) would fail on it.
+        if pglogical.extension_installed(self._target(db)):
+            changes.append(pglogical.open_schema(self._target(db), where=where, dry_run=dry_run))
         changes += pgdms.give_back_ownership(
             self._source(db),
             self._target(db),

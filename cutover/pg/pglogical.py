@@ -5,7 +5,7 @@ is none (`cutover_<move>_source`, `cutover_<move>_target`) and uses the node it
 finds otherwise, so a database pglogical already serves keeps its node. The
 extension, when cutover creates it, carries a comment naming the move, and only
 then is it dropped again; its schema is then usable by PUBLIC, which pglogical
-needs of any role that drops a table (see `install`).
+needs of any role that drops a table (see `open_schema`).
 
 Connection strings: the subscription reaches the provider as the move's
 replication role, and pglogical's table copy writes through the subscriber
@@ -107,17 +107,21 @@ def create_extension(conn: Connection, move: str, *, where: str, dry_run: bool) 
             where=where,
             dry_run=dry_run,
         ),
-        # pglogical's hooks read its schema whenever a table is dropped in a database with
-        # a node, as the dropping role: without this, every DROP TABLE of the application
-        # (and REFRESH MATERIALIZED VIEW CONCURRENTLY, which drops a temporary table) fails
-        # with "permission denied for schema pglogical". USAGE lets no one read its tables.
-        change(
-            conn,
-            sql.SQL("GRANT USAGE ON SCHEMA {} TO PUBLIC").format(sql.Identifier(SCHEMA)),
-            where=where,
-            dry_run=dry_run,
-        ),
+        open_schema(conn, where=where, dry_run=dry_run),
     ]
+
+
+def open_schema(conn: Connection, *, where: str, dry_run: bool) -> Change:
+    """GRANT USAGE ON SCHEMA pglogical TO PUBLIC: what its hooks need of every role.
+
+    pglogical's hooks read its schema whenever a table is dropped in a database
+    with a node, as the dropping role: without this, every DROP TABLE of the
+    application (and REFRESH MATERIALIZED VIEW CONCURRENTLY, which drops a
+    temporary table) fails with "permission denied for schema pglogical".
+    USAGE lets no one read its tables.
+    """
+    statement = sql.SQL("GRANT USAGE ON SCHEMA {} TO PUBLIC").format(sql.Identifier(SCHEMA))
+    return change(conn, statement, where=where, dry_run=dry_run)
 
 
 def drop_extension(conn: Connection, *, where: str, dry_run: bool) -> list[Change]:

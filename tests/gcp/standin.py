@@ -16,7 +16,11 @@ talks to it through `api_endpoint`. What it keeps is in memory:
 - Cloud SQL instances whose patch replaces settings.databaseFlags whole (as
   Cloud SQL does), and that answer 409 while another operation runs on them;
 - time series for Monitoring's timeSeries.list;
-- faults: the next N requests that match a method and a path answer an error.
+- faults: the next N requests that match a method and a path answer an error;
+- kills: the caller of the next request that matches a method and a path is
+  killed (SIGKILL) once the stand-in has done what it asked, before the answer
+  leaves: a controller that dies in the middle of an API call. Its operation
+  is done already, or (`running`) left for the next run to poll.
 
 What a migration job does is a `JobBackend`: the in-memory one counts reads
 of the job to end the full dump; a backend that runs real replication between
@@ -29,7 +33,9 @@ operation whose work runs in the world is done only once that work is.
 
 import itertools
 import json
+import os
 import re
+import signal
 import socket
 import threading
 import time
@@ -39,6 +45,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
@@ -92,6 +99,16 @@ class Fault:
     method: str | None
     path: str
     code: str | None = None
+
+
+@dataclass
+class Kill:
+    """The caller of the next request matching `method` and `target` (a regex searched in
+    the path and query) dies before its answer; `running`: its operation is left running."""
+
+    method: str
+    target: str
+    running: bool = False
 
 
 @dataclass
@@ -237,6 +254,8 @@ class Standin:
         self.lock = threading.RLock()
         self.requests: list[Request] = []
         self.faults: list[Fault] = []
+        self.kills: list[Kill] = []
+        self.killed: list[Request] = []  # the requests whose caller was killed
         self.operations: dict[str, Op] = {}
         self.by_request_id: dict[tuple[str, str], str] = {}  # (collection, requestId) -> op
         self.profiles: dict[str, Json] = {}
@@ -368,6 +387,12 @@ class Standin:
         with self.lock:
             self.faults.append(Fault(status, times, method, path, code))
 
+    def kill(self, method: str, target: str, *, running: bool = False) -> None:
+        """The caller of the next request with this method whose path and query match the
+        regex `target` is killed once the request took effect, before it is answered."""
+        with self.lock:
+            self.kills.append(Kill(method, target, running))
+
     def requests_to(self, method: str, path: str) -> list[Request]:
         """The requests received with this method whose path matches the regex `path`."""
         with self.lock:
@@ -392,7 +417,16 @@ class Standin:
             def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
-                status, payload = standin.handle(self.command, self.path, raw)
+                kill = standin._kill_for(self.command, self.path)
+                held = kill is not None and kill.running
+                status, payload = standin.handle(self.command, self.path, raw, hold=held)
+                if kill is not None and status == 200:
+                    with standin.lock:
+                        standin.kills.remove(kill)
+                        standin.killed.append(standin.requests[-1])
+                    _kill_caller(self.client_address[1], self.server.server_address[1])
+                    self.close_connection = True
+                    return
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json; charset=UTF-8")
@@ -417,8 +451,11 @@ class Standin:
             server.server_close()
             thread.join(timeout=5)
 
-    def handle(self, method: str, target: str, raw: bytes) -> tuple[int, Json]:
-        """Answer one request: (HTTP status, JSON body)."""
+    def handle(
+        self, method: str, target: str, raw: bytes, *, hold: bool = False
+    ) -> tuple[int, Json]:
+        """Answer one request: (HTTP status, JSON body); `hold`: an operation it starts is
+        left running until it is polled."""
         parts = urlsplit(target)
         query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         try:
@@ -427,6 +464,8 @@ class Standin:
             return 400, ApiFailure(400, "the body is not JSON").body()
         with self.lock:
             self.requests.append(Request(method, parts.path, query, body))
+            polls_to_done = self.polls_to_done
+            self.polls_to_done = max(1, polls_to_done) if hold else polls_to_done
             try:
                 self._inject_fault(method, parts.path)
                 for verb, pattern, handler in self._routes:
@@ -436,6 +475,15 @@ class Standin:
                 raise ApiFailure(404, f"no such method: {method} {parts.path}")
             except ApiFailure as failure:
                 return failure.status, failure.body()
+            finally:
+                self.polls_to_done = polls_to_done
+
+    def _kill_for(self, method: str, target: str) -> Kill | None:
+        with self.lock:
+            return next(
+                (k for k in self.kills if k.method == method and re.search(k.target, target)),
+                None,
+            )
 
     def _inject_fault(self, method: str, path: str) -> None:
         for fault in self.faults:
@@ -915,6 +963,33 @@ class Standin:
         if offset + self.series_page_size < len(found):
             page["nextPageToken"] = str(offset + self.series_page_size)
         return page
+
+
+def _kill_caller(client_port: int, server_port: int) -> None:
+    """SIGKILL the test's child process at the client end of a loopback connection.
+
+    Linux: the connection's socket inode from /proc/net/tcp, then the child
+    process holding it. Only the test process's own children are looked at.
+    """
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = (int(a.rsplit(":", 1)[1], 16) for a in fields[1:3])
+        if (local, remote) == (client_port, server_port):
+            inodes.add(f"socket:[{fields[9]}]")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if parent != os.getpid():
+                continue
+            if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                os.kill(int(proc.name), signal.SIGKILL)
+                return
+        except OSError:  # a process that ended meanwhile
+            continue
+    raise AssertionError(f"no child process holds the connection from port {client_port}")
 
 
 PROJECT = "shop-prod"

@@ -22,7 +22,7 @@ from cutover.plan import load as load_plan
 from tests import pgbouncer
 from tests.conftest import Databases, Result, connect
 from tests.gcp.backend import ENABLE_PGLOGICAL, LOGICAL_DECODING, lab_standin
-from tests.gcp.standin import dms_settings
+from tests.gcp.standin import Standin, dms_settings
 
 TABLES = 12
 TABLE_NAMES = [*load_sql.table_names(TABLES), load_sql.KEYLESS]
@@ -122,6 +122,13 @@ def dms_section(
     lab's servers (the databases each job selects), served until `stack` closes.
 
     `flags`: the source instance's flags to begin with (default: DMS's two, on)."""
+    return dms_standin(stack, lab, tmp_path, flags=flags)[1]
+
+
+def dms_standin(
+    stack: ExitStack, lab: Lab, tmp_path: Path, *, flags: dict[str, str] | None = None
+) -> tuple[Standin, dict[str, Any]]:
+    """dms_section's stand-in, for a test that reads its requests, and the section."""
     standin, _ = stack.enter_context(
         lab_standin(
             lab,
@@ -139,7 +146,10 @@ def dms_section(
         )
     )
     endpoint = stack.enter_context(standin.serve())
-    return dms_settings(endpoint, source="lab-source", target="lab-target", project="lab-project")
+    settings = dms_settings(
+        endpoint, source="lab-source", target="lab-target", project="lab-project"
+    )
+    return standin, settings
 
 
 @pytest.fixture
@@ -325,11 +335,15 @@ def can_login(lab: Lab, role: str) -> bool:
     return bool(row["rolcanlogin"])
 
 
-def set_replication(lab: Lab, running: Running, *, enabled: bool) -> None:
-    """Stop or resume applying changes on the target, the engine's own way."""
-    name = f"cutover_{move_of(running)}"
+def set_replication(
+    lab: Lab, running: Running, *, enabled: bool, subscription: str | None = None
+) -> None:
+    """Stop or resume applying changes on the target, the engine's own way.
+
+    `subscription`: its name when the move's engine did not name it (dms: DMS's job)."""
+    name = subscription or f"cutover_{move_of(running)}"
     with connect(lab.server("target"), running.db) as conn:
-        if running.engine == "pglogical":
+        if running.engine in ("pglogical", "dms"):  # DMS replicates with pglogical
             verb = "enable" if enabled else "disable"
             conn.execute(f"SELECT pglogical.alter_subscription_{verb}(%s, true)", (name,))
         else:
