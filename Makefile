@@ -12,7 +12,7 @@ MANAGED ?=
 # `make demo POOLER=pgbouncer`: the application writes through a PgBouncer, paused and repointed
 POOLER ?=
 
-.PHONY: test demo lint unit system venv clean
+.PHONY: test demo lint unit soak system venv clean
 
 test: system venv lint  ## quality gates, then every test on real servers
 	$(BIN)/pytest
@@ -33,6 +33,13 @@ demo: system venv  ## a live move on local servers, under a write load, audited
 	BIN=$(BIN) LAB=$(LAB) MANAGED=$(MANAGED) POOLER=$(POOLER) scripts/demo.sh
 	@echo
 	@echo "The lab keeps running: 'cutover lab status --dir $(LAB)', 'cutover lab down --dir $(LAB) --purge'."
+
+# `make soak N=50`: seeded moves under faults, each judged (docs/reliability.md);
+# `make soak SEEDS=17` replays one.
+N ?= 10
+SEEDS ?= 1-$(N)
+soak: system venv  ## seeded moves under faults: N of them, or SEEDS=7,9 to replay
+	$(BIN)/python -m tests.soak.run --seeds $(SEEDS)
 
 system:
 	@scripts/ensure-system.sh
