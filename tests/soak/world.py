@@ -226,12 +226,13 @@ class Churn:
                         ).format(name, sql.Identifier(NAMES[column]), name),
                         (value(column, rng),),
                     )
-                else:
+                else:  # not a parent this transaction's children are given
                     conn.execute(
                         sql.SQL(
-                            "DELETE FROM {} WHERE id IN "
-                            "(SELECT id FROM {} ORDER BY random() LIMIT 2 FOR UPDATE SKIP LOCKED)"
-                        ).format(name, name)
+                            "DELETE FROM {} WHERE id IN (SELECT id FROM {} WHERE id <> ALL (%s) "
+                            "ORDER BY random() LIMIT 2 FOR UPDATE SKIP LOCKED)"
+                        ).format(name, name),
+                        (parents,),
                     )
             if self.scenario.long_transactions and rng.random() < 0.05:
                 self.stop.wait(rng.uniform(0.5, 2.5))  # a transaction that stays open
