@@ -49,6 +49,7 @@ from cutover.runner import FAILPOINT
 from tests.conftest import Databases, Result, connect, run_cutover
 from tests.integration.conftest import replication_objects
 from tests.soak import world
+from tests.soak.relay import Relay
 from tests.soak.scenario import Fault, Scenario, generate
 
 RESTART_GRACE = 5.0  # seconds after a server restart in which the application may see it
@@ -123,6 +124,9 @@ class Move:
         control = free_port()
         http = f"http://127.0.0.1:{control}"
         data = yaml.safe_load(dump(self.lab.plan([self.db], move=f"s{uuid.uuid4().hex[:8]}")))
+        # The replication reaches the source through a relay that can cut or stall it.
+        self.relay = Relay(("127.0.0.1", port))
+        data["source"]["replication_port"] = self.relay.port
         data.update(
             state_dir=str(self.work / "state"),
             engine=self.scenario.engine,
@@ -195,21 +199,14 @@ class Move:
         self.restarts.append((began, time.time()))
 
     def cut_replication(self) -> None:
-        """End the move's replication connections on the source, three times."""
+        """Every replication connection cut between the servers, three times."""
         for _ in range(3):
-            with connect(self.lab.server("source")) as conn:
-                conn.execute(
-                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
-                    "WHERE active AND database = %s",
-                    (self.db,),
-                )
+            self.relay.cut()
             time.sleep(0.5)
 
     def stall(self, seconds: float) -> None:
-        """The target applies nothing for `seconds`, then catches up."""
-        self.set_replication(enabled=False)
-        time.sleep(seconds)
-        self.set_replication(enabled=True)
+        """No replication byte passes between the servers for `seconds`."""
+        self.relay.stall(seconds)
 
     def set_replication(self, *, enabled: bool) -> None:
         name = f"cutover_{yaml.safe_load(self.plan.read_text())['move']}"
@@ -376,6 +373,8 @@ def judge(move: Move, outcome: Outcome) -> None:
     if churn_errors:
         outcome.problems.append(f"the churn saw {len(churn_errors)} errors: {churn_errors[:3]}")
     outcome.churned = move.churn.transactions
+    if not move.relay.accepted:
+        outcome.problems.append("the replication did not go through the relay")
     pause = journal.pause(phase="switch", scope="all")
     outcome.pause = pause.writes_paused if pause else None
 
@@ -451,6 +450,8 @@ def run(lab: Lab, databases: Databases, seed: int, work: Path) -> Outcome:
     finally:
         move.close()
         databases.stop_replication()
+        if hasattr(move, "relay"):
+            move.relay.close()
         outcome.seconds = round(time.monotonic() - began, 1)
     return outcome
 
