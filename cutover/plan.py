@@ -780,6 +780,17 @@ class Plan(_Model):
         return self
 
     @model_validator(mode="after")
+    def _source_reachable(self) -> Self:
+        # Every engine has the source dialled from elsewhere: the target's subscription,
+        # or DMS's connection profile. The connector's route is this process's alone.
+        if self.source.instance is not None and self.source.replication_host is None:
+            raise ValueError(
+                "source: a source given by instance needs replication_host: the address "
+                "at which the target (or DMS) reaches it (its private or public IP)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _connector_settings(self) -> Self:
         # A server given by instance asks the dms section's Cloud SQL Admin API, with its
         # credentials, for its certificates (a stand-in's in tests).

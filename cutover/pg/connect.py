@@ -106,7 +106,8 @@ def connect(
         reason = redact(str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc))
         raise ConnectionFailed(
             f"cannot connect to {label} ({server.describe(dbname)}): {reason}",
-            hint=f"check {label}.host/port/user and the password reference in the plan, "
+            hint=f"check {label}.{'host/port' if server.instance is None else 'instance'}/user "
+            "and the password reference in the plan, "
             "and that the server accepts connections from here (pg_hba.conf, firewall)",
         ) from None
     except Exception as exc:  # only the connector's path gets here

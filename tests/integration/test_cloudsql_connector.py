@@ -76,7 +76,12 @@ def connected(
         plan = write_plan([db], engine="dms", dms=dms)
         data = yaml.safe_load(plan.read_text())
         reach = data["source"]
-        data["source"] = {"instance": SOURCE, "user": reach["user"], "password": reach["password"]}
+        data["source"] = {
+            "instance": SOURCE,
+            "user": reach["user"],
+            "password": reach["password"],
+            "replication_host": reach["host"],
+        }
         plan.write_text(yaml.safe_dump(data))
         yield Connected(plan, standin, instances, db)
 
@@ -101,8 +106,11 @@ def test_check_and_pg_dump_reach_the_instance_through_the_connector(
     assert any("TABLE public item" in n for n in names), names
     assert len(endpoint.peers) > before
     with cutover_connect(plan.source, connected.db, label="source") as conn:
-        row = conn.execute("SELECT count(*) AS n FROM item").fetchone()
-    assert row == {"n": 10}
+        row = conn.execute(
+            "SELECT count(*) AS n, current_setting('application_name') AS app FROM item"
+        ).fetchone()
+        assert conn.autocommit
+    assert row == {"n": 10, "app": "cutover"}
 
 
 def _handshake(address: str, context: ssl.SSLContext) -> None:

@@ -12,7 +12,12 @@ from cutover.plan import IpType, parse, parse_connection_name
 from tests.unit.test_plan import VALID, error_of
 from tests.unit.test_plan_dms import DMS
 
-INSTANCE = {"instance": "shop-prod:europe-west1:shop-db", "user": "admin", "password": "env:PW"}
+INSTANCE = {
+    "instance": "shop-prod:europe-west1:shop-db",
+    "user": "admin",
+    "password": "env:PW",
+    "replication_host": "10.1.0.5",
+}
 
 
 def with_source(**source: Any) -> dict[str, Any]:
@@ -99,13 +104,21 @@ def test_anonymous_credentials_cannot_serve_the_connector() -> None:
     )
 
 
-def test_an_instance_without_replication_host_is_no_address_for_the_others() -> None:
-    plan = parse(with_source(**INSTANCE))
+def test_a_source_instance_needs_replication_host_for_the_target_to_reach_it() -> None:
+    source = {k: v for k, v in INSTANCE.items() if k != "replication_host"}
+    assert "source: a source given by instance needs replication_host" in error_of(
+        with_source(**source)
+    )
+
+
+def test_a_target_instance_without_replication_host_is_no_address_for_repoint() -> None:
+    data = copy.deepcopy(VALID)
+    data["target"] = {k: v for k, v in INSTANCE.items() if k != "replication_host"}
+    plan = parse(data)
     with pytest.raises(UsageError, match="shop-prod:europe-west1:shop-db") as caught:
-        _ = plan.source.peer_host
+        _ = plan.target.peer_host
     assert "give replication_host" in caught.value.hint
-    plan = parse(with_source(**INSTANCE, replication_host="10.1.2.3"))
-    assert plan.source.peer_host == "10.1.2.3"
+    assert parse(with_source(**INSTANCE)).source.peer_host == "10.1.0.5"
 
 
 PROJECT = st.from_regex(r"\A[a-z][a-z0-9-]{4,28}[a-z0-9]\Z")
