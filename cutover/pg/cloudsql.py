@@ -176,6 +176,7 @@ class Relay:
         raw = await loop.run_in_executor(
             None, socket.create_connection, (ip, SERVER_PROXY_PORT), found._timeout
         )
+        raw.settimeout(None)  # the timeout bounds the dial only; a session may idle
         try:
             return await loop.run_in_executor(
                 None, lambda: context.wrap_socket(raw, server_hostname=ip)

@@ -31,6 +31,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
+from google.cloud.sql.connector.psycopg import _proxy
 
 from cutover.lab import Lab
 
@@ -152,8 +153,6 @@ class Endpoint:
         server = socket.create_connection(("127.0.0.1", self.target_port))
         server.sendall(startup)
         # The connector's own TLS-aware proxy loop serves this side just as well.
-        from google.cloud.sql.connector.psycopg import _proxy
-
         _proxy(server, tls)
 
 

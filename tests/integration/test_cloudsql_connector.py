@@ -180,3 +180,22 @@ def test_the_ip_type_chooses_the_address_and_a_missing_one_is_a_clear_error(
     plan = connected.source(ip_type="private")
     with cutover_connect(plan.source, label="source") as conn:
         assert conn.execute("SELECT 1 AS one").fetchone() == {"one": 1}
+
+
+def test_a_dms_move_starts_with_every_source_connection_through_the_connector(
+    connected: Connected, cutover: Callable[..., Result], lab: Lab
+) -> None:
+    plan = str(connected.plan)
+    prepared = cutover("prepare", "-p", plan)
+    assert prepared.code == 0, prepared.stdout + prepared.stderr
+    started = cutover("start", "-p", plan, "--wait")
+    assert started.code == 0, started.stdout + started.stderr
+    with connect(lab.server("target"), connected.db) as conn:
+        row = conn.execute("SELECT count(*) AS n FROM item").fetchone()
+    assert row == {"n": 10}
+    endpoint = connected.instances.endpoints["lab-source"]
+    assert len(endpoint.peers) > 1
+    assert set(endpoint.peers) == {"lab-project:lab-source"}
+    # DMS's connection profile dials the address other servers reach the source at.
+    profile = connected.standin.requests_to("POST", r"/connectionProfiles$")[0].body or {}
+    assert profile["postgresql"]["host"] == lab.server("source").host
