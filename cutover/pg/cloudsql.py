@@ -5,8 +5,9 @@ instance's addresses and server CA and for an ephemeral client certificate
 signed for a key of its own, dials the instance's port 3307 over TLS with that
 certificate, and hands psycopg the far end of a local socket. With `iam_auth`
 the certificate carries an IAM token that signs the user in, without password.
-One Connector serves the whole process (it caches certificates and refreshes
-them); it is closed when the process exits.
+One Connector per Admin API endpoint and credentials serves the whole process
+(it caches the certificates it fetched); each is closed when the process exits.
+Child programs (psql, pg_dump, pg_restore) reach an instance through a `Relay`.
 """
 
 import asyncio
@@ -28,6 +29,7 @@ from google.cloud.sql.connector.psycopg import _proxy
 from google.cloud.sql.connector.utils import generate_keys
 
 from cutover.cloud.client import credentials_for
+from cutover.errors import PreconditionFailed
 from cutover.plan import IpType, Server
 
 _IP_TYPES = {
@@ -36,6 +38,20 @@ _IP_TYPES = {
     IpType.PSC: IPTypes.PSC,
 }
 
+# What the relay uses of a Connector beyond its public calls (see Relay).
+_INTERNALS = (
+    "_loop",
+    "_keys",
+    "_client",
+    "_resolver",
+    "_resolver_cls",
+    "_sqladmin_api_endpoint",
+    "_quota_project",
+    "_credentials",
+    "_user_agent",
+    "_timeout",
+    "_get_or_create_cache",
+)
 # The port every Cloud SQL instance's server-side proxy listens on.
 SERVER_PROXY_PORT = 3307
 
@@ -54,14 +70,12 @@ def connector(server: Server) -> Connector:
             endpoint, credentials = settings
             found = Connector(
                 credentials=credentials_for(credentials),
-                # The client appends /sql/v1/...: a stand-in's URL without its trailing slash.
+                # The client appends /sql/v1beta4/...: a stand-in's URL without its final slash.
                 sqladmin_api_endpoint=endpoint.rstrip("/") if endpoint else None,
                 # Lazy: a certificate is fetched when a connection needs one, and no
                 # background task refreshes it between the steps of a short command.
                 refresh_strategy="lazy",
             )
-            if not _connectors:
-                atexit.register(close)
             _connectors[settings] = found
         return found
 
@@ -112,8 +126,8 @@ class Relay:
     to a driver (the Admin API's connect settings and ephemeral certificate, cached
     and refreshed by the connector; the address of `ip_type`; TLS to port 3307), and
     moves bytes with the connector's own TLS-aware proxy loop. Those steps use the
-    connector's internals (checked against 1.22 and 1.23): a release that changes them
-    fails here with a clear error, never silently.
+    connector's internals (read in 1.23): a release without them is
+    refused before any child program starts.
 
     The socket is a Unix socket in a fresh folder of mode 0700, not a TCP port: with
     IAM authentication the certificate itself signs the user in, so no other user of
@@ -125,6 +139,14 @@ class Relay:
         self._server = server
         self._instance = server.instance
         self._connector = connector(server)
+        missing = [name for name in _INTERNALS if not hasattr(self._connector, name)]
+        if missing:
+            raise PreconditionFailed(
+                f"this cloud-sql-python-connector has no {', '.join(missing)}: psql, pg_dump "
+                f"and pg_restore cannot reach {self._instance} through it",
+                hint="install cloud-sql-python-connector 1.23, or run the Cloud SQL "
+                "Auth Proxy and give the server's host and port instead of its instance",
+            )
         self._folder = Path(tempfile.mkdtemp(prefix="cutover-cloudsql-"))
         os.chmod(self._folder, 0o700)
         self.address = Address(str(self._folder), 5432)
@@ -215,3 +237,6 @@ def close() -> None:
         for found in _connectors.values():
             found.close()
         _connectors.clear()
+
+
+atexit.register(close)
