@@ -510,6 +510,7 @@ def cleanup(
                 # before the forward one, since it uses what the forward replication installed.
                 steps.run(back, scope=fallback)
                 steps.run(forward, scope=db)
+            steps.run(cleaning.previous_values_phase(plan), scope=SWITCH_SCOPE)
             if module is not None:  # last: the source keeps its objects until it goes
                 steps.run(terraforming.retire_phase(module), scope=SWITCH_SCOPE)
 

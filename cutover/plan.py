@@ -238,6 +238,8 @@ class Server(_Model):
     # The address the other server uses to reach this one, when it differs from `host`
     # (a private IP behind the controller's proxy, say). Replication connects there.
     replication_host: str | None = None
+    # And its port there, when that differs from `port` (a NAT, a proxy, a tunnel).
+    replication_port: int | None = Field(None, ge=1, le=65535)
     # How to restart this server (`prepare --restart` runs it when wal_level must change).
     restart: Argv | None = None
 

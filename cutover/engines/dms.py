@@ -236,7 +236,7 @@ class DmsEngine:
         return source_profile_body(
             instance=self._settings.source_instance,
             host=source.peer_host,
-            port=source.port,
+            port=source.replication_port or source.port,
             username=source.user,
             password=password,
         )

@@ -313,6 +313,7 @@ def source_conninfo(source: Server, db: str, *, role: str, password: str) -> str
     params.pop("password", None)
     params.update(
         host=source.peer_host,
+        port=source.replication_port or source.port,
         user=role,
         password=password,
         application_name=role,

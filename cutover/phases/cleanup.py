@@ -19,6 +19,9 @@
 10. uninstall_engine: pglogical's nodes cutover made, and the extension where
     this move created it (last: the fallback's cleanup runs before this one).
 
+Then, once for the move, `forget_previous <repoint>`: the old value each repoint
+kept for a rollback (a Kubernetes Secret's companion) removed.
+
 The source may have been made read-only: cleanup's own sessions may still write.
 """
 
@@ -30,6 +33,7 @@ from cutover.engines import reversed_plan
 from cutover.engines.base import Engine
 from cutover.phases import no_switch_in_progress
 from cutover.plan import Plan
+from cutover.repoint import KeepsPrevious, repoint_for
 from cutover.steps import Change, Phase, Step, from_other_side
 from cutover.types import Side
 
@@ -116,6 +120,24 @@ def phase(plan: Plan, servers: Pool, db: str, engine: Engine) -> Phase:
                 archive_removed,
             ),
             Step("uninstall_engine", uninstall_engine, engine_uninstalled),
+        ),
+    )
+
+
+def previous_values_phase(plan: Plan) -> Phase:
+    """The old connection strings the repoints kept for a rollback, removed: once the
+    move is cleaned up there is no rollback, and they hold the old server's password."""
+    places = [repoint_for(spec, plan.databases) for spec in plan.repoint]
+    return Phase(
+        "cleanup",
+        tuple(
+            Step(
+                f"forget_previous {place.name}",
+                place.forget_previous,
+                place.previous_forgotten,
+            )
+            for place in places
+            if isinstance(place, KeepsPrevious)
         ),
     )
 

@@ -1,7 +1,7 @@
 """Where the applications' connection strings live, and how they are pointed at the target."""
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from cutover.plan import Repoint as RepointSpec
 from cutover.plan import Server
@@ -16,6 +16,17 @@ class Repoint(Protocol):
     def point_to(self, server: Server, *, dry_run: bool) -> Sequence[Change]: ...
 
     def points_to(self, server: Server) -> bool: ...
+
+
+@runtime_checkable
+class KeepsPrevious(Protocol):
+    """A repoint that keeps the value it replaced beside it, for a rollback."""
+
+    name: str
+
+    def forget_previous(self, *, dry_run: bool) -> Sequence[Change]: ...
+
+    def previous_forgotten(self) -> bool: ...
 
 
 def repoint_for(spec: RepointSpec, databases: list[str]) -> Repoint:

@@ -9,7 +9,9 @@ user, password and options stay), a host, a port or host:port.
 The value before each change is kept in a companion object of the same kind,
 `<name>-cutover-previous` (same key): a Secret's old value stays as secret as the
 Secret, and no pod mounts it. When that previous value already names the server
-asked for (a rollback), it is written back exactly. Deployments that read the key only
+asked for (a rollback), it is written back exactly. Cleanup removes it (and the
+companion once it holds nothing): a finished move keeps no copy of an old
+connection string, with its password, anywhere. Deployments that read the key only
 when they start get a rollout restart (the `kubectl.kubernetes.io/restartedAt`
 annotation of their pod template) once the value changed; the time of the change is on
 the companion, so a run killed between the two restarts them on the next run.
@@ -203,6 +205,44 @@ class KubernetesRepoint:
                 f"{companion_name(self._object)}: HTTP {exc.status} {exc.reason}",
                 hint="run it again; nothing was changed",
             ) from None
+
+    def previous_forgotten(self) -> bool:
+        """No old value of the key is kept on the companion."""
+        return self._previous()[1] is None
+
+    def forget_previous(self, *, dry_run: bool) -> Sequence[Change]:
+        """The key's old value removed from the companion, the companion deleted once empty."""
+        companion, previous = self._previous()
+        if previous is None:
+            return []
+        name = companion_name(self._object)
+        kind = "secret" if self._secret else "configmap"
+        change = Change(
+            f"repoint {self.name}", f"{kind}/{name}: the previous value of {self._spec.key} removed"
+        )
+        if dry_run:
+            return [change]
+        data = {k: v for k, v in (companion.data or {}).items() if k != self._spec.key}
+        try:
+            if data:
+                companion.data = data
+                self._write(companion, create=False)
+            elif self._secret:
+                self._call(
+                    "delete", self._core.delete_namespaced_secret, name, self._spec.namespace
+                )
+            else:
+                self._call(
+                    "delete", self._core.delete_namespaced_config_map, name, self._spec.namespace
+                )
+        except ApiException as exc:
+            if exc.status != 404:  # 404: gone already
+                raise StepFailed(
+                    f"repoint {self.name}: cannot remove the previous value from {kind}/{name}: "
+                    f"HTTP {exc.status} {exc.reason}",
+                    hint="run cleanup again",
+                ) from None
+        return [change]
 
     def _describe(self, value: str) -> str:
         if self._secret:

@@ -76,6 +76,8 @@ def test_the_role_allows_every_call_of_the_writer_the_repoint_and_the_ledger(
     place.point_to(Server(host="b", user="u"), dry_run=False)
     place.points_to(Server(host="b", user="u"))
     place.point_to(Server(host="a", user="u"), dry_run=False)  # as a rollback does
+    place.forget_previous(dry_run=False)  # as cleanup does
+    assert place.previous_forgotten()
     store = ConfigMapStore(ledger, "orders")
     with store.lock():
         journal = Journal(store, move="orders")

@@ -29,7 +29,7 @@ from cutover.pg import load as load_sql
 from cutover.runner import FAILPOINT
 from tests.conftest import REPO, Databases, Result, connect
 from tests.integration.conftest import TABLE_NAMES, TABLES
-from tests.k8s.apiserver import Cluster
+from tests.k8s.apiserver import ApiError, Cluster
 from tests.k8s.workloads import autoscaler, deployment
 
 NS = "shop"
@@ -199,3 +199,10 @@ def test_a_switch_of_kubernetes_tiers_killed_at_each_cluster_step_then_rolled_ba
     assert outcome.acknowledged > 200
     assert outcome.missing == []
     assert outcome.errors == []  # the pods were gone before each fence: nothing refused
+
+    done = cutover("cleanup", "-p", str(plan), "--yes")
+    assert done.code == 0, done.stdout + done.stderr
+    assert "forget_previous secret-database_url" in done.stdout
+    with pytest.raises(ApiError):  # no copy of the old connection strings is left
+        cluster.get("secrets", NS, "db-cutover-previous")
+    assert cluster.get("secrets", NS, "db")["data"] == secret_before

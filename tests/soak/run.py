@@ -49,6 +49,7 @@ from cutover.runner import FAILPOINT
 from tests.conftest import Databases, Result, connect, run_cutover
 from tests.integration.conftest import replication_objects
 from tests.soak import world
+from tests.soak.relay import Relay
 from tests.soak.scenario import Fault, Scenario, generate
 
 RESTART_GRACE = 5.0  # seconds after a server restart in which the application may see it
@@ -123,6 +124,9 @@ class Move:
         control = free_port()
         http = f"http://127.0.0.1:{control}"
         data = yaml.safe_load(dump(self.lab.plan([self.db], move=f"s{uuid.uuid4().hex[:8]}")))
+        # The replication reaches the source through a relay that can cut or stall it.
+        self.relay = Relay(("127.0.0.1", port))
+        data["source"]["replication_port"] = self.relay.port
         data.update(
             state_dir=str(self.work / "state"),
             engine=self.scenario.engine,
@@ -195,21 +199,14 @@ class Move:
         self.restarts.append((began, time.time()))
 
     def cut_replication(self) -> None:
-        """End the move's replication connections on the source, three times."""
+        """Every replication connection cut between the servers, three times."""
         for _ in range(3):
-            with connect(self.lab.server("source")) as conn:
-                conn.execute(
-                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
-                    "WHERE active AND database = %s",
-                    (self.db,),
-                )
+            self.relay.cut()
             time.sleep(0.5)
 
     def stall(self, seconds: float) -> None:
-        """The target applies nothing for `seconds`, then catches up."""
-        self.set_replication(enabled=False)
-        time.sleep(seconds)
-        self.set_replication(enabled=True)
+        """No replication byte passes between the servers for `seconds`."""
+        self.relay.stall(seconds)
 
     def set_replication(self, *, enabled: bool) -> None:
         name = f"cutover_{yaml.safe_load(self.plan.read_text())['move']}"
@@ -258,22 +255,34 @@ def expect(outcome: Outcome, what: str, result: Result, *codes: int) -> bool:
     return False
 
 
+GOES_ON = (None, -9, 0)  # not drawn, killed, or finished with nothing to kill at its step
+
+
+def killed(move: Move, outcome: Outcome, fault: Fault, scope: str, *command: str) -> int | None:
+    """With `fault` drawn, the command run to be SIGKILLed after the fault's step.
+
+    Its exit code: -9 killed, 0 finished (the step had nothing to do), anything
+    else a failure (recorded); None when the scenario did not draw the fault.
+    """
+    injected = next((f for f in move.scenario.faults if f.fault is fault), None)
+    if injected is None:
+        return None
+    point = f"{scope}/{command[0]}.{injected.step}@applied"
+    result = move.cutover(*command, failpoint=point)
+    expect(outcome, f"{command[0]} killed after {injected.step}", result, -9, 0)
+    return result.code
+
+
 def drive(move: Move, outcome: Outcome) -> bool:
     """prepare, start, streaming under faults, verify, switch: False once a command failed."""
     s = move.scenario
     faults = {f.fault: f for f in s.faults}
-    if Fault.KILL_PREPARE in faults:
-        step = faults[Fault.KILL_PREPARE].step
-        killed = move.cutover("prepare", failpoint=f"{move.db}/prepare.{step}@applied")
-        if not expect(outcome, f"prepare killed after {step}", killed, -9, 0):
-            return False
+    if killed(move, outcome, Fault.KILL_PREPARE, move.db, "prepare") not in GOES_ON:
+        return False
     if not expect(outcome, "prepare", move.cutover("prepare"), 0):
         return False
-    if Fault.KILL_START in faults:
-        step = faults[Fault.KILL_START].step
-        killed = move.cutover("start", "--wait", failpoint=f"{move.db}/start.{step}@applied")
-        if not expect(outcome, f"start killed after {step}", killed, -9, 0):
-            return False
+    if killed(move, outcome, Fault.KILL_START, move.db, "start", "--wait") not in GOES_ON:
+        return False
     if not expect(outcome, "start --wait", move.cutover("start", "--wait"), 0):
         return False
 
@@ -313,14 +322,12 @@ def drive(move: Move, outcome: Outcome) -> bool:
         if locked.code == 0:
             move.switching.append(time.time())
             return True
-    if Fault.KILL_SWITCH in faults:
-        step = faults[Fault.KILL_SWITCH].step
-        killed = move.cutover("switch", "--yes", failpoint=f"all/switch.{step}@applied")
-        if not expect(outcome, f"switch killed after {step}", killed, -9, 0):
-            return False
-        if killed.code == 0:  # the step had nothing to do: no kill
-            move.switching.append(time.time())
-            return True
+    code = killed(move, outcome, Fault.KILL_SWITCH, "all", "switch", "--yes")
+    if code not in GOES_ON:
+        return False
+    if code == 0:  # the step had nothing to do: no kill, the switch went through
+        move.switching.append(time.time())
+        return True
     ok = expect(outcome, "switch", move.cutover("switch", "--yes"), 0)
     move.switching.append(time.time())
     return ok
@@ -366,6 +373,8 @@ def judge(move: Move, outcome: Outcome) -> None:
     if churn_errors:
         outcome.problems.append(f"the churn saw {len(churn_errors)} errors: {churn_errors[:3]}")
     outcome.churned = move.churn.transactions
+    if not move.relay.accepted:
+        outcome.problems.append("the replication did not go through the relay")
     pause = journal.pause(phase="switch", scope="all")
     outcome.pause = pause.writes_paused if pause else None
 
@@ -388,12 +397,8 @@ def judge(move: Move, outcome: Outcome) -> None:
                     f"{r['last_value']} on the source"
                 )
 
-    kill = next((f for f in move.scenario.faults if f.fault is Fault.KILL_CLEANUP), None)
-    if kill is not None:
-        point = f"{db}/cleanup.{kill.step}@applied"
-        killed = move.cutover("cleanup", "--yes", failpoint=point)
-        if not expect(outcome, f"cleanup killed after {kill.step}", killed, -9, 0):
-            return
+    if killed(move, outcome, Fault.KILL_CLEANUP, db, "cleanup", "--yes") not in GOES_ON:
+        return
     if not expect(outcome, "cleanup", move.cutover("cleanup", "--yes"), 0):
         return
     left = {k: v for k, v in replication_objects(lab, db).items() if v}
@@ -445,6 +450,8 @@ def run(lab: Lab, databases: Databases, seed: int, work: Path) -> Outcome:
     finally:
         move.close()
         databases.stop_replication()
+        if hasattr(move, "relay"):
+            move.relay.close()
         outcome.seconds = round(time.monotonic() - began, 1)
     return outcome
 

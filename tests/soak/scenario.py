@@ -138,6 +138,29 @@ class Scenario:
         )
 
 
+# Where each fault strikes: after a step of its command, or for seconds drawn in a range.
+KILLED_AT = {
+    Fault.KILL_PREPARE: PREPARE_STEPS,
+    Fault.KILL_SWITCH: SWITCH_STEPS,
+    Fault.KILL_CLEANUP: CLEANUP_STEPS,
+}
+SECONDS = {
+    Fault.TARGET_LOCK: (0.5, 8.0),
+    Fault.SLOW_WRITER: (0.5, 4.0),
+    Fault.STALL_REPLICATION: (0.5, 3.0),
+}
+
+
+def draw(fault: Fault, rng: random.Random, engine: str) -> Injected:
+    """The fault, with the step or the seconds it strikes at."""
+    if fault is Fault.KILL_START:
+        return Injected(fault, step=rng.choice(START_STEPS[engine]))
+    if fault in KILLED_AT:
+        return Injected(fault, step=rng.choice(KILLED_AT[fault]))
+    low, high = SECONDS.get(fault, (0.2, 1.5))
+    return Injected(fault, seconds=round(rng.uniform(low, high), 1))
+
+
 def generate(seed: int) -> Scenario:
     """The scenario of `seed`: always the same one."""
     rng = random.Random(seed)
@@ -152,14 +175,7 @@ def generate(seed: int) -> Scenario:
     faults: list[Injected] = []
     for fault in list(Fault)[:7]:  # in the order they were first drawn: seeds replay
         if rng.random() < 0.3:
-            if fault is Fault.KILL_START:
-                faults.append(Injected(fault, step=rng.choice(START_STEPS[engine])))
-            elif fault is Fault.KILL_SWITCH:
-                faults.append(Injected(fault, step=rng.choice(SWITCH_STEPS)))
-            elif fault is Fault.TARGET_LOCK:
-                faults.append(Injected(fault, seconds=round(rng.uniform(0.5, 8.0), 1)))
-            else:
-                faults.append(Injected(fault, seconds=round(rng.uniform(0.2, 1.5), 1)))
+            faults.append(draw(fault, rng, engine))
     # A timed-out switch and a kill in the switch are two runs of it: keep one.
     if any(f.fault is Fault.TIMEOUT_ROLLBACK for f in faults):
         faults = [f for f in faults if f.fault is not Fault.KILL_SWITCH]
@@ -171,14 +187,7 @@ def generate(seed: int) -> Scenario:
     view = rng.random() < 0.6
     for fault in list(Fault)[7:]:
         if rng.random() < 0.3:
-            if fault is Fault.KILL_PREPARE:
-                faults.append(Injected(fault, step=rng.choice(PREPARE_STEPS)))
-            elif fault is Fault.KILL_CLEANUP:
-                faults.append(Injected(fault, step=rng.choice(CLEANUP_STEPS)))
-            elif fault is Fault.SLOW_WRITER:
-                faults.append(Injected(fault, seconds=round(rng.uniform(0.5, 4.0), 1)))
-            else:
-                faults.append(Injected(fault, seconds=round(rng.uniform(0.5, 3.0), 1)))
+            faults.append(draw(fault, rng, engine))
     return Scenario(
         seed=seed,
         engine=engine,
