@@ -341,7 +341,7 @@ def start_command(
     if recopy:
         _confirm(
             f"Empty the moved tables of {', '.join(plan.databases)} on the target "
-            f"({plan.target.host}) and copy them anew?",
+            f"({plan.target.address}) and copy them anew?",
             yes=yes,
             dry_run=dry_run,
         )
@@ -621,7 +621,7 @@ def sync_schema_command(
     """
     plan = load_plan(plan_path)
     _confirm(
-        f"Change the moved tables on the target ({plan.target.host}) to match the source's?",
+        f"Change the moved tables on the target ({plan.target.address}) to match the source's?",
         yes=yes,
         dry_run=dry_run,
     )

@@ -181,11 +181,54 @@ class SslMode(StrEnum):
     VERIFY_FULL = "verify-full"
 
 
-class Server(_Model):
-    """How cutover reaches one PostgreSQL server, as its controlling user."""
+class IpType(StrEnum):
+    """Which of a Cloud SQL instance's addresses the connector dials."""
 
-    host: str = Field(min_length=1)
+    PUBLIC = "public"
+    PRIVATE = "private"
+    PSC = "psc"  # Private Service Connect
+
+
+# Cloud SQL's instance connection name: project (optionally domain-scoped), region, instance.
+_CONNECTION_NAME = re.compile(
+    r"^(?:[a-z][a-z0-9.-]*[a-z0-9]:)?[a-z][a-z0-9-]{4,28}[a-z0-9]"  # [domain:]project
+    r":[a-z]+-[a-z]+[0-9]+"  # region
+    r":[a-z](?:[a-z0-9-]{0,96}[a-z0-9])?$"  # instance
+)
+
+
+def parse_connection_name(value: str) -> tuple[str, str, str]:
+    """`project:region:instance` -> its three parts (a domain-scoped project keeps its domain)."""
+    if not _CONNECTION_NAME.fullmatch(value):  # fullmatch: `$` would let a newline end it
+        raise ValueError(
+            "an instance connection name is project:region:instance, as the Cloud SQL "
+            "console shows it (e.g. my-project:europe-west1:shop-db)"
+        )
+    project, region, instance = value.rsplit(":", 2)
+    return project, region, instance
+
+
+def _check_connection_name(value: str) -> str:
+    parse_connection_name(value)
+    return value
+
+
+ConnectionName = Annotated[str, AfterValidator(_check_connection_name)]
+
+
+class Server(_Model):
+    """How cutover reaches one PostgreSQL server, as its controlling user.
+
+    By `host` and `port`, or by a Cloud SQL `instance` connection name: then through
+    the Cloud SQL connector (its TLS with an ephemeral client certificate, the
+    address of `ip_type`), and with `iam_auth` as an IAM database user, without password.
+    """
+
+    host: str | None = Field(None, min_length=1)
     port: int = Field(5432, ge=1, le=65535)
+    instance: ConnectionName | None = None
+    ip_type: IpType = IpType.PUBLIC
+    iam_auth: bool = False
     user: str = Field(min_length=1)
     password: SecretRef | None = None
     dbname: str = "postgres"
@@ -200,9 +243,55 @@ class Server(_Model):
     # How to restart this server (`prepare --restart` runs it when wal_level must change).
     restart: Argv | None = None
 
+    # The Cloud SQL Admin API the connector asks for certificates (the plan's dms section).
+    _sqladmin_endpoint: str | None = PrivateAttr(default=None)
+    _cloud_credentials: str = PrivateAttr(default="application_default")
+
+    @model_validator(mode="after")
+    def _host_or_instance(self) -> Self:
+        if (self.host is None) == (self.instance is None):
+            raise ValueError(
+                "give exactly one of host (and port) or instance (a Cloud SQL instance "
+                "connection name, project:region:instance)"
+            )
+        if self.instance is None:
+            if self.iam_auth or self.ip_type is not IpType.PUBLIC:
+                raise ValueError("ip_type and iam_auth are only for a server given by instance")
+            return self
+        if "port" in self.model_fields_set:
+            raise ValueError("port is only for a server given by host: the connector picks it")
+        if self.iam_auth and self.password is not None:
+            raise ValueError(
+                "iam_auth signs in with an IAM token, not a password: remove password "
+                "(user is the IAM user's email, or a service account's without "
+                ".gserviceaccount.com)"
+            )
+        return self
+
+    @property
+    def address(self) -> str:
+        """`host:port`, or the instance connection name: never a secret."""
+        return self.instance if self.instance is not None else f"{self.host}:{self.port}"
+
+    @property
+    def peer_host(self) -> str:
+        """The host that other servers and the applications use to reach this one."""
+        host = self.replication_host or self.host
+        if host is None:
+            raise UsageError(
+                f"{self.instance} is reached through the Cloud SQL connector, which other "
+                "servers and the applications cannot use",
+                hint="give replication_host: the instance's address as the others reach it",
+            )
+        return host
+
+    def connector_settings(self) -> tuple[str | None, str]:
+        """The Cloud SQL Admin API endpoint (None: Google's) and credentials the connector uses."""
+        return self._sqladmin_endpoint, self._cloud_credentials
+
     def describe(self, dbname: str | None = None) -> str:
-        """`host:port/db as user`: never a secret."""
-        return f"{self.host}:{self.port}/{dbname or self.dbname} as {self.user}"
+        """`host:port/db as user` (or `project:region:instance/db as user`): never a secret."""
+        return f"{self.address}/{dbname or self.dbname} as {self.user}"
 
 
 class HttpWriter(_Model):
@@ -690,6 +779,36 @@ class Plan(_Model):
                 f"the dms section is only for engine: dms (this plan's engine is "
                 f"{self.engine.value})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _source_reachable(self) -> Self:
+        # Every engine has the source dialled from elsewhere: the target's subscription,
+        # or DMS's connection profile. The connector's route is this process's alone.
+        if self.source.instance is not None and self.source.replication_host is None:
+            raise ValueError(
+                "source: a source given by instance needs replication_host: the address "
+                "at which the target (or DMS) reaches it (its private or public IP)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _connector_settings(self) -> Self:
+        # A server given by instance asks the dms section's Cloud SQL Admin API, with its
+        # credentials, for its certificates (a stand-in's in tests).
+        if self.dms is None:
+            return self
+        for label, server in (("source", self.source), ("target", self.target)):
+            if server.instance is None:
+                continue
+            if self.dms.credentials == CloudCredentials.ANONYMOUS:
+                raise ValueError(
+                    f"{label}.instance: the Cloud SQL connector needs credentials that carry "
+                    "a token: give dms.credentials a service account's key (file:PATH) "
+                    "or application_default"
+                )
+            server._sqladmin_endpoint = self.dms.api_endpoints.sqladmin
+            server._cloud_credentials = self.dms.credentials
         return self
 
     # The reversed plan of a fallback keeps the forward move's ledger (see `reversed`).

@@ -235,7 +235,7 @@ class DmsEngine:
             register_secret(password)
         return source_profile_body(
             instance=self._settings.source_instance,
-            host=source.replication_host or source.host,
+            host=source.peer_host,
             port=source.replication_port or source.port,
             username=source.user,
             password=password,

@@ -48,7 +48,8 @@ class LabeledCursor(psycopg.Cursor[Row]):
             return super().execute(text, params, prepare=prepare, binary=binary)
         except psycopg.Error as exc:
             conn = self.connection
-            label = conn.label if isinstance(conn, LabeledConnection) else LabeledConnection.label
+            # A connection from the Cloud SQL connector is psycopg's own class, labelled after.
+            label = str(getattr(conn, "label", LabeledConnection.label))
             errors.remember(exc, conn, query, label=label)
             raise
 
@@ -56,7 +57,7 @@ class LabeledCursor(psycopg.Cursor[Row]):
 def conninfo(server: Server, dbname: str | None = None, *, label: str) -> dict[str, Any]:
     """libpq keywords for a server; the password is resolved here and registered for redaction."""
     params: dict[str, Any] = {
-        "host": server.host,
+        "host": server.host,  # None for an instance: the Cloud SQL connector finds it
         "port": server.port,
         "user": server.user,
         "dbname": dbname or server.dbname,
@@ -89,18 +90,37 @@ def connect(
     params = conninfo(server, dbname, label=label)
     if replication:
         params["replication"] = "database"
+    options: dict[str, Any] = {
+        "autocommit": autocommit,
+        "row_factory": dict_row,
+        "cursor_factory": LabeledCursor,
+    }
     try:
-        conn = LabeledConnection.connect(
-            **params, autocommit=autocommit, row_factory=dict_row, cursor_factory=LabeledCursor
-        )
+        if server.instance is None:
+            conn: Connection = LabeledConnection.connect(**params, **options)
+        else:
+            from cutover.pg import cloudsql  # Google's connector loads only when it is used
+
+            conn = cloudsql.connect(server, params, **options)
     except psycopg.OperationalError as exc:
         reason = redact(str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc))
         raise ConnectionFailed(
             f"cannot connect to {label} ({server.describe(dbname)}): {reason}",
-            hint=f"check {label}.host/port/user and the password reference in the plan, "
+            hint=f"check {label}.{'host/port' if server.instance is None else 'instance'}/user "
+            "and the password reference in the plan, "
             "and that the server accepts connections from here (pg_hba.conf, firewall)",
         ) from None
-    conn.label = label
+    except Exception as exc:  # only the connector's path gets here
+        # The connector's own failures: the Admin API refused, no address of ip_type,
+        # the TLS handshake on port 3307 failed (aiohttp's and ssl's errors are these).
+        reason = redact(str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc))
+        raise ConnectionFailed(
+            f"cannot connect to {label} ({server.describe(dbname)}) through the Cloud SQL "
+            f"connector: {reason}",
+            hint=f"check {label}.instance and ip_type, the credentials in dms.credentials "
+            "(role Cloud SQL Client) and that port 3307 of the instance is reachable from here",
+        ) from None
+    conn.label = label  # type: ignore[attr-defined]
     return conn
 
 

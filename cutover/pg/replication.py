@@ -312,7 +312,7 @@ def source_conninfo(source: Server, db: str, *, role: str, password: str) -> str
     params = conninfo(source, db, label="source")
     params.pop("password", None)
     params.update(
-        host=source.replication_host or source.host,
+        host=source.peer_host,
         port=source.replication_port or source.port,
         user=role,
         password=password,

@@ -35,8 +35,20 @@ def bindir() -> Path:
 
 
 def client_env(server: Server, dbname: str, *, label: str) -> dict[str, str]:
-    """libpq environment variables for a child program; the password stays out of argv."""
+    """libpq environment variables for a child program; the password stays out of argv.
+
+    A server given by instance is reached through a local relay (pg/cloudsql.py) whose far
+    side is the connector's TLS: the child connects to it without TLS of its own.
+    """
     params = conninfo(server, dbname, label=label)
+    if server.instance is not None:
+        from cutover.pg import cloudsql  # Google's connector loads only when it is used
+
+        address = cloudsql.relay(server)
+        params.pop("sslrootcert", None)
+        params |= {"host": address.host, "port": address.port, "sslmode": "disable"}
+        if server.iam_auth:
+            params["user"] = cloudsql.iam_user(server.user)
     names = {
         "host": "PGHOST",
         "port": "PGPORT",

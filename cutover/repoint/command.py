@@ -33,7 +33,7 @@ class CommandRepoint:
         env = {
             **os.environ,
             **process.secret_env(self._spec.env, where=f"repoint[{self.name}].command.env"),
-            "CUTOVER_TARGET_HOST": server.replication_host or server.host,
+            "CUTOVER_TARGET_HOST": server.peer_host,
             "CUTOVER_TARGET_PORT": str(server.port),
             "CUTOVER_DATABASES": ",".join(self._databases),
         }

@@ -64,7 +64,7 @@ class FileRepoint:
                 f"repoint {self.name}: {self._spec.path} has no {self._spec.key} to retarget",
                 hint="give repoint[].file.value in the plan",
             )
-        return retarget(current, server.replication_host or server.host, server.port)
+        return retarget(current, server.peer_host, server.port)
 
     def points_to(self, server: Server) -> bool:
         """Whether the key already holds the target's address."""

@@ -48,7 +48,7 @@ CONFLICT_ATTEMPTS = 5
 
 def build_value(kind: RepointValue, current: str | None, server: Server) -> str:
     """The key's value naming `server`: a DSN keeps everything of `current` but its address."""
-    host = server.replication_host or server.host
+    host = server.peer_host
     match kind:
         case RepointValue.HOST:
             return host

@@ -104,7 +104,9 @@ class PgBouncerRepoint:
                     f"repoint {self.name}: cannot read {path}: {exc.strerror or exc}",
                     hint="the controller must read and write the PgBouncer's configuration file",
                 ) from None
-            new, found = rewrite(text, self._spec.databases, server.host, server.port)
+            new, found = rewrite(
+                text, self._spec.databases, server.host or server.peer_host, server.port
+            )
             missing = [db for db in self._spec.databases if db not in found]
             if missing:
                 raise PreconditionFailed(

@@ -47,7 +47,9 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlsplit
+
+from tests.gcp.cloudsql import LOGIN_SCOPE, TOKEN_PATH, Instances
 
 Json = dict[str, Any]
 
@@ -234,6 +236,8 @@ def _merge(into: Json, patch: Json) -> None:
 
 _LOCATION = r"/v1/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
 _SQL = r"/v1/projects/(?P<project>[^/]+)"
+# The Cloud SQL connector calls its own path: `{sqladmin endpoint}/sql/v1beta4/projects/...`.
+_CONNECT = r"/sql/v1beta4/projects/(?P<project>[^/]+)"
 _FILTER_CLAUSE = re.compile(r'([\w.]+)\s*=\s*"((?:[^"\\]|\\.)*)"')
 
 
@@ -267,6 +271,8 @@ class Standin:
         self.series_page_size = 100
         self.databases = ["postgres"]  # each job's objects: one per database
         self.objects_page_size = 50
+        # The instances' side for the Cloud SQL connector (connectSettings, certificates).
+        self.cloudsql: Instances | None = None
         self._ids = itertools.count(1)
         self._routes: list[tuple[str, re.Pattern[str], Callable[..., Json]]] = [
             ("POST", re.compile(_LOCATION + r"/connectionProfiles"), self._create_profile),
@@ -290,6 +296,17 @@ class Standin:
                 self._job_objects,
             ),
             ("GET", re.compile(_LOCATION + r"/operations/(?P<id>[^/:]+)"), self._dms_operation),
+            (
+                "GET",
+                re.compile(_CONNECT + r"/instances/(?P<instance>[^/:]+)/connectSettings"),
+                self._connect_settings,
+            ),
+            (
+                "POST",
+                re.compile(_CONNECT + r"/instances/(?P<instance>[^/:]+):generateEphemeralCert"),
+                self._ephemeral_cert,
+            ),
+            ("POST", re.compile(re.escape(TOKEN_PATH)), self._token),
             ("GET", re.compile(_SQL + r"/instances/(?P<instance>[^/]+)"), self._instance),
             ("PATCH", re.compile(_SQL + r"/instances/(?P<instance>[^/]+)"), self._patch_instance),
             ("POST", re.compile(_SQL + r"/instances/(?P<instance>[^/]+)/restart"), self._restart),
@@ -459,7 +476,10 @@ class Standin:
         parts = urlsplit(target)
         query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         try:
-            body = json.loads(raw) if raw else None
+            if parts.path == TOKEN_PATH:  # OAuth's token request is a form
+                body = dict(parse_qsl(raw.decode()))
+            else:
+                body = json.loads(raw) if raw else None
         except ValueError:
             return 400, ApiFailure(400, "the body is not JSON").body()
         with self.lock:
@@ -847,6 +867,28 @@ class Standin:
         """The backend that serves this instance in the world, if any."""
         lab = self.instance_backend
         return lab if lab is not None and lab.serves(instance) else None
+
+    def _connectors_side(self, project: str, instance: str) -> "Instances":
+        self._get_instance(project, instance)
+        if self.cloudsql is None or instance not in self.cloudsql.endpoints:
+            raise ApiFailure(400, f"instance {instance} takes no connections here")
+        return self.cloudsql
+
+    def _connect_settings(self, *, project: str, instance: str, **_: Any) -> Json:
+        return self._connectors_side(project, instance).connect_settings(project, instance)
+
+    def _ephemeral_cert(self, *, project: str, instance: str, body: Json, **_: Any) -> Json:
+        side = self._connectors_side(project, instance)
+        token = body.get("access_token")
+        if token is not None and side.tokens.get(token) != LOGIN_SCOPE:
+            raise ApiFailure(401, "the access token is not one for sqlservice.login")
+        cert = side.ca.client_cert(body["public_key"], common_name=f"{project}:{instance}")
+        return {"ephemeralCert": {"kind": "sql#sslCert", "cert": cert}}
+
+    def _token(self, *, body: Json, **_: Any) -> Json:
+        if self.cloudsql is None:
+            raise ApiFailure(404, "no token endpoint here")
+        return self.cloudsql.token(body)
 
     def _instance(self, *, project: str, instance: str, **_: Any) -> Json:
         return self._get_instance(project, instance)

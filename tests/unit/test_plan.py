@@ -94,7 +94,7 @@ def test_writers_without_tiers_stop_in_list_order_and_share_a_tier_when_told() -
 @pytest.mark.parametrize(
     ("path", "value", "expected"),
     [
-        ("source.host", DELETE, "source.host: Field required"),
+        ("source.host", DELETE, "source: give exactly one of host (and port) or instance"),
         ("target.port", "five", "target.port: Input should be a valid integer"),
         ("target.port", 70000, "target.port: Input should be less than or equal to 65535"),
         ("engine", "mysql", "engine: Input should be 'native', 'pglogical' or 'dms'"),
