@@ -222,7 +222,9 @@ def test_a_managed_service_s_own_lag_is_exported_beside_the_exact_one_with_its_a
 def test_the_switch_job_runs_a_plan_with_kubernetes_tiers_as_the_rbac_service_account(
     tmp_path: Path,
 ) -> None:
-    documents = list(yaml.safe_load_all((REPO / "k8s" / "base" / "controller-job.yaml").read_text()))
+    documents = list(
+        yaml.safe_load_all((REPO / "k8s" / "base" / "controller-job.yaml").read_text())
+    )
     config_map = next(d for d in documents if d["kind"] == "ConfigMap")
     job = next(d for d in documents if d["kind"] == "Job")
     plan_path = tmp_path / "plan.yaml"
