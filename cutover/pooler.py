@@ -154,8 +154,9 @@ log_disconnections = 0
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             return
+        # The process itself, not its pid file: PgBouncer removes that before it exits.
         deadline = time.monotonic() + STOP_SECONDS
-        while self.is_running() and time.monotonic() < deadline:
+        while alive(pid) and time.monotonic() < deadline:
             time.sleep(_POLL_SECONDS)
 
     def _pid(self) -> int | None:
@@ -170,6 +171,15 @@ log_disconnections = 0
         except (FileNotFoundError, ProcessLookupError, ValueError):
             return None
         return pid if str(self.config).encode() in command.split(b"\0") else None
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` still runs (one that exited and awaits its parent does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")  # zombie, dead
 
 
 def _doubled(value: str) -> str:
