@@ -342,12 +342,27 @@ def set_replication(
 
     `subscription`: its name when the move's engine did not name it (dms: DMS's job)."""
     name = subscription or f"cutover_{move_of(running)}"
-    with connect(lab.server("target"), running.db) as conn:
-        if running.engine in ("pglogical", "dms"):  # DMS replicates with pglogical
+    set_subscription(lab, running.db, running.engine, name, enabled=enabled)
+
+
+def set_subscription(lab: Lab, db: str, engine: str, name: str, *, enabled: bool) -> None:
+    """Enable or disable the target's subscription `name` in `db`, as `engine` makes them."""
+    with connect(lab.server("target"), db) as conn:
+        if engine in ("pglogical", "dms"):  # DMS replicates with pglogical
             verb = "enable" if enabled else "disable"
-            conn.execute(f"SELECT pglogical.alter_subscription_{verb}(%s, true)", (name,))
+            conn.execute(
+                psycopg.sql.SQL("SELECT pglogical.{}(%s, true)").format(
+                    psycopg.sql.Identifier(f"alter_subscription_{verb}")
+                ),
+                (name,),
+            )
         else:
-            conn.execute(f"ALTER SUBSCRIPTION {name} {'ENABLE' if enabled else 'DISABLE'}")
+            conn.execute(
+                psycopg.sql.SQL("ALTER SUBSCRIPTION {} {}").format(
+                    psycopg.sql.Identifier(name),
+                    psycopg.sql.SQL("ENABLE" if enabled else "DISABLE"),
+                )
+            )
 
 
 def replication_objects(lab: Lab, db: str) -> dict[str, int]:

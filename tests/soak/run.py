@@ -47,7 +47,7 @@ from cutover.plan import dump
 from cutover.plan import load as load_plan
 from cutover.runner import FAILPOINT
 from tests.conftest import Databases, Result, connect, run_cutover
-from tests.integration.conftest import replication_objects
+from tests.integration.conftest import replication_objects, set_subscription
 from tests.soak import world
 from tests.soak.relay import Relay
 from tests.soak.scenario import Fault, Scenario, generate
@@ -210,21 +210,7 @@ class Move:
 
     def set_replication(self, *, enabled: bool) -> None:
         name = f"cutover_{yaml.safe_load(self.plan.read_text())['move']}"
-        with connect(self.lab.server("target"), self.db) as conn:
-            if self.scenario.engine == "pglogical":
-                verb = "enable" if enabled else "disable"
-                conn.execute(
-                    sql.SQL("SELECT pglogical.{}(%s, true)").format(
-                        sql.Identifier(f"alter_subscription_{verb}")
-                    ),
-                    (name,),
-                )
-            else:
-                conn.execute(
-                    sql.SQL("ALTER SUBSCRIPTION {} {}").format(
-                        sql.Identifier(name), sql.SQL("ENABLE" if enabled else "DISABLE")
-                    )
-                )
+        set_subscription(self.lab, self.db, self.scenario.engine, name, enabled=enabled)
 
     def hold_lock(self, seconds: float) -> threading.Thread:
         """A session on the target that locks one of the load's tables for `seconds`."""
