@@ -81,8 +81,9 @@ def exporter(plan: Path) -> Iterator[int]:
 
 
 def _serving(port: int) -> Samples | None:
+    """A scrape, or None while nothing serves one (not yet, or a process on its way out)."""
     try:
-        return scrape(port)
+        return scrape(port) or None
     except OSError:
         return None
 
