@@ -185,7 +185,8 @@ class Runner:
             changes = tuple(step.apply(dry_run=True))
             return StepReport(key, Outcome.PLANNED, self._clock() - started, changes)
 
-        self._journal.started(key, **where)
+        # An undo walks what started: its record is on disk before the work begins.
+        self._journal.started(key, durable=phase.undo_on_failure, **where)
         changes = tuple(self._apply(step, key))
         _failpoint(key, "applied")
         seconds = self._clock() - started

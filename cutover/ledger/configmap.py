@@ -114,8 +114,11 @@ class ConfigMapStore:
             ) from None
         return data
 
-    def write(self, data: dict[str, Any]) -> None:
-        """Replace the document with a compare-and-set (create it the first time)."""
+    def write(self, data: dict[str, Any], *, sync: bool = True) -> None:
+        """Replace the document with a compare-and-set (create it the first time).
+
+        Durable once the API server answers, `sync` or not.
+        """
         text = json.dumps(data, indent=1)
         ns = self._spec.namespace
         for _ in range(CONFLICT_ATTEMPTS):

@@ -1,7 +1,9 @@
 """The default ledger store: one JSON file per move in the state directory.
 
-Writes are atomic and durable: a temporary file in the same folder, fsync,
-rename over the old one, fsync the folder. The lock is an flock on a sibling
+Writes are atomic: a temporary file in the same folder renamed over the old
+one. A synced write also waits for the disk (fsync the file, rename, fsync the
+folder); one that is not survives the process being killed but not the machine
+losing power, and the Journal syncs it before its command ends. The lock is an flock on a sibling
 file, released by the kernel when the holding process dies, so a killed
 controller never leaves a stale lock behind.
 """
@@ -43,19 +45,22 @@ class FileStore:
             ) from None
         return data
 
-    def write(self, data: dict[str, Any]) -> None:
-        """Replace the document atomically and durably."""
+    def write(self, data: dict[str, Any], *, sync: bool = True) -> None:
+        """Replace the document atomically; with `sync`, durably too."""
         self._ensure_dir()
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
         try:
             with os.fdopen(fd, "w") as handle:
                 json.dump(data, handle, indent=1)
                 handle.flush()
-                os.fsync(handle.fileno())
+                if sync:
+                    os.fsync(handle.fileno())
             os.replace(tmp, self.path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        if not sync:
+            return
         dir_fd = os.open(self.path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)

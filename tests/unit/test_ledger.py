@@ -50,6 +50,30 @@ def test_a_finished_record_not_durable_is_written_with_the_next_one(tmp_path: Pa
     assert Journal(store, move="m").is_done("db/switch.wait_for_barrier")
 
 
+def test_a_start_not_durable_survives_a_kill_and_waits_for_the_disk_only_at_flush(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    store = FileStore(tmp_path, "m")
+    journal = Journal(store, move="m")
+    journal.started("db/start.copy_data", durable=False)
+    journal.finished("db/start.copy_data", outcome=Outcome.APPLIED, seconds=1.0, durable=False)
+    journal.started("db/start.restore_post_data", durable=False)
+    assert synced == []
+    # What a killed process wrote is there for the next one: the rename is done.
+    steps = Journal(store, move="m").steps()
+    assert steps["db/start.copy_data"].status is StepStatus.DONE
+    assert steps["db/start.restore_post_data"].status is StepStatus.RUNNING
+    journal.flush()
+    assert len(synced) == 2  # the file, then its folder
+    journal.flush()  # nothing left to sync
+    assert len(synced) == 2
+    journal.started("db/switch.stop_writers")  # durable: on disk before the step's work
+    assert len(synced) == 4
+
+
 def test_a_rerun_counts_runs_and_clears_the_old_error(tmp_path: Path) -> None:
     journal = Journal(FileStore(tmp_path, "m"), move="m")
     journal.started("k")
