@@ -29,7 +29,7 @@ from cutover.errors import (
     StepFailed,
     UsageError,
 )
-from cutover.ledger import Pause, journal_for, move_id, save_verification
+from cutover.ledger import Pause, journal_for, move_id, save_verification, writer_records
 from cutover.phases import backfill as backfilling
 from cutover.phases import cleanup as cleaning
 from cutover.phases import prepare as preparing
@@ -214,7 +214,39 @@ def check(plan: Plan) -> preflight.Report:
         and record.status in (StepStatus.DONE, StepStatus.RUNNING)
     }
     with pool(_servers(plan)) as connections:
-        return preflight.run(plan, connections, copied=copied, move_id=move_id(plan))
+        report = preflight.run(plan, connections, copied=copied, move_id=move_id(plan))
+    return preflight.Report(report.findings + tuple(_application_findings(plan)))
+
+
+def _application_findings(plan: Plan) -> Iterator[preflight.Finding]:
+    """The plan's writers and repoints, each asked (reading only) what would stop it."""
+    from cutover import repoint, writers
+
+    records = writer_records(plan)
+    asked: list[tuple[str, str, list[str]]] = []
+    for writer_spec in (w for tier in plan.tiers() for w in tier):
+        writer = writers.writer_for(writer_spec, records=records)
+        if isinstance(writer, writers.Checked):
+            asked.append(("writer", writer.name, writer.problems()))
+    for repoint_spec in plan.repoint:
+        place = repoint.repoint_for(repoint_spec, plan.databases)
+        if isinstance(place, repoint.Checked):
+            asked.append(("repoint", place.name, place.problems(plan.target)))
+    for kind, name, problems in asked:
+        scope = f"{kind}/{name}"
+        if not problems:
+            yield preflight.Finding(
+                kind, scope, preflight.Status.OK, "reachable; what it reads is there"
+            )
+        for problem in problems:
+            yield preflight.Finding(
+                kind,
+                scope,
+                preflight.Status.FAIL,
+                problem.removeprefix(f"{kind} {name}: "),
+                f"the switch would stop at this {kind}: fix the plan's {kind} entry, or what "
+                "cutover may reach and read there",
+            )
 
 
 # -- prepare and backfill ---------------------------------------------------------------------

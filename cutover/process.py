@@ -14,6 +14,7 @@ a command through its `env` map of references, never on its command line.
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -49,6 +50,15 @@ def shown(argv: Sequence[str]) -> str:
             hide_next = option is not None
             words.append(word)
     return redact(" ".join(words))
+
+
+def not_found(commands: Mapping[str, Sequence[str] | None], *, who: str) -> list[str]:
+    """Each of `commands` (by what it does) whose program is not on PATH or not executable."""
+    return [
+        f"{who}: the {what} command's program {argv[0]!r} is not found or not executable"
+        for what, argv in commands.items()
+        if argv is not None and shutil.which(argv[0]) is None
+    ]
 
 
 def secret_env(refs: Mapping[str, str], *, where: str) -> dict[str, str]:

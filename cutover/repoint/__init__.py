@@ -19,6 +19,15 @@ class Repoint(Protocol):
 
 
 @runtime_checkable
+class Checked(Protocol):
+    """A repoint that can tell, reading only, what would stop it pointing at `target`."""
+
+    name: str
+
+    def problems(self, target: Server) -> list[str]: ...
+
+
+@runtime_checkable
 class KeepsPrevious(Protocol):
     """A repoint that keeps the value it replaced beside it, for a rollback."""
 

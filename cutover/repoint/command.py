@@ -21,6 +21,10 @@ class CommandRepoint:
         self._spec = spec
         self._databases = databases
 
+    def problems(self, target: Server) -> list[str]:
+        """The command's program, if it cannot be found."""
+        return process.not_found({"repoint": self._spec.run}, who=f"repoint {self.name}")
+
     def points_to(self, server: Server) -> bool:
         """A command leaves nothing to observe: the ledger decides."""
         return False

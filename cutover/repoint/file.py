@@ -35,6 +35,13 @@ def retarget(dsn: str, host: str, port: int) -> str:
     return replaced.strip()
 
 
+def unwritable(path: Path, *, who: str) -> list[str]:
+    """`path` cannot be replaced by a file written beside it (the folder must take one)."""
+    if os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK):
+        return []
+    return [f"{who}: cannot write {path} and a file beside it in its folder (it is replaced whole)"]
+
+
 class FileRepoint:
     """One key of an env file."""
 
@@ -65,6 +72,14 @@ class FileRepoint:
                 hint="give repoint[].file.value in the plan",
             )
         return retarget(current, server.peer_host, server.port)
+
+    def problems(self, target: Server) -> list[str]:
+        """The file is read, its key retargeted and the file replaced, as the switch will."""
+        try:
+            self._wanted(target, self._current(self._lines()))
+        except PreconditionFailed as exc:
+            return [exc.message]
+        return unwritable(self._spec.path, who=f"repoint {self.name}")
 
     def points_to(self, server: Server) -> bool:
         """Whether the key already holds the target's address."""

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from cutover.errors import PreconditionFailed, StepFailed
+from cutover.errors import CutoverError, PreconditionFailed, StepFailed
 from cutover.kube import api_client
 from cutover.log import redact
 from cutover.plan import KubernetesRepoint as KubernetesSpec
@@ -250,6 +250,20 @@ class KubernetesRepoint:
         return redact(f"{self._shown}: {self._spec.key}={value}")
 
     # -- the repoint -----------------------------------------------------------------------
+
+    def problems(self, target: Server) -> list[str]:
+        """The object and its key are read and the new value built, as the switch will."""
+        try:
+            found = self._read(self._object)
+            if found is None:
+                return [
+                    f"repoint {self.name}: {self._shown} does not exist in namespace "
+                    f"{self._spec.namespace}"
+                ]
+            self._wanted(self._value(found), self._previous()[1], target)
+        except CutoverError as exc:
+            return [exc.message]
+        return []
 
     def points_to(self, server: Server) -> bool:
         """The key names `server`, and each Deployment to restart was restarted since."""

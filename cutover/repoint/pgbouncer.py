@@ -15,11 +15,11 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from cutover.errors import PreconditionFailed, StepFailed
+from cutover.errors import CutoverError, PreconditionFailed, StepFailed
 from cutover.pg import pgbouncer
 from cutover.plan import PgBouncer, Server
 from cutover.plan import PgBouncerRepoint as PgBouncerSpec
-from cutover.repoint.file import retarget
+from cutover.repoint.file import retarget, unwritable
 from cutover.steps import Change
 
 _SECTION = re.compile(r"^\s*\[\s*([^\]]+?)\s*\]\s*$")
@@ -125,6 +125,30 @@ class PgBouncerRepoint:
                     hint="check that config is the file this PgBouncer was started with",
                 )
         return changes
+
+    def problems(self, target: Server) -> list[str]:
+        """Each PgBouncer's file has every entry and may be replaced; its console answers."""
+        found: list[str] = []
+        who = f"repoint {self.name}"
+        for bouncer in self._spec.pgbouncers:
+            path = self._config(bouncer)
+            try:
+                text = path.read_text()
+            except OSError as exc:
+                found.append(f"{who}: cannot read {path}: {exc.strerror or exc}")
+                continue
+            _, entries = rewrite(
+                text, self._spec.databases, target.host or target.peer_host, target.port
+            )
+            missing = [db for db in self._spec.databases if db not in entries]
+            if missing:
+                found.append(f"{who}: {path} has no [databases] entry " + ", ".join(missing))
+            found += unwritable(path, who=who)
+            try:
+                pgbouncer.shown(bouncer)
+            except CutoverError as exc:
+                found.append(f"{who}: {exc.message}")
+        return found
 
     def points_to(self, server: Server) -> bool:
         """Each PgBouncer shows every entry at the server's host and port."""

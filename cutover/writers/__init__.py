@@ -2,7 +2,7 @@
 kubernetes)."""
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from cutover.plan import Writer as WriterSpec
 from cutover.steps import Change
@@ -26,6 +26,15 @@ class Writer(Protocol):
     def is_healthy(self) -> tuple[bool, str]:
         """Whether the writer writes successfully, and why not (redacted); True, "" unprobed."""
         ...
+
+
+@runtime_checkable
+class Checked(Protocol):
+    """A writer that can tell, reading only, what would stop it working in a switch."""
+
+    name: str
+
+    def problems(self) -> list[str]: ...
 
 
 class Records(Protocol):

@@ -61,6 +61,12 @@ class CommandWriter:
             return True
         return self._run(self._spec.status, what="status").returncode == 0
 
+    def problems(self) -> list[str]:
+        """Each command whose program cannot be found."""
+        spec = self._spec
+        commands = {"stop": spec.stop, "start": spec.start, "status": spec.status}
+        return process.not_found({**commands, "health": spec.health}, who=f"writer {self.name}")
+
     def draining(self) -> str:
         """Nothing more to say than is_drained."""
         return ""

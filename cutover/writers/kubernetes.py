@@ -163,6 +163,19 @@ class KubernetesWriter:
         )
         return Recorded(workloads, autoscalers, suspended)
 
+    def problems(self) -> list[str]:
+        """What a switch would fail on, read only: the workloads, their scale, the autoscalers."""
+        try:
+            found = self._observe()
+        except StepFailed as exc:
+            return [exc.message]
+        if not found.workloads and not found.cronjobs:
+            return [
+                f"writer {self.name}: no Deployment, StatefulSet or CronJob of the plan is in "
+                f"namespace {self._ns}"
+            ]
+        return []
+
     def recorded(self) -> Recorded | None:
         """The state recorded by the last stop, if any."""
         data = self._records.get(self.name)

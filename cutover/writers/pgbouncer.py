@@ -14,7 +14,7 @@ connection (in session pooling, every client holds one until it disconnects).
 
 from collections.abc import Sequence
 
-from cutover.errors import StepFailed
+from cutover.errors import CutoverError, StepFailed
 from cutover.pg import pgbouncer
 from cutover.plan import PgBouncer
 from cutover.plan import PgBouncerWriter as PgBouncerSpec
@@ -86,6 +86,14 @@ class PgBouncerWriter:
                     if db in shown and shown[db].paused:
                         pgbouncer.run(conn, "RESUME", db)
         return changes
+
+    def problems(self) -> list[str]:
+        """Each PgBouncer's console answers and shows every database of the writer."""
+        try:
+            self._pools()
+        except CutoverError as exc:
+            return [exc.message]
+        return []
 
     def is_healthy(self) -> tuple[bool, str]:
         """No database of the writer is left paused on any PgBouncer."""

@@ -456,3 +456,57 @@ def test_a_broken_plan_is_exit_2_with_the_path_of_each_mistake(
     assert "source.password: a literal secret is not allowed" in result.stderr
     assert "target.prot: unknown key; did you mean 'port'?" in result.stderr
     assert "plaintext!" not in result.stderr
+
+
+def test_each_writer_and_repoint_that_would_stop_the_switch_is_a_blocker(
+    lab: Lab,
+    databases: Databases,
+    write_plan: Callable[..., Path],
+    cutover: Callable[..., Result],
+    kubeconfig: Path,
+    tmp_path: Path,
+) -> None:
+    db = databases.create()
+    build(lab, db, CLEAN_SCHEMA)
+    env_ok, env_keyless = tmp_path / "ok.env", tmp_path / "keyless.env"
+    env_ok.write_text("DATABASE_URL=postgresql://app@old-host:5432/app\n")
+    env_keyless.write_text("OTHER=1\n")
+    k8s = {"kubeconfig": str(kubeconfig), "namespace": "shop"}
+    closed = {"host": "127.0.0.1", "port": free_port(), "user": "pgbouncer"}
+    plan = write_plan(
+        [db],
+        writers=[
+            {"name": "cron", "command": {"stop": ["no-such-program-x1"], "start": ["true"]}},
+            {"name": "web", "tier": 1, "kubernetes": {**k8s, "deployments": ["ghost"]}},
+            {"name": "pool", "tier": 1, "pgbouncer": {"pgbouncers": [closed], "databases": [db]}},
+        ],
+        repoint=[
+            {"name": "good", "file": {"path": str(env_ok), "key": "DATABASE_URL"}},
+            {"name": "keyless", "file": {"path": str(env_keyless), "key": "DATABASE_URL"}},
+            {"name": "gone", "file": {"path": str(tmp_path / "gone.env"), "key": "DATABASE_URL"}},
+            {"name": "secret", "kubernetes": {**k8s, "secret": "db", "key": "DATABASE_URL"}},
+        ],
+    )
+    result = cutover("check", "-p", str(plan), "--json")
+    assert result.code == 1, result.stdout + result.stderr
+    by_scope: dict[str, list[tuple[str, str]]] = {}
+    for f in json.loads(result.stdout)["findings"]:
+        by_scope.setdefault(f["scope"], []).append((f["status"], f["detail"]))
+    assert by_scope["writer/cron"] == [
+        ("FAIL", "the stop command's program 'no-such-program-x1' is not found or not executable")
+    ]
+    [(status, detail)] = by_scope["writer/web"]
+    assert status == "FAIL" and "deployment/ghost" in detail and "HTTP 404" in detail, detail
+    [(status, detail)] = by_scope["writer/pool"]
+    assert status == "FAIL" and str(closed["port"]) in detail, detail
+    assert by_scope["repoint/good"] == [("OK", "reachable; what it reads is there")]
+    [(status, detail)] = by_scope["repoint/keyless"]
+    assert status == "FAIL" and "has no DATABASE_URL to retarget" in detail, detail
+    [(status, detail)] = by_scope["repoint/gone"]
+    assert status == "FAIL" and "cannot read" in detail and "gone.env" in detail, detail
+    [(status, detail)] = by_scope["repoint/secret"]
+    assert status == "FAIL" and "secret/db does not exist in namespace shop" in detail, detail
+    # Reading only: nothing was changed to find this.
+    assert env_ok.read_text() == "DATABASE_URL=postgresql://app@old-host:5432/app\n"
+    human = cutover("check", "-p", str(plan))
+    assert "NOT READY: 6 blockers" in human.stdout, human.stdout
