@@ -269,6 +269,7 @@ class Standin:
         self.backups: dict[tuple[str, str], Json] = {}
         self.backup_ops: dict[tuple[str, str], str] = {}  # a backup run's operation
         self.backup_errors: dict[str, str] = {}  # instance -> why each backup of it fails
+        self.held_backups: set[str] = set()  # instances whose backups run until released
         self.series: list[Json] = []
         self.series_page_size = 100
         self.databases = ["postgres"]  # each job's objects: one per database
@@ -548,7 +549,8 @@ class Standin:
             raise ApiFailure(404, f"operation {name} not found")
         if not op.done:
             op.polls_left -= 1
-            if op.polls_left <= 0 and (op.work is None or op.work.finished()):
+            held = op.verb == "BACKUP_VOLUME" and op.target in self.held_backups
+            if op.polls_left <= 0 and (op.work is None or op.work.finished()) and not held:
                 self._finish(op)
         return op
 
