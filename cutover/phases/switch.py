@@ -132,6 +132,8 @@ class Switch:
     def check_ready(self, *, dry_run: bool) -> Sequence[Change]:
         """Copy finished, apply commits synchronous, lag under the limit for the window."""
         changes: list[Change] = []
+        if self.fallback is not None:  # first: a refusal needs no copy to be finished
+            self._check_fallback_possible()
         for db in self.databases:
             progress = state.replication(self.engine, self.servers, db).progress
             if progress is None or not progress.done:
@@ -142,8 +144,6 @@ class Switch:
             self._check_no_drift(db, set(progress.tables))
             if not self.engine.ready_to_switch(db):
                 changes += self.engine.prepare_switch(db, dry_run=dry_run)
-        if self.fallback is not None:
-            self._check_fallback_possible()
         if self.plan.large_objects is LargeObjects.COPY:
             self._check_large_object_roles()
         if dry_run:
@@ -254,7 +254,7 @@ class Switch:
         if problems:
             raise PreconditionFailed(
                 "--keep-fallback cannot replicate back to the source: " + "; ".join(problems),
-                hint="fix the settings (they need a restart), or switch without --keep-fallback",
+                hint="nothing was stopped; " + preflight.fallback_hint(self.plan),
             )
 
     def _check_large_object_roles(self) -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from cutover.lab import Lab
 from cutover.steps import SwitchStep as S
-from tests.conftest import Result, connect, move_of
+from tests.conftest import Databases, Result, connect, move_of
 from tests.gcp.standin import Standin
 from tests.integration.conftest import (
     Running,
@@ -26,6 +26,7 @@ from tests.integration.conftest import (
     audit,
     dms_standin,
     ledger_of,
+    ledger_of_plan,
     replication_objects,
 )
 
@@ -176,3 +177,43 @@ def test_a_dms_switch_under_load_loses_no_acknowledged_write(
             ).fetchone()
         assert ours is None, name
 
+
+def test_keep_fallback_is_refused_with_its_reason_before_anything_changes(
+    lab: Lab,
+    databases: Databases,
+    write_plan: Callable[..., Path],
+    cutover: Callable[..., Result],
+    standin: tuple[Standin, dict[str, Any]],
+) -> None:
+    api, dms = standin
+    db = databases.create()
+    with connect(lab.server("source"), db) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    plan = write_plan([db], engine="dms", dms=dms)
+
+    checked = cutover("check", "-p", str(plan), "--json")
+    assert checked.code == 0, checked.stdout + checked.stderr  # a warning, not a blocker
+    (fallback,) = [f for f in json.loads(checked.stdout)["findings"] if f["check"] == "fallback"]
+    assert fallback["status"] == "WARN"
+    assert fallback["detail"] == (
+        "switch --keep-fallback would be refused: the dms engine replicates one way: DMS has "
+        "no job from the new primary back to the source, so there is no `cutover rollback` "
+        "after its switch"
+    )
+    assert "switch without --keep-fallback" in fallback["hint"]
+    table = " ".join(cutover("check", "-p", str(plan)).stdout.split())
+    assert "switch --keep-fallback would be refused: the dms engine replicates one way" in table
+
+    refused = cutover("switch", "-p", str(plan), "--yes", "--keep-fallback")
+    assert refused.code == 1, refused.stdout + refused.stderr
+    error = " ".join(refused.stderr.split())
+    assert error.startswith(
+        "FAILED: all/switch.check_ready: --keep-fallback cannot replicate back to the source: "
+        "the dms engine replicates one way"
+    ), error
+    assert "hint: nothing was stopped; switch without --keep-fallback" in error
+    assert [r for r in api.requests if r.method != "GET"] == []  # nothing sent to Google
+    records = ledger_of_plan(plan)
+    assert {k: r["status"] for k, r in records.items() if "/switch." in k} == {
+        "all/switch.check_ready": "failed"
+    }
