@@ -31,6 +31,7 @@ from cutover.errors import (
 )
 from cutover.ledger import Pause, journal_for, move_id, save_verification, writer_records
 from cutover.phases import backfill as backfilling
+from cutover.phases import backups as backing_up
 from cutover.phases import cleanup as cleaning
 from cutover.phases import prepare as preparing
 from cutover.phases import rollback as rolling_back
@@ -302,6 +303,9 @@ def prepare(
         engine = engine_for(plan, connections)
         module = terraforming.module_for(plan, engine)
         flags = (terraforming.prepare_phase(module, approved=approved),) if module else ()
+        # Cloud SQL's source is backed up first: before its flags, its restart, a key added.
+        backups = backing_up.backups_for(plan)
+        backup = (backing_up.prepare_phase(backups),) if backups else ()
 
         def phases_for(db: str) -> list[Phase]:
             tables = database.tables_without_key(plan, connections, db)
@@ -310,7 +314,9 @@ def prepare(
                 preparing.phase(plan, connections, db, engine, restart=restart),
             ]
 
-        reports = _run_phases(plan, phases_for, dry_run=dry_run, on_step=on_step, move_wide=flags)
+        reports = _run_phases(
+            plan, phases_for, dry_run=dry_run, on_step=on_step, move_wide=(*backup, *flags)
+        )
     return Ran(reports, dry_run)
 
 

@@ -6,9 +6,9 @@ that draw progress, and renders the typed result (tables, or --json).
 Every command catches `CutoverError` in one spot (`main`), prints `FAILED:` (or
 `WARNING:`) and `hint:` and exits with the error's code: 0 success, 1 a failure or
 blockers, 2 a usage, plan or connection error, 3 a switch done whose writers did
-not report healthy. A database error arrives translated into
-one; its traceback is shown with --verbose. Any other exception is a bug and
-keeps its traceback.
+not report healthy (or whose counts differ, or whose new primary's backup
+failed). A database error arrives translated into one; its traceback is shown
+with --verbose. Any other exception is a bug and keeps its traceback.
 """
 
 import json
@@ -495,7 +495,10 @@ def switch_command(
     back by itself and exits 1 with the reason. After it, row counts are compared
     as they stood at the barrier, and each writer's health probe is asked: a
     difference or an unhealthy writer is a warning (exit 3), nothing is undone
-    (the data is on the target); run switch again once it is fixed.
+    (the data is on the target); run switch again once it is fixed. With engine
+    dms the new primary's backups and point-in-time recovery are turned on and
+    its first backup taken after the writers are back: one that fails is a
+    warning (exit 3) too.
 
     A switch interrupted before the promotion (killed, its machine lost) is
     finished by running it again, or given up with --abandon.

@@ -99,6 +99,13 @@ class CountsDiffer(SwitchedWithWarning):
     """
 
 
+class TargetBackupFailed(SwitchedWithWarning):
+    """The new primary's backup, asked for after the writers were back, failed or is late.
+
+    Running the command again takes it anew (or waits for it again).
+    """
+
+
 class Interrupted(CutoverError):
     """Ctrl-C or SIGTERM stopped a command; what could be undone was undone."""
 

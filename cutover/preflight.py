@@ -261,10 +261,26 @@ def _slots(plan: Plan, conn: Connection) -> Iterator[Finding]:
             yield Finding("slot", "source", Status.OK, f"slot {slot.name}: {retained}")
 
 
+ONE_WAY = (
+    "the dms engine replicates one way: DMS has no job from the new primary back to the "
+    "source, so there is no `cutover rollback` after its switch"
+)
+
+
+def fallback_hint(plan: Plan) -> str:
+    """What to do when `switch --keep-fallback` is refused."""
+    if plan.engine is Engine.DMS:
+        return (
+            "switch without --keep-fallback; the way back is the source itself (left as it "
+            "was, fenced) and the backup of it that prepare took (docs/dms.md)"
+        )
+    return "fix the settings (they need a restart), or switch without --keep-fallback"
+
+
 def fallback_problems(plan: Plan, pool: Pool) -> list[str]:
     """Why `switch --keep-fallback` could not replicate back to the source (empty: it can)."""
     if plan.engine is Engine.DMS:
-        return ["the dms engine replicates one way: DMS has no job back to the source"]
+        return [ONE_WAY]
     source, target = pool.get("source"), pool.get("target")
     needed = len(plan.databases)
     settings = catalog.settings(target, ["wal_level", "max_replication_slots", "max_wal_senders"])
@@ -290,7 +306,7 @@ def _fallback(plan: Plan, pool: Pool) -> Iterator[Finding]:
             "target",
             Status.WARN,
             "switch --keep-fallback would be refused: " + "; ".join(problems),
-            "only needed to keep a way back (cutover rollback); the settings need a restart",
+            "only needed to keep a way back (cutover rollback); " + fallback_hint(plan),
         )
     else:
         yield Finding("fallback", "target", Status.OK, "switch --keep-fallback is possible")

@@ -98,7 +98,10 @@ class SwitchStep(StrEnum):
     START_FALLBACK = "start_fallback"
     REPOINT = "repoint"
     START_WRITERS = "start_writers"
-    ENABLE_TARGET_BACKUPS = "enable_target_backups"  # only with a terraform section
+    # Terraform's with a terraform section, else Cloud SQL Admin's (a dms section)
+    ENABLE_TARGET_BACKUPS = "enable_target_backups"
+    BACK_UP_TARGET = "back_up_target"  # a dms section: asked for once the writers are back
+    WAIT_FOR_TARGET_BACKUP = "wait_for_target_backup"  # ... and waited for last
     CHECK_WRITERS = "check_writers"
     REFRESH_MATERIALIZED_VIEWS = "refresh_materialized_views"
     # rollback's own

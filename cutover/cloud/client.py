@@ -280,6 +280,16 @@ class Clients:
         self._sleep = sleep
         self._services: dict[Api, Any] = {}
 
+    @property
+    def clock(self) -> wait.Clock:
+        """The clock the waits of these clients read (a test's may be fake)."""
+        return self._clock
+
+    @property
+    def sleep(self) -> wait.Sleep:
+        """How these clients pause between polls."""
+        return self._sleep
+
     @classmethod
     def from_plan(cls, dms: Dms, **options: Any) -> "Clients":
         """The clients for a plan's dms section: its credentials and its endpoints."""

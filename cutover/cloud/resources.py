@@ -12,7 +12,7 @@ whose patch replaces the whole list. Pure: nothing here talks to a network.
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -395,6 +395,8 @@ class Instance:
     master_instance_name: str = ""  # set while it replicates from another (a DMS demote)
     database_version: str = ""
     connection_name: str = ""  # project:region:instance
+    # settings.backupConfiguration as read, every field: a patch of it sends them all back.
+    backup_settings: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 def instance_from(data: Json) -> Instance:
@@ -419,6 +421,7 @@ def instance_from(data: Json) -> Instance:
         master_instance_name=_text(data.get("masterInstanceName")),
         database_version=_text(data.get("databaseVersion")),
         connection_name=_text(data.get("connectionName")),
+        backup_settings=dict(backup),
     )
 
 
@@ -429,6 +432,7 @@ class BackupRun:
     id: str
     status: BackupStatus
     error: Status | None = None
+    description: str = ""
 
     @property
     def finished(self) -> bool:
@@ -445,6 +449,7 @@ def backup_run_from(data: Json) -> BackupRun:
         error=Status(_text(error.get("code")) or "UNKNOWN", _text(error.get("message")))
         if error
         else None,
+        description=_text(data.get("description")),
     )
 
 

@@ -10,10 +10,12 @@ Cloud SQL takes no requestId: its changes are made idempotent by reading first.
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from cutover.cloud.client import Call, Clients, NotFound
+from cutover import wait
+from cutover.cloud.client import Call, Clients, NotFound, OperationFailed
 from cutover.cloud.resources import (
     Api,
     BackupRun,
+    BackupStatus,
     Instance,
     Operation,
     backup_run_from,
@@ -22,9 +24,25 @@ from cutover.cloud.resources import (
     merge_flags,
     sql_operation_from,
 )
+from cutover.errors import StepFailed
 from cutover.steps import Change
 
 T = TypeVar("T")
+
+# A backup run that ended without a backup: another one is taken in its place.
+FAILED_BACKUPS = frozenset({BackupStatus.FAILED, BackupStatus.SKIPPED})
+
+
+def _backup_page(data: Mapping[str, Any]) -> tuple[list[BackupRun], str | None]:
+    """One page of backupRuns.list: its runs and the next page's token."""
+    items = data.get("items")
+    runs = (
+        [backup_run_from(i) for i in items if isinstance(i, dict)]
+        if isinstance(items, list)
+        else []
+    )
+    token = data.get("nextPageToken")
+    return runs, token if isinstance(token, str) and token else None
 
 
 class SqlAdmin:
@@ -61,6 +79,22 @@ class SqlAdmin:
             sql_operation_from,
         )
 
+    def patch_backups(self, instance: Instance) -> Call[Operation] | None:
+        """The patch that turns on automated backups and point-in-time recovery, every other
+        field of settings.backupConfiguration sent back as read; None when both are on."""
+        if instance.backup.enabled and instance.backup.point_in_time_recovery:
+            return None
+        wanted = {
+            **instance.backup_settings,
+            "enabled": True,
+            "pointInTimeRecoveryEnabled": True,
+        }
+        body = {"settings": {"backupConfiguration": wanted}}
+        return self._call(
+            lambda s: s.instances().patch(project=self.project, instance=instance.name, body=body),
+            sql_operation_from,
+        )
+
     def restart(self, name: str) -> Call[Operation]:
         """Restart an instance (flags such as cloudsql.logical_decoding need it)."""
         return self._call(
@@ -79,12 +113,104 @@ class SqlAdmin:
     def back_up(
         self, name: str, *, description: str, timeout: float, dry_run: bool
     ) -> Sequence[Change]:
-        """An on-demand backup of an instance, waited for until it is taken."""
-        return self.clients.run(
-            self.insert_backup(name, description=description),
+        """An on-demand backup of an instance, waited for until it is taken.
+
+        Idempotent by its description: a run that died after asking for it finds
+        the backup under way (or taken) and waits for that one instead of taking
+        a second; only a backup that failed is taken anew.
+        """
+        changes = self.start_backup(name, description=description, dry_run=dry_run)
+        if not dry_run:
+            run = self.wait_for_backup(name, description=description, timeout=timeout)
+            if run.status is not BackupStatus.SUCCESSFUL:
+                raise OperationFailed(
+                    f"the backup of {name} (backup run {run.id}) ended {run.status}: "
+                    f"{run.error or 'no reason given'}",
+                    hint="the message is Google's; fix its cause and run the command again, "
+                    "which takes the backup anew",
+                )
+        return changes
+
+    def start_backup(self, name: str, *, description: str, dry_run: bool) -> Sequence[Change]:
+        """Ask for an on-demand backup, unless one of this description is under way or taken.
+
+        Only the insert's answer is awaited, not the backup (wait_for_backup).
+        """
+        call = self.insert_backup(name, description=description)
+        run = self.described_backup(name, description=description)
+        if run is not None and run.status not in FAILED_BACKUPS:
+            said = (
+                f"backup run {run.id} of {name} ({description!r}) asked for already: {run.status}"
+            )
+            return [Change(f"gcp/{Api.SQLADMIN.value}", said)]
+        if not dry_run:
+            self.clients.execute(call)
+        return [call.change()]
+
+    def backup_runs(self, name: str) -> list[BackupRun]:
+        """Every backup run of an instance, newest first (as backupRuns.list answers)."""
+        runs: list[BackupRun] = []
+        token: str | None = None
+        while True:
+            page, token = self.clients.execute(self._backup_page_call(name, token))
+            runs += page
+            if not token:
+                return runs
+
+    def _backup_page_call(
+        self, name: str, token: str | None
+    ) -> Call[tuple[list[BackupRun], str | None]]:
+        return self._call(
+            lambda s: s.backupRuns().list(project=self.project, instance=name, pageToken=token),
+            _backup_page,
+        )
+
+    def described_backup(self, name: str, *, description: str) -> BackupRun | None:
+        """The newest backup run of an instance with exactly this description, or None."""
+        return next((r for r in self.backup_runs(name) if r.description == description), None)
+
+    def backup_started(self, name: str, *, description: str) -> bool:
+        """A backup of this description is under way or taken (one that failed is not)."""
+        run = self.described_backup(name, description=description)
+        return run is not None and run.status not in FAILED_BACKUPS
+
+    def backup_taken(self, name: str, *, description: str) -> bool:
+        """The newest backup of this description is taken."""
+        run = self.described_backup(name, description=description)
+        return run is not None and run.status is BackupStatus.SUCCESSFUL
+
+    def wait_for_backup(
+        self, name: str, *, description: str, timeout: float | wait.Deadline
+    ) -> BackupRun:
+        """Read the newest backup run of this description, less and less often, until it
+        ended (successful or not); StepFailed when there is none or time is up."""
+        polling = self.clients.polling
+        seen: list[BackupRun] = []
+
+        def ended() -> BackupRun | None:
+            run = self.described_backup(name, description=description)
+            if run is None:
+                raise StepFailed(
+                    f"no backup of {name} described {description!r} was found",
+                    hint="it was deleted, or never asked for: run the command again",
+                )
+            seen[:] = [run]
+            return run if run.finished else None
+
+        return wait.until(
+            ended,
             timeout=timeout,
-            what=f"the backup of {name}",
-            dry_run=dry_run,
+            what=lambda: (
+                f"the backup of {name}"
+                + (f" (backup run {seen[0].id}, {seen[0].status})" if seen else "")
+                + " did not finish"
+            ),
+            hint="it may still finish: run the command again, which waits for it anew",
+            clock=self.clients.clock,
+            sleep=self.clients.sleep,
+            interval=polling.interval,
+            backoff=polling.backoff,
+            max_interval=polling.max_interval,
         )
 
     def backup_run(self, name: str, backup_id: str) -> BackupRun | None:

@@ -50,7 +50,7 @@ from cutover.cloud.sqladmin import SqlAdmin
 from cutover.engines.base import Barrier, Engine, Traits
 from cutover.errors import CutoverError, PreconditionFailed, StepFailed
 from cutover.log import register_secret
-from cutover.pg import barrier, pglogical, replication
+from cutover.pg import barrier, catalog, pglogical, replication
 from cutover.pg import dms as pgdms
 from cutover.pg.connect import Connection, Pool
 from cutover.plan import Dms, Plan, resolve_secret
@@ -401,15 +401,41 @@ class DmsEngine:
             self._pool.close()
             return False
 
+    def _without_pglogical(self) -> list[str]:
+        """The source instance's databases that lack pglogical (templates aside)."""
+        missing = []
+        for name in catalog.database_names(self._pool.get("source")):
+            # A connection of its own, closed at once: an instance may hold many databases.
+            conn = self._pool.open("source", name)
+            try:
+                if not pglogical.extension_installed(conn):
+                    missing.append(name)
+            finally:
+                conn.close()
+        return missing
+
     def installed(self, db: str) -> bool:
-        """pglogical is in the source database (DMS needs it in each one it migrates)."""
-        return pglogical.extension_installed(self._source(db))
+        """pglogical is in every database of the source instance, `postgres` too: DMS needs
+        it in each one, not only in those it migrates."""
+        return pglogical.extension_installed(self._source(db)) and not self._without_pglogical()
 
     def install(self, db: str, *, dry_run: bool) -> Sequence[Change]:
-        """CREATE EXTENSION pglogical on the source, marked as this move's."""
-        return pglogical.create_extension(
+        """CREATE EXTENSION pglogical in `db` and in every other database of the source
+        instance that lacks it, each marked as this move's."""
+        changes = pglogical.create_extension(
             self._source(db), self._plan.move, where=f"source/{db}", dry_run=dry_run
         )
+        for name in self._without_pglogical():
+            if name == db:
+                continue
+            conn = self._pool.open("source", name)
+            try:
+                changes += pglogical.create_extension(
+                    conn, self._plan.move, where=f"source/{name}", dry_run=dry_run
+                )
+            finally:
+                conn.close()
+        return changes
 
     def access_granted(self, db: str) -> bool:
         """True: DMS connects as the plan's source user, named in the source profile;
@@ -829,11 +855,29 @@ class DmsEngine:
             found.append((conn, f"{side}/{db}", None if node is None else node.name, drop))
         return found
 
+    def _ours_elsewhere(self) -> list[str]:
+        """The source's databases outside the move (`postgres`, ...) where prepare created
+        pglogical for DMS and no node of DMS's is left."""
+        found = []
+        for name in catalog.database_names(self._pool.get("source")):
+            if name in self._plan.databases:
+                continue
+            conn = self._pool.open("source", name)
+            try:
+                if pglogical.extension_ours(conn, self._plan.move) and not pglogical.local_node(
+                    conn
+                ):
+                    found.append(name)
+            finally:
+                conn.close()
+        return found
+
     def uninstalled(self, db: str) -> bool:
         """No pglogical node is left on either side, nor an extension this move brought."""
         if self._one_way:
             return True
-        return not any(node or drop for _, _, node, drop in self._leftovers(db))
+        leftovers = any(node or drop for _, _, node, drop in self._leftovers(db))
+        return not leftovers and not self._ours_elsewhere()
 
     def uninstall(self, db: str, *, dry_run: bool) -> Sequence[Change]:
         """Drop the pglogical nodes DMS left, then the extensions this move brought.
@@ -848,6 +892,12 @@ class DmsEngine:
                 changes.append(pglogical.drop_node(conn, node, where=where, dry_run=dry_run))
             if drop:
                 changes += pglogical.drop_extension(conn, where=where, dry_run=dry_run)
+        for name in self._ours_elsewhere():  # what prepare made for DMS outside the move
+            other = self._pool.open("source", name)
+            try:
+                changes += pglogical.drop_extension(other, where=f"source/{name}", dry_run=dry_run)
+            finally:
+                other.close()
         return changes
 
 

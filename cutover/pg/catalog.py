@@ -101,6 +101,17 @@ def connectable_databases(conn: Connection) -> int:
     )
 
 
+def database_names(conn: Connection) -> list[str]:
+    """Every database of the server that accepts connections, the templates left out."""
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT datname FROM pg_catalog.pg_database "
+            "WHERE datallowconn AND NOT datistemplate ORDER BY datname"
+        )
+    ).fetchall()
+    return [r["datname"] for r in rows]
+
+
 def current_role(conn: Connection) -> Role:
     """The connected role's attributes."""
     row = conn.execute(

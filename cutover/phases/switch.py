@@ -16,8 +16,11 @@
    copy_large_objects (with `large_objects: copy`): every large object, same
    OID, owner and privileges; those the source no longer has are deleted.
 6. promote: the subscription ends and its slot is dropped (point of no return).
+   enable_target_backups (a dms section, no `terraform` one): automated backups
+   and point-in-time recovery on for the new primary, a quick patch (phases/backups.py).
 7. repoint: connection strings now name the target.
 8. start_writers: tiers in reverse order, now writing to the target.
+   back_up_target (a dms section): the new primary's first backup asked for.
 9. refresh_materialized_views: the views populated on the source, refreshed
     on the target with the writes made since the copy; after the pause,
     CONCURRENTLY where a unique index allows it.
@@ -31,6 +34,9 @@
 11. check_writers: each writer with a `health` probe reports healthy within
     drain_timeout; if not, the switch ends with a warning (exit 3), not a
     rollback: the data is on the target. Running the switch again checks again.
+12. wait_for_target_backup (a dms section): the backup asked for after the
+    writers, waited for, bounded; one that fails or is late is a warning
+    (exit 3) too. Running the switch again takes it anew, or waits again.
 
 A failure in steps 1-6 rolls back by itself: the fence is lifted and the
 writers start again on the source, which keeps replicating.
@@ -47,6 +53,7 @@ from cutover.engines import prove_applied
 from cutover.engines.base import Engine
 from cutover.errors import CountsDiffer, PreconditionFailed, StepFailed, WritersUnhealthy
 from cutover.ledger import writer_records
+from cutover.phases import backups as backing_up
 from cutover.phases import start as starting
 from cutover.phases import terraform as terraforming
 from cutover.plan import LargeObjects, Plan
@@ -125,6 +132,8 @@ class Switch:
     def check_ready(self, *, dry_run: bool) -> Sequence[Change]:
         """Copy finished, apply commits synchronous, lag under the limit for the window."""
         changes: list[Change] = []
+        if self.fallback is not None:  # first: a refusal needs no copy to be finished
+            self._check_fallback_possible()
         for db in self.databases:
             progress = state.replication(self.engine, self.servers, db).progress
             if progress is None or not progress.done:
@@ -135,8 +144,6 @@ class Switch:
             self._check_no_drift(db, set(progress.tables))
             if not self.engine.ready_to_switch(db):
                 changes += self.engine.prepare_switch(db, dry_run=dry_run)
-        if self.fallback is not None:
-            self._check_fallback_possible()
         if self.plan.large_objects is LargeObjects.COPY:
             self._check_large_object_roles()
         if dry_run:
@@ -247,7 +254,7 @@ class Switch:
         if problems:
             raise PreconditionFailed(
                 "--keep-fallback cannot replicate back to the source: " + "; ".join(problems),
-                hint="fix the settings (they need a restart), or switch without --keep-fallback",
+                hint="nothing was stopped; " + preflight.fallback_hint(self.plan),
             )
 
     def _check_large_object_roles(self) -> None:
@@ -601,9 +608,20 @@ def phase(
     ]
     if fallback is not None:
         steps.append(Step(S.START_FALLBACK, switch.start_fallback, switch.fallback_running))
+    module = terraforming.module_for(plan, engine)
+    backups = backing_up.backups_for(plan)
+    # Cloud SQL's new primary: its backups turned on (a quick patch, in the pause) unless
+    # Terraform does it below; its first backup asked for once the writers are back, and
+    # waited for at the very end (a large instance takes long; nobody waits in the pause).
+    if backups is not None and module is None:
+        steps.append(backing_up.enable_target_backups_step(backups))
+    back_up, wait_for_backup = (
+        backing_up.target_backup_steps(backups) if backups is not None else (None, None)
+    )
     steps += [
         Step(S.REPOINT, switch.repoint, switch.is_repointed if switch.repoints else None),
         Step(S.START_WRITERS, switch.start_writers, attempts=1),
+        *([back_up] if back_up is not None else []),
         Step(S.REFRESH_MATERIALIZED_VIEWS, switch.refresh_materialized_views, attempts=1),
         *(
             [Step(S.RELEASE_SOURCE, switch.release_source, switch.is_released)]
@@ -613,11 +631,12 @@ def phase(
         # Off the pause: counted in the snapshots pinned at the barrier, writers writing.
         Step(S.VERIFY_COUNTS, partial(switch.verify_counts, promoted=True), attempts=1),
     ]
-    module = terraforming.module_for(plan, engine)
     if module is not None:  # off the pause, the writers writing on the new primary
         steps.append(terraforming.target_backups_step(module))
     steps += [
-        # Last: an unhealthy writer leaves the views refreshed and the switch otherwise done.
+        # An unhealthy writer leaves the views refreshed and the switch otherwise done.
         Step(S.CHECK_WRITERS, switch.check_writers, attempts=1),
+        # Last: a backup that fails is a warning too; the writers were checked first.
+        *([wait_for_backup] if wait_for_backup is not None else []),
     ]
     return Phase("switch", tuple(steps), undo_on_failure=True)

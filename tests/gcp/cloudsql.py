@@ -199,21 +199,45 @@ class Instances:
     endpoints: dict[str, Endpoint]
     tokens: dict[str, str] = field(default_factory=dict)  # access token -> its scope
     private_only: set[str] = field(default_factory=set)  # instances without a public address
+    # Instances reached only by Private Service Connect: a DNS name, no IP address.
+    psc_only: set[str] = field(default_factory=set)
 
     def connect_settings(self, project: str, instance: str) -> dict[str, Any]:
         """connectSettings' answer: the endpoint's address as the PRIVATE and PRIMARY one,
-        unless an address is missing on purpose (`private_only`)."""
+        unless an address is missing on purpose (`private_only`); for `psc_only`, no address
+        but pscEnabled and the instance's DNS name, as sqladmin v1 has them (dnsName, and
+        dnsNames of connectionType PRIVATE_SERVICE_CONNECT, dnsScope INSTANCE).
+
+        The test has no DNS of its own: the name is the endpoint's loopback address,
+        written as a fully qualified name (a trailing dot), which the system resolves
+        to itself; what is tested is that the connector dials what these fields say."""
         endpoint = self.endpoints[instance]
+        if instance in self.psc_only:
+            name = endpoint.address + "."
+            return {
+                **self._settings(project, instance),
+                "pscEnabled": True,
+                "dnsName": name,
+                "dnsNames": [
+                    {
+                        "name": name,
+                        "connectionType": "PRIVATE_SERVICE_CONNECT",
+                        "dnsScope": "INSTANCE",
+                    }
+                ],
+            }
         addresses = [{"type": "PRIVATE", "ipAddress": endpoint.address}]
         if instance not in self.private_only:
             addresses.append({"type": "PRIMARY", "ipAddress": endpoint.address})
+        return {**self._settings(project, instance), "ipAddresses": addresses}
+
+    def _settings(self, project: str, instance: str) -> dict[str, Any]:
         return {
             "kind": "sql#connectSettings",
             "connectionName": f"{project}:europe-west1:{instance}",
             "region": "europe-west1",
             "databaseVersion": "POSTGRES_15",
             "backendType": "SECOND_GEN",
-            "ipAddresses": addresses,
             "serverCaCert": {"kind": "sql#sslCert", "cert": self.ca.pem},
             "pscEnabled": False,
         }

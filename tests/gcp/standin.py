@@ -267,6 +267,9 @@ class Standin:
         self.instances: dict[tuple[str, str], Json] = {}
         self.restarts: dict[str, int] = {}
         self.backups: dict[tuple[str, str], Json] = {}
+        self.backup_ops: dict[tuple[str, str], str] = {}  # a backup run's operation
+        self.backup_errors: dict[str, str] = {}  # instance -> why each backup of it fails
+        self.held_backups: set[str] = set()  # instances whose backups run until released
         self.series: list[Json] = []
         self.series_page_size = 100
         self.databases = ["postgres"]  # each job's objects: one per database
@@ -314,6 +317,11 @@ class Standin:
                 "POST",
                 re.compile(_SQL + r"/instances/(?P<instance>[^/]+)/backupRuns"),
                 self._insert_backup,
+            ),
+            (
+                "GET",
+                re.compile(_SQL + r"/instances/(?P<instance>[^/]+)/backupRuns"),
+                self._backup_runs,
             ),
             (
                 "GET",
@@ -541,7 +549,8 @@ class Standin:
             raise ApiFailure(404, f"operation {name} not found")
         if not op.done:
             op.polls_left -= 1
-            if op.polls_left <= 0 and (op.work is None or op.work.finished()):
+            held = op.verb == "BACKUP_VOLUME" and op.target in self.held_backups
+            if op.polls_left <= 0 and (op.work is None or op.work.finished()) and not held:
                 self._finish(op)
         return op
 
@@ -758,6 +767,10 @@ class Standin:
             def finish() -> str | None:
                 instance["instanceType"] = "READ_REPLICA_INSTANCE"
                 instance["masterInstanceName"] = f"{instance['name']}-master"
+                # "Automated backups and PITR are suspended during CDC" (Google's page on
+                # migrating into an existing instance): they read off until turned on again.
+                backup = instance["settings"]["backupConfiguration"]
+                backup["enabled"] = backup["pointInTimeRecoveryEnabled"] = False
                 return None
 
         elif verb == "start":
@@ -948,15 +961,20 @@ class Standin:
         work = lab.backup(instance, backup_id) if lab is not None else None
 
         def finish() -> str | None:
-            error = work.error() if work is not None else None
+            error = self.backup_errors.get(instance)
+            if error is None and work is not None:
+                error = work.error()
             run["status"] = "FAILED" if error else "SUCCESSFUL"
             run["endTime"] = _now()
+            if error:
+                run["error"] = {"kind": "sql#operationError", "code": "INTERNAL", "message": error}
             return error
 
         op = self._operation(
             "sqladmin", "", target=instance, verb="BACKUP_VOLUME", finish=finish, work=work
         )
         op.extra["backupContext"] = {"kind": "sql#backupContext", "backupId": backup_id}
+        self.backup_ops[(instance, backup_id)] = op.name
         if not op.done:
             run["status"] = "RUNNING"
         return self._sql_op_json(op, project)
@@ -966,7 +984,31 @@ class Standin:
         run = self.backups.get((instance, id))
         if run is None:
             raise ApiFailure(404, f"backup run {id} not found")
+        self._advance_backup(instance, id)
         return run
+
+    def _backup_runs(self, *, project: str, instance: str, query: dict[str, str], **_: Any) -> Json:
+        """backupRuns.list: newest first, a page of `maxResults` (default 100)."""
+        self._get_instance(project, instance)
+        ids = sorted((i for (n, i) in self.backups if n == instance), key=int, reverse=True)
+        for backup_id in ids:
+            self._advance_backup(instance, backup_id)
+        offset = int(query.get("pageToken") or 0)
+        size = int(query.get("maxResults") or 100)
+        page: Json = {
+            "kind": "sql#backupRunsList",
+            "items": [self.backups[(instance, i)] for i in ids[offset : offset + size]],
+        }
+        if offset + size < len(ids):
+            page["nextPageToken"] = str(offset + size)
+        return page
+
+    def _advance_backup(self, instance: str, backup_id: str) -> None:
+        """A backup runs in the world whether or not its operation is read: reading the
+        run moves it on as a read of its operation would."""
+        name = self.backup_ops.get((instance, backup_id))
+        if name is not None and not self.operations[name].done:
+            self._poll(name)
 
     # -- Monitoring
 

@@ -182,6 +182,29 @@ def test_the_ip_type_chooses_the_address_and_a_missing_one_is_a_clear_error(
         assert conn.execute("SELECT 1 AS one").fetchone() == {"one": 1}
 
 
+def test_ip_type_psc_dials_the_instances_private_service_connect_name(
+    connected: Connected, cutover: Callable[..., Result], tmp_path: Path
+) -> None:
+    connected.instances.psc_only.add("lab-source")
+    endpoint = connected.instances.endpoints["lab-source"]
+    plan = connected.source()  # public: a PSC instance has no such address
+    with pytest.raises(ConnectionFailed, match=r"through the Cloud SQL connector.*PRIMARY"):
+        cutover_connect(plan.source, label="source")
+    assert endpoint.peers == []
+
+    plan = connected.source(ip_type="psc")
+    checked = cutover("check", "-p", str(connected.plan))
+    assert checked.code == 0, checked.stdout + checked.stderr
+    assert set(endpoint.peers) == {"lab-project:lab-source"}  # port 3307 of that name
+    before = len(endpoint.peers)
+    archive = tmp_path / "schema.dump"
+    schema.dump(plan.source, connected.db, archive)  # pg_dump, through the relay
+    assert any("TABLE public item" in e.line for e in schema.toc(archive, section="pre-data"))
+    with cutover_connect(plan.source, connected.db, label="source") as conn:
+        assert conn.execute("SELECT count(*) AS n FROM item").fetchone() == {"n": 10}
+    assert len(endpoint.peers) > before + 1
+
+
 def test_a_dms_move_starts_with_every_source_connection_through_the_connector(
     connected: Connected, cutover: Callable[..., Result], lab: Lab
 ) -> None:

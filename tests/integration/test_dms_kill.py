@@ -11,6 +11,8 @@ changes nothing (verify), and none is skipped.
 """
 
 import json
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -52,7 +54,8 @@ START_CALLS = [
 ]
 # dms's switch: no copy_sequences_ahead (the destination takes no write before the
 # promotion: copy_sequences follows it), no release_source (the job stays until cleanup),
-# no start_fallback (DMS replicates one way), no copy_large_objects (not asked for).
+# no start_fallback (DMS replicates one way), no copy_large_objects (not asked for);
+# the new primary's backups turned on (no terraform section), its backup taken.
 SWITCH_STEPS = [
     S.CHECK_READY,
     S.STOP_WRITERS,
@@ -60,13 +63,24 @@ SWITCH_STEPS = [
     S.WAIT_FOR_BARRIER,
     S.PROMOTE,
     S.COPY_SEQUENCES,
+    S.ENABLE_TARGET_BACKUPS,
     S.REPOINT,
     S.START_WRITERS,
+    S.BACK_UP_TARGET,
     S.REFRESH_MATERIALIZED_VIEWS,
     S.VERIFY_COUNTS,
     S.CHECK_WRITERS,
+    S.WAIT_FOR_TARGET_BACKUP,
 ]
-ADOPTED = {S.PROMOTE, S.COPY_SEQUENCES, S.REPOINT}  # the servers show them done
+# The servers (and the stand-in's instance) show them done.
+ADOPTED = {
+    S.PROMOTE,
+    S.COPY_SEQUENCES,
+    S.ENABLE_TARGET_BACKUPS,
+    S.REPOINT,
+    S.BACK_UP_TARGET,
+    S.WAIT_FOR_TARGET_BACKUP,
+}
 
 
 @pytest.fixture
@@ -130,7 +144,9 @@ def test_start_killed_in_each_api_call_sends_each_once_when_run_again(
     plan = str(write_plan([db], engine="dms", dms=dms))
     prepared = cutover("prepare", "-p", plan)
     assert prepared.code == 0, prepared.stdout + prepared.stderr
-    assert changing(api) == []  # the source's flags were on: nothing sent
+    # The source's flags were on: only its backup was asked for.
+    assert [call(r) for r in changing(api)] == ["POST lab-source/backupRuns"]
+    del api.requests[:]
 
     for number, (method, target, running) in enumerate(START_CALLS, 1):
         api.kill(method, target, running=running)
@@ -194,6 +210,17 @@ def test_switch_rolled_back_abandoned_and_killed_at_each_step_then_finished(
         assert killed.code == -9, (step, killed.stdout + killed.stderr)
         assert interrupted(cutover, plan, ask=step is S.CHECK_READY) == [f"all/switch.{step}"]
 
+    def release_when_waited_for() -> None:
+        """Let the target's backup end once the switch is in the step that waits for it."""
+        key = f"all/switch.{S.WAIT_FOR_TARGET_BACKUP}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            record = ledger_of_plan(Path(plan)).get(key)
+            if record is not None and record["status"] == "running":
+                break
+            time.sleep(0.1)
+        api.held_backups.discard("lab-target")
+
     # A switch that fails before the promotion rolls back by itself: DMS's apply is held,
     # the barrier never arrives.
     assert isinstance(api.backend, PglogicalJobs)
@@ -220,6 +247,15 @@ def test_switch_rolled_back_abandoned_and_killed_at_each_step_then_finished(
             in_call = cutover("switch", "-p", plan, "--yes")
             assert in_call.code == -9, in_call.stdout + in_call.stderr
             assert interrupted(cutover, plan, ask=True) == ["all/switch.promote"]
+        if step is S.BACK_UP_TARGET:  # killed in the call: the backup runs, no answer
+            api.held_backups.add("lab-target")  # ...and goes on running until released
+            api.kill("POST", r"/instances/lab-target/backupRuns", running=True)
+            in_call = cutover("switch", "-p", plan, "--yes")
+            assert in_call.code == -9, in_call.stdout + in_call.stderr
+            assert interrupted(cutover, plan, ask=False) == ["all/switch.back_up_target"]
+            continue  # the next run finds it asked for: adopted, never applied again
+        if step is S.WAIT_FOR_TARGET_BACKUP:  # the backup ends while the switch waits for it
+            threading.Thread(target=release_when_waited_for, daemon=True).start()
         killed_at(step)
     finished = cutover("switch", "-p", plan, "--yes")
     assert finished.code == 0, finished.stdout + finished.stderr
@@ -241,6 +277,9 @@ def test_switch_rolled_back_abandoned_and_killed_at_each_step_then_finished(
         f"POST migrationJobs/{move}:demoteDestination": 1,
         f"POST migrationJobs/{move}:start": 1,
         f"POST migrationJobs/{move}:promote": 1,
+        "POST lab-source/backupRuns": 1,  # prepare's
+        "PATCH instances/lab-target": 1,  # backups and point-in-time recovery on
+        "POST lab-target/backupRuns": 1,  # the new primary's, killed in the call
         f"DELETE migrationJobs/{move}": 1,
         f"DELETE connectionProfiles/{move}-source": 1,  # the destination's went with the job
     }
