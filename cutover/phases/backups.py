@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from cutover.cloud.resources import BackupStatus
 from cutover.errors import CutoverError, StepFailed, TargetBackupFailed
+from cutover.ledger import move_id
 from cutover.phases.terraform import BACKUP_SECONDS
 from cutover.plan import Dms, Plan
 from cutover.steps import Change, Phase, Step
@@ -44,8 +45,10 @@ class Backups:
         self.plan = plan
         self.settings = settings
         self.backup_timeout = backup_timeout
-        self.source_description = f"cutover {plan.move}: the source before prepare changes it"
-        self.target_description = f"cutover {plan.move}: the new primary after the switch"
+        # The move's identity too: a later move of the same name finds no backup of this one.
+        move = f"cutover {plan.move} ({move_id(plan)})"
+        self.source_description = f"{move}: the source before prepare changes it"
+        self.target_description = f"{move}: the new primary after the switch"
 
     @functools.cached_property
     def sql(self) -> "SqlAdmin":

@@ -20,7 +20,9 @@ from typing import Any
 import pytest
 
 from cutover.lab import Lab
+from cutover.ledger import move_id
 from cutover.pg import tools
+from cutover.plan import load
 from tests.conftest import Databases, Result, connect, move_of
 from tests.gcp.backend import PglogicalJobs
 from tests.integration.conftest import dms_section, dms_standin, ledger_of_plan
@@ -131,7 +133,8 @@ def test_the_source_is_backed_up_once_before_prepare_changes_it_and_pglogical_is
         with connect(lab.server("source"), db) as conn:
             conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
         plan = write_plan([db], engine="dms", dms=dms)
-        description = f"cutover {move_of(plan)}: the source before prepare changes it"
+        move = f"{move_of(plan)} ({move_id(load(plan))})"
+        description = f"cutover {move}: the source before prepare changes it"
         backups = r"/instances/lab-source/backupRuns"
 
         dry = cutover("prepare", "-p", str(plan), "--dry-run")

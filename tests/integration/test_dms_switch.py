@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 
 from cutover.lab import Lab
+from cutover.ledger import move_id
+from cutover.plan import load
 from cutover.steps import SwitchStep as S
 from tests.conftest import Databases, Result, connect, move_of
 from tests.gcp.standin import Standin
@@ -76,7 +78,8 @@ def test_a_dms_switch_under_load_loses_no_acknowledged_write(
     api, dms = standin
     endpoint = dms["api_endpoints"]["sqladmin"]
     backups = r"/instances/lab-target/backupRuns"
-    description = f"cutover {move_of(under_load.plan)}: the new primary after the switch"
+    move = f"{move_of(under_load.plan)} ({move_id(load(under_load.plan))})"
+    description = f"cutover {move}: the new primary after the switch"
     before = backup_settings(endpoint)
     assert (before["enabled"], before["pointInTimeRecoveryEnabled"]) == (False, False)
     status = cutover("status", "-p", str(under_load.plan))
