@@ -553,7 +553,9 @@ def unfence_source(plan: Plan, servers: Pool, *, dry_run: bool) -> Sequence[Chan
 
 
 def fenced_roles(plan: Plan, servers: Pool) -> list[str]:
-    """The roles this move's fence holds now."""
+    """The roles this move's fence holds now (none where its database is not: nothing ran)."""
+    if not exists(servers, Side.SOURCE, plan.databases[0]):
+        return []
     return fence.fenced_roles(_fence_record(plan, servers), plan.move)
 
 

@@ -846,7 +846,10 @@ class DmsEngine:
         database is DMS's own (it made it), so pglogical there is DMS's too.
         """
         found = []
-        for side, conn in (("source", self._source(db)), ("target", self._target(db))):
+        for side in ("source", "target"):
+            if db not in catalog.existing_databases(self._pool.get(side), [db]):
+                continue  # DMS makes the target's database: nothing there before it ran
+            conn = self._pool.get(side, db)
             node = pglogical.local_node(conn)
             if side == "source":
                 drop = pglogical.extension_ours(conn, self._plan.move)

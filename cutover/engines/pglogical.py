@@ -490,7 +490,10 @@ class PglogicalReplication:
     def _ours(self) -> list[tuple[Connection, str, str | None, bool]]:
         """Each side: its connection, where, its node if cutover made it, the extension if ours."""
         found = []
-        for side, conn in (("source", self._source()), ("target", self._target())):
+        for side in ("source", "target"):
+            if self._db not in catalog.existing_databases(self._pool.get(side), [self._db]):
+                continue  # nothing of the move's is where its database is not
+            conn = self._pool.get(side, self._db)
             node = pglogical.local_node(conn)
             mine = node.name if node is not None and node.name == f"{self.name}_{side}" else None
             ours = pglogical.extension_ours(conn, self._plan.move)

@@ -67,10 +67,11 @@ def phase(plan: Plan, servers: Pool, db: str, engine: Engine) -> Phase:
 
     def uninstall_engine(*, dry_run: bool) -> Sequence[Change]:
         on_source()
-        return engine.uninstall(db, dry_run=dry_run) if on_target() else []
+        on_target()  # the engine asks each side only where the database is
+        return engine.uninstall(db, dry_run=dry_run)
 
     def engine_uninstalled() -> bool:
-        return not database.exists(servers, Side.TARGET, db) or engine.uninstalled(db)
+        return engine.uninstalled(db)
 
     def drop_backfilled_keys(*, dry_run: bool) -> Sequence[Change]:
         changes: list[Change] = []

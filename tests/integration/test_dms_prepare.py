@@ -173,3 +173,10 @@ def test_the_source_is_backed_up_once_before_prepare_changes_it_and_pglogical_is
         assert "EXTENSION - pglogical" not in dumps[db] and "TABLE public t" in dumps[db]
         for name in (db, other, "postgres"):
             assert has_pglogical(lab, name), name  # every database of the instance
+
+        # Given up before start: cleanup takes back what prepare made, though DMS never
+        # made the target's database.
+        cleaned = cutover("cleanup", "-p", str(plan), "--yes")
+        assert cleaned.code == 0, cleaned.stdout + cleaned.stderr
+        for name in (db, other):
+            assert not has_pglogical(lab, name), name
