@@ -5,6 +5,7 @@ user when the tests run as root). Each test gets fresh databases with unique,
 deliberately awkward names; what replicates in them is stopped afterwards.
 """
 
+import compileall
 import os
 import subprocess
 import sys
@@ -30,6 +31,19 @@ settings.register_profile("suite", deadline=None, suppress_health_check=[HealthC
 settings.load_profile("suite")
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Compile cutover's bytecode once, before the workers start, as an installed package has it.
+
+    Where bytecode is not written (PYTHONDONTWRITEBYTECODE is set), every `cutover`
+    command, pod and write load the tests start (hundreds of processes) compiled cutover
+    again: about 0.3 s of CPU each (`cutover --help`: 1.55 s, 1.25 s compiled).
+    bench/initial_copy.py does the same.
+    """
+    if not hasattr(config, "workerinput"):  # the controller, or a run without workers
+        for package in ("cutover", "tests"):
+            compileall.compile_dir(REPO / package, quiet=1)
 
 
 @pytest.fixture(scope="session")
