@@ -58,9 +58,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 def discard(lab: Lab) -> None:
     """Stop a test lab's servers at once and delete its folders in the background.
 
-    Nothing of it is kept: after a whole run of tests, a fast shutdown's checkpoint and
-    deleting the hundreds of databases the tests made held each worker's last test about
-    20 s (its teardown), with nothing to wait for. `lab down` itself is tested in test_lab.
+    Nothing of it is kept, and nothing needs to wait: deleting the hundreds of databases
+    a whole run makes held each worker's last test about 20 s (21.8 s for 200 a server;
+    their fast stop 0.74 s, an immediate one 0.21 s). `lab down` is tested in test_lab.
     """
     state = lab.state()
     if state is not None:
