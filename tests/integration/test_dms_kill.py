@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from cutover.engines.dms import resource_id
 from cutover.lab import Lab
@@ -191,6 +192,10 @@ def test_switch_rolled_back_abandoned_and_killed_at_each_step_then_finished(
     api, _ = standin
     plan = str(under_load.plan)
     move = resource_id(move_of(under_load.plan))
+    # Each run before the promotion checks the lag again: no window to hold, eight times.
+    data = yaml.safe_load(under_load.plan.read_text())
+    data["thresholds"]["lag_window"] = "0s"
+    under_load.plan.write_text(yaml.safe_dump(data))
     source_port = lab.server("source").port
 
     def back_on_the_source() -> None:
