@@ -11,9 +11,12 @@ failed). A database error arrives translated into one; its traceback is shown
 with --verbose. Any other exception is a bug and keeps its traceback.
 """
 
+import atexit
 import json
+import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -1193,8 +1196,38 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def main() -> None:
+def main() -> NoReturn:
     """Run the command line; user errors exit with one clear line and a hint."""
+    try:
+        _run()
+    except SystemExit as exit_:
+        code = exit_.code
+    else:
+        code = 0
+    if isinstance(code, str):
+        err.print(code, markup=False)
+    _exit(1 if isinstance(code, str) else code or 0)
+
+
+def _exit(code: int) -> NoReturn:
+    """End the process without tearing the interpreter down.
+
+    Freeing every module and object one by one takes 0.25 s here, after the work is done
+    and said: a quarter of a small command's time, paid by every command a script or a
+    Job runs. What an ordinary exit does that matters is done first: the threads that
+    are not daemons end, the atexit functions run (logging's flush, the Cloud SQL
+    connector's close), the output is flushed.
+    """
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
+
+
+def _run() -> None:
     # A SIGTERM (a pod being evicted, a supervisor stopping us) is handled like Ctrl-C:
     # the step in flight is recorded and, in a switch, rolled back.
     signal.signal(signal.SIGTERM, _interrupt)

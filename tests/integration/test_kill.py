@@ -27,7 +27,9 @@ pytestmark = pytest.mark.integration
 NOT_HERE = {
     S.COPY_LARGE_OBJECTS,  # only with large_objects: copy
     S.REFRESH_MATERIALIZED_VIEWS,
-    S.ENABLE_TARGET_BACKUPS,  # only with a terraform section (test_terraform_steps.py)
+    S.ENABLE_TARGET_BACKUPS,  # only with a terraform or a dms section
+    S.BACK_UP_TARGET,  # only with a dms section (test_dms_kill.py)
+    S.WAIT_FOR_TARGET_BACKUP,
     S.CHECK_FALLBACK,  # rollback's own
     S.FENCE_TARGET,
     S.UNFENCE_SOURCE,
