@@ -24,7 +24,7 @@ from cutover.cloud.resources import (
     merge_flags,
     sql_operation_from,
 )
-from cutover.errors import StepFailed
+from cutover.errors import PreconditionFailed, StepFailed
 from cutover.steps import Change
 
 T = TypeVar("T")
@@ -64,6 +64,16 @@ class SqlAdmin:
             return self.clients.execute(call)
         except NotFound:
             return None
+
+    def existing(self, name: str, *, key: str) -> Instance:
+        """The instance the plan names at `key`; refused, nothing changed, when it is not."""
+        instance = self.instance(name)
+        if instance is None:
+            raise PreconditionFailed(
+                f"the Cloud SQL instance {name} does not exist in project {self.project}",
+                hint=f"check {key} and dms.project in the plan",
+            )
+        return instance
 
     def patch_flags(
         self, instance: Instance, wanted: Mapping[str, str | None]

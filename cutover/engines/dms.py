@@ -342,14 +342,7 @@ class DmsEngine:
     # -- prepare: the source instance's flags ---------------------------------------------------
 
     def _source_instance(self) -> Instance:
-        name = self._settings.source_instance
-        instance = self._sql.instance(name)
-        if instance is None:
-            raise PreconditionFailed(
-                f"the Cloud SQL instance {name} does not exist in project {self._settings.project}",
-                hint="check dms.source_instance and dms.project in the plan",
-            )
-        return instance
+        return self._sql.existing(self._settings.source_instance, key="dms.source_instance")
 
     def source_decodes(self) -> bool:
         """Both flags are on, and the source runs with them (the restart is done)."""

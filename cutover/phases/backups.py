@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from cutover.cloud.resources import BackupStatus
-from cutover.errors import CutoverError, StepFailed, TargetBackupFailed
+from cutover.errors import CutoverError, TargetBackupFailed
 from cutover.ledger import move_id
 from cutover.phases.terraform import BACKUP_SECONDS
 from cutover.plan import Dms, Plan
@@ -89,12 +89,7 @@ class Backups:
     def enable_target_backups(self, *, dry_run: bool) -> Sequence[Change]:
         """Backups and point-in-time recovery on, the rest of backupConfiguration as read."""
         name = self.settings.target_instance
-        instance = self.sql.instance(name)
-        if instance is None:
-            raise StepFailed(
-                f"the Cloud SQL instance {name} does not exist in project {self.settings.project}",
-                hint="check dms.target_instance in the plan",
-            )
+        instance = self.sql.existing(name, key="dms.target_instance")
         patch = self.sql.patch_backups(instance)
         if patch is None:
             return []
