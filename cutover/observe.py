@@ -92,4 +92,6 @@ def _replication(engine: str, db: state.DatabaseState) -> metrics.Replication:
         monitored_lag_seconds=monitored.seconds if monitored else None,
         monitored_lag_bytes=monitored.bytes if monitored else None,
         monitored_lag_age_seconds=monitored.age() if monitored else None,
+        service_state=facts.service.state if facts.service else None,
+        service_phase=facts.service.phase if facts.service else None,
     )

@@ -24,7 +24,7 @@ from cutover.ledger import Journal, Pause, StepRecord, last_verification
 from cutover.log import redact
 from cutover.plan import Plan
 from cutover.steps import SWITCH_SCOPE, SwitchStep
-from cutover.types import Lag, MonitoredLag, Side, SyncProgress
+from cutover.types import Lag, MonitoredLag, ServiceState, Side, SyncProgress
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,6 +44,7 @@ class Replication:
     apply_errors: int | None = None  # the apply worker's failures since the subscription began
     apply_stopped: bool | None = None  # the apply worker is stopped by a failure right now
     monitored: MonitoredLag | None = None  # the service's own figures (DMS), minutes old
+    service: ServiceState | None = None  # the service's own state (a DMS job's)
 
     @property
     def replicating(self) -> bool:
@@ -292,6 +293,7 @@ def _replication(
         apply_errors=reading.attempt(lambda: engine.apply_errors(db)) if subscribed else None,
         apply_stopped=reading.attempt(lambda: engine.apply_stopped(db)) if subscribed else None,
         monitored=reading.attempt(lambda: engine.monitored_lag(db)) if subscribed else None,
+        service=reading.attempt(lambda: engine.service_state(db)) if moving else None,
     )
 
 

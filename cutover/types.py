@@ -103,6 +103,15 @@ class Lag:
 
 
 @dataclass(frozen=True)
+class ServiceState:
+    """Where a managed service's own replication stands (a DMS job's state and phase)."""
+
+    state: str
+    phase: str | None = None
+    error: str | None = None  # the service's words for its last failure
+
+
+@dataclass(frozen=True)
 class MonitoredLag:
     """A managed service's own lag figures (Cloud Monitoring's): a sample, minutes old.
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cutover.steps import Change
-from cutover.types import Lag, MonitoredLag, SyncProgress, TableName
+from cutover.types import Lag, MonitoredLag, ServiceState, SyncProgress, TableName
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,10 @@ class Engine(Protocol):
 
     def monitored_lag(self, db: str) -> MonitoredLag | None:
         """The service's own lag figures, for status and metrics only (None: it has none)."""
+        ...
+
+    def service_state(self, db: str) -> ServiceState | None:
+        """The managed service's own state of the replication (None: no service runs it)."""
         ...
 
     def apply_errors(self, db: str) -> int:

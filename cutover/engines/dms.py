@@ -55,7 +55,7 @@ from cutover.pg import dms as pgdms
 from cutover.pg.connect import Connection, Pool
 from cutover.plan import Dms, Plan, resolve_secret
 from cutover.steps import Change
-from cutover.types import Lag, MonitoredLag, SyncProgress, TableName, TableState
+from cutover.types import Lag, MonitoredLag, ServiceState, SyncProgress, TableName, TableState
 
 log = logging.getLogger(__name__)
 
@@ -571,6 +571,14 @@ class DmsEngine:
             bytes=None if by_bytes is None else int(by_bytes[0]),
             sampled_at=max(at for _, at in figures.values()).timestamp(),
         )
+
+    def service_state(self, db: str) -> ServiceState | None:
+        """The job's state, phase and error as DMS reads now (None: no job yet)."""
+        job = self.job()
+        if job is None:
+            return None
+        error = None if job.error is None else str(job.error)
+        return ServiceState(str(job.state), str(job.phase), error)
 
     def apply_errors(self, db: str) -> int:
         """0: DMS counts no errors; a failing job shows as FAILED (apply_stopped)."""

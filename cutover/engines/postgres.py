@@ -14,7 +14,7 @@ from cutover.pg import admin, replication
 from cutover.pg.connect import Pool
 from cutover.plan import Plan
 from cutover.steps import Change
-from cutover.types import Lag, MonitoredLag, SyncProgress, TableName
+from cutover.types import Lag, MonitoredLag, ServiceState, SyncProgress, TableName
 
 
 class Replication(Protocol):
@@ -160,6 +160,10 @@ class PerDatabase:
 
     def monitored_lag(self, db: str) -> MonitoredLag | None:
         """None: the slot's lag is the only one, and it is exact."""
+        return None
+
+    def service_state(self, db: str) -> ServiceState | None:
+        """None: PostgreSQL replicates, no service."""
         return None
 
     def apply_errors(self, db: str) -> int:

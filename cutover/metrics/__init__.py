@@ -36,6 +36,8 @@ class Replication:
     monitored_lag_seconds: float | None = None
     monitored_lag_bytes: int | None = None
     monitored_lag_age_seconds: float | None = None
+    service_state: str | None = None  # a DMS job's state (RUNNING, ...), and its phase (CDC, ...)
+    service_phase: str | None = None
 
 
 @dataclass(frozen=True)

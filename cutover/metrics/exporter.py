@@ -208,6 +208,17 @@ def _replication_families(move: str, replication: list[Replication]) -> Iterator
         for state, n in counts.items():
             tables.add_metric([move, r.database, r.engine, state], float(n))
     yield tables
+    service = _gauge(
+        "cutover_service_state",
+        "1 for the managed service's state and phase of the replication (a DMS job's)",
+        [*labels, "state", "phase"],
+    )
+    for r in replication:
+        if r.service_state is not None:
+            service.add_metric(
+                [move, r.database, r.engine, r.service_state, r.service_phase or ""], 1.0
+            )
+    yield service
 
 
 def _ledger_families(move: str, snapshot: Snapshot) -> Iterator[Metric]:

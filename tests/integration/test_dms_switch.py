@@ -85,6 +85,13 @@ def test_a_dms_switch_under_load_loses_no_acknowledged_write(
     status = cutover("status", "-p", str(under_load.plan))
     assert status.code == 0, status.stdout + status.stderr
     assert "DMS job" in status.stdout and "RUNNING/CDC" in status.stdout
+    scrape = cutover("metrics", "-p", str(under_load.plan), "--once")
+    assert scrape.code == 0, scrape.stdout + scrape.stderr
+    assert re.search(
+        r'^cutover_service_state\{[^}]*engine="dms"[^}]*phase="CDC",state="RUNNING"\} 1\.0$',
+        scrape.stdout,
+        re.MULTILINE,
+    ), scrape.stdout
 
     planned = cutover("switch", "-p", str(under_load.plan), "--dry-run")
     assert planned.code == 0, planned.stdout + planned.stderr

@@ -194,6 +194,8 @@ def test_a_managed_service_s_own_lag_is_exported_beside_the_exact_one_with_its_a
                 monitored_lag_seconds=3.0,
                 monitored_lag_bytes=4096,
                 monitored_lag_age_seconds=140.0,
+                service_state="RUNNING",
+                service_phase="CDC",
             )
         ],
     )
@@ -213,10 +215,14 @@ def test_a_managed_service_s_own_lag_is_exported_beside_the_exact_one_with_its_a
         "cutover_monitored_lag_bytes": [4096.0],
         "cutover_monitored_lag_sample_age_seconds": [140.0],
     }
+    [service] = families["cutover_service_state"].samples
+    assert service.value == 1.0
+    assert (service.labels["state"], service.labels["phase"]) == ("RUNNING", "CDC")
     # An engine without such figures exports none of them.
     plain = metrics.Snapshot(servers={}, replication=[metrics.Replication("db", "native")])
     names = {f.name: f for f in exporter.MoveCollector("m", lambda: plain).collect()}
     assert names["cutover_monitored_lag_seconds"].samples == []
+    assert names["cutover_service_state"].samples == []
 
 
 def test_the_switch_job_runs_a_plan_with_kubernetes_tiers_as_the_rbac_service_account(
