@@ -6,7 +6,6 @@ deliberately awkward names; what replicates in them is stopped afterwards.
 """
 
 import compileall
-import contextlib
 import os
 import subprocess
 import sys
@@ -145,12 +144,6 @@ class Databases:
                             "SELECT pglogical.alter_subscription_disable(sub_name, true) "
                             "FROM pglogical.subscription"
                         )
-                        # Its manager worker lives as long as the extension: left, they
-                        # pile up for the session and take the worker slots later tests
-                        # wait for. Bounded: a drop that would wait is left to the lab.
-                        with contextlib.suppress(psycopg.Error):
-                            conn.execute("SET statement_timeout = '5s'")
-                            conn.execute("DROP EXTENSION pglogical CASCADE")
             with connect(self.lab.server(side)) as conn:
                 conn.execute(
                     "SELECT pg_terminate_backend(active_pid), pg_sleep(0.05) "
