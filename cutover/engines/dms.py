@@ -21,7 +21,8 @@ minutes old; `describe` shows them with their age, and nothing decides on them.
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Generator, Sequence
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 
 from cutover import wait
@@ -394,23 +395,25 @@ class DmsEngine:
             self._pool.close()
             return False
 
-    def _without_pglogical(self) -> list[str]:
-        """The source instance's databases that lack pglogical (templates aside)."""
-        missing = []
+    def _source_databases(
+        self, *, but: Collection[str] = ()
+    ) -> Generator[tuple[str, Connection], None, None]:
+        """Each database of the source instance (templates aside, and `but`), on a connection
+        of its own closed before the next: an instance may hold many databases."""
         for name in catalog.database_names(self._pool.get("source")):
-            # A connection of its own, closed at once: an instance may hold many databases.
+            if name in but:
+                continue
             conn = self._pool.open("source", name)
             try:
-                if not pglogical.extension_installed(conn):
-                    missing.append(name)
+                yield name, conn
             finally:
                 conn.close()
-        return missing
 
     def installed(self, db: str) -> bool:
         """pglogical is in every database of the source instance, `postgres` too: DMS needs
         it in each one, not only in those it migrates."""
-        return pglogical.extension_installed(self._source(db)) and not self._without_pglogical()
+        with closing(self._source_databases()) as each:  # a connection left open: closed
+            return all(pglogical.extension_installed(conn) for _, conn in each)
 
     def install(self, db: str, *, dry_run: bool) -> Sequence[Change]:
         """CREATE EXTENSION pglogical in `db` and in every other database of the source
@@ -418,16 +421,11 @@ class DmsEngine:
         changes = pglogical.create_extension(
             self._source(db), self._plan.move, where=f"source/{db}", dry_run=dry_run
         )
-        for name in self._without_pglogical():
-            if name == db:
-                continue
-            conn = self._pool.open("source", name)
-            try:
+        for name, conn in self._source_databases(but=[db]):
+            if not pglogical.extension_installed(conn):
                 changes += pglogical.create_extension(
                     conn, self._plan.move, where=f"source/{name}", dry_run=dry_run
                 )
-            finally:
-                conn.close()
         return changes
 
     def access_granted(self, db: str) -> bool:
@@ -859,29 +857,21 @@ class DmsEngine:
             found.append((conn, f"{side}/{db}", None if node is None else node.name, drop))
         return found
 
-    def _ours_elsewhere(self) -> list[str]:
+    def _ours_elsewhere(self) -> Generator[tuple[str, Connection], None, None]:
         """The source's databases outside the move (`postgres`, ...) where prepare created
-        pglogical for DMS and no node of DMS's is left."""
-        found = []
-        for name in catalog.database_names(self._pool.get("source")):
-            if name in self._plan.databases:
-                continue
-            conn = self._pool.open("source", name)
-            try:
-                if pglogical.extension_ours(conn, self._plan.move) and not pglogical.local_node(
-                    conn
-                ):
-                    found.append(name)
-            finally:
-                conn.close()
-        return found
+        pglogical for DMS and no node of DMS's is left, each on its own connection."""
+        for name, conn in self._source_databases(but=self._plan.databases):
+            if pglogical.extension_ours(conn, self._plan.move) and not pglogical.local_node(conn):
+                yield name, conn
 
     def uninstalled(self, db: str) -> bool:
         """No pglogical node is left on either side, nor an extension this move brought."""
         if self._one_way:
             return True
-        leftovers = any(node or drop for _, _, node, drop in self._leftovers(db))
-        return not leftovers and not self._ours_elsewhere()
+        if any(node or drop for _, _, node, drop in self._leftovers(db)):
+            return False
+        with closing(self._ours_elsewhere()) as elsewhere:  # its connection closed at once
+            return next(elsewhere, None) is None
 
     def uninstall(self, db: str, *, dry_run: bool) -> Sequence[Change]:
         """Drop the pglogical nodes DMS left, then the extensions this move brought.
@@ -896,12 +886,8 @@ class DmsEngine:
                 changes.append(pglogical.drop_node(conn, node, where=where, dry_run=dry_run))
             if drop:
                 changes += pglogical.drop_extension(conn, where=where, dry_run=dry_run)
-        for name in self._ours_elsewhere():  # what prepare made for DMS outside the move
-            other = self._pool.open("source", name)
-            try:
-                changes += pglogical.drop_extension(other, where=f"source/{name}", dry_run=dry_run)
-            finally:
-                other.close()
+        for name, conn in self._ours_elsewhere():  # what prepare made for DMS outside the move
+            changes += pglogical.drop_extension(conn, where=f"source/{name}", dry_run=dry_run)
         return changes
 
 
