@@ -82,6 +82,29 @@ class PgBouncerRepoint:
         assert bouncer.config is not None  # the plan requires it for a repoint
         return bouncer.config
 
+    def _read(self, path: Path) -> str:
+        try:
+            return path.read_text()
+        except OSError as exc:
+            raise PreconditionFailed(
+                f"repoint {self.name}: cannot read {path}: {exc.strerror or exc}",
+                hint="the controller must read and write the PgBouncer's configuration file",
+            ) from None
+
+    def _rewritten(self, path: Path, text: str, server: Server) -> str:
+        """`text` with every entry of the plan at `server`; refused when one is missing."""
+        new, found = rewrite(
+            text, self._spec.databases, server.host or server.peer_host, server.port
+        )
+        missing = [db for db in self._spec.databases if db not in found]
+        if missing:
+            raise PreconditionFailed(
+                f"repoint {self.name}: {path} has no [databases] entry " + ", ".join(missing),
+                hint="name the entries of its [databases] section (an entry in a file it "
+                "%include-s is not rewritten: point config at that file)",
+            )
+        return new
+
     def point_to(self, server: Server, *, dry_run: bool) -> Sequence[Change]:
         """Rewrite each PgBouncer's entries, RELOAD, and read the new address back."""
         changes: list[Change] = []
@@ -97,23 +120,8 @@ class PgBouncerRepoint:
             )
             if dry_run:
                 continue
-            try:
-                text = path.read_text()
-            except OSError as exc:
-                raise PreconditionFailed(
-                    f"repoint {self.name}: cannot read {path}: {exc.strerror or exc}",
-                    hint="the controller must read and write the PgBouncer's configuration file",
-                ) from None
-            new, found = rewrite(
-                text, self._spec.databases, server.host or server.peer_host, server.port
-            )
-            missing = [db for db in self._spec.databases if db not in found]
-            if missing:
-                raise PreconditionFailed(
-                    f"repoint {self.name}: {path} has no [databases] entry " + ", ".join(missing),
-                    hint="name the entries of its [databases] section (an entry in a file it "
-                    "%include-s is not rewritten: point config at that file)",
-                )
+            text = self._read(path)
+            new = self._rewritten(path, text, server)
             if new != text:
                 _replace(path, new)
             with pgbouncer.console(bouncer) as conn:
@@ -133,16 +141,14 @@ class PgBouncerRepoint:
         for bouncer in self._spec.pgbouncers:
             path = self._config(bouncer)
             try:
-                text = path.read_text()
-            except OSError as exc:
-                found.append(f"{who}: cannot read {path}: {exc.strerror or exc}")
+                text = self._read(path)
+            except PreconditionFailed as exc:
+                found.append(exc.message)
                 continue
-            _, entries = rewrite(
-                text, self._spec.databases, target.host or target.peer_host, target.port
-            )
-            missing = [db for db in self._spec.databases if db not in entries]
-            if missing:
-                found.append(f"{who}: {path} has no [databases] entry " + ", ".join(missing))
+            try:
+                self._rewritten(path, text, target)
+            except PreconditionFailed as exc:
+                found.append(exc.message)
             found += unwritable(path, who=who)
             try:
                 pgbouncer.shown(bouncer)

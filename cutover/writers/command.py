@@ -64,8 +64,13 @@ class CommandWriter:
     def problems(self) -> list[str]:
         """Each command whose program cannot be found."""
         spec = self._spec
-        commands = {"stop": spec.stop, "start": spec.start, "status": spec.status}
-        return process.not_found({**commands, "health": spec.health}, who=f"writer {self.name}")
+        commands = {
+            "stop": spec.stop,
+            "start": spec.start,
+            "status": spec.status,
+            "health": spec.health,
+        }
+        return process.not_found(commands, who=f"writer {self.name}")
 
     def draining(self) -> str:
         """Nothing more to say than is_drained."""
