@@ -164,8 +164,8 @@ class Journal:
         data = store.read()
         self._doc = Document.from_dict(data) if data else Document(move=move)
         self._doc.id = self._doc.id or identity(store)
-        self._pending = False  # a record not written yet (see finished)
-        self._unsynced = False  # a record written but not synced (see started)
+        # A record not on disk yet: not written (see finished), or not synced (see started).
+        self._unflushed = False
 
     @property
     def id(self) -> str:
@@ -292,13 +292,13 @@ class Journal:
 
     def flush(self) -> None:
         """Write what is not written yet, and wait for the disk."""
-        if self._pending or self._unsynced:
+        if self._unflushed:
             self._store.write(self._doc.to_dict())
-            self._pending = self._unsynced = False
+            self._unflushed = False
 
     def _append(self, event: Event, *, write: bool = True, sync: bool = True) -> None:
         self._doc.events.append(event)
         if write:
             self._store.write(self._doc.to_dict(), sync=sync)
-            self._unsynced = not sync  # a synced write carries every record before it
-        self._pending = not write
+        # A synced write carries every record before it; anything less leaves one behind.
+        self._unflushed = not (write and sync)
