@@ -108,7 +108,6 @@ class ServiceState:
 
     state: str
     phase: str | None = None
-    error: str | None = None  # the service's words for its last failure
 
 
 @dataclass(frozen=True)

@@ -571,12 +571,9 @@ class DmsEngine:
         )
 
     def service_state(self, db: str) -> ServiceState | None:
-        """The job's state, phase and error as DMS reads now (None: no job yet)."""
+        """The job's state and phase as DMS reads now (None: no job yet)."""
         job = self.job()
-        if job is None:
-            return None
-        error = None if job.error is None else str(job.error)
-        return ServiceState(str(job.state), str(job.phase), error)
+        return None if job is None else ServiceState(str(job.state), str(job.phase))
 
     def apply_errors(self, db: str) -> int:
         """0: DMS counts no errors; a failing job shows as FAILED (apply_stopped)."""
