@@ -58,7 +58,7 @@ def locked(plan: Plan) -> Iterator[Journal]:
         try:
             yield journal
         finally:
-            journal.flush()
+            journal.flush(sync=False)  # what an undo walks was synced when written
 
 
 FAILPOINT = "CUTOVER_FAILPOINT"
@@ -119,7 +119,7 @@ class Runner:
                 report = self._run_step(phase, step, scope)
             reports.append(report)
             self._on_step(report)
-        self._journal.flush()
+        self._journal.flush(sync=phase.undo_on_failure)
         return reports
 
     def _run_step(self, phase: Phase, step: Step, scope: str) -> StepReport:
@@ -171,7 +171,12 @@ class Runner:
                 if outcome is Outcome.ADOPTED and not self._dry_run:
                     seconds = self._clock() - started
                     self._journal.finished(
-                        key, outcome=outcome, seconds=seconds, phase=phase.name, scope=scope
+                        key,
+                        outcome=outcome,
+                        seconds=seconds,
+                        phase=phase.name,
+                        scope=scope,
+                        durable=phase.undo_on_failure,
                     )
                 logger.info("%s", outcome.value)
                 return StepReport(key, outcome, self._clock() - started)

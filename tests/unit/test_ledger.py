@@ -50,7 +50,7 @@ def test_a_finished_record_not_durable_is_written_with_the_next_one(tmp_path: Pa
     assert Journal(store, move="m").is_done("db/switch.wait_for_barrier")
 
 
-def test_a_start_not_durable_survives_a_kill_and_waits_for_the_disk_only_at_flush(
+def test_a_start_not_durable_survives_a_kill_and_waits_for_the_disk_only_when_asked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     synced: list[int] = []
@@ -61,17 +61,42 @@ def test_a_start_not_durable_survives_a_kill_and_waits_for_the_disk_only_at_flus
     journal.started("db/start.copy_data", durable=False)
     journal.finished("db/start.copy_data", outcome=Outcome.APPLIED, seconds=1.0, durable=False)
     journal.started("db/start.restore_post_data", durable=False)
+    journal.finished(
+        "db/start.restore_post_data", outcome=Outcome.ADOPTED, seconds=0.1, durable=False
+    )
+    journal.flush(sync=False)  # the end of start's phase: written, the disk not waited for
     assert synced == []
     # What a killed process wrote is there for the next one: the rename is done.
     steps = Journal(store, move="m").steps()
     assert steps["db/start.copy_data"].status is StepStatus.DONE
-    assert steps["db/start.restore_post_data"].status is StepStatus.RUNNING
+    assert steps["db/start.restore_post_data"].outcome is Outcome.ADOPTED
     journal.flush()
     assert len(synced) == 2  # the file, then its folder
     journal.flush()  # nothing left to sync
     assert len(synced) == 2
     journal.started("db/switch.stop_writers")  # durable: on disk before the step's work
     assert len(synced) == 4
+    # From now on the document holds a record an undo walks: no write replaces it
+    # without waiting for the disk, whatever the step asks.
+    journal.started("db/cleanup.drop_slot", durable=False)
+    assert len(synced) == 6
+    again = Journal(store, move="m")  # and so does the next command's journal
+    again.started("db/cleanup.drop_publication", durable=False)
+    assert len(synced) == 8
+
+
+def test_a_record_written_before_records_said_whether_they_are_durable_counts_as_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FileStore(tmp_path, "m")
+    Journal(store, move="m").started("db/switch.promote")
+    data = json.loads(store.path.read_text())
+    del data["steps"]["db/switch.promote"]["durable"]
+    store.path.write_text(json.dumps(data))
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fsync", synced.append)
+    Journal(store, move="m").started("db/cleanup.drop_slot", durable=False)
+    assert synced
 
 
 def test_a_rerun_counts_runs_and_clears_the_old_error(tmp_path: Path) -> None:
