@@ -133,6 +133,7 @@ def phase(
             return [Change(f"target/{db}", "wait until the target is caught up")]
         errors_before = engine.apply_errors(db)
         connect_by = clock() + CONNECT_SECONDS
+        woken: list[Change] = []
 
         def arrived() -> bool:
             lag = engine.lag(db)
@@ -149,6 +150,10 @@ def phase(
                     return True
             else:  # the engine's own copy goes on (a start that resumed while it ran)
                 on_progress(progress)
+            if not lag.connected and not woken and engine.apply_stopped(db):
+                # pglogical starts a worker that failed (a cut connection) only when its
+                # manager wakes, up to 3 min later: asked once, it starts within 10 s.
+                woken.extend(engine.resume_apply(db, dry_run=False))
             if not lag.connected and clock() > connect_by:
                 raise StepFailed(
                     f"the subscription of {db} has not connected to the source "
@@ -177,7 +182,7 @@ def phase(
             clock=clock,
             sleep=sleep,
         )
-        return []
+        return woken
 
     def post_data_restored() -> bool:
         ready = sync_started() if not engine.traits.keys_before_copy else True

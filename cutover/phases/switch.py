@@ -42,6 +42,7 @@ A failure in steps 1-6 rolls back by itself: the fence is lifted and the
 writers start again on the source, which keeps replicating.
 """
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -63,9 +64,14 @@ from cutover.steps import SwitchStep as S
 from cutover.types import Lag
 from cutover.writers import Writer, writer_for
 
+log = logging.getLogger(__name__)
+
 POLL_SECONDS = 0.02
 READY_POLL_SECONDS = 0.5
-APPLY_STOPPED_GRACE = 5.0  # a worker stopped longer than its restart takes has failed
+# A worker stopped longer than its restart takes has failed. pglogical starts a failed worker
+# again only when its manager wakes (up to 3 min later): the switch wakes it (resume_apply),
+# and the manager then waits 5 s after the failure and up to 5 s more.
+APPLY_STOPPED_GRACE = 15.0
 HEALTH_POLL_SECONDS = 0.5  # a health probe may run a command: not every few ms
 
 
@@ -166,6 +172,7 @@ class Switch:
         highest: dict[str, int] = {}
         errors = {db: self.engine.apply_errors(db) for db in self.databases}
         stopped: dict[str, float] = {}  # since when each database's apply worker is stopped
+        woken: set[str] = set()  # the databases whose stopped worker was asked to start again
 
         def held() -> bool:
             nonlocal since
@@ -173,7 +180,7 @@ class Switch:
                 now[db] = self._lag(db).bytes
                 highest[db] = max(highest.get(db, 0), now[db])
                 self._check_apply(db, errors[db])
-                if not self._applying(db, stopped):
+                if not self._applying(db, stopped, woken):
                     since = self.clock()  # a lag nothing applies holds nothing
             if any(n > limit for n in now.values()):
                 since = self.clock()  # a spike: the window starts again
@@ -227,16 +234,22 @@ class Switch:
                 "fails); fix it, then switch again",
             )
 
-    def _applying(self, db: str, stopped: dict[str, float]) -> bool:
+    def _applying(self, db: str, stopped: dict[str, float], woken: set[str]) -> bool:
         """Whether the apply worker runs; raise once it has been stopped by a failure for
         APPLY_STOPPED_GRACE (`stopped` keeps since when, per database).
 
         The engines that count no errors (pglogical) show a failure this way; a worker
-        restarting shows it for a moment, so only a lasting stop counts.
+        restarting shows it for a moment, so only a lasting stop counts. The first time,
+        the worker is asked to start again (a cut connection stops it too): once only, so
+        that a worker failing on a change fails the switch.
         """
         if not self.engine.apply_stopped(db):
             stopped.pop(db, None)
             return True
+        if db not in woken:
+            woken.add(db)
+            for change in self.engine.resume_apply(db, dry_run=False):
+                log.warning("%s: the apply worker is stopped: %s", db, change.action)
         since = stopped.setdefault(db, self.clock())
         if self.clock() - since >= APPLY_STOPPED_GRACE:
             raise PreconditionFailed(

@@ -249,6 +249,32 @@ def test_a_second_plan_of_the_same_move_name_is_refused_and_leaves_the_first_str
     assert cleaned.code == 0, cleaned.stdout + cleaned.stderr
 
 
+def test_a_pglogical_worker_stopped_by_a_cut_connection_is_woken_and_the_switch_goes_on(
+    lab: Lab, databases: Databases, write_plan: Callable[..., Path], cutover: Callable[..., Result]
+) -> None:
+    """pglogical starts a worker that failed only when its manager wakes (up to 3 min
+    later): the switch wakes it once, then holds its window as usual."""
+    db, plan = streaming_move(lab, databases, write_plan, cutover, "pglogical", lag_window="1s")
+    with connect(lab.server("source")) as conn:  # the sender cut off: the apply worker fails
+        conn.execute(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+            "WHERE active AND database = %s",
+            (db,),
+        )
+    with connect(lab.server("source"), db) as conn:
+        conn.execute("INSERT INTO items VALUES (700, 700)")
+
+    switched = cutover("switch", "-p", plan, "--yes")
+
+    assert switched.code == 0, switched.stdout + switched.stderr
+    assert "the apply worker is stopped" in switched.stderr
+    assert "alter_subscription_enable" in switched.stderr
+    with connect(lab.server("target"), db) as conn:
+        assert conn.execute("SELECT v FROM items WHERE id = 700").fetchone() == {"v": 700}
+    cleaned = cutover("cleanup", "-p", plan, "--yes")
+    assert cleaned.code == 0, cleaned.stdout + cleaned.stderr
+
+
 def test_a_pglogical_apply_stopped_by_a_failure_is_shown_and_stops_the_switch(
     lab: Lab, databases: Databases, write_plan: Callable[..., Path], cutover: Callable[..., Result]
 ) -> None:

@@ -328,7 +328,11 @@ def test_both_databases_of_a_move_stream_on_after_their_senders_reconnect(
     engine: str,
 ) -> None:
     """The move's role has one password for all its databases: a reconnection (a source
-    restart, a network cut) must find it unchanged by a later database's start."""
+    restart, a network cut) must find it unchanged by a later database's start.
+
+    pglogical starts an apply worker that failed only when its database's manager
+    wakes, which may be 3 min later: `start --wait` finds it stopped and wakes it.
+    """
     names = [databases.create(prefix="one"), databases.create(prefix="two")]
     for db in names:
         with connect(lab.server("source"), db) as conn:
@@ -354,7 +358,11 @@ def test_both_databases_of_a_move_stream_on_after_their_senders_reconnect(
                     return False
         return True
 
-    # Apply workers retry after wal_retrieve_retry_interval.
-    wait_until(arrived, seconds=90, what="a database replicates no more")
+    followed = cutover("start", "-p", plan, "--wait")
+    assert followed.code == 0, followed.stdout + followed.stderr
+    if engine == "pglogical":
+        assert "alter_subscription_enable" in followed.stdout
+    # Native apply workers retry after wal_retrieve_retry_interval.
+    wait_until(arrived, seconds=30, what="a database replicates no more")
     cleaned = cutover("cleanup", "-p", plan, "--yes")
     assert cleaned.code == 0, cleaned.stdout + cleaned.stderr
