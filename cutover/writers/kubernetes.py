@@ -42,7 +42,7 @@ T = TypeVar("T")
 MERGE_PATCH = "application/merge-patch+json"
 HELD_PREFIX = "cutover-held-"
 READY_POLL_SECONDS = 0.2
-ENDED = client.V1DeleteOptions(propagation_policy="Background")
+IN_BACKGROUND = client.V1DeleteOptions(propagation_policy="Background")
 
 
 def held_name(target: str) -> str:
@@ -262,9 +262,9 @@ class KubernetesWriter:
     def _delete_job(self, job: str, **kwargs: Any) -> bool:
         """Delete a Job, its pods in the background; False if it was gone already."""
         try:
-            self._batch.delete_namespaced_job(job, self._ns, body=ENDED, **kwargs)
+            self._batch.delete_namespaced_job(job, self._ns, body=IN_BACKGROUND, **kwargs)
         except ApiException as exc:
-            if exc.status == 404:  # deleted by a run that died before it was recorded
+            if exc.status == 404:  # gone since it was listed (a run before, its TTL): as wanted
                 return False
             raise
         return True
@@ -276,10 +276,10 @@ class KubernetesWriter:
             Change(f"writer {self.name}", f"job/{j}: delete (propagationPolicy Background)")
             for j in running
         ]
-        new = [j for j in running if j not in record.ended_jobs]
         if dry_run or not running:
             return record, changes
-        if new:
+        new = [j for j in running if j not in record.ended_jobs]
+        if new:  # a stop run again keeps the Jobs the first one ended
             record = dataclasses.replace(record, ended_jobs=(*record.ended_jobs, *new))
             self._records.put(self.name, record.to_dict())
         for job in running:
