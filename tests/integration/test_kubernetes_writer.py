@@ -38,8 +38,9 @@ def ready(cluster: Cluster, resource: str, name: str) -> int:
     return int(cluster.get(resource, NS, name)["status"].get("readyReplicas", 0))
 
 
-def active(cluster: Cluster, job: str) -> bool:
-    return bool(cluster.get("jobs", NS, job).get("status", {}).get("active"))
+def running(cluster: Cluster, job: str) -> bool:
+    """The Job's pod is ready: it has set its SIGTERM handler."""
+    return bool(cluster.get("jobs", NS, job).get("status", {}).get("ready"))
 
 
 @pytest.fixture
@@ -258,7 +259,7 @@ def test_with_end_running_jobs_the_stop_deletes_the_running_job_and_drains_its_p
     shop.create("jobs", NS, job_of(cron, "nightly-1", seconds=3600.0, linger=1.0))
     shop.create("cronjobs", NS, cron_job("weekly"))  # not the writer's: its Job runs on
     shop.create("jobs", NS, job_of(shop.get("cronjobs", NS, "weekly"), "weekly-1", seconds=3600))
-    until(lambda: all(active(shop, job) for job in ("nightly-1", "weekly-1")))
+    until(lambda: all(running(shop, job) for job in ("nightly-1", "weekly-1")))
     stopping = writer(kubeconfig, records, cronjobs=["nightly"], end_running_jobs=True)
 
     planned = [c.action for c in stopping.stop(dry_run=True)]
@@ -308,7 +309,7 @@ def test_a_job_deleted_by_someone_else_between_the_list_and_the_delete_is_no_err
 ) -> None:
     cron = shop.get("cronjobs", NS, "nightly")
     shop.create("jobs", NS, job_of(cron, "nightly-1", seconds=3600.0))
-    until(lambda: active(shop, "nightly-1"))
+    until(lambda: running(shop, "nightly-1"))
     # e.g. a run that died after its delete, or the Job's TTL controller: a 404 for ours
     shop.interfere[("jobs", "nightly-1")] = lambda _: shop.delete(
         "jobs", NS, "nightly-1", propagation="Background"

@@ -13,9 +13,11 @@ and env come from the pod template (env `valueFrom.secretKeyRef` and
 `configMapKeyRef` resolved when the process starts). Scaling down ends processes
 with SIGTERM, then SIGKILL after `terminationGracePeriodSeconds`; the pod is gone
 once its process is. A changed pod template (a rollout restart) replaces the pods.
-A deleted object's pods end the same way, as the garbage collector has them deleted,
-unless its propagationPolicy (the body's, or the query's) is Orphan: a Job's default,
-as the real API server's for batch/v1 Jobs (Foreground is taken as Background here).
+A Job's pod counts as active at once, and as ready once its process has run
+READY_AFTER_SECONDS, as a replica does. A deleted object's pods end the same way,
+as the garbage collector has them deleted, unless its propagationPolicy (the
+body's, or the query's) is Orphan: a Job's default, as the real API server's for
+batch/v1 Jobs (Foreground is taken as Background here).
 An autoscaler whose target exists keeps the target's replicas within its
 minReplicas and maxReplicas, as the real one keeps them from being scaled away.
 """
@@ -342,13 +344,13 @@ class Cluster:
         self, resource: str, ns: str, name: str, *, propagation: str | None = None
     ) -> dict[str, Any]:
         """Remove an object; its pods terminate unless orphaned (a Job's default)."""
+        policy = propagation or ("Orphan" if resource == "jobs" else "Background")
+        if policy not in ("Orphan", "Background", "Foreground"):
+            raise ApiError(400, "BadRequest", f"unknown propagationPolicy {policy}")
         with self._lock:
             found = self.objects.pop((resource, ns, name), None)
             if found is None:
                 raise ApiError(404, "NotFound", f'{resource} "{name}" not found')
-            policy = propagation or ("Orphan" if resource == "jobs" else "Background")
-            if policy not in ("Orphan", "Background", "Foreground"):
-                raise ApiError(400, "BadRequest", f"unknown propagationPolicy {policy}")
             if policy != "Orphan":
                 for pod in self._pods_of(ns, found["metadata"]["uid"]):
                     if "deletionTimestamp" not in pod["metadata"]:
@@ -608,16 +610,21 @@ class Cluster:
         job = self.objects[("jobs", ns, name)]
         status = job.setdefault("status", {})
         if status.get("startTime") is None:
-            status.update(startTime=_now(), active=1)
+            status.update(startTime=_now(), active=1, ready=0)
             self._start_pod(job, ns, f"{name}-{uuid.uuid4().hex[:5]}", None)
             self._bump(job)
+        elif status.get("active") and not status.get("ready"):
+            pods = self._pods_of(ns, job["metadata"]["uid"])
+            if any(self._ready(ns, p["metadata"]["name"]) for p in pods):
+                status["ready"] = 1  # its signal handlers are set by now
+                self._bump(job)
 
     def _finish_job(self, ns: str, name: str, code: int) -> None:
         job = self.objects.get(("jobs", ns, name))
         if job is None:
             return
         done = "succeeded" if code == 0 else "failed"
-        job["status"].update({"active": 0, done: 1})
+        job["status"].update({"active": 0, "ready": 0, done: 1})
         if code == 0:
             job["status"]["completionTime"] = _now()
         self._bump(job)
