@@ -379,6 +379,9 @@ class KubernetesWriter(KubernetesCluster):
     cronjobs: list[K8sName] = []
     selector: LabelSelector | None = None
     ready_timeout: Seconds = 300.0  # start waits this long for the recorded ready replicas
+    # The stop deletes the running Jobs of its CronJobs (propagationPolicy Background:
+    # their pods end within their grace period) instead of waiting for them to finish.
+    end_running_jobs: bool = False
 
     @model_validator(mode="after")
     def _something(self) -> Self:

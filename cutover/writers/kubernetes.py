@@ -11,8 +11,14 @@ An autoscaler is held by moving its `scaleTargetRef` to a name no workload has
 own settings (minReplicas, maxReplicas, behavior) stay untouched. minReplicas cannot
 be pinned at zero, and a deleted autoscaler would lose its status and identity; the
 start puts the recorded target back exactly, after the replicas are ready.
+
+The Jobs a suspended CronJob already started run on; the drain waits for them, or,
+with `end_running_jobs`, the stop deletes them with propagationPolicy Background (a
+Job's own default, Orphan, would leave its pods running) and the drain waits for
+their pods, which end within their grace period.
 """
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +42,7 @@ T = TypeVar("T")
 MERGE_PATCH = "application/merge-patch+json"
 HELD_PREFIX = "cutover-held-"
 READY_POLL_SECONDS = 0.2
+IN_BACKGROUND = client.V1DeleteOptions(propagation_policy="Background")
 
 
 def held_name(target: str) -> str:
@@ -89,7 +96,7 @@ class KubernetesWriter:
                 f"HTTP {exc.status} {exc.reason}",
                 hint="check the names in the plan and that cutover's role may do this "
                 "(get, list, patch on the workloads and their scale, autoscalers, "
-                "cronjobs; list on jobs and pods)",
+                "cronjobs; list on jobs and pods; delete on jobs with end_running_jobs)",
             ) from None
         except OSError as exc:  # urllib3's errors are OSErrors: refused, timed out
             raise StepFailed(
@@ -236,8 +243,53 @@ class KubernetesWriter:
             _content_type=MERGE_PATCH,
         )
 
+    def _running_jobs(self, record: Recorded) -> list[str]:
+        """The active Jobs of the recorded CronJobs (suspended by the stop), by name."""
+        if not record.cronjobs:
+            return []
+        suspended = {c.name for c in record.cronjobs}
+        jobs = self._call("list jobs", self._batch.list_namespaced_job, self._ns).items
+        return [
+            _name(j)
+            for j in jobs
+            if (j.status is not None and (j.status.active or 0) > 0)
+            and any(
+                o.kind == "CronJob" and o.name in suspended
+                for o in ((j.metadata and j.metadata.owner_references) or [])
+            )
+        ]
+
+    def _delete_job(self, job: str, **kwargs: Any) -> bool:
+        """Delete a Job, its pods in the background; False if it was gone already."""
+        try:
+            self._batch.delete_namespaced_job(job, self._ns, body=IN_BACKGROUND, **kwargs)
+        except ApiException as exc:
+            if exc.status == 404:  # gone since it was listed (a run before, its TTL): as wanted
+                return False
+            raise
+        return True
+
+    def _end_jobs(self, record: Recorded, *, dry_run: bool) -> tuple[Recorded, list[Change]]:
+        """Delete the CronJobs' running Jobs, recorded first so the drain waits for their pods."""
+        running = self._running_jobs(record)
+        changes = [
+            Change(f"writer {self.name}", f"job/{j}: delete (propagationPolicy Background)")
+            for j in running
+        ]
+        if dry_run or not running:
+            return record, changes
+        new = [j for j in running if j not in record.ended_jobs]
+        if new:  # a stop run again keeps the Jobs the first one ended
+            record = dataclasses.replace(record, ended_jobs=(*record.ended_jobs, *new))
+            self._records.put(self.name, record.to_dict())
+        for job in running:
+            if not self._call(f"delete job/{job}", self._delete_job, job):
+                log.info("writer %s: job/%s was already gone", self.name, job)
+        return record, changes
+
     def stop(self, *, dry_run: bool) -> Sequence[Change]:
-        """Record, hold the autoscalers, suspend the CronJobs, scale the workloads to 0.
+        """Record, hold the autoscalers, suspend the CronJobs (with `end_running_jobs`, end
+        their running Jobs), scale the workloads to 0.
 
         A stop run again before the start (after a crash) keeps the first record.
         """
@@ -263,6 +315,9 @@ class KubernetesWriter:
             changes.append(Change(where, f"cronjob/{c.name}: suspend"))
             if not dry_run:
                 self._suspend(c.name, suspended=True)
+        if self._spec.end_running_jobs:  # after the suspension: no new one starts meanwhile
+            record, ended = self._end_jobs(record, dry_run=dry_run)
+            changes += ended
         for w in record.workloads:
             changes.append(Change(where, f"{w.describe()}: replicas {w.replicas} -> 0"))
             if not dry_run:
@@ -286,7 +341,8 @@ class KubernetesWriter:
         return self._selectors[workload]
 
     def is_drained(self) -> bool:
-        """No pod of a stopped workload is left, and no Job of a suspended CronJob runs."""
+        """No pod of a stopped workload or of an ended Job is left, and no Job of a
+        suspended CronJob runs."""
         record = self.recorded()
         if record is None:
             return True
@@ -300,16 +356,20 @@ class KubernetesWriter:
                 label_selector=selector,
             ).items
             waiting += [f"pod/{_name(p)}" for p in pods]
-        if record.cronjobs:
-            suspended = {c.name for c in record.cronjobs}
-            jobs = self._call("list jobs", self._batch.list_namespaced_job, self._ns).items
+        waiting += [f"job/{j}" for j in self._running_jobs(record)]
+        if record.ended_jobs:  # deleted: their pods, terminating, still name them as owner
+            ended = set(record.ended_jobs)
+            pods = self._call(
+                "list pods of the ended jobs",
+                client.CoreV1Api(self._client()).list_namespaced_pod,
+                self._ns,
+            ).items
             waiting += [
-                f"job/{_name(j)}"
-                for j in jobs
-                if (j.status is not None and (j.status.active or 0) > 0)
-                and any(
-                    o.kind == "CronJob" and o.name in suspended
-                    for o in ((j.metadata and j.metadata.owner_references) or [])
+                f"pod/{_name(p)}"
+                for p in pods
+                if any(
+                    o.kind == "Job" and o.name in ended
+                    for o in ((p.metadata and p.metadata.owner_references) or [])
                 )
             ]
         self._waiting = waiting
@@ -364,7 +424,7 @@ class KubernetesWriter:
         self._wait_ready(record)
         for a in record.autoscalers:  # last: the counts they scale from are the recorded ones
             self._retarget(a, a.target_name)
-        started = Recorded(record.workloads, record.autoscalers, record.cronjobs, started=True)
+        started = dataclasses.replace(record, started=True)
         self._records.put(self.name, started.to_dict())
         log.info("writer %s: started, %s", self.name, _counts(record))
         return changes

@@ -3,6 +3,8 @@
 Recorded before anything changes, read back by the start (and by a stop or start
 run again after a crash), so the counts restored are those from before the stop,
 never the live ones (zero by then). Plain values only: the JSON of a ledger document.
+The Jobs a stop ends (`end_running_jobs`) are added before they are deleted, so the
+drain, in this run or the next, waits for their pods, whose Job is gone by then.
 """
 
 from dataclasses import dataclass
@@ -50,12 +52,16 @@ class CronJob:
 
 @dataclass(frozen=True)
 class Recorded:
-    """One writer's state before its stop; `started` once the start restored it."""
+    """One writer's state before its stop; `started` once the start restored it.
+
+    `ended_jobs`: the Jobs of the CronJobs the stop deleted, whose pods the drain waits for.
+    """
 
     workloads: tuple[Workload, ...] = ()
     autoscalers: tuple[Autoscaler, ...] = ()
     cronjobs: tuple[CronJob, ...] = ()
     started: bool = False
+    ended_jobs: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The ledger's JSON form."""
@@ -77,6 +83,7 @@ class Recorded:
             ],
             "cronjobs": [{"name": c.name, "suspended": c.suspended} for c in self.cronjobs],
             "started": self.started,
+            "ended_jobs": list(self.ended_jobs),
         }
 
     @classmethod
@@ -101,6 +108,8 @@ class Recorded:
                     CronJob(str(c["name"]), _flag(c["suspended"])) for c in data["cronjobs"]
                 ),
                 started=_flag(data.get("started", False)),
+                # a record written before the option had none
+                ended_jobs=_names(data.get("ended_jobs", [])),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a recorded writer state: {exc}") from None
@@ -110,6 +119,12 @@ def _count(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"not a replica count: {value!r}")
     return value
+
+
+def _names(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"not a list of names: {value!r}")
+    return tuple(value)
 
 
 def _flag(value: object) -> bool:

@@ -15,7 +15,7 @@ from cutover.repoint.kubernetes import KubernetesRepoint
 from cutover.writers.kubernetes import KubernetesWriter
 from tests.conftest import REPO
 from tests.k8s.apiserver import Cluster
-from tests.k8s.workloads import autoscaler, cron_job, deployment, stateful_set
+from tests.k8s.workloads import autoscaler, cron_job, deployment, job_of, stateful_set
 
 NS = "shop"
 VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
@@ -52,15 +52,28 @@ def test_the_role_allows_every_call_of_the_writer_the_repoint_and_the_ledger(
     cluster.create("deployments", NS, deployment("api", 2))
     cluster.create("statefulsets", NS, stateful_set("sync", 1))
     cluster.create("horizontalpodautoscalers", NS, autoscaler("api", "api", low=1, high=3))
-    cluster.create("cronjobs", NS, cron_job("nightly"))
+    cron = cluster.create("cronjobs", NS, cron_job("nightly"))
+    cluster.create("jobs", NS, job_of(cron, "nightly-1", seconds=3600.0))  # ended by the stop
     # The names of the Role's example move, `orders`, whose Secret is `orders-db`.
     cluster.create("secrets", NS, {"metadata": {"name": "orders-db"}, "data": {"URL": "aG9zdD1h"}})
+    wait.until(
+        lambda: bool(cluster.get("jobs", NS, "nightly-1").get("status", {}).get("active")),
+        timeout=20,
+        what="the job did not start",
+        hint="",
+    )
     cluster.requests.clear()
 
     ledger = ConfigMapLedger(kubeconfig=kubeconfig, namespace=NS)
     writer = KubernetesWriter(
         "shop",
-        WriterSpec(kubeconfig=kubeconfig, namespace=NS, selector="part-of=shop", ready_timeout=20),
+        WriterSpec(
+            kubeconfig=kubeconfig,
+            namespace=NS,
+            selector="part-of=shop",
+            ready_timeout=20,
+            end_running_jobs=True,
+        ),
         records=WriterRecords(ConfigMapStore(ledger, "orders", kind="writers")),
     )
     writer.stop(dry_run=False)
@@ -99,3 +112,4 @@ def test_the_role_allows_every_call_of_the_writer_the_repoint_and_the_ledger(
     used = {(g, r, v, n if (g, r, v, n) in rules else None) for g, r, v, n in calls}
     assert rules - used == set()
     assert len(calls) > 15  # every kind of call was made
+    assert ("batch", "jobs", "delete", "nightly-1") in calls

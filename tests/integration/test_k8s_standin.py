@@ -1,5 +1,6 @@
 """The API server stand-in itself, through the real client: what the other Kubernetes
-tests rely on it for (auth, compare-and-set, Leases, the kubelet's grace period)."""
+tests rely on it for (auth, compare-and-set, Leases, the kubelet's grace period, the
+garbage collector's propagation policies)."""
 
 import time
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from kubernetes.client.exceptions import ApiException
 
 from cutover import wait
 from tests.k8s.apiserver import Cluster
-from tests.k8s.workloads import deployment
+from tests.k8s.workloads import cron_job, deployment, job_of
 
 NS = "shop"
 
@@ -71,3 +72,31 @@ def test_a_replica_that_ignores_sigterm_is_killed_after_its_grace_period(
     cluster.update("deployments", NS, "stubborn", lambda o: o["spec"].update(replicas=0))
     until(lambda: not cluster.select("pods", NS, "app=stubborn"))
     assert 0.9 <= time.monotonic() - started < 10
+
+
+def test_a_deleted_job_orphans_its_pod_by_default_and_ends_it_in_the_background(
+    cluster: Cluster, kubeconfig: Path
+) -> None:
+    batch = client.BatchV1Api(api(kubeconfig))
+    cron = cluster.create("cronjobs", NS, cron_job("nightly"))
+    for name in ("kept", "ended"):
+        cluster.create("jobs", NS, job_of(cron, name, seconds=3600.0, linger=0.5, grace=5))
+    until(
+        lambda: all(
+            cluster.get("jobs", NS, j).get("status", {}).get("ready") for j in ("kept", "ended")
+        )
+    )
+
+    batch.delete_namespaced_job("kept", NS)  # batch/v1's default: Orphan
+    batch.delete_namespaced_job(
+        "ended", NS, body=client.V1DeleteOptions(propagation_policy="Background")
+    )
+
+    until(lambda: not cluster.select("pods", NS, "app=ended"))
+    (orphan,) = cluster.select("pods", NS, "app=kept")
+    assert "deletionTimestamp" not in orphan["metadata"]
+    with pytest.raises(ApiException) as gone:
+        batch.delete_namespaced_job(
+            "ended", NS, body=client.V1DeleteOptions(propagation_policy="Background")
+        )
+    assert gone.value.status == 404

@@ -5,10 +5,11 @@ connection strings from a Secret; the switch scales them to zero tier by tier (a
 autoscaler held meanwhile), repoints the Secret's keys, and scales them back to
 their recorded counts: the new pods read the target's address, and the write
 audit finds every acknowledged write. The ledger is in ConfigMaps, and the
-controller is killed after each step that acts on the cluster (stop_writers,
-repoint, start_writers): each next run is a new process with nothing but the plan,
-as a Job's next pod would be. A rollback then puts the Secret's values back exactly
-and the application writes on the source again.
+controller is killed after every step of the switch in turn, each next run going
+one step further: each is a new process with nothing but the plan and another
+state directory, as a Job's next pod would be, and after each kill the cluster is
+as that step leaves it. A rollback then puts the Secret's values back exactly and
+the application writes on the source again.
 """
 
 import base64
@@ -25,8 +26,12 @@ import yaml
 
 from cutover import load, wait
 from cutover.lab import Lab
+from cutover.ledger import journal_for
 from cutover.pg import load as load_sql
+from cutover.plan import load as load_plan
 from cutover.runner import FAILPOINT
+from cutover.steps import SwitchStep as S
+from cutover.writers.kubernetes import held_name
 from tests.conftest import REPO, Databases, Result, connect
 from tests.integration.conftest import TABLE_NAMES, TABLES
 from tests.k8s.apiserver import ApiError, Cluster
@@ -34,6 +39,31 @@ from tests.k8s.workloads import autoscaler, deployment
 
 NS = "shop"
 pytestmark = pytest.mark.integration
+
+# The steps of a native switch with --keep-fallback, in the order it runs them.
+# (status --json is asked after the kills at the steps that act on the cluster; after
+# the others the test reads the ConfigMap ledger itself: status takes 2.5 s a run.)
+CLUSTER_STEPS = {S.STOP_WRITERS, S.REPOINT, S.START_WRITERS}
+WALK = [
+    S.CHECK_READY,
+    S.COPY_SEQUENCES_AHEAD,
+    S.STOP_WRITERS,
+    S.FENCE_SOURCE,
+    S.WAIT_FOR_BARRIER,
+    S.COPY_SEQUENCES,
+    S.PROMOTE,
+    S.START_FALLBACK,
+    S.REPOINT,
+    S.START_WRITERS,
+    S.REFRESH_MATERIALIZED_VIEWS,
+    S.RELEASE_SOURCE,
+    S.VERIFY_COUNTS,
+    S.CHECK_WRITERS,
+]
+# Steps whose effect the servers or the cluster show: the run after the kill adopts them.
+OBSERVABLE = {S.COPY_SEQUENCES, S.PROMOTE, S.START_FALLBACK, S.REPOINT, S.RELEASE_SOURCE}
+PAUSED = WALK[WALK.index(S.STOP_WRITERS) : WALK.index(S.START_WRITERS)]
+REPOINTED = WALK[WALK.index(S.REPOINT) :]
 
 
 def b64(text: str) -> str:
@@ -60,7 +90,7 @@ def app(name: str, replicas: int, logs: Path) -> dict[str, Any]:
     )
 
 
-def test_a_switch_of_kubernetes_tiers_killed_at_each_cluster_step_then_rolled_back_loses_nothing(
+def test_a_switch_of_kubernetes_tiers_killed_at_every_step_then_rolled_back_loses_nothing(
     lab: Lab,
     databases: Databases,
     write_plan: Callable[..., Path],
@@ -108,7 +138,8 @@ def test_a_switch_of_kubernetes_tiers_killed_at_each_cluster_step_then_rolled_ba
             for key in ("DATABASE_URL", "WRITER_URL")
         ],
         fence={"roles": [role]},
-        thresholds={"lag_window": "1s", "switch_timeout": "10s", "drain_timeout": "20s"},
+        # Each run before the promotion checks the lag again: no window to hold, seven times.
+        thresholds={"lag_window": "0s", "switch_timeout": "10s", "drain_timeout": "20s"},
         ledger={"configmap": {**k8s, "lease_duration": "3s"}},
     )
     for command in ("prepare", "start"):
@@ -129,10 +160,21 @@ def test_a_switch_of_kubernetes_tiers_killed_at_each_cluster_step_then_rolled_ba
     hpa_before = cluster.get("horizontalpodautoscalers", NS, "web")["spec"]
     secret_before = cluster.get("secrets", NS, "db")["data"]
 
-    # The controller killed at each step that acts on the cluster, its Lease still
-    # held: each next run is a new process on another "node", with an empty state
-    # directory and nothing but the plan and the ConfigMap ledger.
-    for runs, step in enumerate(("stop_writers", "repoint", "start_writers"), start=1):
+    def secret_on(port: int) -> bool:
+        data = cluster.get("secrets", NS, "db")["data"]
+        return all(
+            f":{port}/" in base64.b64decode(data[k]).decode()
+            for k in ("DATABASE_URL", "WRITER_URL")
+        )
+
+    # The controller killed after each step's work, before the ledger knew it, its
+    # Lease still held: each next run is a new process on another "node", with an
+    # empty state directory and nothing but the plan and the ConfigMap ledger; it
+    # does the killed step again (or adopts it) and is killed after the next.
+    for runs, step in enumerate(WALK, start=1):
+        if step is S.COPY_SEQUENCES:  # a sequence moved in the pause: the copy has work
+            with connect(lab.server("source"), db) as conn:  # a superuser: not fenced
+                conn.execute("SELECT nextval('load_ticket_seq')")
         elsewhere = tmp_path / f"run{runs}.yaml"
         elsewhere.write_text(
             yaml.safe_dump(
@@ -148,14 +190,52 @@ def test_a_switch_of_kubernetes_tiers_killed_at_each_cluster_step_then_rolled_ba
             env={FAILPOINT: f"all/switch.{step}@applied"},
             timeout=240,
         )
-        assert killed.code == -9, killed.stdout + killed.stderr
-        status = json.loads(cutover("status", "-p", str(plan), "--json").stdout)
-        assert status["interrupted"] == [f"all/switch.{step}"]  # read from the ConfigMap
+        assert killed.code == -9, f"{step}: {killed.stdout}{killed.stderr}"
+        assert [r.key for r in journal_for(load_plan(plan)).running()] == [f"all/switch.{step}"]
+        if step in CLUSTER_STEPS:
+            status = json.loads(cutover("status", "-p", str(plan), "--json").stdout)
+            assert status["interrupted"] == [f"all/switch.{step}"]  # read from the ConfigMap
+        # The cluster as the step left it: the writers at 0, no pod left and the
+        # autoscaler held from the stop to the start; the Secret on the target from
+        # the repoint on.
+        paused = step in PAUSED
+        hpa = cluster.get("horizontalpodautoscalers", NS, "web")["spec"]
+        assert hpa == (
+            {
+                **hpa_before,
+                "scaleTargetRef": {**hpa_before["scaleTargetRef"], "name": held_name("web")},
+            }
+            if paused
+            else hpa_before
+        ), step
+        for name, count in (("web", 2), ("worker", 1)):
+            found = cluster.get("deployments", NS, name)
+            assert found["spec"]["replicas"] == (0 if paused else count), (step, name)
+            if not paused:  # before the stop, or ready again by the start
+                assert found["status"]["readyReplicas"] == count, (step, name)
+        if paused:  # drained: the stop waited for every pod to end
+            assert cluster.select("pods", NS, "app in (web,worker)") == [], step
+        if step in REPOINTED:
+            assert secret_on(target_port), step
+        else:
+            assert cluster.get("secrets", NS, "db")["data"] == secret_before, step
+        if step is S.START_WRITERS:
+            until(lambda: acked(target_port) > 0)  # the pods it started write to the target
 
     switched = cutover("switch", "-p", str(plan), "--yes", "--keep-fallback", timeout=240)
 
     assert switched.code == 0, switched.stdout + switched.stderr
     assert "all/switch.start_writers" in switched.stdout  # done again from the record: idempotent
+    journal = journal_for(load_plan(plan))
+    switch_steps = {k: r for k, r in journal.steps().items() if k.startswith("all/switch.")}
+    assert set(switch_steps) == {f"all/switch.{s}" for s in WALK}  # every step was killed
+    for step in WALK:
+        record = switch_steps[f"all/switch.{step}"]
+        assert record.status == "done", step
+        if step in OBSERVABLE:  # what the servers and the cluster show done: not done twice
+            assert (record.outcome, record.runs) == ("adopted", 1), step
+        else:  # done again by the run after its kill (start_writers from the record)
+            assert (record.outcome, record.runs) == ("applied", 2), step
     assert password not in switched.stdout + switched.stderr
     for name, count in (("web", 2), ("worker", 1)):  # from the record, never the live zero
         found = cluster.get("deployments", NS, name)

@@ -1,7 +1,8 @@
 """The Kubernetes writer through the real client, against the API server stand-in.
 
 The stop records each workload's count before it changes it, holds the autoscaler,
-suspends the CronJob and waits its Job out; the pods go within the drain timeout
+suspends the CronJob and waits its Job out (or, with end_running_jobs, deletes the
+Job and waits only for its pod to end); the pods go within the drain timeout
 (or the switch's wait fails naming them); the start restores exactly the recorded
 counts, suspensions and autoscaler targets, also after a crash left the live counts
 at zero.
@@ -19,7 +20,7 @@ from cutover.errors import StepFailed
 from cutover.ledger import FileStore, WriterRecords
 from cutover.plan import KubernetesWriter as Spec
 from cutover.writers.kubernetes import KubernetesWriter, held_name
-from tests.k8s.apiserver import Cluster
+from tests.k8s.apiserver import ApiError, Cluster
 from tests.k8s.workloads import autoscaler, cron_job, deployment, job_of, stateful_set
 
 NS = "shop"
@@ -35,6 +36,11 @@ def pods(cluster: Cluster, app: str) -> list[dict[str, Any]]:
 
 def ready(cluster: Cluster, resource: str, name: str) -> int:
     return int(cluster.get(resource, NS, name)["status"].get("readyReplicas", 0))
+
+
+def running(cluster: Cluster, job: str) -> bool:
+    """The Job's pod is ready: it has set its SIGTERM handler."""
+    return bool(cluster.get("jobs", NS, job).get("status", {}).get("ready"))
 
 
 @pytest.fixture
@@ -105,6 +111,8 @@ def test_stop_records_the_counts_holds_the_autoscaler_suspends_the_cronjob_and_d
     assert not stopping.is_drained()  # the Job still runs, the pods are terminating
     assert "job/nightly-1" in stopping.draining()
     until(stopping.is_drained, timeout=10)
+    assert not any(m == "DELETE" for m, _ in shop.requests)  # waited out, not ended
+    assert shop.get("jobs", NS, "nightly-1")["status"]["succeeded"] == 1
     assert pods(shop, "api") == [] and pods(shop, "db-sync") == []
     time.sleep(0.5)  # the autoscaler, held, does not scale api back to its minReplicas
     assert shop.get("deployments", NS, "api")["spec"]["replicas"] == 0
@@ -241,3 +249,75 @@ def test_the_switch_names_what_still_runs_when_a_tier_does_not_drain(
     assert "slow still runs pod/slow-" in failed.value.message
     switch.start_writers(dry_run=False)  # the undo: back to 1, from the record
     assert cluster.get("deployments", NS, "slow")["spec"]["replicas"] == 1
+
+
+def test_with_end_running_jobs_the_stop_deletes_the_running_job_and_drains_its_pod(
+    shop: Cluster, kubeconfig: Path, records: WriterRecords
+) -> None:
+    cron = shop.get("cronjobs", NS, "nightly")
+    # A Job of an hour; its pod takes 1 s to end on SIGTERM.
+    shop.create("jobs", NS, job_of(cron, "nightly-1", seconds=3600.0, linger=1.0))
+    shop.create("cronjobs", NS, cron_job("weekly"))  # not the writer's: its Job runs on
+    shop.create("jobs", NS, job_of(shop.get("cronjobs", NS, "weekly"), "weekly-1", seconds=3600))
+    until(lambda: all(running(shop, job) for job in ("nightly-1", "weekly-1")))
+    stopping = writer(kubeconfig, records, cronjobs=["nightly"], end_running_jobs=True)
+
+    planned = [c.action for c in stopping.stop(dry_run=True)]
+    assert planned == [
+        "cronjob/nightly: suspend",
+        "job/nightly-1: delete (propagationPolicy Background)",
+    ]
+    assert shop.get("jobs", NS, "nightly-1")["status"]["active"] == 1  # a dry run ends nothing
+    shop.requests.clear()
+    began = time.monotonic()
+
+    changes = stopping.stop(dry_run=False)
+
+    assert [c.action for c in changes] == planned
+    job_path = f"/apis/batch/v1/namespaces/{NS}/jobs/nightly-1"
+    cron_path = f"/apis/batch/v1/namespaces/{NS}/cronjobs/nightly"
+    assert [r for r in shop.requests if r[0] in ("PATCH", "DELETE")] == [
+        ("PATCH", cron_path),  # suspended first: no new Job starts while the old ones end
+        ("DELETE", job_path),
+    ]
+    with pytest.raises(ApiError):
+        shop.get("jobs", NS, "nightly-1")
+    assert records.get("shop")["ended_jobs"] == ["nightly-1"]  # type: ignore[index]
+    # The Job is gone; its pod, terminating, is what the drain waits for.
+    assert not stopping.is_drained()
+    assert stopping.draining().startswith("pod/nightly-1-")
+    until(stopping.is_drained, timeout=10)
+    assert time.monotonic() - began < 5  # its grace period, not the hour of its work
+    assert shop.select("pods", NS, "app=nightly-1") == []
+    assert shop.get("jobs", NS, "weekly-1")["status"]["active"] == 1
+    assert len(shop.select("pods", NS, "app=weekly-1")) == 1
+
+    # A stop run again (the controller died before the step was recorded) finds nothing
+    # running: no second delete, the record keeps the Job it ended.
+    shop.requests.clear()
+    again = writer(kubeconfig, records, cronjobs=["nightly"], end_running_jobs=True)
+    assert [c.action for c in again.stop(dry_run=False)] == ["cronjob/nightly: suspend"]
+    assert not any(m == "DELETE" for m, _ in shop.requests)
+    assert records.get("shop")["ended_jobs"] == ["nightly-1"]  # type: ignore[index]
+    assert again.is_drained()
+    again.start(dry_run=False)
+    assert shop.get("cronjobs", NS, "nightly")["spec"]["suspend"] is False
+
+
+def test_a_job_deleted_by_someone_else_between_the_list_and_the_delete_is_no_error(
+    shop: Cluster, kubeconfig: Path, records: WriterRecords
+) -> None:
+    cron = shop.get("cronjobs", NS, "nightly")
+    shop.create("jobs", NS, job_of(cron, "nightly-1", seconds=3600.0))
+    until(lambda: running(shop, "nightly-1"))
+    # e.g. a run that died after its delete, or the Job's TTL controller: a 404 for ours
+    shop.interfere[("jobs", "nightly-1")] = lambda _: shop.delete(
+        "jobs", NS, "nightly-1", propagation="Background"
+    )
+    stopping = writer(kubeconfig, records, cronjobs=["nightly"], end_running_jobs=True)
+
+    stopping.stop(dry_run=False)
+
+    assert ("DELETE", f"/apis/batch/v1/namespaces/{NS}/jobs/nightly-1") in shop.requests
+    until(stopping.is_drained, timeout=10)
+    assert shop.select("pods", NS, "app=nightly-1") == []

@@ -13,6 +13,11 @@ and env come from the pod template (env `valueFrom.secretKeyRef` and
 `configMapKeyRef` resolved when the process starts). Scaling down ends processes
 with SIGTERM, then SIGKILL after `terminationGracePeriodSeconds`; the pod is gone
 once its process is. A changed pod template (a rollout restart) replaces the pods.
+A Job's pod counts as active at once, and as ready once its process has run
+READY_AFTER_SECONDS, as a replica does. A deleted object's pods end the same way,
+as the garbage collector has them deleted, unless its propagationPolicy (the
+body's, or the query's) is Orphan: a Job's default, as the real API server's for
+batch/v1 Jobs (Foreground is taken as Background here).
 An autoscaler whose target exists keeps the target's replicas within its
 minReplicas and maxReplicas, as the real one keeps them from being scaled away.
 """
@@ -176,8 +181,8 @@ class Cluster:
     token: str = field(default_factory=lambda: secrets.token_hex(16))
     objects: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path)
-    # Called once, before the next PUT or PATCH of (resource, name) is checked: a concurrent
-    # writer's change landing between a client's read and its write.
+    # Called once, before the next PUT, PATCH or DELETE of (resource, name) is checked: a
+    # concurrent writer's change (or deletion) landing between a client's read and its write.
     interfere: dict[tuple[str, str], Callable[[dict[str, Any]], None]] = field(default_factory=dict)
     _version: int = 0
     _lock: threading.RLock = field(default_factory=threading.RLock)
@@ -335,11 +340,21 @@ class Cluster:
                 new["status"] = old["status"]
             return self.update(resource, ns, name, lambda o: (o.clear(), o.update(new)))
 
-    def delete(self, resource: str, ns: str, name: str) -> dict[str, Any]:
+    def delete(
+        self, resource: str, ns: str, name: str, *, propagation: str | None = None
+    ) -> dict[str, Any]:
+        """Remove an object; its pods terminate unless orphaned (a Job's default)."""
+        policy = propagation or ("Orphan" if resource == "jobs" else "Background")
+        if policy not in ("Orphan", "Background", "Foreground"):
+            raise ApiError(400, "BadRequest", f"unknown propagationPolicy {policy}")
         with self._lock:
             found = self.objects.pop((resource, ns, name), None)
             if found is None:
                 raise ApiError(404, "NotFound", f'{resource} "{name}" not found')
+            if policy != "Orphan":
+                for pod in self._pods_of(ns, found["metadata"]["uid"]):
+                    if "deletionTimestamp" not in pod["metadata"]:
+                        self._terminate(pod)
             return found
 
     # -- the REST API ------------------------------------------------------------------------
@@ -388,7 +403,13 @@ class Cluster:
                 patched["metadata"].pop("resourceVersion", None)  # a patch without one: no CAS
             return 200, self._write(resource, ns, name, patched, keep_status=False)
         if method == "DELETE":
-            return 200, self.delete(resource, ns, name)
+            meddle = self.interfere.pop((resource, name), None)
+            if meddle is not None:
+                self.update(resource, ns, name, meddle)
+            policy = (body or {}).get("propagationPolicy") or (
+                query.get("propagationPolicy") or [None]
+            )[0]
+            return 200, self.delete(resource, ns, name, propagation=policy)
         raise ApiError(405, "MethodNotAllowed", method)
 
     def _scale(
@@ -589,16 +610,21 @@ class Cluster:
         job = self.objects[("jobs", ns, name)]
         status = job.setdefault("status", {})
         if status.get("startTime") is None:
-            status.update(startTime=_now(), active=1)
+            status.update(startTime=_now(), active=1, ready=0)
             self._start_pod(job, ns, f"{name}-{uuid.uuid4().hex[:5]}", None)
             self._bump(job)
+        elif status.get("active") and not status.get("ready"):
+            pods = self._pods_of(ns, job["metadata"]["uid"])
+            if any(self._ready(ns, p["metadata"]["name"]) for p in pods):
+                status["ready"] = 1  # its signal handlers are set by now
+                self._bump(job)
 
     def _finish_job(self, ns: str, name: str, code: int) -> None:
         job = self.objects.get(("jobs", ns, name))
         if job is None:
             return
         done = "succeeded" if code == 0 else "failed"
-        job["status"].update({"active": 0, done: 1})
+        job["status"].update({"active": 0, "ready": 0, done: 1})
         if code == 0:
             job["status"]["completionTime"] = _now()
         self._bump(job)

@@ -77,7 +77,21 @@ def cron_job(name: str, *, suspended: bool = False) -> dict[str, Any]:
     }
 
 
-def job_of(cron: dict[str, Any], name: str, seconds: float) -> dict[str, Any]:
+# A Job's pod: works `seconds`, then succeeds; on SIGTERM lingers `linger` seconds, then fails.
+JOB = (
+    "import signal, sys, time\n"
+    "seconds, linger = map(float, sys.argv[1:3])\n"
+    "def stop(*_):\n"
+    "    time.sleep(linger)\n"
+    "    sys.exit(143)\n"
+    "signal.signal(signal.SIGTERM, stop)\n"
+    "time.sleep(seconds)\n"
+)
+
+
+def job_of(
+    cron: dict[str, Any], name: str, seconds: float, *, linger: float = 0.0, grace: int = 30
+) -> dict[str, Any]:
     """A Job the CronJob started: runs `seconds`, then succeeds."""
     return {
         "metadata": {
@@ -94,7 +108,7 @@ def job_of(cron: dict[str, Any], name: str, seconds: float) -> dict[str, Any]:
         },
         "spec": {
             "template": pod_template(
-                name, argv=[sys.executable, "-c", f"import time; time.sleep({seconds})"]
+                name, argv=[sys.executable, "-c", JOB, str(seconds), str(linger)], grace=grace
             )
         },
     }

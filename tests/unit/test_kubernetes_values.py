@@ -109,12 +109,18 @@ recorded = st.builds(
     ).map(tuple),
     st.lists(st.builds(CronJob, names_, st.booleans()), max_size=2).map(tuple),
     st.booleans(),
+    st.lists(names_, max_size=2).map(tuple),
 )
 
 
 @given(recorded)
 def test_the_recorded_state_reads_back_as_written(state: Recorded) -> None:
     assert Recorded.from_dict(state.to_dict()) == state
+
+
+def test_a_record_from_before_ended_jobs_reads_as_none_ended() -> None:
+    old = {"workloads": [], "autoscalers": [], "cronjobs": [], "started": False}
+    assert Recorded.from_dict(old).ended_jobs == ()
 
 
 @pytest.mark.parametrize(
@@ -137,6 +143,7 @@ def test_the_recorded_state_reads_back_as_written(state: Recorded) -> None:
             "cronjobs": [],
         },
         {"workloads": [], "autoscalers": [], "cronjobs": [{"name": "c", "suspended": "no"}]},
+        {"workloads": [], "autoscalers": [], "cronjobs": [], "ended_jobs": "nightly-1"},
     ],
 )
 def test_a_damaged_record_is_refused(damaged: dict[str, object]) -> None:
@@ -213,6 +220,7 @@ def test_the_plan_takes_kubernetes_writers_and_repoints() -> None:
     assert plan.writers[0].has_health  # ready replicas against the recorded counts
     assert plan.writers[0].kubernetes is not None
     assert plan.writers[0].kubernetes.kubeconfig is None  # in-cluster
+    assert plan.writers[0].kubernetes.end_running_jobs is False  # running Jobs waited for
     assert plan.repoint[0].kubernetes is not None
     assert plan.repoint[0].kubernetes.value is RepointValue.DSN
 
