@@ -19,6 +19,7 @@ from cutover.lab import Lab, free_port
 from cutover.ledger import journal_for
 from cutover.pg import load as load_sql
 from cutover.plan import load as load_plan
+from cutover.steps import SwitchStep as S
 from tests import pgbouncer
 from tests.conftest import Databases, Result, connect
 from tests.gcp.backend import ENABLE_PGLOGICAL, LOGICAL_DECODING, lab_standin
@@ -26,6 +27,25 @@ from tests.gcp.standin import Standin, dms_settings
 
 TABLES = 12
 TABLE_NAMES = [*load_sql.table_names(TABLES), load_sql.KEYLESS]
+
+# The steps of a native switch with --keep-fallback, in the order it runs them: the
+# walks that kill the switch after each in turn.
+KEEP_FALLBACK_WALK = [
+    S.CHECK_READY,
+    S.COPY_SEQUENCES_AHEAD,
+    S.STOP_WRITERS,
+    S.FENCE_SOURCE,
+    S.WAIT_FOR_BARRIER,
+    S.COPY_SEQUENCES,
+    S.PROMOTE,
+    S.START_FALLBACK,
+    S.REPOINT,
+    S.START_WRITERS,
+    S.REFRESH_MATERIALIZED_VIEWS,
+    S.RELEASE_SOURCE,
+    S.VERIFY_COUNTS,
+    S.CHECK_WRITERS,
+]
 VIEW = "CREATE MATERIALIZED VIEW load_totals AS SELECT 1 AS n, count(*) AS rows FROM load_01"
 ENGINES = ["native", "pglogical"]
 

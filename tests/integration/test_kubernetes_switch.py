@@ -33,33 +33,17 @@ from cutover.runner import FAILPOINT
 from cutover.steps import SwitchStep as S
 from cutover.writers.kubernetes import held_name
 from tests.conftest import REPO, Databases, Result, connect
-from tests.integration.conftest import TABLE_NAMES, TABLES
+from tests.integration.conftest import KEEP_FALLBACK_WALK, TABLE_NAMES, TABLES
 from tests.k8s.apiserver import ApiError, Cluster
 from tests.k8s.workloads import autoscaler, deployment
 
 NS = "shop"
 pytestmark = pytest.mark.integration
 
-# The steps of a native switch with --keep-fallback, in the order it runs them.
-# (status --json is asked after the kills at the steps that act on the cluster; after
-# the others the test reads the ConfigMap ledger itself: status takes 2.5 s a run.)
+# status --json is asked after the kills at the steps that act on the cluster; after
+# the others the test reads the ConfigMap ledger itself: status takes 2.5 s a run.
 CLUSTER_STEPS = {S.STOP_WRITERS, S.REPOINT, S.START_WRITERS}
-WALK = [
-    S.CHECK_READY,
-    S.COPY_SEQUENCES_AHEAD,
-    S.STOP_WRITERS,
-    S.FENCE_SOURCE,
-    S.WAIT_FOR_BARRIER,
-    S.COPY_SEQUENCES,
-    S.PROMOTE,
-    S.START_FALLBACK,
-    S.REPOINT,
-    S.START_WRITERS,
-    S.REFRESH_MATERIALIZED_VIEWS,
-    S.RELEASE_SOURCE,
-    S.VERIFY_COUNTS,
-    S.CHECK_WRITERS,
-]
+WALK = KEEP_FALLBACK_WALK
 # Steps whose effect the servers or the cluster show: the run after the kill adopts them.
 OBSERVABLE = {S.COPY_SEQUENCES, S.PROMOTE, S.START_FALLBACK, S.REPOINT, S.RELEASE_SOURCE}
 PAUSED = WALK[WALK.index(S.STOP_WRITERS) : WALK.index(S.START_WRITERS)]

@@ -26,6 +26,7 @@ from cutover.writers.pgbouncer import PgBouncerWriter as Writer
 from tests import pgbouncer
 from tests.conftest import Databases, Result, connect
 from tests.integration.conftest import (
+    KEEP_FALLBACK_WALK,
     Running,
     acked_on,
     audit_on_source,
@@ -219,23 +220,7 @@ def writes_on(
     return acked_on(running, port) > before + more_than
 
 
-# The steps of a native switch with --keep-fallback, in the order it runs them.
-WALK = [
-    S.CHECK_READY,
-    S.COPY_SEQUENCES_AHEAD,
-    S.STOP_WRITERS,
-    S.FENCE_SOURCE,
-    S.WAIT_FOR_BARRIER,
-    S.COPY_SEQUENCES,
-    S.PROMOTE,
-    S.START_FALLBACK,
-    S.REPOINT,
-    S.START_WRITERS,
-    S.REFRESH_MATERIALIZED_VIEWS,
-    S.RELEASE_SOURCE,
-    S.VERIFY_COUNTS,
-    S.CHECK_WRITERS,
-]
+WALK = KEEP_FALLBACK_WALK
 PAUSED = WALK[WALK.index(S.STOP_WRITERS) : WALK.index(S.START_WRITERS)]
 REPOINTED = WALK[WALK.index(S.REPOINT) :]
 
