@@ -174,6 +174,8 @@ class Journal:
         self._doc.id = self._doc.id or identity(store)
         self._unwritten = False  # a record only in memory (see finished)
         self._unsynced = False  # written, but not waited for (see started)
+        # From the first durable record on, every write waits for the disk.
+        self._durable = any(r.durable for r in self._doc.steps.values())
 
     @property
     def id(self) -> str:
@@ -302,17 +304,17 @@ class Journal:
 
     def flush(self, *, sync: bool = True) -> None:
         """Write what is not written; with `sync` (or a durable record held) wait for the disk."""
-        sync = sync or self._holds_durable()
+        sync = sync or self._durable
         if self._unwritten or (sync and self._unsynced):
             self._write(sync=sync)
 
-    def _holds_durable(self) -> bool:
-        return any(r.durable for r in self._doc.steps.values())
-
     def _append(self, event: Event, *, write: bool = True, sync: bool = True) -> None:
+        """Add an event; a step's events come after its record changed (`event.key`)."""
         self._doc.events.append(event)
+        record = self._doc.steps.get(event.key) if event.key else None
+        self._durable = self._durable or (record is not None and record.durable)
         if write:
-            self._write(sync=sync or self._holds_durable())
+            self._write(sync=sync or self._durable)
         else:
             self._unwritten = True
 
