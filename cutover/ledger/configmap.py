@@ -25,7 +25,7 @@ from kubernetes.client.exceptions import ApiException
 
 from cutover.errors import LedgerLocked, StepFailed, UsageError
 from cutover.kube import api_client
-from cutover.ledger.base import actor
+from cutover.ledger.base import COMPACT, actor
 from cutover.plan import ConfigMapLedger
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class ConfigMapStore:
 
         Durable once the API server answers, `sync` or not.
         """
-        text = json.dumps(data, indent=1)
+        text = json.dumps(data, separators=COMPACT)  # a ConfigMap holds 1 MiB at most
         ns = self._spec.namespace
         for _ in range(CONFLICT_ATTEMPTS):
             found = self._read_map()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cutover.errors import LedgerLocked, UsageError
-from cutover.ledger.base import actor, now
+from cutover.ledger.base import COMPACT, actor, now
 
 
 class FileStore:
@@ -51,7 +51,7 @@ class FileStore:
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
         try:
             with os.fdopen(fd, "w") as handle:
-                json.dump(data, handle, indent=1)
+                json.dump(data, handle, separators=COMPACT)
                 handle.flush()
                 if sync:
                     os.fsync(handle.fileno())
