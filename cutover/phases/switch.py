@@ -61,7 +61,7 @@ from cutover.plan import LargeObjects, Plan
 from cutover.repoint import repoint_for
 from cutover.steps import Change, Phase, Step
 from cutover.steps import SwitchStep as S
-from cutover.types import Lag
+from cutover.types import Lag, SyncProgress
 from cutover.writers import Writer, writer_for
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,10 @@ READY_POLL_SECONDS = 0.5
 # again only when its manager wakes (up to 3 min later): the switch wakes it (resume_apply),
 # and the manager then waits 5 s after the failure and up to 5 s more.
 APPLY_STOPPED_GRACE = 15.0
-HEALTH_POLL_SECONDS = 0.5  # a health probe may run a command: not every few ms
+HEALTH_POLL_SECONDS = 0.5
+# A table carried after start (sync-schema) has its rows before its engine calls it ready
+# (pglogical: synchronized, then ready once the apply passes the copy's end): waited for.
+COPY_SETTLE_SECONDS = 30.0  # a health probe may run a command: not every few ms
 
 
 @dataclass(frozen=True)
@@ -141,12 +144,7 @@ class Switch:
         if self.fallback is not None:  # first: a refusal needs no copy to be finished
             self._check_fallback_possible()
         for db in self.databases:
-            progress = state.replication(self.engine, self.servers, db).progress
-            if progress is None or not progress.done:
-                raise PreconditionFailed(
-                    f"{db}: the initial copy has not finished",
-                    hint="run `cutover start --wait` first",
-                )
+            progress = self._copied(db)
             self._check_no_drift(db, set(progress.tables))
             if not self.engine.ready_to_switch(db):
                 changes += self.engine.prepare_switch(db, dry_run=dry_run)
@@ -158,6 +156,27 @@ class Switch:
         # verify_counts' connections, opened now: in the pause only their snapshots are taken.
         self._pins = {db: verify.Pinned(self.servers, db) for db in self.databases}
         return changes
+
+    def _copied(self, db: str) -> SyncProgress:
+        """The initial copy's progress, every table ready; one still settling is waited for
+        up to COPY_SETTLE_SECONDS; none read (no copy begun) fails at once."""
+        hint = "run `cutover start --wait` first"
+
+        def done() -> SyncProgress | None:
+            progress = state.replication(self.engine, self.servers, db).progress
+            if progress is None:
+                raise PreconditionFailed(f"{db}: the initial copy has not finished", hint=hint)
+            return progress if progress.done else None
+
+        return wait.until(
+            done,
+            timeout=min(COPY_SETTLE_SECONDS, self.limits.ready_timeout),
+            interval=READY_POLL_SECONDS,
+            what=f"{db}: the initial copy did not finish",
+            hint=hint,
+            clock=self.clock,
+            sleep=self.sleep,
+        )
 
     def _hold_lag(self) -> None:
         """Wait until the lag stays under max_switch_lag for lag_window, unbroken.
