@@ -150,9 +150,10 @@ def phase(
                     return True
             else:  # the engine's own copy goes on (a start that resumed while it ran)
                 on_progress(progress)
-            if not lag.connected and not woken and engine.apply_stopped(db):
+            if not lag.connected and not woken:
                 # pglogical starts a worker that failed (a cut connection) only when its
-                # manager wakes, up to 3 min later: asked once, it starts within 10 s.
+                # manager wakes, up to 3 min later: asked once, it starts within 10 s. The
+                # engines whose workers restart by themselves have nothing to do (no I/O).
                 woken.extend(engine.resume_apply(db, dry_run=False))
             if not lag.connected and clock() > connect_by:
                 raise StepFailed(

@@ -72,10 +72,10 @@ READY_POLL_SECONDS = 0.5
 # again only when its manager wakes (up to 3 min later): the switch wakes it (resume_apply),
 # and the manager then waits 5 s after the failure and up to 5 s more.
 APPLY_STOPPED_GRACE = 15.0
-HEALTH_POLL_SECONDS = 0.5
+HEALTH_POLL_SECONDS = 0.5  # a health probe may run a command: not every few ms
 # A table carried after start (sync-schema) has its rows before its engine calls it ready
 # (pglogical: synchronized, then ready once the apply passes the copy's end): waited for.
-COPY_SETTLE_SECONDS = 30.0  # a health probe may run a command: not every few ms
+COPY_SETTLE_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
