@@ -8,7 +8,7 @@ The ledger never holds a secret: error texts are redacted before they arrive.
 from collections.abc import Callable
 from typing import Any
 
-from cutover.ledger.base import Event, Journal, Pause, StepRecord, Store, now
+from cutover.ledger.base import Event, Journal, Pause, StepRecord, Store, dumps, now
 from cutover.ledger.file import FileStore
 from cutover.plan import Plan
 
@@ -50,7 +50,7 @@ def save_verification(plan: Plan, *, mode: str, mismatches: dict[str, int]) -> N
     A document of its own, written atomically without the move's lock: a
     verification may run while another command holds it.
     """
-    store_for(plan, "verify").write({"at": now(), "mode": mode, "mismatches": mismatches})
+    store_for(plan, "verify").write(dumps({"at": now(), "mode": mode, "mismatches": mismatches}))
 
 
 class WriterRecords:
@@ -75,7 +75,7 @@ class WriterRecords:
         """Keep the writer's record, replacing an earlier one."""
         data = self._store.read() or {"writers": {}}
         data.setdefault("writers", {})[writer] = {**record, "at": now()}
-        self._store.write(data)
+        self._store.write(dumps(data))
 
 
 def writer_records(plan: Plan) -> WriterRecords:

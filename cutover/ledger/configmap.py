@@ -25,7 +25,7 @@ from kubernetes.client.exceptions import ApiException
 
 from cutover.errors import LedgerLocked, StepFailed, UsageError
 from cutover.kube import api_client
-from cutover.ledger.base import COMPACT, actor
+from cutover.ledger.base import actor
 from cutover.plan import ConfigMapLedger
 
 log = logging.getLogger(__name__)
@@ -114,12 +114,12 @@ class ConfigMapStore:
             ) from None
         return data
 
-    def write(self, data: dict[str, Any], *, sync: bool = True) -> None:
-        """Replace the document with a compare-and-set (create it the first time).
+    def write(self, text: str, *, sync: bool = True) -> None:
+        """Replace the document with `text` (JSON, a ConfigMap holds 1 MiB at most) with a
+        compare-and-set (create it the first time).
 
         Durable once the API server answers, `sync` or not.
         """
-        text = json.dumps(data, separators=COMPACT)  # a ConfigMap holds 1 MiB at most
         ns = self._spec.namespace
         for _ in range(CONFLICT_ATTEMPTS):
             found = self._read_map()

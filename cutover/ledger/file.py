@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cutover.errors import LedgerLocked, UsageError
-from cutover.ledger.base import COMPACT, actor, now
+from cutover.ledger.base import actor, now
 
 
 class FileStore:
@@ -45,13 +45,13 @@ class FileStore:
             ) from None
         return data
 
-    def write(self, data: dict[str, Any], *, sync: bool = True) -> None:
-        """Replace the document atomically; with `sync`, durably too."""
+    def write(self, text: str, *, sync: bool = True) -> None:
+        """Replace the document with `text` (JSON) atomically; with `sync`, durably too."""
         self._ensure_dir()
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
         try:
             with os.fdopen(fd, "w") as handle:
-                json.dump(data, handle, separators=COMPACT)
+                handle.write(text)
                 handle.flush()
                 if sync:
                     os.fsync(handle.fileno())

@@ -1,5 +1,6 @@
 """Every call cutover makes to Kubernetes is one the Role of k8s/base/rbac.yaml allows."""
 
+import json
 import re
 from pathlib import Path
 
@@ -97,7 +98,7 @@ def test_the_role_allows_every_call_of_the_writer_the_repoint_and_the_ledger(
         journal.note("test", detail="created")
         journal.note("test", detail="updated")
         for mode in ("counts", "checksum"):  # made, then replaced
-            ConfigMapStore(ledger, "orders", kind="verify").write({"mode": mode})
+            ConfigMapStore(ledger, "orders", kind="verify").write(json.dumps({"mode": mode}))
 
     calls: set[Rule] = set()
     for method, path in cluster.requests:
