@@ -7,10 +7,18 @@ ledger, so a conflict is an operator's edit, and the ledger's own view wins). Th
 move's lock is a coordination.k8s.io/v1 Lease, `cutover-<move>`: its holder renews
 it every third of `lease_duration`; a holder that stopped renewing for longer is
 taken to be dead and its Lease is taken over, as a killed controller's flock is
-released by the kernel. A ConfigMap holds at most 1 MiB: a ledger's events fit
-many moves' worth of runs.
+released by the kernel.
+
+A ConfigMap holds at most 1 MiB. A document over `PLAIN_UP_TO` is kept gzipped
+under `binaryData` (`document.json.gz`): a ledger's JSON shrinks about twenty
+times, so the records of a move of about 1,500 databases fit (uncompressed, about
+130). A document that does not fit even so is refused with its size, before the
+API server would refuse it, and the one stored stays.
 """
 
+import base64
+import binascii
+import gzip
 import json
 import logging
 import threading
@@ -32,6 +40,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 KEY = "document.json"
+PACKED = "document.json.gz"
+LIMIT = 1024 * 1024  # what a ConfigMap holds, its data and binaryData together
+PLAIN_UP_TO = 256 * 1024  # a document up to this stays plain JSON, readable with kubectl
 CONFLICT_ATTEMPTS = 5
 
 
@@ -102,12 +113,17 @@ class ConfigMapStore:
     def read(self) -> dict[str, Any] | None:
         """The document, or None before the first write."""
         found = self._read_map()
-        text = (found.data or {}).get(KEY) if found is not None else None
-        if text is None:
+        if found is None:
             return None
+        packed = (found.binary_data or {}).get(PACKED)
+        text = (found.data or {}).get(KEY)
         try:
+            if packed is not None:
+                text = gzip.decompress(base64.b64decode(packed)).decode()
+            if text is None:
+                return None
             data: dict[str, Any] = json.loads(text)
-        except ValueError as exc:
+        except (ValueError, OSError, EOFError, binascii.Error) as exc:
             raise UsageError(
                 f"the ledger {self.describe()} cannot be read: {exc}",
                 hint="restore it from a backup, or delete it to start the move's record anew",
@@ -115,11 +131,12 @@ class ConfigMapStore:
         return data
 
     def write(self, text: str, *, sync: bool = True) -> None:
-        """Replace the document with `text` (JSON, a ConfigMap holds 1 MiB at most) with a
+        """Replace the document with `text` (JSON; gzipped over `PLAIN_UP_TO`) with a
         compare-and-set (create it the first time).
 
         Durable once the API server answers, `sync` or not.
         """
+        data, binary = self._pack(text)
         ns = self._spec.namespace
         for _ in range(CONFLICT_ATTEMPTS):
             found = self._read_map()
@@ -128,10 +145,11 @@ class ConfigMapStore:
                     meta = client.V1ObjectMeta(
                         name=self.name, labels={"app.kubernetes.io/managed-by": "cutover"}
                     )
-                    body = client.V1ConfigMap(metadata=meta, data={KEY: text})
+                    body = client.V1ConfigMap(metadata=meta, data=data, binary_data=binary)
                     self._call("create", self._core.create_namespaced_config_map, ns, body)
-                else:
-                    found.data = {**(found.data or {}), KEY: text}
+                else:  # the document in one form, the other removed; other keys kept
+                    found.data = {**_without(found.data, KEY), **data}
+                    found.binary_data = {**_without(found.binary_data, PACKED), **binary}
                     self._call(
                         "replace", self._core.replace_namespaced_config_map, self.name, ns, found
                     )
@@ -148,6 +166,22 @@ class ConfigMapStore:
             "attempts to write it",
             hint="something else writes it; stop that, then run again",
         )
+
+    def _pack(self, text: str) -> tuple[dict[str, str], dict[str, str]]:
+        """The document as the ConfigMap's data or, gzipped, its binaryData."""
+        raw = text.encode()
+        if len(raw) <= PLAIN_UP_TO:
+            return {KEY: text}, {}
+        packed = gzip.compress(raw, compresslevel=1, mtime=0)
+        if len(packed) > LIMIT - len(PACKED):
+            raise StepFailed(
+                f"the ledger {self.describe()} would hold {len(raw) / 2**20:.1f} MiB, "
+                f"{len(packed) / 2**20:.1f} MiB gzipped: over the 1 MiB a ConfigMap holds "
+                "(the document stored is kept)",
+                hint="split the move into plans of fewer databases, or keep its ledger in a "
+                "file: no ledger.configmap, and state_dir on a persistent volume",
+            )
+        return {}, {PACKED: base64.b64encode(packed).decode()}
 
     # -- the lock ----------------------------------------------------------------------------
 
@@ -270,3 +304,7 @@ class ConfigMapStore:
             stop.set()
             renewing.join(timeout=self._spec.timeout)
             self._release(me)
+
+
+def _without(entries: dict[str, Any] | None, key: str) -> dict[str, Any]:
+    return {k: v for k, v in (entries or {}).items() if k != key}

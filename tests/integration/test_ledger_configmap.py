@@ -1,14 +1,16 @@
 """The ledger in ConfigMaps, its lock a Lease, through the real client against the stand-in."""
 
+import json
+import os
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from cutover.errors import LedgerLocked
+from cutover.errors import LedgerLocked, StepFailed
 from cutover.ledger import Journal, store_for
-from cutover.ledger.configmap import ConfigMapStore
+from cutover.ledger.configmap import PACKED, ConfigMapStore
 from cutover.plan import ConfigMapLedger, parse
 from cutover.steps import Outcome
 from tests.k8s.apiserver import Cluster
@@ -46,6 +48,44 @@ def test_a_journal_is_written_through_and_read_back(cluster: Cluster, kubeconfig
     assert again.id == journal.id
     stored = cluster.get("configmaps", NS, "cutover-shop-2026-ledger")
     assert "document.json" in stored["data"]
+
+
+def test_the_records_of_hundreds_of_databases_fit_a_configmap_gzipped(
+    cluster: Cluster, kubeconfig: Path
+) -> None:
+    # Twelve steps of 400 databases, each started and finished: 2.4 MB of JSON, which the
+    # API server refuses plain (over 1 MiB).
+    at, actor = "2026-11-28T10:00:00.000+00:00", "cutover@pod-7f9c pid 1"
+    steps, events = {}, []
+    for db in range(400):
+        for step in range(12):
+            key = f"tenant_{db}/start.step_{step}"
+            steps[key] = {"key": key, "status": "done", "started_at": at, "ended_at": at}
+            steps[key].update(seconds=0.25, outcome="applied", scope=f"tenant_{db}")
+            events += [
+                {"at": at, "actor": actor, "kind": "step", "key": key, "outcome": "running"},
+                {"at": at, "actor": actor, "kind": "step", "key": key, "outcome": "applied"},
+            ]
+    document = {"format": 1, "move": "shop_2026", "id": "0a1b", "steps": steps, "events": events}
+    text = json.dumps(document)
+    assert len(text) > 2_000_000
+
+    store = ConfigMapStore(spec(kubeconfig), "shop_2026")
+    store.write('{"move":"shop_2026","steps":{},"events":[]}')  # plain while small
+    store.write(text)
+    stored = cluster.get("configmaps", NS, "cutover-shop-2026-ledger")
+    assert set(stored.get("data") or {}) == set() and set(stored["binaryData"]) == {PACKED}
+    again = Journal(ConfigMapStore(spec(kubeconfig), "shop_2026"), move="shop_2026")
+    assert len(again.steps()) == 4_800 and len(again.events()) == 9_600
+    record = again.get("tenant_399/start.step_11")
+    assert record is not None and record.outcome is Outcome.APPLIED
+
+    # A document that does not fit even gzipped is refused with its size; the stored one stays.
+    events.append({"at": at, "actor": actor, "kind": "note", "detail": os.urandom(2**20).hex()})
+    with pytest.raises(StepFailed, match=r"over the 1 MiB a ConfigMap holds") as refused:
+        store.write(json.dumps(document))
+    assert "file" in refused.value.hint
+    assert len(Journal(store, move="shop_2026").events()) == 9_600
 
 
 def test_a_second_run_is_refused_while_the_first_holds_the_lease(

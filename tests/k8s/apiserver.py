@@ -261,6 +261,7 @@ class Cluster:
 
     def create(self, resource: str, ns: str, obj: dict[str, Any]) -> dict[str, Any]:
         """Store a new object (as a POST does)."""
+        _validate(resource, obj)
         with self._lock:
             obj = copy.deepcopy(obj)
             api_version, kind = KINDS[resource]
@@ -318,6 +319,7 @@ class Cluster:
         self, resource: str, ns: str, name: str, new: dict[str, Any], *, keep_status: bool
     ) -> dict[str, Any]:
         """A client's PUT or PATCH: 409 when it names a resourceVersion that is not current."""
+        _validate(resource, new)
         meddle = self.interfere.pop((resource, name), None)
         if meddle is not None:
             self.update(resource, ns, name, meddle)
@@ -628,6 +630,25 @@ class Cluster:
         if code == 0:
             job["status"]["completionTime"] = _now()
         self._bump(job)
+
+
+CONFIGMAP_LIMIT = 1024 * 1024
+
+
+def _validate(resource: str, obj: dict[str, Any]) -> None:
+    """What the API server checks of a ConfigMap's size: keys and values, binaryData decoded."""
+    if resource != "configmaps":
+        return
+    size = sum(len(k) + len(v.encode()) for k, v in (obj.get("data") or {}).items())
+    size += sum(len(k) + len(base64.b64decode(v)) for k, v in (obj.get("binaryData") or {}).items())
+    if size > CONFIGMAP_LIMIT:
+        name = (obj.get("metadata") or {}).get("name")
+        raise ApiError(
+            422,
+            "Invalid",
+            f'ConfigMap "{name}" is invalid: []: Too long: '
+            f"must have at most {CONFIGMAP_LIMIT} bytes",
+        )
 
 
 def _signal(popen: subprocess.Popen[bytes], sig: int) -> None:
