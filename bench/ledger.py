@@ -22,24 +22,10 @@ from cutover.ledger import FileStore, Journal
 from cutover.ledger.base import dumps
 from cutover.steps import Outcome
 
-PREPARE = (
-    "enable_logical_decoding",
-    "create_target_database",
-    "create_source_barrier",
-    "install_engine",
-    "create_replication_role",
-    "copy_schema",
-    "create_target_barrier",
-    "create_publication",
-)
-START = (
-    "copy_data",
-    "restore_post_data",
-    "start_streaming",
-    "wait_for_catchup",
-    "refresh_materialized_views",
-)
-STEPS = [*(f"prepare.{s}" for s in PREPARE), *(f"start.{s}" for s in START)]
+# As many steps as `prepare` (8) and `start` (5) have, with names of their length.
+STEPS = [f"prepare.step_of_prepare_{i}" for i in range(8)] + [
+    f"start.step_of_start_{i}" for i in range(5)
+]
 
 
 class Converting(Journal):

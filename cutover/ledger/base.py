@@ -247,16 +247,7 @@ class Journal:
         base = self.get(key) or StepRecord(
             key, StepStatus.RUNNING, now(), phase=phase, scope=scope, durable=durable
         )
-        self._put(
-            replace(
-                base,
-                status=StepStatus.DONE,
-                ended_at=now(),
-                seconds=round(seconds, 4),
-                outcome=outcome,
-                error=None,
-            )
-        )
+        self._ended(base, StepStatus.DONE, outcome, seconds=seconds)
         event = Event(now(), actor(), "step", key, outcome.value, f"{seconds * 1000:.0f} ms")
         self._append(event, write=durable)
 
@@ -264,16 +255,7 @@ class Journal:
         """A step raised."""
         base = self.get(key) or StepRecord(key, StepStatus.RUNNING, now())
         safe = redact(error)
-        self._put(
-            replace(
-                base,
-                status=StepStatus.FAILED,
-                ended_at=now(),
-                seconds=round(seconds, 4),
-                outcome=Outcome.FAILED,
-                error=safe,
-            )
-        )
+        self._ended(base, StepStatus.FAILED, Outcome.FAILED, seconds=seconds, error=safe)
         self._append(Event(now(), actor(), "step", key, Outcome.FAILED.value, safe))
 
     def undone(self, key: str) -> None:
@@ -315,6 +297,26 @@ class Journal:
         sync = sync or self._durable
         if self._unwritten or (sync and self._unsynced):
             self._write(sync=sync)
+
+    def _ended(
+        self,
+        base: StepRecord,
+        status: StepStatus,
+        outcome: Outcome,
+        *,
+        seconds: float,
+        error: str | None = None,
+    ) -> None:
+        self._put(
+            replace(
+                base,
+                status=status,
+                ended_at=now(),
+                seconds=round(seconds, 4),
+                outcome=outcome,
+                error=error,
+            )
+        )
 
     def _put(self, record: StepRecord) -> None:
         self._doc.steps[record.key] = record
