@@ -37,6 +37,8 @@ from cutover.writers import Records
 from cutover.writers.recorded import Autoscaler, CronJob, Kind, Recorded, Workload
 
 log = logging.getLogger(__name__)
+# The label Kubernetes (1.27 on) puts on a Job's pods: lists only theirs, not the namespace's.
+JOB_NAME = "batch.kubernetes.io/job-name"
 
 T = TypeVar("T")
 MERGE_PATCH = "application/merge-patch+json"
@@ -363,6 +365,7 @@ class KubernetesWriter:
                 "list pods of the ended jobs",
                 client.CoreV1Api(self._client()).list_namespaced_pod,
                 self._ns,
+                label_selector=f"{JOB_NAME} in ({','.join(sorted(ended))})",
             ).items
             waiting += [
                 f"pod/{_name(p)}"

@@ -538,6 +538,8 @@ class Cluster:
         labels = dict(template.get("metadata", {}).get("labels") or {})
         if revision is not None:
             labels["pod-template-hash"] = revision
+        if owner["kind"] == "Job":  # as the Job controller labels its pods
+            labels["batch.kubernetes.io/job-name"] = labels["job-name"] = owner["metadata"]["name"]
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",
