@@ -37,8 +37,6 @@ from cutover.writers import Records
 from cutover.writers.recorded import Autoscaler, CronJob, Kind, Recorded, Workload
 
 log = logging.getLogger(__name__)
-# The label Kubernetes (1.27 on) puts on a Job's pods: lists only theirs, not the namespace's.
-JOB_NAME = "batch.kubernetes.io/job-name"
 
 T = TypeVar("T")
 MERGE_PATCH = "application/merge-patch+json"
@@ -359,13 +357,14 @@ class KubernetesWriter:
             ).items
             waiting += [f"pod/{_name(p)}" for p in pods]
         waiting += [f"job/{j}" for j in self._running_jobs(record)]
-        if record.ended_jobs:  # deleted: their pods, terminating, still name them as owner
+        # Deleted: their pods, terminating, still name them as owner. Found by that, not by
+        # the Job's label: a cluster that sets another (or none) must not look drained.
+        if record.ended_jobs:
             ended = set(record.ended_jobs)
             pods = self._call(
                 "list pods of the ended jobs",
                 client.CoreV1Api(self._client()).list_namespaced_pod,
                 self._ns,
-                label_selector=f"{JOB_NAME} in ({','.join(sorted(ended))})",
             ).items
             waiting += [
                 f"pod/{_name(p)}"
