@@ -143,6 +143,8 @@ class Runner:
             # A user error is printed once by the CLI; a bug is worth an error line of its own.
             level = logging.INFO if isinstance(exc, CutoverError) else logging.ERROR
             logger.log(level, "failed after %.0f ms: %s", seconds * 1000, redact(message))
+            if isinstance(exc, KeyboardInterrupt) and phase.after_interrupt is not None:
+                phase.after_interrupt()
             undo_note = (
                 self._undo(phase, scope, failed=step)
                 if phase.undo_on_failure and not self._dry_run

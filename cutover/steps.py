@@ -60,6 +60,9 @@ class Phase:
     name: str
     steps: tuple[Step, ...]
     undo_on_failure: bool = False
+    # Called when a step is interrupted (Ctrl-C, SIGTERM), before the undo: the step's
+    # connections may hold a query, or a cancel, that would fail the undo's first statement.
+    after_interrupt: Callable[[], None] | None = None
 
     def key(self, step: Step, scope: str) -> str:
         """Ledger key of a step: `scope/phase.step` (scope is the database)."""

@@ -152,6 +152,12 @@ class Pool:
         for key in [k for k in self._open if k[0] == label]:
             self._open.pop(key).close()
 
+    def reset(self) -> None:
+        """Close the shared connections (not those `open` gave out): the next use reconnects."""
+        for conn in self._open.values():
+            conn.close()
+        self._open.clear()
+
     def close(self) -> None:
         """Close every connection."""
         for conn in [*self._open.values(), *self._own]:

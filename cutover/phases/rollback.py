@@ -86,4 +86,11 @@ def phase(
             *map(from_other_side, back_writers),
         ),
         undo_on_failure=True,
+        after_interrupt=partial(reset, servers, back_servers),
     )
+
+
+def reset(*pools: Pool) -> None:
+    """Close the shared connections of each pool (see Phase.after_interrupt)."""
+    for each in pools:
+        each.reset()

@@ -671,4 +671,4 @@ def phase(
         # Last: a backup that fails is a warning too; the writers were checked first.
         *([wait_for_backup] if wait_for_backup is not None else []),
     ]
-    return Phase("switch", tuple(steps), undo_on_failure=True)
+    return Phase("switch", tuple(steps), undo_on_failure=True, after_interrupt=servers.reset)

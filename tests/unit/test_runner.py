@@ -1,7 +1,7 @@
 """The runner, on a small typed world: skip, adopt, resume, retry, undo, dry run."""
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -204,12 +204,21 @@ def test_past_the_point_of_no_return_earlier_steps_are_never_run_again(tmp_path:
 
 def test_an_interrupt_rolls_the_phase_back_and_says_so(tmp_path: Path) -> None:
     world = World(fail={"c": KeyboardInterrupt()})
-    phase = Phase("switch", tuple(world.step(n) for n in "abc"), undo_on_failure=True)
+    steps = tuple(world.step(n) for n in "abc")
+    # The connections the step was interrupted in are let go before anything is undone.
+    reset = lambda: world.calls.append("reset")  # noqa: E731
+    phase = Phase("switch", steps, undo_on_failure=True, after_interrupt=reset)
     run, journal, _ = runner(tmp_path)
     with pytest.raises(Interrupted) as caught:
         run.run(phase, scope="db")
     assert caught.value.exit_code == 130
     assert caught.value.message.startswith("db/switch.c: interrupted (Ctrl-C or SIGTERM)")
-    assert world.calls == ["a", "b", "c", "undo c", "undo b", "undo a"]
+    assert world.calls == ["a", "b", "c", "reset", "undo c", "undo b", "undo a"]
     record = journal.get("db/switch.c")
     assert record is not None and record.status is StepStatus.FAILED
+    # A step that fails, not interrupted, keeps its connections.
+    world = World(fail={"b": StepFailed("no", hint="h")})
+    failing = Phase("switch", tuple(world.step(n) for n in "ab"), undo_on_failure=True)
+    with pytest.raises(StepFailed):
+        runner(tmp_path / "2")[0].run(replace(failing, after_interrupt=reset), scope="db")
+    assert "reset" not in world.calls
