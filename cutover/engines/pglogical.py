@@ -28,7 +28,11 @@ from cutover.types import SyncProgress, TableName, TableState
 HEARTBEAT_SECONDS = 1.0
 POLL_SECONDS = 0.2
 WORKER_END_SECONDS = 10.0  # a disabled subscription's apply worker ends within this
-DOWN_SECONDS = 30.0  # a subscription whose worker stays down this long will not recover by itself
+# A subscription whose worker stays down this long during the copy will not recover by
+# itself. Not less: pglogical's supervisor starts a new database's manager (which starts
+# the worker) only after starting one for each database of the server in turn, and with
+# about 400 databases on the target that took 31 s (the test suite leaves that many).
+DOWN_SECONDS = 120.0
 
 
 TRAITS = Traits(keys_before_copy=True)  # pglogical applies by key as soon as its copy commits
