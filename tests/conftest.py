@@ -145,6 +145,15 @@ class Databases:
                             "FROM pglogical.subscription"
                         )
             with connect(self.lab.server(side)) as conn:
+                # pglogical's supervisor starts a manager for each database that takes
+                # connections, one after another: with the hundreds a run leaves, a new
+                # database waited 31 s and more for its own, and its copy failed.
+                for db in (r["datname"] for r in rows):
+                    conn.execute(
+                        psycopg.sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(
+                            ident(db)
+                        )
+                    )
                 conn.execute(
                     "SELECT pg_terminate_backend(active_pid), pg_sleep(0.05) "
                     "FROM pg_replication_slots WHERE active AND database = ANY(%s)",
