@@ -31,7 +31,7 @@ WORKER_END_SECONDS = 10.0  # a disabled subscription's apply worker ends within 
 # A subscription whose worker stays down this long during the copy will not recover by
 # itself. Not less: pglogical's supervisor starts a new database's manager (which starts
 # the worker) only after starting one for each database of the server in turn, and with
-# about 400 databases on the target that took 31 s (the test suite leaves that many).
+# about 400 databases on the target that took 31 s (measured on the test suite's lab).
 DOWN_SECONDS = 120.0
 
 

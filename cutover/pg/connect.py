@@ -160,9 +160,9 @@ class Pool:
 
     def close(self) -> None:
         """Close every connection."""
-        for conn in [*self._open.values(), *self._own]:
+        self.reset()
+        for conn in self._own:
             conn.close()
-        self._open.clear()
         self._own.clear()
 
 
