@@ -193,9 +193,11 @@ def read(plan: Plan, pool: Pool, journal: Journal | None) -> MoveState:
         else None
     )
     switched = ledger is not None and ledger.switched
-    databases = {
-        db: _database(plan, reading, db, servers, switched=switched) for db in plan.databases
-    }
+    engine = engine_for(plan, pool)  # one for the move: a DMS job serves every database
+    with engine.reading():
+        databases = {
+            db: _database(engine, reading, db, servers, switched=switched) for db in plan.databases
+        }
     return MoveState(
         move=plan.move,
         engine=plan.engine.value,
@@ -215,7 +217,7 @@ def _answers(reading: _Reading, side: Side) -> bool:
 
 
 def _database(
-    plan: Plan, reading: _Reading, db: str, servers: dict[Side, bool], *, switched: bool
+    engine: Engine, reading: _Reading, db: str, servers: dict[Side, bool], *, switched: bool
 ) -> DatabaseState:
     pool = reading.pool
     source = servers[Side.SOURCE]
@@ -224,7 +226,6 @@ def _database(
         if servers[Side.TARGET]
         else None
     )
-    engine = engine_for(plan, pool)
     facts = _replication(engine, reading, db, source=source, target_exists=target_exists)
 
     def rows(side: Side) -> int | None:

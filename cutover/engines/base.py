@@ -7,6 +7,7 @@ does differently is declared in its `Traits`.
 """
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -43,6 +44,14 @@ class Engine(Protocol):
 
     kind: str  # the plan's engine, for labels
     traits: Traits
+
+    def reading(self) -> AbstractContextManager[None]:
+        """A scope in which what the engine asks a service (a cloud API) is asked once.
+
+        Status and each scrape read every database of the move within one; the
+        switch and the waits ask outside it, anew each time.
+        """
+        ...
 
     # -- prepare: what the source (and the target) need before anything replicates
 

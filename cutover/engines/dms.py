@@ -21,9 +21,11 @@ minutes old; `describe` shows them with their age, and nothing decides on them.
 
 import logging
 import time
-from collections.abc import Callable, Collection, Generator, Sequence
-from contextlib import closing
+from collections.abc import Callable, Collection, Generator, Iterator, Sequence
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any, TypeVar
 
 from cutover import wait
 from cutover.cloud.client import ApiError, Call, Clients, NotFound, request_id
@@ -59,6 +61,7 @@ from cutover.steps import Change
 from cutover.types import Lag, MonitoredLag, ServiceState, SyncProgress, TableName, TableState
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # DMS copies the schema; nothing may write the destination before the promotion; the
 # sequences are copied by the switch right after it (DMS does not promise them).
@@ -131,15 +134,40 @@ class DmsEngine:
         self.source_profile_id = resource_id(plan.move, "source")
         self.destination_profile_id = resource_id(plan.move, "destination")
         self._last_heartbeat = 0.0
+        self._held: dict[object, Any] | None = None  # within `reading`: answers read once
 
     # -- the job and its calls ---------------------------------------------------------------
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Within: the job, its objects and Monitoring's series are read once, for every
+        database and every fact (a failed read too: it fails each asker at once)."""
+        self._held = {}
+        try:
+            yield
+        finally:
+            self._held = None
+
+    def _once(self, key: object, read: Callable[[], _T]) -> _T:
+        """What `read` answers, asked only once for `key` within a reading."""
+        if self._held is None:
+            return read()
+        if key not in self._held:
+            try:
+                self._held[key] = read()
+            except CutoverError as exc:
+                self._held[key] = exc
+        answer = self._held[key]
+        if isinstance(answer, CutoverError):
+            raise answer
+        return answer  # type: ignore[no-any-return]
 
     def _request_id(self, what: str) -> str:
         return request_id(self._plan.ledger_move, f"dms.{what}")
 
     def job(self) -> MigrationJob | None:
         """The move's migration job as DMS reads now (None: there is none)."""
-        return self._dms.job(self.job_id)
+        return self._once("job", lambda: self._dms.job(self.job_id))
 
     def _send(
         self, call: Call[Operation], *, what: str, timeout: float, dry_run: bool
@@ -497,10 +525,13 @@ class DmsEngine:
         )
 
     def _objects(self) -> list[MigrationJobObject]:
-        try:
-            return self._dms.job_objects(self.job_id)
-        except NotFound:
-            return []
+        def read() -> list[MigrationJobObject]:
+            try:
+                return self._dms.job_objects(self.job_id)
+            except NotFound:
+                return []
+
+        return self._once("objects", read)
 
     def progress(self, db: str) -> SyncProgress:
         """Each table's state from the job's objects (per table, or the database's own)."""
@@ -549,13 +580,18 @@ class DmsEngine:
         end = now or datetime.now(UTC)
         figures: dict[str, tuple[float, datetime]] = {}
         for metric in (DMS_LAG_SECONDS, DMS_LAG_BYTES):
-            for series in self._monitoring.series(
+            every = self._once(
                 metric,
-                start=end - MONITORED_WINDOW,
-                end=end,
-                resource=DMS_RESOURCE,
-                labels={"migration_job_id": self.job_id},
-            ):
+                partial(
+                    self._monitoring.series,
+                    metric,
+                    start=end - MONITORED_WINDOW,
+                    end=end,
+                    resource=DMS_RESOURCE,
+                    labels={"migration_job_id": self.job_id},
+                ),
+            )
+            for series in every:
                 if series.metric_labels.get("database", db) != db or not series.points:
                     continue
                 newest = series.points[0]

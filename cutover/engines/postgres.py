@@ -7,6 +7,7 @@ the same for both.
 """
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Protocol
 
 from cutover.engines.base import Barrier, Traits
@@ -91,6 +92,10 @@ class PerDatabase:
         self._build = build
         self._databases: dict[str, Replication] = {}
         self._role = replication.object_name(plan.move)
+
+    def reading(self) -> AbstractContextManager[None]:
+        """Nothing to share: every fact is read on the servers."""
+        return nullcontext()
 
     def _of(self, db: str) -> Replication:
         if db not in self._databases:
