@@ -382,6 +382,11 @@ class BackupConfiguration:
     start_time: str | None = None  # HH:MM, UTC
     transaction_log_retention_days: int | None = None
 
+    @property
+    def on(self) -> bool:
+        """Backups and point-in-time recovery both on: what a promoted target needs."""
+        return self.enabled and self.point_in_time_recovery
+
 
 @dataclass(frozen=True)
 class Instance:

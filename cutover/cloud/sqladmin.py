@@ -92,7 +92,7 @@ class SqlAdmin:
     def patch_backups(self, instance: Instance) -> Call[Operation] | None:
         """The patch that turns on automated backups and point-in-time recovery, every other
         field of settings.backupConfiguration sent back as read; None when both are on."""
-        if instance.backup.enabled and instance.backup.point_in_time_recovery:
+        if instance.backup.on:
             return None
         wanted = {
             **instance.backup_settings,

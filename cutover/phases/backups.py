@@ -80,11 +80,7 @@ class Backups:
     def target_backups_enabled(self) -> bool:
         """The new primary has automated backups and point-in-time recovery on."""
         instance = self.sql.instance(self.settings.target_instance)
-        return (
-            instance is not None
-            and instance.backup.enabled
-            and instance.backup.point_in_time_recovery
-        )
+        return instance is not None and instance.backup.on
 
     def enable_target_backups(self, *, dry_run: bool) -> Sequence[Change]:
         """Backups and point-in-time recovery on, the rest of backupConfiguration as read."""
