@@ -24,13 +24,18 @@ from cutover.pg import (
     pglogical,
     replication,
 )
-from cutover.pg.connect import Connection, Pool
+from cutover.pg.connect import APPLICATION_NAME, Connection, Pool
 from cutover.pg.ident import quote, statement
 from cutover.plan import Engine, LargeObjects, Plan
 
 MIN_SOURCE_VERSION = 100000  # logical replication appeared in PostgreSQL 10
 SUBSCRIPTION_ROLE_VERSION = 160000  # pg_create_subscription appeared in PostgreSQL 16
 SYNC_WORKERS = 2  # max_sync_workers_per_subscription's default: tables copied at once
+COPY_JOBS = 2  # start --parallel's default: each job holds a session on both servers
+# What a move should leave free for the application: this share of max_connections, at least
+# APPLICATION_ROOM_MIN slots.
+APPLICATION_ROOM = 0.1
+APPLICATION_ROOM_MIN = 5
 # The switch's copy of large objects, measured between two lab servers on one machine
 # (tests/integration/test_not_carried.py); a network between the servers slows it.
 LARGE_OBJECTS_PER_SECOND = 5000.0
@@ -121,6 +126,9 @@ def run(plan: Plan, pool: Pool, *, copied: Collection[str] = (), move_id: str = 
     findings += _source_settings(plan, source)
     findings += _slots(plan, source)
     findings += _target_settings(plan, target)
+    for side, conn in (("source", source), ("target", target)):
+        use = catalog.connection_use(conn, ours=APPLICATION_NAME)
+        findings.append(connections_finding(side, use, databases=len(plan.databases)))
     findings += _fallback(plan, pool)
     findings += ENGINE_CHECKS.get(plan.engine, _nothing)(plan, pool, source, target)
     present_on_source = catalog.existing_databases(source, plan.databases)
@@ -231,6 +239,45 @@ def _source_settings(plan: Plan, conn: Connection) -> Iterator[Finding]:
         senders + streams,
         why=f"{senders} senders run, {streams} more for this move and its table copies",
     )
+
+
+def connections_finding(side: str, use: catalog.ConnectionUse, *, databases: int) -> Finding:
+    """Whether the sessions a move holds fit beside the application's on one server.
+
+    A command holds one session per database of the move and one to the server's
+    maintenance database; `start` one more per copy job. Taking the last slots would
+    make the application's next connection fail: that is refused, and a move that
+    leaves it little room is a warning.
+    """
+    needed = databases + 1 + COPY_JOBS
+    room = max(APPLICATION_ROOM_MIN, int(use.limit * APPLICATION_ROOM))
+    left = use.free - needed
+    said = (
+        f"max_connections = {use.limit}, {use.reserved} reserved for superusers, "
+        f"{use.others} in use by others: the move holds up to {needed} "
+        f"({databases} database(s), the maintenance database, {COPY_JOBS} copy jobs)"
+    )
+    hint = (
+        "raise max_connections (it takes a restart), end idle sessions (a pooler helps), "
+        "or move the databases in several moves; `start --parallel N` holds N copy jobs"
+    )
+    if left < 0:
+        return Finding(
+            "connections",
+            side,
+            Status.FAIL,
+            f"{said}, {use.free} are free: the application would be refused connections",
+            hint,
+        )
+    if left < room:
+        return Finding(
+            "connections",
+            side,
+            Status.WARN,
+            f"{said}; {left} would stay free for the application (less than {room})",
+            hint,
+        )
+    return Finding("connections", side, Status.OK, f"{said}; {left} stay free")
 
 
 def _slots(plan: Plan, conn: Connection) -> Iterator[Finding]:

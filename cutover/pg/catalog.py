@@ -94,6 +94,47 @@ def settings(conn: Connection, names: list[str]) -> dict[str, str]:
     return {r["name"]: r["setting"] for r in rows}
 
 
+@dataclass(frozen=True)
+class ConnectionUse:
+    """A server's client connections: its limit, the slots kept for superusers, and the
+    sessions of everyone but this controller."""
+
+    limit: int  # max_connections
+    reserved: int  # superuser_reserved_connections, and reserved_connections (16+)
+    others: int
+
+    @property
+    def free(self) -> int:
+        """Slots an ordinary role may still take."""
+        return max(0, self.limit - self.reserved - self.others)
+
+
+def connection_use(conn: Connection, *, ours: str) -> ConnectionUse:
+    """What the server's connections look like now; sessions named `ours` (application_name)
+    are this controller's.
+
+    A role without pg_read_all_stats sees no backend_type of other roles' sessions: those
+    with a role count as clients (WAL senders and background workers among them, which
+    makes the count high, never low).
+    """
+    row = conn.execute(
+        sql.SQL(
+            "SELECT (SELECT setting::int FROM pg_catalog.pg_settings "
+            "        WHERE name = 'max_connections') AS limit,"
+            " (SELECT coalesce(sum(setting::int), 0) FROM pg_catalog.pg_settings"
+            "        WHERE name IN ('superuser_reserved_connections', 'reserved_connections'))"
+            "   AS reserved,"
+            " (SELECT count(*) FROM pg_catalog.pg_stat_activity"
+            "        WHERE (backend_type = 'client backend'"
+            "               OR (backend_type IS NULL AND usesysid IS NOT NULL))"
+            "          AND application_name IS DISTINCT FROM %s) AS others"
+        ),
+        (ours,),
+    ).fetchone()
+    assert row is not None
+    return ConnectionUse(int(row["limit"]), int(row["reserved"]), int(row["others"]))
+
+
 def connectable_databases(conn: Connection) -> int:
     """How many databases of the server accept connections (pglogical runs a worker in each)."""
     return int(

@@ -54,6 +54,9 @@ class LabeledCursor(psycopg.Cursor[Row]):
             raise
 
 
+APPLICATION_NAME = "cutover"  # every session of the controller, and of its psql and pg_*
+
+
 def conninfo(server: Server, dbname: str | None = None, *, label: str) -> dict[str, Any]:
     """libpq keywords for a server; the password is resolved here and registered for redaction."""
     params: dict[str, Any] = {
@@ -63,7 +66,7 @@ def conninfo(server: Server, dbname: str | None = None, *, label: str) -> dict[s
         "dbname": dbname or server.dbname,
         "sslmode": server.sslmode.value,
         "connect_timeout": max(1, int(server.connect_timeout)),
-        "application_name": "cutover",
+        "application_name": APPLICATION_NAME,
     }
     if server.sslrootcert:
         params["sslrootcert"] = server.sslrootcert

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import yaml
 
@@ -13,6 +14,7 @@ from cutover import preflight
 from cutover.lab import Lab, free_port
 from cutover.pg import catalog
 from cutover.pg.connect import pool
+from cutover.plan import dump
 from tests.conftest import Databases, Result, connect
 
 pytestmark = pytest.mark.integration
@@ -510,3 +512,58 @@ def test_each_writer_and_repoint_that_would_stop_the_switch_is_a_blocker(
     assert env_ok.read_text() == "DATABASE_URL=postgresql://app@old-host:5432/app\n"
     human = cutover("check", "-p", str(plan))
     assert "NOT READY: 6 blockers" in human.stdout, human.stdout
+
+
+def test_a_move_that_would_take_the_applications_last_connections_is_a_blocker(
+    tmp_path: Path, cutover: Callable[..., Result]
+) -> None:
+    """A source of 20 connections, 3 kept for superusers: while the application holds 13,
+    a move of 3 databases (6 sessions with the maintenance database and 2 copy jobs) does
+    not fit in the 4 left; with 2 fewer it fits, leaving none (a warning); the check never
+    takes a slot the application then misses."""
+    own = Lab(tmp_path / "lab")
+    own.up(sample=False)
+    try:
+        with connect(own.server("source")) as conn:
+            conn.execute("ALTER SYSTEM SET max_connections = 20")
+            conn.execute("CREATE ROLE storefront LOGIN PASSWORD 'storefront'")
+        own.restart("source")
+        names = [f"tenant_{i}" for i in range(3)]
+        for db in names:
+            with connect(own.server("source")) as conn:
+                conn.execute(f"CREATE DATABASE {db}")
+        plan = tmp_path / "plan.yaml"
+        plan.write_text(dump(own.plan(names, move="tight")))
+        source = own.server("source")
+
+        def application() -> psycopg.Connection[Any]:
+            return psycopg.connect(
+                host=source.host,
+                port=source.port,
+                user="storefront",
+                password="storefront",
+                dbname="postgres",
+                application_name="storefront",
+            )
+
+        sessions = [application() for _ in range(13)]
+        refused = cutover("check", "-p", str(plan), "--json")
+        assert refused.code == 1, refused.stdout + refused.stderr
+        assert findings(refused)[("source", "connections", "FAIL")]["detail"] == (
+            "max_connections = 20, 3 reserved for superusers, 13 in use by others: the move "
+            "holds up to 6 (3 database(s), the maintenance database, 2 copy jobs), 4 are "
+            "free: the application would be refused connections"
+        )
+        assert ("target", "connections", "OK") in findings(refused)
+        sessions.append(application())  # the check's sessions are gone: the slot is there
+        for session in sessions[-3:]:
+            session.close()
+        tight = findings(cutover("check", "-p", str(plan), "--json"))
+        assert tight[("source", "connections", "WARN")]["detail"].endswith(
+            "; 0 would stay free for the application (less than 5)"
+        )
+        for session in sessions[:-3]:
+            assert session.execute("SELECT 1").fetchone() == (1,)
+            session.close()
+    finally:
+        own.down(purge=True)

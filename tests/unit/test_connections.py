@@ -1,0 +1,58 @@
+"""The connections check: whether a move's sessions fit beside the application's."""
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cutover.pg.catalog import ConnectionUse
+from cutover.preflight import Status, connections_finding
+
+RANK = {Status.OK: 0, Status.WARN: 1, Status.FAIL: 2}
+
+uses = st.builds(
+    ConnectionUse,
+    limit=st.integers(1, 10_000),
+    reserved=st.integers(0, 100),
+    others=st.integers(0, 10_000),
+)
+
+
+@given(use=uses, databases=st.integers(1, 2_000), more=st.integers(0, 500))
+def test_more_sessions_of_others_or_more_databases_never_make_it_better(
+    use: ConnectionUse, databases: int, more: int
+) -> None:
+    now = connections_finding("source", use, databases=databases).status
+    busier = ConnectionUse(use.limit, use.reserved, use.others + more)
+    assert RANK[connections_finding("source", busier, databases=databases).status] >= RANK[now]
+    bigger = connections_finding("source", use, databases=databases + more).status
+    assert RANK[bigger] >= RANK[now]
+
+
+@given(use=uses, databases=st.integers(1, 2_000))
+def test_a_blocker_exactly_when_the_move_does_not_fit_in_what_is_free(
+    use: ConnectionUse, databases: int
+) -> None:
+    finding = connections_finding("target", use, databases=databases)
+    sessions = databases + 3  # the databases, the maintenance database, two copy jobs
+    fits = use.others + sessions <= use.limit - use.reserved
+    assert (finding.status is Status.FAIL) == (not fits)
+    assert finding.scope == "target" and finding.check == "connections"
+    assert f"max_connections = {use.limit}" in finding.detail
+    assert f"holds up to {sessions} ({databases} database(s)" in finding.detail
+    if finding.status is not Status.OK:
+        assert "raise max_connections" in finding.hint
+
+
+def test_what_stays_free_decides_between_a_warning_and_ok() -> None:
+    # 100 slots, 3 reserved: a move of 10 databases holds 13.
+    assert connections_finding("source", ConnectionUse(100, 3, 70), databases=10).status is (
+        Status.OK  # 14 stay free, a tenth is 10
+    )
+    warned = connections_finding("source", ConnectionUse(100, 3, 80), databases=10)
+    assert warned.status is Status.WARN
+    assert warned.detail.endswith("; 4 would stay free for the application (less than 10)")
+    refused = connections_finding("source", ConnectionUse(100, 3, 85), databases=10)
+    assert refused.status is Status.FAIL
+    assert refused.detail.endswith("12 are free: the application would be refused connections")
+    # A small server: at least 5 stay free.
+    small = connections_finding("source", ConnectionUse(25, 3, 11), databases=4)
+    assert small.status is Status.WARN and "(less than 5)" in small.detail
