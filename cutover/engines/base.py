@@ -29,6 +29,9 @@ class Traits:
     # The source's decoding is set through the service's API (Cloud SQL's flags), not by
     # ALTER SYSTEM and a restart command: prepare asks the engine.
     source_settings_by_api: bool = False
+    # Each database replicates on its own (a subscription each), on its own connections:
+    # the switch may promote several at once. One job for every database (DMS) may not.
+    databases_apart: bool = True
 
 
 @dataclass(frozen=True)

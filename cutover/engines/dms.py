@@ -70,6 +70,7 @@ TRAITS = Traits(
     target_read_only_until_promote=True,
     released_by_switch=False,
     source_settings_by_api=True,
+    databases_apart=False,  # one job: its promotion is asked once, for every database
 )
 SOURCE_FLAGS = LOGICAL_DECODING_FLAGS  # the source's flags DMS needs; both restart it
 RESTART_SECONDS = 1800.0

@@ -45,6 +45,7 @@ writers start again on the source, which keeps replicating.
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
@@ -76,6 +77,10 @@ HEALTH_POLL_SECONDS = 0.5  # a health probe may run a command: not every few ms
 # A table carried after start (sync-schema) has its rows before its engine calls it ready
 # (pglogical: synchronized, then ready once the apply passes the copy's end): waited for.
 COPY_SETTLE_SECONDS = 30.0
+# Databases promoted at once. Each waits for its apply worker to end (12 ms on the lab, most
+# of it the 10 ms latch PostgreSQL's DROP SUBSCRIPTION waits on); one after another, 30
+# databases took 348 ms of the pause.
+PROMOTE_AT_ONCE = 8
 
 
 @dataclass(frozen=True)
@@ -531,11 +536,19 @@ class Switch:
         return all(self.engine.promoted(db) for db in self.databases)
 
     def promote(self, *, dry_run: bool) -> Sequence[Change]:
-        """Stop replicating to every database, at once: the target stands alone."""
-        changes: list[Change] = []
-        for db in self.databases:
-            changes += self.engine.promote(db, dry_run=dry_run)
-        return changes
+        """Stop replicating to every database, at once: the target stands alone.
+
+        Where each database replicates on its own, up to PROMOTE_AT_ONCE are promoted
+        together, each on its own connections; every one is waited for, and the first
+        failure (in the plan's order) is raised.
+        """
+        apart = self.engine.traits.databases_apart and len(self.databases) > 1 and not dry_run
+        if not apart:
+            return [c for db in self.databases for c in self.engine.promote(db, dry_run=dry_run)]
+        at_once = min(PROMOTE_AT_ONCE, len(self.databases))
+        with ThreadPoolExecutor(at_once, thread_name_prefix="promote") as pool:
+            futures = [pool.submit(self.engine.promote, db, dry_run=False) for db in self.databases]
+        return [c for future in futures for c in future.result()]
 
     def is_released(self) -> bool:
         """No subscription is left, and the source keeps no WAL for the target."""

@@ -1,5 +1,6 @@
 """What an engine declares shapes the phases: no phase asks which engine it holds."""
 
+import time
 from pathlib import Path
 
 import pytest
@@ -9,10 +10,10 @@ from hypothesis import strategies as st
 from cutover.database import Pool
 from cutover.engines.base import Traits
 from cutover.engines.postgres import PerDatabase, Replication
-from cutover.errors import PreconditionFailed
+from cutover.errors import PreconditionFailed, StepFailed
 from cutover.phases import prepare, start, switch
 from cutover.plan import LargeObjects, Plan, TerraformModule
-from cutover.steps import Phase
+from cutover.steps import Change, Phase, Step
 from cutover.steps import SwitchStep as S
 
 
@@ -132,3 +133,57 @@ def test_with_terraform_the_flags_are_terraforms_and_the_target_backups_come_aft
     )
     without = plan(tmp_path, LargeObjects.FAIL)
     assert S.ENABLE_TARGET_BACKUPS not in names(switch.phase(without, Pool({}), engine))
+
+
+class Halting:
+    """A database's replication whose halt takes `seconds`, and may fail."""
+
+    def __init__(self, db: str, seconds: float, failing: str | None, log: list[str]) -> None:
+        self.db, self.seconds, self.failing, self.log = db, seconds, failing, log
+
+    def halt(self, *, dry_run: bool) -> list[Change]:
+        time.sleep(self.seconds)
+        self.log.append(self.db)
+        if self.db == self.failing:
+            raise StepFailed(f"{self.db} did not stop", hint="")
+        return [Change(self.db, "halted")]
+
+
+def promoting(tmp_path: Path, traits: Traits, failing: str | None = None) -> tuple[Step, list[str]]:
+    """The switch's promote step over six databases whose halts take 0.1 s each."""
+    the_plan = plan(tmp_path, LargeObjects.FAIL).model_copy(
+        update={"databases": [f"tenant_{i}" for i in range(6)]}
+    )
+    log: list[str] = []
+    engine = PerDatabase(
+        "declared",
+        traits,
+        the_plan,
+        Pool({}),
+        lambda db: Halting(db, 0.1, failing, log),  # type: ignore[arg-type,return-value]
+    )
+    built = switch.phase(the_plan, Pool({}), engine)
+    return next(s for s in built.steps if s.name == S.PROMOTE), log
+
+
+@pytest.mark.parametrize("apart", [True, False])
+def test_databases_that_replicate_apart_are_promoted_together(tmp_path: Path, apart: bool) -> None:
+    step, log = promoting(tmp_path, Traits(databases_apart=apart))
+    began = time.monotonic()
+    changes = step.apply(dry_run=False)
+    took = time.monotonic() - began
+    # Reported in the plan's order however they ended.
+    assert [c.where for c in changes] == [f"tenant_{i}" for i in range(6)]
+    if apart:
+        assert took < 0.45  # six halts of 0.1 s, up to PROMOTE_AT_ONCE at a time
+    else:
+        assert took >= 0.6 and log == [f"tenant_{i}" for i in range(6)]
+
+
+def test_a_database_that_fails_its_promotion_is_raised_once_every_other_has_ended(
+    tmp_path: Path,
+) -> None:
+    step, log = promoting(tmp_path, Traits(), failing="tenant_2")
+    with pytest.raises(StepFailed, match="tenant_2 did not stop"):
+        step.apply(dry_run=False)
+    assert sorted(log) == [f"tenant_{i}" for i in range(6)]
