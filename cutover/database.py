@@ -89,6 +89,11 @@ def answers(servers: Pool, side: Side) -> bool:
     return True
 
 
+def replication_workers(servers: Pool) -> tuple[int, int]:
+    """The target's max_logical_replication_workers, and how many of them run now."""
+    return catalog.logical_workers(servers.get(Side.TARGET.value))
+
+
 def estimated_rows(servers: Pool, side: Side, db: str) -> int:
     """The planner's estimate of the rows of every user table: progress, not proof."""
     return catalog.estimated_rows(servers.get(side, db))

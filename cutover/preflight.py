@@ -471,12 +471,15 @@ def _target_settings(plan: Plan, conn: Connection) -> Iterator[Finding]:
     names = ["max_logical_replication_workers", "max_worker_processes"]
     values = {k: int(v) for k, v in catalog.settings(conn, names).items()}
     apply_workers = len(plan.databases)
+    ours = replication.object_name(plan.move)  # and its way back's
+    others = catalog.enabled_subscriptions(conn, excluding=[ours, f"{ours}_back"])
     yield _setting_finding(
         "max_logical_replication_workers",
         "target",
         values["max_logical_replication_workers"],
-        apply_workers + 1,
-        why=f"{apply_workers} apply workers and at least one table copy at a time",
+        others + apply_workers + 1,
+        why=f"{apply_workers} apply workers and at least one table copy at a time"
+        + (f", beside {others} other enabled subscriptions' apply workers" if others else ""),
     )
     # The launcher and the other background workers come out of the same pool.
     yield _setting_finding(

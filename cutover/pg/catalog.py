@@ -135,6 +135,38 @@ def connection_use(conn: Connection, *, ours: str) -> ConnectionUse:
     return ConnectionUse(int(row["limit"]), int(row["reserved"]), int(row["others"]))
 
 
+def logical_workers(conn: Connection, *, excluding: str = "") -> tuple[int, int]:
+    """(the server's max_logical_replication_workers, the subscriptions' workers running
+    now), the subscriptions whose name starts with `excluding` left out of the count."""
+    row = conn.execute(
+        sql.SQL(
+            "SELECT (SELECT setting::int FROM pg_catalog.pg_settings"
+            "        WHERE name = 'max_logical_replication_workers') AS limit,"
+            " (SELECT count(*) FROM pg_catalog.pg_stat_subscription"
+            "        WHERE pid IS NOT NULL"
+            "          AND (%(prefix)s = '' OR NOT starts_with(subname, %(prefix)s))) AS running"
+        ),
+        {"prefix": excluding},
+    ).fetchone()
+    assert row is not None
+    return int(row["limit"]), int(row["running"])
+
+
+def enabled_subscriptions(conn: Connection, *, excluding: Sequence[str]) -> int:
+    """Subscriptions of the server (every database) that are enabled, each with an apply
+    worker, but those named in `excluding`."""
+    return int(
+        _value(
+            conn,
+            sql.SQL(
+                "SELECT count(*) FROM pg_catalog.pg_subscription"
+                " WHERE subenabled AND subname <> ALL(%s)"
+            ),
+            (list(excluding),),
+        )
+    )
+
+
 def connectable_databases(conn: Connection) -> int:
     """How many databases of the server accept connections (pglogical runs a worker in each)."""
     return int(

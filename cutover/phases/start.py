@@ -88,6 +88,26 @@ def recopy_phase(plan: Plan, servers: Pool, db: str, engine: Engine) -> Phase:
     )
 
 
+def _not_connected(servers: Pool, db: str) -> StepFailed:
+    """Why a subscription has not connected: every replication worker of the target busy
+    (the target's log says so, and nothing else does), or what its log should tell."""
+    said = f"the subscription of {db} has not connected to the source within {CONNECT_SECONDS:g} s"
+    limit, running = database.replication_workers(servers)
+    if running >= limit:
+        return StepFailed(
+            f"{said}: all {limit} logical replication workers of the target are busy "
+            f"({running} running for subscriptions)",
+            hint="raise max_logical_replication_workers on the target (and max_worker_processes "
+            "with it; both take a restart), or end subscriptions it no longer needs; start "
+            "resumes",
+        )
+    return StepFailed(
+        said,
+        hint="the target server's log says why (the source's address as the target sees it: "
+        "source.replication_host; pg_hba.conf); start resumes",
+    )
+
+
 def phase(
     plan: Plan,
     servers: Pool,
@@ -156,12 +176,7 @@ def phase(
                 # engines whose workers restart by themselves have nothing to do (no I/O).
                 woken.extend(engine.resume_apply(db, dry_run=False))
             if not lag.connected and clock() > connect_by:
-                raise StepFailed(
-                    f"the subscription of {db} has not connected to the source "
-                    f"within {CONNECT_SECONDS:g} s",
-                    hint="the target server's log says why (the source's address as the "
-                    "target sees it: source.replication_host; pg_hba.conf); start resumes",
-                )
+                raise _not_connected(servers, db)
             if engine.apply_errors(db) > errors_before:
                 raise StepFailed(
                     f"the subscription's workers report errors while applying changes to {db}",

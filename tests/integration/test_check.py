@@ -348,7 +348,23 @@ def test_replication_settings_are_checked_with_the_values_to_set(
     data = yaml.safe_load(yaml.safe_dump(plain_lab.plan(["postgres"]).model_dump(mode="json")))
     data["state_dir"] = str(tmp_path)
     plan.write_text(yaml.safe_dump(data))
-    result = cutover("check", "-p", str(plan), "--json")
+    # Two subscriptions of the target's, enabled, each needing an apply worker of its own.
+    others = ["orders_feed", "audit_feed"]
+    with connect(plain_lab.server("target")) as conn:
+        for name in others:
+            conn.execute(
+                f"CREATE SUBSCRIPTION {name} CONNECTION 'host=192.0.2.1 dbname=x' "
+                "PUBLICATION p WITH (connect = false)"
+            )
+            conn.execute(f"ALTER SUBSCRIPTION {name} ENABLE")
+    try:
+        result = cutover("check", "-p", str(plan), "--json")
+    finally:
+        with connect(plain_lab.server("target")) as conn:
+            for name in others:
+                conn.execute(f"ALTER SUBSCRIPTION {name} DISABLE")
+                conn.execute(f"ALTER SUBSCRIPTION {name} SET (slot_name = NONE)")
+                conn.execute(f"DROP SUBSCRIPTION {name}")
     assert result.code == 1, result.stderr
     found = findings(result)
     assert found[("source", "wal_level", "FAIL")]["fix"] == [
@@ -360,9 +376,12 @@ def test_replication_settings_are_checked_with_the_values_to_set(
     assert found[("source", "max_wal_senders", "FAIL")]["fix"] == [
         "ALTER SYSTEM SET max_wal_senders = 3;"
     ]
-    assert found[("target", "max_logical_replication_workers", "FAIL")]["fix"] == [
-        "ALTER SYSTEM SET max_logical_replication_workers = 2;"
-    ]
+    workers = found[("target", "max_logical_replication_workers", "FAIL")]
+    assert workers["fix"] == ["ALTER SYSTEM SET max_logical_replication_workers = 4;"]
+    assert workers["detail"].endswith(
+        "(1 apply workers and at least one table copy at a time, beside 2 other enabled "
+        "subscriptions' apply workers)"
+    )
     assert found[("target", "max_worker_processes", "FAIL")]["fix"] == [
         "ALTER SYSTEM SET max_worker_processes = 4;"
     ]

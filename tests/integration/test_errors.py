@@ -8,14 +8,17 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
+from cutover import api
 from cutover.errors import ConnectionFailed, Retryable, StepFailed
 from cutover.lab import Lab
 from cutover.log import MASK
-from cutover.pg.connect import Connection
+from cutover.pg.connect import Connection, conninfo
 from cutover.pg.connect import connect as cutover_connect
 from cutover.pg.errors import translate
 from cutover.pg.ident import quote
+from cutover.phases import start as starting
 from cutover.plan import Server
 from tests.conftest import Databases, Result, connect
 
@@ -208,3 +211,44 @@ def test_a_database_error_outside_a_step_is_one_line_too(
         f'run: GRANT SELECT ON TABLE "pg_catalog"."pg_class" TO {quote(name)};'
     )
     assert "Traceback" not in result.stderr
+
+
+def test_a_subscription_that_finds_no_free_replication_worker_is_told_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The target's one logical replication worker serves another subscription: start
+    says so and what to raise, instead of sending the operator to the target's log."""
+    own = Lab(tmp_path / "lab", settings={"max_logical_replication_workers": "1"})
+    own.up(sample=False)
+    try:
+        for side in ("source", "target"):
+            with connect(own.server(side)) as conn:
+                conn.execute("CREATE DATABASE feed")
+            with connect(own.server(side), "feed") as conn:
+                conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
+        with connect(own.server("source"), "feed") as conn:
+            conn.execute("CREATE PUBLICATION feed FOR TABLE t")
+        publisher = make_conninfo(**conninfo(own.server("source"), "feed", label="source"))
+        with connect(own.server("target"), "feed") as conn:
+            conn.execute(
+                sql.SQL("CREATE SUBSCRIPTION feed CONNECTION {} PUBLICATION feed").format(
+                    sql.Literal(publisher)
+                )
+            )
+        with connect(own.server("source")) as conn:
+            conn.execute("CREATE DATABASE shop")
+        with connect(own.server("source"), "shop") as conn:
+            conn.execute("CREATE TABLE items (id bigserial PRIMARY KEY, v text)")
+        plan = own.plan(["shop"], move="crowded").model_copy(update={"state_dir": tmp_path})
+        monkeypatch.setattr(starting, "CONNECT_SECONDS", 3.0)
+        api.prepare(plan, restart=False, dry_run=False)
+        with pytest.raises(StepFailed) as failed:
+            api.start(plan, jobs=1, dry_run=False)
+        assert failed.value.message == (
+            "shop/start.wait_for_catchup: the subscription of shop has not connected to the "
+            "source within 3 s: all 1 "
+            "logical replication workers of the target are busy (1 running for subscriptions)"
+        )
+        assert "raise max_logical_replication_workers on the target" in failed.value.hint
+    finally:
+        own.down(purge=True)
