@@ -1,0 +1,170 @@
+"""The switch of a move of many databases (tenants on one server), next to a runbook's.
+
+Each database holds a few tables with serial keys and a standalone sequence.
+Each run, for every `--databases` count, on fresh databases per way:
+
+- cutover: `prepare`, `start --wait`, `switch --yes` through the real command line,
+  the native engine. Its pause is what the ledger records from the fence to the
+  last step before the writers start (no writer is configured here, so stopping
+  and starting them costs nothing); every step of it is printed;
+- the runbook on the same kind of replication (set up by cutover): for each
+  database, one after another as a script does, wait until the slot has
+  confirmed the source's LSN, one `setval` per sequence, drop the subscription (and
+  with it its slot).
+
+    .venv/bin/python bench/many_databases.py --databases 10 30 --runs 2
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+from psycopg import sql
+
+from cutover.lab import Lab
+from cutover.pg.connect import Connection, connect
+from cutover.plan import dump
+
+SCHEMA = """
+CREATE TABLE accounts (id bigserial PRIMARY KEY, name text);
+CREATE TABLE orders (id integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY, account bigint);
+CREATE SEQUENCE tickets;
+INSERT INTO accounts (name) SELECT 'a' || g FROM generate_series(1, 100) g;
+INSERT INTO orders (account) SELECT 1 + g % 100 FROM generate_series(1, 200) g;
+SELECT nextval('tickets') FROM generate_series(1, 10);
+"""
+# The steps between the fence and the writers' start: the pause, writers aside.
+PAUSED = ("fence_source", "wait_for_barrier", "copy_sequences", "promote", "repoint")
+
+
+def cutover(*args: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cutover", *args], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"cutover {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+
+
+def tenants(lab: Lab, count: int, tag: str) -> list[str]:
+    """`count` fresh databases on the source, each with the schema and rows."""
+    names = [f"{tag}_{i}" for i in range(count)]
+    with connect(lab.server("source"), label="source") as conn:
+        for db in names:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
+    for db in names:
+        with connect(lab.server("source"), db, label="source") as conn:
+            conn.execute(SCHEMA)
+    return names
+
+
+def replicating(lab: Lab, work: Path, names: list[str], move: str) -> Path:
+    """A plan of these databases, prepared and streaming; its path."""
+    plan = yaml.safe_load(dump(lab.plan(names, move=move)))
+    plan.update(state_dir=str(work / move), thresholds={"lag_window": "1s"})
+    path = work / f"{move}.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    cutover("prepare", "-p", str(path))
+    cutover("start", "-p", str(path), "--wait")
+    return path
+
+
+def seconds_between(a: str, b: str) -> float:
+    return (datetime.fromisoformat(b) - datetime.fromisoformat(a)).total_seconds()
+
+
+def with_cutover(lab: Lab, work: Path, count: int, tag: str) -> dict[str, float]:
+    move = f"c{tag}"
+    path = replicating(lab, work, tenants(lab, count, move), move)
+    cutover("switch", "-p", str(path), "--yes")
+    steps = json.loads((work / move / f"{move}.ledger.json").read_text())["steps"]
+    paused = {name: steps[f"all/switch.{name}"] for name in PAUSED}
+    result = {
+        "pause": seconds_between(
+            paused["fence_source"]["started_at"], paused["repoint"]["ended_at"]
+        )
+    }
+    result.update({f"step {name}": record["seconds"] for name, record in paused.items()})
+    return result
+
+
+def by_hand(lab: Lab, work: Path, count: int, tag: str) -> dict[str, float]:
+    """The runbook, database by database: wait for the LSN, setval, drop the subscription."""
+    move = f"h{tag}"
+    names = tenants(lab, count, move)
+    replicating(lab, work, names, move)
+    began = time.monotonic()
+    for db in names:
+        with (
+            connect(lab.server("source"), db, label="source") as source,
+            connect(lab.server("target"), db, label="target") as target,
+        ):
+            settle(source)
+            for row in source.execute(
+                "SELECT format('%I.%I', schemaname, sequencename) AS name, last_value "
+                "FROM pg_sequences WHERE last_value IS NOT NULL"
+            ).fetchall():
+                target.execute("SELECT setval(%s::regclass, %s)", (row["name"], row["last_value"]))
+            row = target.execute(
+                "SELECT subname FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid "
+                "WHERE d.datname = current_database()"
+            ).fetchone()
+            assert row is not None
+            # Its slot on the source goes with it, as the runbook's one statement does.
+            target.execute(sql.SQL("DROP SUBSCRIPTION {}").format(sql.Identifier(row["subname"])))
+    return {"pause": time.monotonic() - began}
+
+
+def settle(source: Connection) -> None:
+    """Wait until the database's slot has confirmed the source's current LSN."""
+    lsn = source.execute("SELECT pg_current_wal_lsn() AS lsn").fetchone()["lsn"]  # type: ignore[index]
+    while not source.execute(
+        "SELECT bool_and(confirmed_flush_lsn >= %s) AS ok FROM pg_replication_slots "
+        "WHERE database = current_database()",
+        (lsn,),
+    ).fetchone()["ok"]:  # type: ignore[index]
+        time.sleep(0.01)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--databases", type=int, nargs="+", default=[10, 30])
+    parser.add_argument("--runs", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="cutover-many-") as tmp:
+        work = Path(tmp)
+        lab = Lab(work / "lab")
+        lab.up(sample=False)
+        try:
+            for count in args.databases:
+                ours: list[dict[str, float]] = []
+                theirs: list[float] = []
+                for run in range(args.runs):
+                    tag = f"{count}_{run}_{uuid.uuid4().hex[:4]}"
+                    ours.append(with_cutover(lab, work, count, tag))
+                    theirs.append(by_hand(lab, work, count, tag)["pause"])
+                pause = statistics.median(r["pause"] for r in ours)
+                hand = statistics.median(theirs)
+                steps = ", ".join(
+                    f"{name} {1000 * statistics.median(r[f'step {name}'] for r in ours):.0f}"
+                    for name in PAUSED
+                )
+                print(
+                    f"{count} databases: cutover fence to writers {1000 * pause:.0f} ms "
+                    f"({steps} ms), runbook {1000 * hand:.0f} ms: ratio {hand / pause:.2f}x "
+                    f"(medians of {args.runs})",
+                    flush=True,
+                )
+        finally:
+            lab.down(purge=True)
+
+
+if __name__ == "__main__":
+    main()
