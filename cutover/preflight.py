@@ -245,17 +245,19 @@ def connections_finding(side: str, use: catalog.ConnectionUse, *, databases: int
     """Whether the sessions a move holds fit beside the application's on one server.
 
     A command holds one session per database of the move and one to the server's
-    maintenance database; `start` one more per copy job. Taking the last slots would
-    make the application's next connection fail: that is refused, and a move that
-    leaves it little room is a warning.
+    maintenance database; `start` one more per copy job, the switch one more per
+    database (the snapshot its counts compare). Taking the last slots would make the
+    application's next connection fail: that is refused, and a move that leaves it
+    little room is a warning.
     """
-    needed = databases + 1 + COPY_JOBS
+    needed = max(2 * databases + 1, databases + 1 + COPY_JOBS)
     room = max(APPLICATION_ROOM_MIN, int(use.limit * APPLICATION_ROOM))
     left = use.free - needed
     said = (
         f"max_connections = {use.limit}, {use.reserved} reserved for superusers, "
         f"{use.others} in use by others: the move holds up to {needed} "
-        f"({databases} database(s), the maintenance database, {COPY_JOBS} copy jobs)"
+        f"({databases} database(s), two sessions each in the switch; the maintenance "
+        f"database; {COPY_JOBS} copy jobs in start)"
     )
     hint = (
         "raise max_connections (it takes a restart), end idle sessions (a pooler helps), "

@@ -45,13 +45,12 @@ writers start again on the source, which keeps replicating.
 import logging
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
 from cutover import database, preflight, state, verify, wait
 from cutover.database import Pool
-from cutover.engines import prove_applied
+from cutover.engines import each_database, prove_applied
 from cutover.engines.base import Engine
 from cutover.errors import CountsDiffer, PreconditionFailed, StepFailed, WritersUnhealthy
 from cutover.ledger import writer_records
@@ -77,10 +76,6 @@ HEALTH_POLL_SECONDS = 0.5  # a health probe may run a command: not every few ms
 # A table carried after start (sync-schema) has its rows before its engine calls it ready
 # (pglogical: synchronized, then ready once the apply passes the copy's end): waited for.
 COPY_SETTLE_SECONDS = 30.0
-# Databases promoted at once. Each waits for its apply worker to end (12 ms on the lab, most
-# of it the 10 ms latch PostgreSQL's DROP SUBSCRIPTION waits on); one after another, 30
-# databases took 348 ms of the pause.
-PROMOTE_AT_ONCE = 8
 
 
 @dataclass(frozen=True)
@@ -431,9 +426,14 @@ class Switch:
             clock=self.clock,
             sleep=self.sleep,
         )
-        for db in self.databases:  # the moment verify_counts compares, after the pause
-            pin = self._pins.get(db) or self._pins.setdefault(db, verify.Pinned(self.servers, db))
-            pin.pin()
+
+        def pin(db: str) -> None:  # the moment verify_counts compares, after the pause
+            pinned = self._pins.get(db) or self._pins.setdefault(
+                db, verify.Pinned(self.servers, db)
+            )
+            pinned.pin()
+
+        each_database(self.engine, self.databases, pin)  # each on connections of its own
         return [
             Change(f"target/{db}", f"barrier at {marker.position} applied")
             for db, marker in markers.items()
@@ -536,19 +536,12 @@ class Switch:
         return all(self.engine.promoted(db) for db in self.databases)
 
     def promote(self, *, dry_run: bool) -> Sequence[Change]:
-        """Stop replicating to every database, at once: the target stands alone.
-
-        Where each database replicates on its own, up to PROMOTE_AT_ONCE are promoted
-        together, each on its own connections; every one is waited for, and the first
-        failure (in the plan's order) is raised.
-        """
-        apart = self.engine.traits.databases_apart and len(self.databases) > 1 and not dry_run
-        if not apart:
-            return [c for db in self.databases for c in self.engine.promote(db, dry_run=dry_run)]
-        at_once = min(PROMOTE_AT_ONCE, len(self.databases))
-        with ThreadPoolExecutor(at_once, thread_name_prefix="promote") as pool:
-            futures = [pool.submit(self.engine.promote, db, dry_run=False) for db in self.databases]
-        return [c for future in futures for c in future.result()]
+        """Stop replicating to every database, at once: the target stands alone (several
+        databases together where each replicates apart; see engines.each_database)."""
+        promoted = each_database(
+            self.engine, self.databases, partial(self.engine.promote, dry_run=dry_run)
+        )
+        return [c for changes in promoted.values() for c in changes]
 
     def is_released(self) -> bool:
         """No subscription is left, and the source keeps no WAL for the target."""

@@ -537,9 +537,9 @@ def test_a_move_that_would_take_the_applications_last_connections_is_a_blocker(
     tmp_path: Path, cutover: Callable[..., Result]
 ) -> None:
     """A source of 20 connections, 3 kept for superusers: while the application holds 13,
-    a move of 3 databases (6 sessions with the maintenance database and 2 copy jobs) does
-    not fit in the 4 left; with 2 fewer it fits, leaving none (a warning); the check never
-    takes a slot the application then misses."""
+    a move of 3 databases (7 sessions: two a database in the switch, and the maintenance
+    database) does not fit in the 4 left; with 3 fewer it fits, leaving none (a warning);
+    the check never takes a slot the application then misses."""
     own = Lab(tmp_path / "lab")
     own.up(sample=False)
     try:
@@ -570,18 +570,19 @@ def test_a_move_that_would_take_the_applications_last_connections_is_a_blocker(
         assert refused.code == 1, refused.stdout + refused.stderr
         assert findings(refused)[("source", "connections", "FAIL")]["detail"] == (
             "max_connections = 20, 3 reserved for superusers, 13 in use by others: the move "
-            "holds up to 6 (3 database(s), the maintenance database, 2 copy jobs), 4 are "
-            "free: the application would be refused connections"
+            "holds up to 7 (3 database(s), two sessions each in the switch; the maintenance "
+            "database; 2 copy jobs in start), 4 are free: the application would be refused "
+            "connections"
         )
         assert ("target", "connections", "OK") in findings(refused)
         sessions.append(application())  # the check's sessions are gone: the slot is there
-        for session in sessions[-3:]:
+        for session in sessions[-4:]:
             session.close()
         tight = findings(cutover("check", "-p", str(plan), "--json"))
         assert tight[("source", "connections", "WARN")]["detail"].endswith(
             "; 0 would stay free for the application (less than 5)"
         )
-        for session in sessions[:-3]:
+        for session in sessions[:-4]:
             assert session.execute("SELECT 1").fetchone() == (1,)
             session.close()
     finally:

@@ -32,27 +32,28 @@ def test_a_blocker_exactly_when_the_move_does_not_fit_in_what_is_free(
     use: ConnectionUse, databases: int
 ) -> None:
     finding = connections_finding("target", use, databases=databases)
-    sessions = databases + 3  # the databases, the maintenance database, two copy jobs
+    # Two a database in the switch and the maintenance database, or start's copy jobs.
+    sessions = max(2 * databases + 1, databases + 3)
     fits = use.others + sessions <= use.limit - use.reserved
     assert (finding.status is Status.FAIL) == (not fits)
     assert finding.scope == "target" and finding.check == "connections"
     assert f"max_connections = {use.limit}" in finding.detail
-    assert f"holds up to {sessions} ({databases} database(s)" in finding.detail
+    assert f"holds up to {sessions} ({databases} database(s), two sessions" in finding.detail
     if finding.status is not Status.OK:
         assert "raise max_connections" in finding.hint
 
 
 def test_what_stays_free_decides_between_a_warning_and_ok() -> None:
-    # 100 slots, 3 reserved: a move of 10 databases holds 13.
-    assert connections_finding("source", ConnectionUse(100, 3, 70), databases=10).status is (
-        Status.OK  # 14 stay free, a tenth is 10
+    # 100 slots, 3 reserved: a move of 10 databases holds 21.
+    assert connections_finding("source", ConnectionUse(100, 3, 60), databases=10).status is (
+        Status.OK  # 16 stay free, a tenth is 10
     )
-    warned = connections_finding("source", ConnectionUse(100, 3, 80), databases=10)
+    warned = connections_finding("source", ConnectionUse(100, 3, 70), databases=10)
     assert warned.status is Status.WARN
-    assert warned.detail.endswith("; 4 would stay free for the application (less than 10)")
-    refused = connections_finding("source", ConnectionUse(100, 3, 85), databases=10)
+    assert warned.detail.endswith("; 6 would stay free for the application (less than 10)")
+    refused = connections_finding("source", ConnectionUse(100, 3, 80), databases=10)
     assert refused.status is Status.FAIL
-    assert refused.detail.endswith("12 are free: the application would be refused connections")
-    # A small server: at least 5 stay free.
-    small = connections_finding("source", ConnectionUse(25, 3, 11), databases=4)
+    assert refused.detail.endswith("17 are free: the application would be refused connections")
+    # A small server: at least 5 stay free (a move of 4 databases holds 9).
+    small = connections_finding("source", ConnectionUse(25, 3, 9), databases=4)
     assert small.status is Status.WARN and "(less than 5)" in small.detail
