@@ -18,19 +18,17 @@ Each run, for every `--databases` count, on fresh databases per way:
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime
 from pathlib import Path
 
 import yaml
+from common import cutover, seconds_between, settle
 from psycopg import sql
 
 from cutover.lab import Lab
-from cutover.pg.connect import Connection, connect
+from cutover.pg.connect import connect
 from cutover.plan import dump
 
 SCHEMA = """
@@ -43,14 +41,6 @@ SELECT nextval('tickets') FROM generate_series(1, 10);
 """
 # The steps between the fence and the writers' start: the pause, writers aside.
 PAUSED = ("fence_source", "wait_for_barrier", "copy_sequences", "promote", "repoint")
-
-
-def cutover(*args: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "cutover", *args], capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        raise SystemExit(f"cutover {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
 
 
 def tenants(lab: Lab, count: int, tag: str) -> list[str]:
@@ -74,10 +64,6 @@ def replicating(lab: Lab, work: Path, names: list[str], move: str) -> Path:
     cutover("prepare", "-p", str(path))
     cutover("start", "-p", str(path), "--wait")
     return path
-
-
-def seconds_between(a: str, b: str) -> float:
-    return (datetime.fromisoformat(b) - datetime.fromisoformat(a)).total_seconds()
 
 
 def with_cutover(lab: Lab, work: Path, count: int, tag: str) -> dict[str, float]:
@@ -106,7 +92,7 @@ def by_hand(lab: Lab, work: Path, count: int, tag: str) -> dict[str, float]:
             connect(lab.server("source"), db, label="source") as source,
             connect(lab.server("target"), db, label="target") as target,
         ):
-            settle(source)
+            settle(source, poll=0.01)
             for row in source.execute(
                 "SELECT format('%I.%I', schemaname, sequencename) AS name, last_value "
                 "FROM pg_sequences WHERE last_value IS NOT NULL"
@@ -120,17 +106,6 @@ def by_hand(lab: Lab, work: Path, count: int, tag: str) -> dict[str, float]:
             # Its slot on the source goes with it, as the runbook's one statement does.
             target.execute(sql.SQL("DROP SUBSCRIPTION {}").format(sql.Identifier(row["subname"])))
     return {"pause": time.monotonic() - began}
-
-
-def settle(source: Connection) -> None:
-    """Wait until the database's slot has confirmed the source's current LSN."""
-    lsn = source.execute("SELECT pg_current_wal_lsn() AS lsn").fetchone()["lsn"]  # type: ignore[index]
-    while not source.execute(
-        "SELECT bool_and(confirmed_flush_lsn >= %s) AS ok FROM pg_replication_slots "
-        "WHERE database = current_database()",
-        (lsn,),
-    ).fetchone()["ok"]:  # type: ignore[index]
-        time.sleep(0.01)
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import yaml
+from common import cutover
 
 from cutover.lab import Lab, free_port
 from cutover.pg.connect import Connection
@@ -42,14 +43,6 @@ def make_database(lab: Lab, tables: int, rows: int) -> None:
             conn.execute(
                 f"INSERT INTO t{i:04} SELECT g, md5(g::text) FROM generate_series(1, {rows}) g"
             )
-
-
-def cutover(*args: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "cutover", *args], capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        raise SystemExit(f"cutover {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
 
 
 def scrape(port: int) -> tuple[float, str]:

@@ -45,6 +45,8 @@ from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, for dms's stand-in
 
+from common import cutover, seconds_between, settle
+
 from cutover import load
 from cutover.lab import Lab, free_port
 from cutover.pg import load as load_sql
@@ -208,15 +210,6 @@ class App:
         return max(gaps, default=0.0)
 
 
-def cutover(*args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "cutover", *args], capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        raise SystemExit(f"cutover {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result.stdout
-
-
 def replicating(lab: Lab, work_dir: Path, app: App, engine: str, run: str) -> Path:
     """A plan for the app's database, prepared and streaming; its path."""
     control = f"http://127.0.0.1:{app.port}"
@@ -253,10 +246,6 @@ def replicating(lab: Lab, work_dir: Path, app: App, engine: str, run: str) -> Pa
     cutover("prepare", "-p", str(path))
     cutover("start", "-p", str(path), "--wait")
     return path
-
-
-def seconds_between(a: str, b: str) -> float:
-    return (datetime.fromisoformat(b) - datetime.fromisoformat(a)).total_seconds()
 
 
 def with_cutover(
@@ -311,13 +300,7 @@ def by_hand(lab: Lab, work_dir: Path, args: argparse.Namespace, run: str) -> dic
         began = datetime.now().astimezone()
         with connect(lab, "source", app.db) as source, connect(lab, "target", app.db) as target:
             started = app.stop_writes()
-            lsn = source.execute("SELECT pg_current_wal_lsn() AS lsn").fetchone()["lsn"]  # type: ignore[index]
-            while not source.execute(
-                "SELECT bool_and(confirmed_flush_lsn >= %s) AS ok FROM pg_replication_slots "
-                "WHERE database = current_database()",
-                (lsn,),
-            ).fetchone()["ok"]:  # type: ignore[index]
-                time.sleep(0.1)
+            settle(source, poll=0.1)
             rows = source.execute(
                 "SELECT format('%I.%I', schemaname, sequencename) AS name, last_value "
                 "FROM pg_sequences WHERE last_value IS NOT NULL"
