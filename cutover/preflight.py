@@ -246,11 +246,13 @@ def connections_finding(side: str, use: catalog.ConnectionUse, *, databases: int
 
     A command holds one session per database of the move and one to the server's
     maintenance database; `start` one more per copy job, the switch one more per
-    database (the snapshot its counts compare). Taking the last slots would make the
-    application's next connection fail: that is refused, and a move that leaves it
-    little room is a warning.
+    database (the snapshot its counts compare). The exporter (`cutover metrics`) holds
+    its own, one per database and one, for as long as it runs. Taking the last slots
+    would make the application's next connection fail: that is refused, and a move
+    that leaves it little room (with the exporter running too) is a warning.
     """
     needed = max(2 * databases + 1, databases + 1 + COPY_JOBS)
+    exporter = databases + 1
     room = max(APPLICATION_ROOM_MIN, int(use.limit * APPLICATION_ROOM))
     left = use.free - needed
     said = (
@@ -279,7 +281,21 @@ def connections_finding(side: str, use: catalog.ConnectionUse, *, databases: int
             f"{said}; {left} would stay free for the application (less than {room})",
             hint,
         )
-    return Finding("connections", side, Status.OK, f"{said}; {left} stay free")
+    if left - exporter < room:
+        return Finding(
+            "connections",
+            side,
+            Status.WARN,
+            f"{said}; with the exporter running (cutover metrics, {exporter} more) "
+            f"{left - exporter} would stay free for the application (less than {room})",
+            hint + "; or run the exporter only while you watch",
+        )
+    return Finding(
+        "connections",
+        side,
+        Status.OK,
+        f"{said}; {left} stay free, {left - exporter} with the exporter running",
+    )
 
 
 def _slots(plan: Plan, conn: Connection) -> Iterator[Finding]:

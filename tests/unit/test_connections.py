@@ -44,9 +44,15 @@ def test_a_blocker_exactly_when_the_move_does_not_fit_in_what_is_free(
 
 
 def test_what_stays_free_decides_between_a_warning_and_ok() -> None:
-    # 100 slots, 3 reserved: a move of 10 databases holds 21.
-    assert connections_finding("source", ConnectionUse(100, 3, 60), databases=10).status is (
-        Status.OK  # 16 stay free, a tenth is 10
+    # 100 slots, 3 reserved: a move of 10 databases holds 21, its exporter 11 more.
+    fine = connections_finding("source", ConnectionUse(100, 3, 40), databases=10)
+    assert fine.status is Status.OK  # 36 stay free, 25 with the exporter; a tenth is 10
+    assert fine.detail.endswith("; 36 stay free, 25 with the exporter running")
+    exporting = connections_finding("source", ConnectionUse(100, 3, 58), databases=10)
+    assert exporting.status is Status.WARN
+    assert exporting.detail.endswith(
+        "; with the exporter running (cutover metrics, 11 more) 7 would stay free for the "
+        "application (less than 10)"
     )
     warned = connections_finding("source", ConnectionUse(100, 3, 70), databases=10)
     assert warned.status is Status.WARN
