@@ -117,39 +117,33 @@ def connection_use(conn: Connection, *, ours: str) -> ConnectionUse:
     with a role count as clients (WAL senders and background workers among them, which
     makes the count high, never low).
     """
-    row = conn.execute(
+    reserved = ["superuser_reserved_connections", "reserved_connections"]  # the second: 16+
+    values = settings(conn, ["max_connections", *reserved])
+    others = _value(
+        conn,
         sql.SQL(
-            "SELECT (SELECT setting::int FROM pg_catalog.pg_settings "
-            "        WHERE name = 'max_connections') AS limit,"
-            " (SELECT coalesce(sum(setting::int), 0) FROM pg_catalog.pg_settings"
-            "        WHERE name IN ('superuser_reserved_connections', 'reserved_connections'))"
-            "   AS reserved,"
-            " (SELECT count(*) FROM pg_catalog.pg_stat_activity"
-            "        WHERE (backend_type = 'client backend'"
-            "               OR (backend_type IS NULL AND usesysid IS NOT NULL))"
-            "          AND application_name IS DISTINCT FROM %s) AS others"
+            "SELECT count(*) FROM pg_catalog.pg_stat_activity"
+            " WHERE (backend_type = 'client backend'"
+            "        OR (backend_type IS NULL AND usesysid IS NOT NULL))"
+            "   AND application_name IS DISTINCT FROM %s"
         ),
         (ours,),
-    ).fetchone()
-    assert row is not None
-    return ConnectionUse(int(row["limit"]), int(row["reserved"]), int(row["others"]))
+    )
+    return ConnectionUse(
+        int(values["max_connections"]),
+        sum(int(values[name]) for name in reserved if name in values),
+        int(others),
+    )
 
 
-def logical_workers(conn: Connection, *, excluding: str = "") -> tuple[int, int]:
-    """(the server's max_logical_replication_workers, the subscriptions' workers running
-    now), the subscriptions whose name starts with `excluding` left out of the count."""
-    row = conn.execute(
-        sql.SQL(
-            "SELECT (SELECT setting::int FROM pg_catalog.pg_settings"
-            "        WHERE name = 'max_logical_replication_workers') AS limit,"
-            " (SELECT count(*) FROM pg_catalog.pg_stat_subscription"
-            "        WHERE pid IS NOT NULL"
-            "          AND (%(prefix)s = '' OR NOT starts_with(subname, %(prefix)s))) AS running"
-        ),
-        {"prefix": excluding},
-    ).fetchone()
-    assert row is not None
-    return int(row["limit"]), int(row["running"])
+def logical_workers(conn: Connection) -> tuple[int, int]:
+    """(the server's max_logical_replication_workers, the subscriptions' workers running now)."""
+    limit = settings(conn, ["max_logical_replication_workers"])["max_logical_replication_workers"]
+    running = _value(
+        conn,
+        sql.SQL("SELECT count(*) FROM pg_catalog.pg_stat_subscription WHERE pid IS NOT NULL"),
+    )
+    return int(limit), int(running)
 
 
 def enabled_subscriptions(conn: Connection, *, excluding: Sequence[str]) -> int:
