@@ -8,23 +8,17 @@ imports another.
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from importlib import import_module
 from typing import TypeVar
 
 from cutover import wait
 from cutover.engines.base import Barrier, Engine
 from cutover.errors import UsageError
-from cutover.pg.connect import Pool
+from cutover.pg.connect import Pool, each
 from cutover.plan import Engine as EngineKind
 from cutover.plan import Plan
 
 BARRIER_POLL_SECONDS = 0.01
-# Databases worked on at once where each replicates apart (Traits.databases_apart). A
-# promotion waits about 12 ms for its apply worker, a barrier for its commit's flush: one
-# after another, a move of 30 databases spent 347 ms of its pause promoting.
-AT_ONCE = 8
-
 T = TypeVar("T")
 
 _MODULES = {
@@ -58,17 +52,12 @@ def reversed_plan(plan: Plan) -> Plan:
 def each_database(
     engine: Engine, databases: Sequence[str], work: Callable[[str], T]
 ) -> dict[str, T]:
-    """`work` done for every database, up to AT_ONCE at a time where the engine's
-    databases replicate apart (each on its own connections), else one after another.
-
-    Every database's work is waited for; the first failure in `databases`' order is
-    raised. The answers come in that order.
-    """
-    if not engine.traits.databases_apart or len(databases) < 2:
+    """`work` done for every database: several at a time (`pg.connect.each`) where the
+    engine's databases replicate apart, else one after another. The answers come in
+    `databases`' order, and so does the first failure raised."""
+    if not engine.traits.databases_apart:
         return {db: work(db) for db in databases}
-    with ThreadPoolExecutor(min(AT_ONCE, len(databases)), thread_name_prefix="db") as pool:
-        futures = {db: pool.submit(work, db) for db in databases}
-    return {db: future.result() for db, future in futures.items()}
+    return dict(zip(databases, each(databases, work), strict=True))
 
 
 def prove_applied(

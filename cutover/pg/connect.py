@@ -5,7 +5,7 @@ that fails on it leaves the label, the database and the statement on the
 error (see pg/errors.py), which is re-raised as it was.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Self, TypeVar, cast
@@ -22,6 +22,7 @@ from cutover.plan import Server, resolve_secret
 Connection = psycopg.Connection[dict[str, Any]]
 DatabaseError = psycopg.Error  # what a query on a lost connection raises
 T = TypeVar("T")
+K = TypeVar("K")
 
 
 class LabeledConnection(psycopg.Connection[dict[str, Any]]):
@@ -177,6 +178,23 @@ def pool(servers: dict[str, Server]) -> Iterator[Pool]:
         yield p
     finally:
         p.close()
+
+
+# Databases worked on at once, each on connections of its own. A promotion waits about
+# 12 ms for its apply worker, a barrier for its commit's flush: one after another, a move
+# of 30 databases spent 347 ms of its pause promoting.
+AT_ONCE = 8
+
+
+def each(items: Sequence[K], work: Callable[[K], T]) -> list[T]:
+    """`work` done for every item (each on connections of its own), up to AT_ONCE at a
+    time; every one is waited for, and the first failure in `items`' order is raised.
+    The answers come in that order."""
+    if len(items) < 2:
+        return [work(item) for item in items]
+    with ThreadPoolExecutor(min(AT_ONCE, len(items)), thread_name_prefix="each") as pool:
+        futures = [pool.submit(work, item) for item in items]
+    return [future.result() for future in futures]
 
 
 def both(source: Callable[[], T], target: Callable[[], T]) -> tuple[T, T]:

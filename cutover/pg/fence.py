@@ -15,11 +15,10 @@ keep their logins (a superuser that writes aborts the switch all the same).
 """
 
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 from psycopg import sql
 
-from cutover.pg.connect import Connection
+from cutover.pg.connect import Connection, each
 from cutover.pg.execute import change
 from cutover.pg.queries import load
 from cutover.steps import Change
@@ -27,7 +26,6 @@ from cutover.steps import Change
 TABLE = sql.Identifier("_cutover", "fence")
 # Roles a managed service needs for itself; fencing them would break the service, not the app.
 SERVICE_ROLES = ("cloudsqladmin", "cloudsqlagent", "cloudsqlreplica", "rdsadmin", "rdsrepladmin")
-AT_ONCE = 8  # databases asked at once which roles write their tables
 
 
 def roles_to_fence(
@@ -42,12 +40,11 @@ def roles_to_fence(
     """
     kept = [*keep, *SERVICE_ROLES]
     if named is None:
-        # Asked of every database at once (each its own connection): it runs in the pause.
-        with ThreadPoolExecutor(max(1, min(AT_ONCE, len(databases)))) as pool:
-            found = pool.map(
-                lambda db: db.execute(load("table_writers"), {"keep": kept}).fetchall(), databases
-            )
-            return sorted({r["rolname"] for rows in found for r in rows})
+        # Asked of several databases at once (each its own connection): it runs in the pause.
+        found = each(
+            databases, lambda db: db.execute(load("table_writers"), {"keep": kept}).fetchall()
+        )
+        return sorted({r["rolname"] for rows in found for r in rows})
     rows = conn.execute(
         sql.SQL(
             "SELECT rolname FROM pg_catalog.pg_roles WHERE rolcanlogin "

@@ -175,7 +175,7 @@ def test_databases_that_replicate_apart_are_promoted_together(tmp_path: Path, ap
     # Reported in the plan's order however they ended.
     assert [c.where for c in changes] == [f"tenant_{i}" for i in range(6)]
     if apart:
-        assert took < 0.45  # six halts of 0.1 s, up to engines.AT_ONCE at a time
+        assert took < 0.45  # six halts of 0.1 s, up to pg.connect.AT_ONCE at a time
     else:
         assert took >= 0.6 and log == [f"tenant_{i}" for i in range(6)]
 
