@@ -61,6 +61,7 @@ class Running:
     log_path: Path
     work: load.Load
     thread: threading.Thread
+    tenants: tuple[str, ...] = ()  # the move's other databases, the application's too
 
     def stop(self) -> None:
         self.work.stop.set()
@@ -130,6 +131,13 @@ def apply_superuser_fixes(lab: Lab, plan: Path, cutover: Callable[..., Result]) 
 
 
 @pytest.fixture
+def tenants() -> int:
+    """How many more databases under_load's move carries beside the written one (a test
+    overrides it): owned by the application, each a table of rows, none written."""
+    return 0
+
+
+@pytest.fixture
 def plan_extra() -> dict[str, Any]:
     """More top-level keys for under_load's plan (a test module overrides it: dms)."""
     return {}
@@ -178,6 +186,7 @@ def under_load(
     controller: str,
     pooler: str,
     plan_extra: dict[str, Any],
+    tenants: int,
     lab: Lab,
     databases: Databases,
     write_plan: Callable[..., Path],
@@ -213,6 +222,20 @@ def under_load(
         conn.execute(VIEW)
         conn.execute("CREATE UNIQUE INDEX ON load_totals (n)")
         conn.execute("RESET ROLE")
+    others = tuple(databases.create(prefix="tenant") for _ in range(tenants))
+    for other in others:
+        with connect(lab.server("source")) as conn:
+            conn.execute(
+                psycopg.sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                    psycopg.sql.Identifier(other), psycopg.sql.Identifier(role)
+                )
+            )
+        with connect(lab.server("source"), other) as conn:
+            conn.execute(psycopg.sql.SQL("SET ROLE {}").format(psycopg.sql.Identifier(role)))
+            conn.execute("CREATE TABLE accounts (id bigserial PRIMARY KEY, name text)")
+            conn.execute(
+                "INSERT INTO accounts (name) SELECT 'a' || g FROM generate_series(1, 100) g"
+            )
     source = managed_controller(lab, role, tmp_path) if controller == "managed" else {}
     env = tmp_path / "app.env"
     port = lab.server("source").port
@@ -248,7 +271,7 @@ def under_load(
         )
     )
     plan = write_plan(
-        [db],
+        [db, *others],
         move=f"t{uuid.uuid4().hex[:8]}",
         engine=engine,
         source=source,
@@ -271,7 +294,7 @@ def under_load(
         apply_superuser_fixes(lab, plan, cutover)
     thread = threading.Thread(target=work.run, kwargs={"port": control, "duration": None})
     thread.start()
-    running = Running(db, plan, engine, role, log_path, work, thread)
+    running = Running(db, plan, engine, role, log_path, work, thread, others)
     try:
         prepared = cutover("prepare", "-p", str(plan))
         assert prepared.code == 0, prepared.stdout + prepared.stderr

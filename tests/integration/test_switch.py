@@ -33,6 +33,35 @@ from tests.integration.conftest import (
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.parametrize("tenants", [3])
+def test_a_switch_of_several_databases_under_load_promotes_them_together_and_loses_nothing(
+    lab: Lab, under_load: Running, cutover: Callable[..., Result]
+) -> None:
+    """Four databases of the application's (one written, three tenants): promoted, their
+    barriers committed and their snapshots pinned several at a time, and from the
+    application's side no error but the fence's, no acknowledged write lost."""
+    result = cutover("switch", "-p", str(under_load.plan), "--yes")
+    assert result.code == 0, result.stdout + result.stderr
+    outcome = nothing_lost(lab, under_load)
+    assert outcome.errors == []
+    assert outcome.fenced_errors <= under_load.work.workers
+    assert acked_on(under_load, lab.server("target").port) > 0
+    for db in (under_load.db, *under_load.tenants):
+        with connect(lab.server("target"), db) as conn:
+            subscriptions = conn.execute(
+                "SELECT count(*) AS n FROM pg_subscription s JOIN pg_database d "
+                "ON d.oid = s.subdbid WHERE d.datname = current_database()"
+            ).fetchone()
+            assert subscriptions == {"n": 0}, db  # promoted
+    for db in under_load.tenants:
+        with connect(lab.server("target"), db) as conn:
+            assert conn.execute("SELECT count(*) AS n FROM accounts").fetchone() == {"n": 100}
+            owner = conn.execute(
+                "SELECT tableowner FROM pg_tables WHERE tablename = 'accounts'"
+            ).fetchone()
+            assert owner == {"tableowner": under_load.role}
+
+
 @pytest.mark.parametrize("controller", ["superuser", "managed"])
 def test_a_switch_under_load_loses_no_acknowledged_write(
     lab: Lab, under_load: Running, cutover: Callable[..., Result]
