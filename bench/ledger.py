@@ -1,49 +1,46 @@
-"""What the ledger costs a move of many databases: `prepare` and `start` recorded for each.
+"""What the ledger costs a move of many databases: `prepare`, `start` and a switch's records.
 
 Every database of a move runs 13 steps through `prepare` and `start`; each step
 is written to the ledger twice (started, then finished, neither waiting for the
-disk, as those phases write them). The ledger is one document, written whole
-at each record. Printed: the seconds spent writing it for the whole move, the
-document's size, and one record's cost at the end, next to the same records
-written the way the ledger wrote them before 2026-11-28 (every record converted
-to JSON again at each write), in one run.
+disk, as those phases write them). Then a switch records 10 steps, each waiting
+for the disk before its work. Printed: the seconds spent writing the ledger for
+the whole of `prepare` and `start`, one record's cost at the end, one switch
+record's cost (synced), the document's size and its last write (the command's
+end), next to the same records written as the ledger wrote them before its
+log (the whole document at each record, as a ConfigMap still is), in one run.
 
-    .venv/bin/python bench/ledger.py --databases 100 200
+    .venv/bin/python bench/ledger.py --databases 100 200 1200
 """
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from cutover.ledger import FileStore, Journal
-from cutover.ledger.base import dumps
+from cutover.ledger.base import Store
 from cutover.steps import Outcome
 
 # As many steps as `prepare` (8) and `start` (5) have, with names of their length.
 STEPS = [f"prepare.step_of_prepare_{i}" for i in range(8)] + [
     f"start.step_of_start_{i}" for i in range(5)
 ]
+SWITCH = [f"all/switch.step_of_switch_{i}" for i in range(10)]
 
 
-class Converting(Journal):
-    """The ledger as it was: the whole document converted to JSON at each write."""
+class Whole(Journal):
+    """The ledger as it was: the whole document written at each record."""
 
-    def _text(self) -> str:
-        document = {
-            "format": 1,
-            "move": "m",
-            "id": self.id,
-            "steps": {k: asdict(r) for k, r in self.steps().items()},
-            "events": [asdict(e) for e in self.events()],
-        }
-        return dumps(document)
+    def __init__(self, store: Store, *, move: str) -> None:
+        super().__init__(store, move=move)
+        self._log = None
 
 
-def record_move(journal: type[Journal], databases: int, work: Path) -> tuple[float, float, int]:
-    """Seconds for the whole move, seconds of the last database's records, bytes."""
+def record_move(journal: type[Journal], databases: int, work: Path) -> dict[str, float]:
+    """Seconds for the whole move, for one of the last database's records, for a
+    switch's synced record (median), for the command's last write; the bytes."""
     store = FileStore(work, "m")
     ledger = journal(store, move="m")
     began = time.perf_counter()
@@ -57,22 +54,42 @@ def record_move(journal: type[Journal], databases: int, work: Path) -> tuple[flo
             ledger.finished(key, outcome=Outcome.APPLIED, seconds=0.01, durable=False)
     ledger.flush(sync=False)
     ended = time.perf_counter()
-    json.loads(store.path.read_text())  # whole and readable
-    return ended - began, (ended - last) / len(STEPS), store.path.stat().st_size
+    synced = []
+    for key in SWITCH:
+        at = time.perf_counter()
+        ledger.started(key, phase="switch", scope="all")
+        synced.append(time.perf_counter() - at)
+        ledger.finished(key, outcome=Outcome.APPLIED, seconds=0.01, durable=False)
+    at = time.perf_counter()
+    ledger.close()
+    closed = time.perf_counter() - at
+    document = json.loads(store.path.read_text())  # whole and readable, the log folded in
+    assert len(document["steps"]) == databases * len(STEPS) + len(SWITCH)
+    return {
+        "move": ended - began,
+        "record": (ended - last) / len(STEPS),
+        "switch": statistics.median(synced),
+        "close": closed,
+        "bytes": store.path.stat().st_size,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--databases", type=int, nargs="+", default=[100, 200])
     args = parser.parse_args()
-    print(f"{'databases':>9} {'way':<22} {'move':>9} {'a record':>10} {'document':>9}")
+    print(
+        f"{'databases':>9} {'way':<20} {'move':>9} {'a record':>10} {'switch rec':>10} "
+        f"{'last write':>10} {'document':>9}"
+    )
     for databases in args.databases:
-        for label, journal in (("cutover", Journal), ("converting each write", Converting)):
+        for label, journal in (("cutover", Journal), ("whole at each write", Whole)):
             with tempfile.TemporaryDirectory() as tmp:
-                seconds, record, size = record_move(journal, databases, Path(tmp))
+                r = record_move(journal, databases, Path(tmp))
             print(
-                f"{databases:>9} {label:<22} {seconds:>8.1f}s {record * 1000:>8.2f}ms "
-                f"{size / 1e6:>7.1f}MB",
+                f"{databases:>9} {label:<20} {r['move']:>8.1f}s {r['record'] * 1000:>8.2f}ms "
+                f"{r['switch'] * 1000:>8.1f}ms {r['close'] * 1000:>8.1f}ms "
+                f"{r['bytes'] / 1e6:>7.1f}MB",
                 flush=True,
             )
 

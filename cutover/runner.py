@@ -58,7 +58,7 @@ def locked(plan: Plan) -> Iterator[Journal]:
         try:
             yield journal
         finally:
-            journal.flush(sync=False)  # what an undo walks was synced when written
+            journal.close()  # what an undo walks was synced when written
 
 
 FAILPOINT = "CUTOVER_FAILPOINT"

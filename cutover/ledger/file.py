@@ -1,11 +1,14 @@
-"""The default ledger store: one JSON file per move in the state directory.
+"""The default ledger store: one JSON file per move in the state directory, a log beside it.
 
-Writes are atomic: a temporary file in the same folder renamed over the old
-one. A synced write also waits for the disk (fsync the file, rename, fsync the
-folder); one that is not survives the process being killed but not the machine
-losing power, and the Journal syncs it before its command ends. The lock is an flock on a sibling
-file, released by the kernel when the holding process dies, so a killed
-controller never leaves a stale lock behind.
+The document's writes are atomic: a temporary file in the same folder renamed
+over the old one. Between them the ledger's records are appended to a log,
+`<move>.ledger.jsonl` (an entry per line), which the next write of the document
+folds in and removes; `read` applies it. A synced write also waits for the disk
+(fsync the file, rename, fsync the folder; for an append, fsync the log, and the
+document and folder the first time); one that is not survives the process being
+killed but not the machine losing power, and the Journal syncs it before its
+command ends. The lock is an flock on a sibling file, released by the kernel when
+the holding process dies, so a killed controller never leaves a stale lock behind.
 """
 
 import fcntl
@@ -18,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cutover.errors import LedgerLocked, UsageError
-from cutover.ledger.base import actor, now
+from cutover.ledger.base import actor, now, replay
 
 
 class FileStore:
@@ -26,16 +29,24 @@ class FileStore:
 
     def __init__(self, state_dir: Path, move: str, *, kind: str = "ledger") -> None:
         self.path = state_dir / f"{move}.{kind}.json"
+        self.log_path = state_dir / f"{move}.{kind}.jsonl"
         self._lock_path = state_dir / f"{move}.lock"
+        # What a synced append must wait for besides the log: the document (written
+        # here without waiting, or by another process) and a new log's name in the folder.
+        self._document_on_disk = False
+        self._log_named = False
 
     def describe(self) -> str:
         """The file's path."""
         return str(self.path)
 
     def read(self) -> dict[str, Any] | None:
-        """The document, or None before the first write."""
+        """The document with its log applied, or None before the first write."""
         try:
+            # The log first: a write of the document in between folds in what was read.
+            lines = _lines(self.log_path)
             data: dict[str, Any] = json.loads(self.path.read_text())
+            return replay(data, lines, where=str(self.log_path)) if lines else data
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
@@ -43,7 +54,6 @@ class FileStore:
                 f"the ledger {self.path} cannot be read: {exc}",
                 hint="restore it from a backup, or move it aside to start the move's record anew",
             ) from None
-        return data
 
     def write(self, text: str, *, sync: bool = True) -> None:
         """Replace the document with `text` (JSON) atomically; with `sync`, durably too."""
@@ -59,13 +69,27 @@ class FileStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        if not sync:
-            return
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        self.log_path.unlink(missing_ok=True)  # in the document now
+        self._document_on_disk = sync
+        if sync:
+            _fsync(self.path.parent)
+
+    def append(self, lines: str, *, sync: bool) -> None:
+        """Add entries to the log; with `sync`, wait for the disk (see the module)."""
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as handle:
+            if handle.tell() == 0:
+                self._log_named = False  # a new log
+            handle.write(lines)
+            handle.flush()
+            if sync:
+                os.fsync(handle.fileno())
+        if sync:
+            if not self._document_on_disk:
+                _fsync(self.path)
+            if not (self._document_on_disk and self._log_named):
+                _fsync(self.path.parent)
+            self._document_on_disk = self._log_named = True
 
     @contextmanager
     def lock(self) -> Iterator[None]:
@@ -95,3 +119,19 @@ class FileStore:
                 f"cannot create the state directory {self.path.parent}: {exc.strerror}",
                 hint="set state_dir in the plan to a folder this user may write",
             ) from None
+
+
+def _lines(path: Path) -> list[str]:
+    """The lines of a log, none if there is no log."""
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

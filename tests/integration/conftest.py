@@ -16,7 +16,7 @@ import yaml
 
 from cutover import load
 from cutover.lab import Lab, free_port
-from cutover.ledger import journal_for
+from cutover.ledger import FileStore, journal_for
 from cutover.pg import load as load_sql
 from cutover.plan import load as load_plan
 from cutover.steps import SwitchStep as S
@@ -364,7 +364,10 @@ def ledger_of(running: Running) -> dict[str, dict[str, object]]:
 def ledger_of_plan(plan: Path) -> dict[str, dict[str, object]]:
     """The step records of the move of a plan that write_plan wrote."""
     path = next((plan.parent / "state").glob("*.ledger.json"))
-    steps: dict[str, dict[str, object]] = json.loads(path.read_text())["steps"]
+    # The document and the log beside it: a killed command has not folded its log in.
+    data = FileStore(path.parent, path.name.removesuffix(".ledger.json")).read()
+    assert data is not None
+    steps: dict[str, dict[str, object]] = data["steps"]
     return steps
 
 

@@ -11,6 +11,7 @@ from cutover.lab import Lab
 from cutover.ledger import FileStore, Journal
 from cutover.plan import dump
 from tests.conftest import Databases, Result, connect, move_of
+from tests.integration.conftest import ledger_of_plan
 
 pytestmark = pytest.mark.integration
 
@@ -25,12 +26,6 @@ def barrier_exists(lab: Lab, side: str, db: str) -> bool:
     with connect(lab.server(side), db) as conn:
         row = conn.execute("SELECT to_regclass('_cutover.barrier') AS t").fetchone()
         return row is not None and row["t"] is not None
-
-
-def ledger(plan: Path) -> dict[str, dict[str, object]]:
-    data = json.loads((plan.parent / "state" / f"{move_of(plan)}.ledger.json").read_text())
-    steps: dict[str, dict[str, object]] = data["steps"]
-    return steps
 
 
 def test_a_dry_run_prints_the_sql_and_changes_nothing(
@@ -59,7 +54,7 @@ def test_prepare_applies_once_then_skips(
     assert first.code == 0, first.stderr
     assert database_exists(lab, "target", db)  # the awkward name arrived exactly
     assert barrier_exists(lab, "source", db) and barrier_exists(lab, "target", db)
-    assert {k.split("/")[-1]: v["outcome"] for k, v in ledger(plan).items()} == {
+    assert {k.split("/")[-1]: v["outcome"] for k, v in ledger_of_plan(plan).items()} == {
         "prepare.enable_logical_decoding": "adopted",  # the lab has wal_level = logical
         "prepare.create_target_database": "applied",
         "prepare.create_source_barrier": "applied",
@@ -73,7 +68,7 @@ def test_prepare_applies_once_then_skips(
     second = cutover("prepare", "-p", str(plan))
     assert second.code == 0
     assert second.stdout.count("skipped") == 8
-    assert all(v["runs"] == 1 for v in ledger(plan).values())
+    assert all(v["runs"] == 1 for v in ledger_of_plan(plan).values())
 
     # Dropped behind cutover's back: only that step runs again.
     with connect(lab.server("source"), db) as conn:
@@ -99,7 +94,7 @@ def test_what_exists_is_adopted_and_a_failed_step_resumes(
     assert failed.code == 1
     assert failed.stderr.startswith(f"FAILED: {db}/prepare.copy_schema: cannot connect")
     assert "Traceback" not in failed.stderr
-    steps = ledger(plan)
+    steps = ledger_of_plan(plan)
     assert steps[f"{db}/prepare.create_target_database"]["outcome"] == "adopted"
     assert steps[f"{db}/prepare.create_source_barrier"]["outcome"] == "applied"
     assert steps[f"{db}/prepare.copy_schema"]["status"] == "failed"
@@ -112,7 +107,7 @@ def test_what_exists_is_adopted_and_a_failed_step_resumes(
         conn.execute(f'ALTER DATABASE "{db.replace(chr(34), chr(34) * 2)}" ALLOW_CONNECTIONS true')
     resumed = cutover("prepare", "-p", str(plan))
     assert resumed.code == 0, resumed.stderr
-    steps = ledger(plan)
+    steps = ledger_of_plan(plan)
     assert steps[f"{db}/prepare.create_source_barrier"]["runs"] == 1  # not repeated
     assert steps[f"{db}/prepare.copy_schema"]["runs"] == 2  # failed once, then done
     assert steps[f"{db}/prepare.create_publication"]["status"] == "done"
