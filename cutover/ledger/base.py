@@ -152,32 +152,32 @@ class Appending(Protocol):
     with the log's entries applied (`replay`).
     """
 
-    def append(self, lines: str, *, sync: bool) -> None:
-        """Add `lines` (entries, each a JSON object and a newline) to the log."""
+    def append(self, line: str, *, sync: bool) -> None:
+        """Add `line` (an entry: a JSON object and a newline) to the log."""
 
 
 def replay(data: dict[str, Any], lines: list[str], *, where: str) -> dict[str, Any]:
     """The document `data` with the log's entries after its own (`n`) applied, in order.
 
-    A last line cut short is an append a crash interrupted before it returned: nothing
-    was told it was written, so it is left out. Any other line that is not an entry
-    is damage, and is named.
+    An entry is one write: the records it changed (the last of a key wins) and the
+    events it added. A last line cut short is an append a crash interrupted before it
+    returned: nothing was told it was written, so it is left out. Any other line that
+    is not an entry is damage, and is named.
     """
     absorbed = int(data.get("n", 0))
     for number, line in enumerate(lines, start=1):
         try:
             entry = json.loads(line)
-            n = int(entry["n"])
+            n, records, events = int(entry["n"]), entry["steps"], entry["events"]
         except (ValueError, KeyError, TypeError):
             if number == len(lines):
                 break
             raise ValueError(f"line {number} of {where} is not a ledger entry") from None
         if n <= absorbed:
             continue  # written into the document already (a log its writer could not remove)
-        if "step" in entry:
-            data.setdefault("steps", {})[entry["step"]["key"]] = entry["step"]
-        else:
-            data.setdefault("events", []).append(entry["event"])
+        steps = data.setdefault("steps", {})
+        steps.update((record["key"], record) for record in records)
+        data.setdefault("events", []).extend(events)
         data["n"] = absorbed = n
     return data
 
@@ -229,11 +229,11 @@ class Journal:
         # From the first durable record on, every write waits for the disk.
         self._durable = any(r.durable for r in self._doc.steps.values())
         # With a store that keeps a log, a write appends what changed since the last one
-        # (an entry per record and event, numbered on from the document's `n`), and the
-        # document is written whole only when the log has outgrown it, and by `close`.
+        # (one entry, numbered on from the document's `n`), and the document is written
+        # whole only when the log has outgrown it, and by `close`.
         self._log = store if isinstance(store, Appending) else None
         self._n = int(data.get("n", 0)) if data else 0
-        self._lines: list[str] = []  # entries not yet appended
+        self._changed: tuple[list[str], list[str]] = ([], [])  # records, events: unappended
         self._documented = data is not None  # a document exists: the log may follow it
         self._whole = 0  # bytes of the document at its last write here
         self._logged = 0  # bytes appended since
@@ -386,19 +386,16 @@ class Journal:
         self._doc.steps[record.key] = record
         body = dumps(asdict(record))
         self._records[record.key] = f"{dumps(record.key)}:{body}"
-        self._entry("step", body)
-
-    def _entry(self, kind: str, body: str) -> None:
-        self._n += 1
         if self._log is not None:
-            self._lines.append(f'{{"n":{self._n},"{kind}":{body}}}\n')
+            self._changed[0].append(body)
 
     def _append(self, event: Event, *, write: bool = True, sync: bool = True) -> None:
         """Add an event; a step's events come after its record changed (`event.key`)."""
         self._doc.events.append(event)
         body = dumps(asdict(event))
         self._events.append(body)
-        self._entry("event", body)
+        if self._log is not None:
+            self._changed[1].append(body)
         record = self._doc.steps.get(event.key) if event.key else None
         self._durable = self._durable or (record is not None and record.durable)
         if write:
@@ -409,13 +406,19 @@ class Journal:
     def _write(self, *, sync: bool) -> None:
         # A write carries every record before it; a synced one waits for them all.
         fold = self._logged > max(self._whole, FOLD)
-        if self._log is None or not self._documented or fold or not self._lines:
+        records, events = self._changed
+        if self._log is None or not self._documented or fold or not (records or events):
             self._write_whole(sync=sync or self._log_synced)  # the log it ends had waited
         else:
-            lines = "".join(self._lines)
-            self._log.append(lines, sync=sync)
-            self._lines.clear()
-            self._logged += len(lines)
+            # One line per write: a crash leaves the ledger as it was at one of its writes.
+            self._n += 1
+            line = (
+                f'{{"n":{self._n},"steps":[{",".join(records)}],"events":[{",".join(events)}]}}\n'
+            )
+            self._log.append(line, sync=sync)
+            records.clear()
+            events.clear()
+            self._logged += len(line)
             self._log_synced = self._log_synced or sync
         self._unwritten = False
         self._unsynced = not sync
@@ -423,7 +426,8 @@ class Journal:
     def _write_whole(self, *, sync: bool) -> None:
         text = self._text()
         self._store.write(text, sync=sync)
-        self._lines.clear()
+        self._changed[0].clear()
+        self._changed[1].clear()
         self._documented = True
         self._whole, self._logged, self._log_synced = len(text), 0, False
         self._unwritten = False

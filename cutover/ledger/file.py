@@ -2,7 +2,7 @@
 
 The document's writes are atomic: a temporary file in the same folder renamed
 over the old one. Between them the ledger's records are appended to a log,
-`<move>.ledger.jsonl` (an entry per line), which the next write of the document
+`<move>.ledger.jsonl` (an entry per write, a line each), which the next write of the document
 folds in and removes; `read` applies it. A synced write also waits for the disk
 (fsync the file, rename, fsync the folder; for an append, fsync the log, and the
 document and folder the first time); one that is not survives the process being
@@ -74,13 +74,13 @@ class FileStore:
         if sync:
             _fsync(self.path.parent)
 
-    def append(self, lines: str, *, sync: bool) -> None:
-        """Add entries to the log; with `sync`, wait for the disk (see the module)."""
+    def append(self, line: str, *, sync: bool) -> None:
+        """Add an entry to the log; with `sync`, wait for the disk (see the module)."""
         fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         with os.fdopen(fd, "a", encoding="utf-8") as handle:
             if handle.tell() == 0:
                 self._log_named = False  # a new log
-            handle.write(lines)
+            handle.write(line)
             handle.flush()
             if sync:
                 os.fsync(handle.fileno())
