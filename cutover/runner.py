@@ -58,7 +58,7 @@ def locked(plan: Plan) -> Iterator[Journal]:
         try:
             yield journal
         finally:
-            journal.close()  # what an undo walks was synced when written
+            journal.close()  # the log folded into the document, so that it alone says all
 
 
 FAILPOINT = "CUTOVER_FAILPOINT"

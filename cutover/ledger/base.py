@@ -4,6 +4,7 @@ import getpass
 import hashlib
 import json
 import os
+import secrets
 import socket
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -57,9 +58,9 @@ class StepRecord:
     runs: int = 1
     phase: str | None = None  # the phase's name and the scope it ran for (older records: None)
     scope: str | None = None
-    # Started durable (a step an undo walks). Once the document holds one, every write
-    # waits for the disk: a replace that did not could leave no document at all after a
-    # power loss (rename without a sync, on XFS). Older records: durable, as they were.
+    # Started durable (a step an undo walks). Once the document holds one, every write of
+    # the document waits for the disk (see Journal._write_whole); an append to its log
+    # only when asked. Older records: durable, as they were.
     durable: bool = True
 
     @classmethod
@@ -114,7 +115,7 @@ class Document:
             steps={k: StepRecord.from_dict(v) for k, v in data.get("steps", {}).items()},
             events=[Event(**e) for e in data.get("events", [])],
         )
-        if data.get("id"):  # an older ledger has none: it gets one with its next write
+        if data.get("id"):  # an older ledger has none: it gets one with its next whole write
             document.id = str(data["id"])
         return document
 
@@ -149,36 +150,40 @@ class Appending(Protocol):
     """A store that keeps a log beside its document: a record costs its own bytes.
 
     `write` replaces the document and ends the log; `read` returns the document
-    with the log's entries applied (`replay`).
+    with the log's lines applied (`replay`).
     """
+
+    # Whether the last `read` found lines beside the document: a command killed before
+    # its end left them, its last line perhaps cut short, so nothing may follow them.
+    found_log: bool
 
     def append(self, line: str, *, sync: bool) -> None:
-        """Add `line` (an entry: a JSON object and a newline) to the log."""
+        """Add `line` (a JSON object and a newline) to the log."""
 
 
-def replay(data: dict[str, Any], lines: list[str], *, where: str) -> dict[str, Any]:
-    """The document `data` with the log's entries after its own (`n`) applied, in order.
+def replay(data: dict[str, Any], lines: list[bytes], *, where: str) -> dict[str, Any]:
+    """The document `data` with the log's lines of its generation (`log`) applied, in order.
 
-    An entry is one write: the records it changed (the last of a key wins) and the
-    events it added. A last line cut short is an append a crash interrupted before it
-    returned: nothing was told it was written, so it is left out. Any other line that
-    is not an entry is damage, and is named.
+    A line is one write: the records it changed (the last of a key wins) and the events
+    it added. Lines of another generation are not the document's: written before its
+    last whole write (which holds them) or beside a document put back from a backup.
+    A last line that is not whole is an append a crash cut short: nothing was told it
+    was written, so it is left out. Any other such line is damage: ValueError, named.
     """
-    absorbed = int(data.get("n", 0))
+    generation = data.get("log")
     for number, line in enumerate(lines, start=1):
         try:
             entry = json.loads(line)
-            n, records, events = int(entry["n"]), entry["steps"], entry["events"]
+            if entry["log"] != generation:
+                continue
+            records = [(record["key"], record) for record in entry["steps"]]
+            events = list(entry["events"])
         except (ValueError, KeyError, TypeError):
             if number == len(lines):
                 break
             raise ValueError(f"line {number} of {where} is not a ledger entry") from None
-        if n <= absorbed:
-            continue  # written into the document already (a log its writer could not remove)
-        steps = data.setdefault("steps", {})
-        steps.update((record["key"], record) for record in records)
+        data.setdefault("steps", {}).update(records)
         data.setdefault("events", []).extend(events)
-        data["n"] = absorbed = n
     return data
 
 
@@ -205,13 +210,11 @@ class Journal:
       journal commit waits for the gigabyte the servers left dirty (803 ms
       measured, and 718 ms for the last record of a `start`).
 
-    Only while no durable record is in the document: from the first, every write
-    waits for the disk (see StepRecord.durable).
-
     A write costs what changed, not the document: with a store that keeps a log
-    (`Appending`, the file store), it appends the entries since the last write, and
-    the document is written whole only once the log outgrows it, and by `close` at
-    the end of a command. A ConfigMap is replaced whole at each write.
+    (`Appending`, the file store), it appends a line of what changed since the last
+    write, and the document is written whole only when the log outgrows it, and by
+    `close` at the end of a command. A ConfigMap is replaced whole at each write, and
+    once it holds a durable record every write waits for the disk (StepRecord.durable).
     """
 
     def __init__(self, store: Store, *, move: str) -> None:
@@ -220,24 +223,28 @@ class Journal:
         self._doc = Document.from_dict(data) if data else Document(move=move)
         self._doc.id = self._doc.id or identity(store)
         # Each record and event as JSON, kept as they change: a write joins them instead
-        # of converting every record again (bench/ledger.py: 200 databases' prepare and
-        # start spent 112 s on that, 5 s now).
-        self._records = {k: _record_json(r) for k, r in self._doc.steps.items()}
+        # of converting every record again.
+        self._records = {k: _record_json(k, dumps(asdict(r))) for k, r in self._doc.steps.items()}
         self._events = [dumps(asdict(e)) for e in self._doc.events]
         self._unwritten = False  # a record only in memory (see finished)
         self._unsynced = False  # written, but not waited for (see started)
-        # From the first durable record on, every write waits for the disk.
+        # From the first durable record on, every whole write waits for the disk.
         self._durable = any(r.durable for r in self._doc.steps.values())
-        # With a store that keeps a log, a write appends what changed since the last one
-        # (one entry, numbered on from the document's `n`), and the document is written
-        # whole only when the log has outgrown it, and by `close`.
+        # With a store that keeps a log, a write appends a line of what changed since the
+        # last one, marked with the document's generation; the document is written whole
+        # (a new generation) when the log has outgrown it, and by `close`.
         self._log = store if isinstance(store, Appending) else None
-        self._n = int(data.get("n", 0)) if data else 0
-        self._changed: tuple[list[str], list[str]] = ([], [])  # records, events: unappended
-        self._documented = data is not None  # a document exists: the log may follow it
-        self._whole = 0  # bytes of the document at its last write here
+        self._generation = str(data.get("log", "")) if data else ""
+        self._new_records: list[str] = []  # changed since the last write
+        self._new_events: list[str] = []
+        # The next write is whole: there is no document yet, or one without a generation
+        # (written before the log), or a log lies beside it that a killed command left
+        # (its last line may be cut short), or an append failed.
+        found = self._log is not None and self._log.found_log
+        self._whole_next = not self._generation or found
+        self._whole: int | None = None  # the document's bytes at its last write (None: unknown)
         self._logged = 0  # bytes appended since
-        self._log_synced = False  # one of those appends waited for the disk
+        self._log_synced = found  # lines it holds waited for the disk (a found log's may have)
 
     @property
     def id(self) -> str:
@@ -360,7 +367,7 @@ class Journal:
         """Write what is not written, the log folded into the document (what reads the
         document alone, jq say, finds every record): a command's last write."""
         if self._unwritten or self._logged:
-            self._write_whole(sync=self._durable or self._log_synced)
+            self._write_whole(sync=False)
 
     def _ended(
         self,
@@ -385,9 +392,9 @@ class Journal:
     def _put(self, record: StepRecord) -> None:
         self._doc.steps[record.key] = record
         body = dumps(asdict(record))
-        self._records[record.key] = f"{dumps(record.key)}:{body}"
+        self._records[record.key] = _record_json(record.key, body)
         if self._log is not None:
-            self._changed[0].append(body)
+            self._new_records.append(body)
 
     def _append(self, event: Event, *, write: bool = True, sync: bool = True) -> None:
         """Add an event; a step's events come after its record changed (`event.key`)."""
@@ -395,53 +402,76 @@ class Journal:
         body = dumps(asdict(event))
         self._events.append(body)
         if self._log is not None:
-            self._changed[1].append(body)
+            self._new_events.append(body)
         record = self._doc.steps.get(event.key) if event.key else None
         self._durable = self._durable or (record is not None and record.durable)
         if write:
-            self._write(sync=sync or self._durable)
+            self._write(sync=sync)
         else:
             self._unwritten = True
 
     def _write(self, *, sync: bool) -> None:
-        # A write carries every record before it; a synced one waits for them all.
-        fold = self._logged > max(self._whole, FOLD)
-        records, events = self._changed
-        if self._log is None or not self._documented or fold or not (records or events):
-            self._write_whole(sync=sync or self._log_synced)  # the log it ends had waited
-        else:
-            # One line per write: a crash leaves the ledger as it was at one of its writes.
-            self._n += 1
-            line = (
-                f'{{"n":{self._n},"steps":[{",".join(records)}],"events":[{",".join(events)}]}}\n'
-            )
+        """Write what changed; a write carries every record before it, a synced one waits
+        for them all."""
+        new = self._new_records or self._new_events  # none: a sync was asked
+        if self._log is None or self._whole_next or not new or self._outgrown():
+            self._write_whole(sync=sync)
+            return
+        # One line per write: a log cut anywhere reads as the ledger at one of its writes.
+        head = dumps({"log": self._generation})[:-1]
+        line = (
+            f'{head},"steps":[{",".join(self._new_records)}],'
+            f'"events":[{",".join(self._new_events)}]}}\n'
+        )
+        try:
             self._log.append(line, sync=sync)
-            records.clear()
-            events.clear()
-            self._logged += len(line)
-            self._log_synced = self._log_synced or sync
+        except BaseException:
+            self._whole_next = True  # part of the line may be in the log: nothing after it
+            raise
+        self._new_records.clear()
+        self._new_events.clear()
+        self._logged += len(line)
+        self._log_synced = self._log_synced or sync
         self._unwritten = False
         self._unsynced = not sync
 
+    def _outgrown(self) -> bool:
+        """Whether the log holds more than the document (and FOLD): time to fold it in."""
+        if self._logged <= FOLD:
+            return False
+        if self._whole is None:
+            self._whole = len(self._text())
+        return self._logged > self._whole
+
     def _write_whole(self, *, sync: bool) -> None:
+        """Replace the document; it waits for the disk also when it holds a durable record
+        (a replace that did not could leave no document at all after a power loss: rename
+        without a sync, on XFS) and when it ends a log that had."""
+        sync = sync or self._durable or self._log_synced
+        if self._log is not None:
+            self._generation = secrets.token_hex(6)
         text = self._text()
         self._store.write(text, sync=sync)
-        self._changed[0].clear()
-        self._changed[1].clear()
-        self._documented = True
+        self._new_records.clear()
+        self._new_events.clear()
+        self._whole_next = False
         self._whole, self._logged, self._log_synced = len(text), 0, False
         self._unwritten = False
         self._unsynced = not sync
 
     def _text(self) -> str:
         """The document as JSON (what `Document.from_dict` reads), from the kept parts."""
-        head = dumps(
-            {"format": FORMAT_VERSION, "move": self._doc.move, "id": self._doc.id, "n": self._n}
-        )
+        head: dict[str, Any] = {
+            "format": FORMAT_VERSION,
+            "move": self._doc.move,
+            "id": self._doc.id,
+        }
+        if self._log is not None:
+            head["log"] = self._generation
         steps = ",".join(self._records.values())
-        return f'{head[:-1]},"steps":{{{steps}}},"events":[{",".join(self._events)}]}}'
+        return f'{dumps(head)[:-1]},"steps":{{{steps}}},"events":[{",".join(self._events)}]}}'
 
 
-def _record_json(record: StepRecord) -> str:
+def _record_json(key: str, body: str) -> str:
     """One entry of the document's `steps`: `"key":{record}`."""
-    return f"{dumps(record.key)}:{dumps(asdict(record))}"
+    return f"{dumps(key)}:{body}"

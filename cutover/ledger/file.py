@@ -1,14 +1,15 @@
 """The default ledger store: one JSON file per move in the state directory, a log beside it.
 
-The document's writes are atomic: a temporary file in the same folder renamed
-over the old one. Between them the ledger's records are appended to a log,
-`<move>.ledger.jsonl` (an entry per write, a line each), which the next write of the document
-folds in and removes; `read` applies it. A synced write also waits for the disk
-(fsync the file, rename, fsync the folder; for an append, fsync the log, and the
-document and folder the first time); one that is not survives the process being
-killed but not the machine losing power, and the Journal syncs it before its
-command ends. The lock is an flock on a sibling file, released by the kernel when
-the holding process dies, so a killed controller never leaves a stale lock behind.
+The document is replaced atomically: a temporary file in the same folder renamed
+over the old one. Between two such writes the ledger's writes are appended to a
+log, `<move>.ledger.jsonl`, a line each, marked with the document's generation;
+`read` applies the lines of the document's generation, and the document's next
+write (a new generation) removes the log. A synced write waits for the disk
+(fsync the file, rename, fsync the folder; an append fsyncs the log, and the
+document and the folder too the first time); one that is not survives the process
+being killed but not the machine losing power. The lock is an flock on a sibling
+file, released by the kernel when the holding process dies, so a killed
+controller never leaves a stale lock behind.
 """
 
 import fcntl
@@ -25,7 +26,8 @@ from cutover.ledger.base import actor, now, replay
 
 
 class FileStore:
-    """A move's ledger as `<state_dir>/<move>.ledger.json` (another `kind`: another document)."""
+    """A move's ledger as `<state_dir>/<move>.ledger.json` and its log `<move>.ledger.jsonl`
+    (another `kind`: another document)."""
 
     def __init__(self, state_dir: Path, move: str, *, kind: str = "ledger") -> None:
         self.path = state_dir / f"{move}.{kind}.json"
@@ -35,6 +37,7 @@ class FileStore:
         # here without waiting, or by another process) and a new log's name in the folder.
         self._document_on_disk = False
         self._log_named = False
+        self.found_log = False  # see Appending
 
     def describe(self) -> str:
         """The file's path."""
@@ -43,16 +46,24 @@ class FileStore:
     def read(self) -> dict[str, Any] | None:
         """The document with its log applied, or None before the first write."""
         try:
-            # The log first: a write of the document in between folds in what was read.
+            # The log first: a write of the document in between holds what was read.
             lines = _lines(self.log_path)
+            self.found_log = bool(lines)
             data: dict[str, Any] = json.loads(self.path.read_text())
-            return replay(data, lines, where=str(self.log_path)) if lines else data
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
             raise UsageError(
                 f"the ledger {self.path} cannot be read: {exc}",
                 hint="restore it from a backup, or move it aside to start the move's record anew",
+            ) from None
+        try:
+            return replay(data, lines, where=str(self.log_path))
+        except ValueError as exc:
+            raise UsageError(
+                f"the ledger's log cannot be read: {exc}",
+                hint=f"move {self.log_path} aside to read the document alone: the records "
+                "written since the document was last written whole are then lost",
             ) from None
 
     def write(self, text: str, *, sync: bool = True) -> None:
@@ -69,10 +80,10 @@ class FileStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        self.log_path.unlink(missing_ok=True)  # in the document now
         self._document_on_disk = sync
         if sync:
             _fsync(self.path.parent)
+        self.log_path.unlink(missing_ok=True)  # another generation now, held by the document
 
     def append(self, line: str, *, sync: bool) -> None:
         """Add an entry to the log; with `sync`, wait for the disk (see the module)."""
@@ -121,12 +132,13 @@ class FileStore:
             ) from None
 
 
-def _lines(path: Path) -> list[str]:
-    """The lines of a log, none if there is no log."""
+def _lines(path: Path) -> list[bytes]:
+    """The lines of a log (the last one perhaps cut short), none if there is no log."""
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_bytes().split(b"\n")
     except FileNotFoundError:
         return []
+    return lines[:-1] if lines[-1] == b"" else lines
 
 
 def _fsync(path: Path) -> None:
