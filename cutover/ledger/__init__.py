@@ -1,8 +1,8 @@
 """The durable record of a move: every step's state and an audit trail of events.
 
 `Journal` is what the runner writes through; a `Store` (a file by default, a
-Kubernetes ConfigMap in a cluster) reads, writes and locks one document, and the
-file store keeps a log of the writes between two of the document's beside it.
+Kubernetes ConfigMap in a cluster) reads, writes and locks one document, and keeps
+a log of the writes between two of the document's beside it.
 The ledger never holds a secret: error texts are redacted before they arrive.
 """
 

@@ -19,10 +19,6 @@ FORMAT_VERSION = 1
 # Without indentation json's C encoder writes a document, 2.8 times faster (3,000 step
 # records: 40 ms against 112 ms).
 COMPACT = (",", ":")
-# A log is folded into its document once it holds more bytes than the document and this
-# (see Journal): each byte is then written about twice in all, and a small move's
-# records stay in the log until the command's end.
-FOLD = 256 * 1024
 
 
 def dumps(data: Any) -> str:
@@ -160,6 +156,9 @@ class Appending(Protocol):
     def append(self, line: str, *, sync: bool) -> None:
         """Add `line` (a JSON object and a newline) to the log."""
 
+    def fold_at(self) -> int:
+        """The bytes of log past which the Journal writes the document whole again."""
+
 
 def replay(data: dict[str, Any], lines: list[bytes], *, where: str) -> dict[str, Any]:
     """The document `data` with the log's lines of its generation (`log`) applied, in order.
@@ -211,10 +210,10 @@ class Journal:
       measured, and 718 ms for the last record of a `start`).
 
     A write costs what changed, not the document: with a store that keeps a log
-    (`Appending`, the file store), it appends a line of what changed since the last
-    write, and the document is written whole only when the log outgrows it, and by
-    `close` at the end of a command. A ConfigMap is replaced whole at each write, and
-    once it holds a durable record every write waits for the disk (StepRecord.durable).
+    (`Appending`: the file store, the ConfigMap store), it appends a line of what
+    changed since the last write, and the document is written whole only past the
+    store's `fold_at`, and by `close` at the end of a command. Once the document holds
+    a durable record, every whole write waits for the disk (StepRecord.durable).
     """
 
     def __init__(self, store: Store, *, move: str) -> None:
@@ -242,8 +241,7 @@ class Journal:
         # (its last line may be cut short), or an append failed.
         found = self._log is not None and self._log.found_log
         self._whole_next = not self._generation or found
-        self._whole: int | None = None  # the document's bytes at its last write (None: unknown)
-        self._logged = 0  # bytes appended since
+        self._logged = 0  # bytes appended since the document's last write
         self._log_synced = found  # lines it holds waited for the disk (a found log's may have)
 
     @property
@@ -414,7 +412,7 @@ class Journal:
         """Write what changed; a write carries every record before it, a synced one waits
         for them all."""
         new = self._new_records or self._new_events  # none: a sync was asked
-        if self._log is None or self._whole_next or not new or self._outgrown():
+        if self._log is None or self._whole_next or not new or self._logged > self._log.fold_at():
             self._write_whole(sync=sync)
             return
         # One line per write: a log cut anywhere reads as the ledger at one of its writes.
@@ -435,14 +433,6 @@ class Journal:
         self._unwritten = False
         self._unsynced = not sync
 
-    def _outgrown(self) -> bool:
-        """Whether the log holds more than the document (and FOLD): time to fold it in."""
-        if self._logged <= FOLD:
-            return False
-        if self._whole is None:
-            self._whole = len(self._text())
-        return self._logged > self._whole
-
     def _write_whole(self, *, sync: bool) -> None:
         """Replace the document; it waits for the disk also when it holds a durable record
         (a replace that did not could leave no document at all after a power loss: rename
@@ -455,7 +445,7 @@ class Journal:
         self._new_records.clear()
         self._new_events.clear()
         self._whole_next = False
-        self._whole, self._logged, self._log_synced = len(text), 0, False
+        self._logged, self._log_synced = 0, False
         self._unwritten = False
         self._unsynced = not sync
 

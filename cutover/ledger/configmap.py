@@ -9,11 +9,18 @@ it every third of `lease_duration`; a holder that stopped renewing for longer is
 taken to be dead and its Lease is taken over, as a killed controller's flock is
 released by the kernel.
 
+Between two writes of the document, the ledger's writes are appended to a log
+under the key `log.jsonl` of the same ConfigMap (a line each, see
+cutover.ledger.base.Appending): an append updates the ConfigMap as this store
+last saw it, without reading it first, and sends neither the document anew nor
+its gzip; past `FOLD_AT` bytes of log the Journal writes the document whole again,
+which removes the log.
+
 A ConfigMap holds at most 1 MiB. A document over `PLAIN_UP_TO` is kept gzipped
 under `binaryData` (`document.json.gz`): a ledger's JSON shrinks about twenty
 times, so the records of a move of about 1,500 databases fit (uncompressed, about
-130). A document that does not fit even so is refused with its size, before the
-API server would refuse it, and the one stored stays.
+130). A document that does not fit even so (with room for the log) is refused
+with its size, before the API server would refuse it, and the one stored stays.
 """
 
 import base64
@@ -33,7 +40,7 @@ from kubernetes.client.exceptions import ApiException
 
 from cutover.errors import LedgerLocked, StepFailed, UsageError
 from cutover.kube import api_client
-from cutover.ledger.base import actor
+from cutover.ledger.base import actor, replay
 from cutover.plan import ConfigMapLedger
 
 log = logging.getLogger(__name__)
@@ -43,6 +50,8 @@ KEY = "document.json"
 PACKED = "document.json.gz"
 LIMIT = 1024 * 1024  # what a ConfigMap holds, its data and binaryData together
 PLAIN_UP_TO = 256 * 1024  # a document up to this stays plain JSON, readable with kubectl
+LOG = "log.jsonl"
+FOLD_AT = 32 * 1024  # each append sends the log whole: it is folded in at this size
 CONFLICT_ATTEMPTS = 5
 
 
@@ -58,6 +67,11 @@ class ConfigMapStore:
         self.name = _k8s_name(f"cutover-{move}-{kind}")
         self.lease = _k8s_name(f"cutover-{move}")
         self._api: client.ApiClient | None = None
+        # The ConfigMap as the last read or write left it: the next write starts from it
+        # (a 409 Conflict reads it again). Unseen: read it first.
+        self._map: client.V1ConfigMap | None = None
+        self._seen = False
+        self.found_log = False  # see Appending
 
     def _client(self) -> client.ApiClient:
         if self._api is None:
@@ -100,18 +114,20 @@ class ConfigMapStore:
 
     def _read_map(self) -> client.V1ConfigMap | None:
         try:
-            return self._call(
+            found = self._call(
                 "read", self._core.read_namespaced_config_map, self.name, self._spec.namespace
             )
         except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise StepFailed(
-                f"the ledger: read {self.describe()}: HTTP {exc.status}", hint="run it again"
-            ) from None
+            if exc.status != 404:
+                raise StepFailed(
+                    f"the ledger: read {self.describe()}: HTTP {exc.status}", hint="run it again"
+                ) from None
+            found = None
+        self._map, self._seen = found, True
+        return found
 
     def read(self) -> dict[str, Any] | None:
-        """The document, or None before the first write."""
+        """The document with its log applied, or None before the first write."""
         found = self._read_map()
         if found is None:
             return None
@@ -128,39 +144,84 @@ class ConfigMapStore:
                 f"the ledger {self.describe()} cannot be read: {exc}",
                 hint="restore it from a backup, or delete it to start the move's record anew",
             ) from None
-        return data
+        lines = [line.encode() for line in (found.data or {}).get(LOG, "").splitlines()]
+        self.found_log = bool(lines)
+        try:
+            return replay(data, lines, where=f"{self.describe()} key {LOG}")
+        except ValueError as exc:
+            raise UsageError(
+                f"the ledger's log cannot be read: {exc}",
+                hint=f"remove the key {LOG} to read the document alone: the records written "
+                "since the document was last written whole are then lost",
+            ) from None
 
     def write(self, text: str, *, sync: bool = True) -> None:
-        """Replace the document with `text` (JSON; gzipped over `PLAIN_UP_TO`) with a
-        compare-and-set (create it the first time).
+        """Replace the document with `text` (JSON; gzipped over `PLAIN_UP_TO`), the log
+        removed; create the ConfigMap the first time.
 
         Durable once the API server answers, `sync` or not.
         """
         data, binary = self._pack(text)
+
+        def whole(found: client.V1ConfigMap | None) -> client.V1ConfigMap:
+            if found is None:
+                meta = client.V1ObjectMeta(
+                    name=self.name, labels={"app.kubernetes.io/managed-by": "cutover"}
+                )
+                return client.V1ConfigMap(metadata=meta, data=data, binary_data=binary)
+            # The document in one form, the other and the log removed; other keys kept.
+            found.data = {**_without(found.data, KEY, LOG), **data}
+            found.binary_data = {**_without(found.binary_data, PACKED), **binary}
+            return found
+
+        self._change("write", whole)
+
+    def append(self, line: str, *, sync: bool) -> None:
+        """Add `line` to the log: one update, durable once the API server answers."""
+
+        def appended(found: client.V1ConfigMap | None) -> client.V1ConfigMap:
+            if found is None:
+                raise StepFailed(
+                    f"the ledger {self.describe()} was deleted during the command",
+                    hint="run the command again: it starts the ledger anew from what it holds",
+                )
+            entries = found.data or {}
+            found.data = {**entries, LOG: entries.get(LOG, "") + line}
+            return found
+
+        self._change("append to", appended)
+
+    def fold_at(self) -> int:
+        """Each append sends the whole log: it is written into the document at FOLD_AT."""
+        return FOLD_AT
+
+    def _change(
+        self, what: str, change: Callable[[client.V1ConfigMap | None], client.V1ConfigMap]
+    ) -> None:
+        """Create or replace the ConfigMap as `change` makes it from the one last seen, with
+        that one's `resourceVersion`. The lock holder is the only writer of the ledger: a
+        409 Conflict is an operator's edit, read again, and the ledger's own view wins."""
         ns = self._spec.namespace
+        found = self._map if self._seen else self._read_map()
         for _ in range(CONFLICT_ATTEMPTS):
-            found = self._read_map()
+            body = change(found)
             try:
                 if found is None:
-                    meta = client.V1ObjectMeta(
-                        name=self.name, labels={"app.kubernetes.io/managed-by": "cutover"}
+                    made = self._call("create", self._core.create_namespaced_config_map, ns, body)
+                else:
+                    made = self._call(
+                        "replace", self._core.replace_namespaced_config_map, self.name, ns, body
                     )
-                    body = client.V1ConfigMap(metadata=meta, data=data, binary_data=binary)
-                    self._call("create", self._core.create_namespaced_config_map, ns, body)
-                else:  # the document in one form, the other removed; other keys kept
-                    found.data = {**_without(found.data, KEY), **data}
-                    found.binary_data = {**_without(found.binary_data, PACKED), **binary}
-                    self._call(
-                        "replace", self._core.replace_namespaced_config_map, self.name, ns, found
-                    )
+                self._map = made
                 return
             except ApiException as exc:
                 if exc.status != 409:
                     raise StepFailed(
-                        f"the ledger: write {self.describe()}: HTTP {exc.status}",
+                        f"the ledger: {what} {self.describe()}: HTTP {exc.status}",
                         hint="run it again",
                     ) from None
                 log.info("the ledger %s changed meanwhile: writing again", self.describe())
+                found = self._read_map()
         raise StepFailed(
             f"the ledger: {self.describe()} changed under every one of {CONFLICT_ATTEMPTS} "
             "attempts to write it",
@@ -173,7 +234,7 @@ class ConfigMapStore:
         if len(raw) <= PLAIN_UP_TO:
             return {KEY: text}, {}
         packed = gzip.compress(raw, compresslevel=1, mtime=0)
-        if len(packed) > LIMIT - len(PACKED):
+        if len(packed) > LIMIT - len(PACKED) - len(LOG) - FOLD_AT * 2:  # the log's room
             raise StepFailed(
                 f"the ledger {self.describe()} would hold {len(raw) / 2**20:.1f} MiB, "
                 f"{len(packed) / 2**20:.1f} MiB gzipped: over the 1 MiB a ConfigMap holds "
@@ -306,5 +367,5 @@ class ConfigMapStore:
             self._release(me)
 
 
-def _without(entries: dict[str, Any] | None, key: str) -> dict[str, Any]:
-    return {k: v for k, v in (entries or {}).items() if k != key}
+def _without(entries: dict[str, Any] | None, *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in (entries or {}).items() if k not in keys}

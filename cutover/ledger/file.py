@@ -24,6 +24,11 @@ from typing import Any
 from cutover.errors import LedgerLocked, UsageError
 from cutover.ledger.base import actor, now, replay
 
+# The log is folded into the document once it holds more than the document and this:
+# each byte is then written a few times in all, and a small move's records stay in the
+# log until the command's end.
+FOLD = 256 * 1024
+
 
 class FileStore:
     """A move's ledger as `<state_dir>/<move>.ledger.json` and its log `<move>.ledger.jsonl`
@@ -38,6 +43,7 @@ class FileStore:
         self._document_on_disk = False
         self._log_named = False
         self.found_log = False  # see Appending
+        self._document_bytes = 0  # as last read or written
 
     def describe(self) -> str:
         """The file's path."""
@@ -49,7 +55,9 @@ class FileStore:
             # The log first: a write of the document in between holds what was read.
             lines = _lines(self.log_path)
             self.found_log = bool(lines)
-            data: dict[str, Any] = json.loads(self.path.read_text())
+            text = self.path.read_text()
+            self._document_bytes = len(text)
+            data: dict[str, Any] = json.loads(text)
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
@@ -80,7 +88,7 @@ class FileStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        self._document_on_disk = sync
+        self._document_on_disk, self._document_bytes = sync, len(text)
         if sync:
             _fsync(self.path.parent)
         self.log_path.unlink(missing_ok=True)  # another generation now, held by the document
@@ -101,6 +109,10 @@ class FileStore:
             if not (self._document_on_disk and self._log_named):
                 _fsync(self.path.parent)
             self._document_on_disk = self._log_named = True
+
+    def fold_at(self) -> int:
+        """The log is written into the document once it outgrows it (and FOLD)."""
+        return max(FOLD, self._document_bytes)
 
     @contextmanager
     def lock(self) -> Iterator[None]:

@@ -10,7 +10,7 @@ import pytest
 
 from cutover.errors import LedgerLocked, StepFailed
 from cutover.ledger import Journal, store_for
-from cutover.ledger.configmap import PACKED, ConfigMapStore
+from cutover.ledger.configmap import LOG, PACKED, ConfigMapStore
 from cutover.plan import ConfigMapLedger, parse
 from cutover.steps import Outcome
 from tests.k8s.apiserver import Cluster
@@ -48,6 +48,33 @@ def test_a_journal_is_written_through_and_read_back(cluster: Cluster, kubeconfig
     assert again.id == journal.id
     stored = cluster.get("configmaps", NS, "cutover-shop-2026-ledger")
     assert "document.json" in stored["data"]
+
+
+def test_a_record_is_one_update_of_the_log_key_and_the_close_folds_it_in(
+    cluster: Cluster, kubeconfig: Path
+) -> None:
+    store = ConfigMapStore(spec(kubeconfig), "shop_2026")
+    name = "/api/v1/namespaces/cutover/configmaps/cutover-shop-2026-ledger"
+    with store.lock():
+        journal = Journal(store, move="shop_2026")
+        journal.started("all/switch.stop_writers", phase="switch", scope="all")  # the document
+        journal.finished("all/switch.stop_writers", outcome=Outcome.APPLIED, seconds=0.5)
+        del cluster.requests[:]
+        journal.started("all/switch.fence_source", phase="switch", scope="all")
+        # One request, neither read first nor the document sent again: the line goes to the
+        # log key of the ConfigMap as this store last wrote it.
+        assert [r for r in cluster.requests if r[1] == name] == [("PUT", name)]
+        stored = cluster.get("configmaps", NS, "cutover-shop-2026-ledger")
+        assert len(stored["data"][LOG].splitlines()) == 2
+        # A command killed now: the next reads the document and its log.
+        again = Journal(ConfigMapStore(spec(kubeconfig), "shop_2026"), move="shop_2026")
+        assert again.is_done("all/switch.stop_writers")
+        assert [r.key for r in again.running()] == ["all/switch.fence_source"]
+        journal.close()
+    stored = cluster.get("configmaps", NS, "cutover-shop-2026-ledger")
+    assert set(stored["data"]) == {"document.json"}  # folded in
+    document = json.loads(stored["data"]["document.json"])
+    assert [e["outcome"] for e in document["events"]] == ["running", "applied", "running"]
 
 
 def test_the_records_of_hundreds_of_databases_fit_a_configmap_gzipped(
