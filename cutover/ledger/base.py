@@ -176,7 +176,9 @@ def replay(data: dict[str, Any], lines: list[bytes], *, where: str) -> dict[str,
             if entry["log"] != generation:
                 continue
             records = [(record["key"], record) for record in entry["steps"]]
-            events = list(entry["events"])
+            events = entry["events"]
+            if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+                raise TypeError(events)
         except (ValueError, KeyError, TypeError):
             if number == len(lines):
                 break

@@ -98,6 +98,34 @@ def test_a_start_not_durable_survives_a_kill_and_waits_for_the_disk_only_when_as
     assert Journal(store, move="m").steps().keys() == again.steps().keys()
 
 
+JUNK = st.one_of(
+    st.binary(max_size=40).filter(lambda b: b"\n" not in b),
+    st.sampled_from(
+        [b'{"log":"x"}', b"[]", b'{"steps":"s","events":3}', b"null", b'{"log":null,"steps":[{}]}']
+    ),
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(JUNK, st.booleans())
+def test_a_damaged_log_is_left_out_when_last_and_named_when_not(junk: bytes, last: bool) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        store = FileStore(Path(tmp), "m")
+        journal = Journal(store, move="m")
+        for i in range(3):
+            journal.note("test", detail=str(i))
+        log = store.log_path.read_bytes()
+        generation = json.loads(store.path.read_text())["log"]
+        junk = junk.replace(b'"x"', json.dumps(generation).encode())  # of this generation
+        store.log_path.write_bytes(log + junk if last else junk + b"\n" + log)
+        try:
+            events = Journal(FileStore(Path(tmp), "m"), move="m").events()
+        except UsageError as exc:
+            assert not last and "line 1 of" in exc.message
+        else:
+            assert [e.detail for e in events] == ["0", "1", "2"]
+
+
 def test_a_record_written_before_records_said_whether_they_are_durable_counts_as_durable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
