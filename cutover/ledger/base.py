@@ -425,8 +425,13 @@ class Journal:
         )
         try:
             self._log.append(line, sync=sync)
+        except Exception:
+            # Part of the line may be in the log, or the log is gone (a ConfigMap deleted):
+            # the document whole instead, a new generation, which leaves that line out.
+            self._write_whole(sync=sync)
+            return
         except BaseException:
-            self._whole_next = True  # part of the line may be in the log: nothing after it
+            self._whole_next = True  # interrupted: nothing may be appended after it
             raise
         self._new_records.clear()
         self._new_events.clear()

@@ -200,7 +200,8 @@ class ConfigMapStore:
     ) -> None:
         """Create or replace the ConfigMap as `change` makes it from the one last seen, with
         that one's `resourceVersion`. The lock holder is the only writer of the ledger: a
-        409 Conflict is an operator's edit, read again, and the ledger's own view wins."""
+        409 Conflict (or a 404, deleted) is an operator's edit, read again, and the
+        ledger's own view wins."""
         ns = self._spec.namespace
         found = self._map if self._seen else self._read_map()
         for _ in range(CONFLICT_ATTEMPTS):
@@ -214,11 +215,11 @@ class ConfigMapStore:
                     )
                 self._map = made
                 return
-            except ApiException as exc:
-                if exc.status != 409:
+            except ApiException as exc:  # 404 or 409, see _call
+                if exc.status == 404 and found is None:
                     raise StepFailed(
-                        f"the ledger: {what} {self.describe()}: HTTP {exc.status}",
-                        hint="run it again",
+                        f"the ledger: {what} {self.describe()}: its namespace is not found",
+                        hint="check ledger.configmap.namespace in the plan",
                     ) from None
                 log.info("the ledger %s changed meanwhile: writing again", self.describe())
                 found = self._read_map()

@@ -77,6 +77,20 @@ def test_a_record_is_one_update_of_the_log_key_and_the_close_folds_it_in(
     assert [e["outcome"] for e in document["events"]] == ["running", "applied", "running"]
 
 
+def test_a_ledger_configmap_deleted_during_a_command_is_written_anew_whole(
+    cluster: Cluster, kubeconfig: Path
+) -> None:
+    store = ConfigMapStore(spec(kubeconfig), "shop_2026")
+    journal = Journal(store, move="shop_2026")
+    journal.started("all/switch.stop_writers", phase="switch", scope="all")
+    journal.finished("all/switch.stop_writers", outcome=Outcome.APPLIED, seconds=0.5)
+    cluster.delete("configmaps", NS, "cutover-shop-2026-ledger")  # by an operator
+    journal.started("all/switch.fence_source", phase="switch", scope="all")  # no error
+    again = Journal(ConfigMapStore(spec(kubeconfig), "shop_2026"), move="shop_2026")
+    assert again.is_done("all/switch.stop_writers")
+    assert [r.key for r in again.running()] == ["all/switch.fence_source"]
+
+
 def test_the_records_of_hundreds_of_databases_fit_a_configmap_gzipped(
     cluster: Cluster, kubeconfig: Path
 ) -> None:
