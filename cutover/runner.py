@@ -57,8 +57,13 @@ def locked(plan: Plan) -> Iterator[Journal]:
         journal = Journal(store, move=plan.move)
         try:
             yield journal
-        finally:
-            journal.close()  # the log folded into the document, so that it alone says all
+        except BaseException:
+            try:
+                journal.close()
+            except Exception as exc:  # the command's own error is the one to tell
+                log.warning("%s: not written at the command's end: %s", journal.where, exc)
+            raise
+        journal.close()  # the log folded into the document, so that it alone says all
 
 
 FAILPOINT = "CUTOVER_FAILPOINT"

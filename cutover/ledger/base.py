@@ -3,6 +3,7 @@
 import getpass
 import hashlib
 import json
+import logging
 import os
 import secrets
 import socket
@@ -10,10 +11,12 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 from cutover.log import redact
 from cutover.steps import Outcome, StepStatus, SwitchStep
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 # Without indentation json's C encoder writes a document, 2.8 times faster (3,000 step
@@ -129,35 +132,34 @@ def _seconds_between(start: str, end: str) -> float:
 
 
 class Store(Protocol):
-    """Where the ledger document lives. Writes are atomic; one runner holds the lock."""
+    """Where the ledger document lives, and a log of the writes since its last whole write
+    (a record costs its own bytes). Writes are atomic; one runner holds the lock.
 
-    def read(self) -> dict[str, Any] | None: ...
-
-    def write(self, text: str, *, sync: bool = True) -> None:
-        """Replace the document with `text`, a JSON object."""
-
-    def lock(self) -> AbstractContextManager[None]: ...
-
-    def describe(self) -> str: ...
-
-
-@runtime_checkable
-class Appending(Protocol):
-    """A store that keeps a log beside its document: a record costs its own bytes.
-
-    `write` replaces the document and ends the log; `read` returns the document
-    with the log's lines applied (`replay`).
+    `write` replaces the document and ends the log; `read` returns the document with
+    the log's lines applied (`replay`).
     """
 
     # Whether the last `read` found lines beside the document: a command killed before
     # its end left them, its last line perhaps cut short, so nothing may follow them.
     found_log: bool
 
+    def read(self) -> dict[str, Any] | None: ...
+
+    def write(self, text: str, *, sync: bool = True) -> None:
+        """Replace the document with `text`, a JSON object, and end the log."""
+
     def append(self, line: str, *, sync: bool) -> None:
         """Add `line` (a JSON object and a newline) to the log."""
 
+    def sync(self) -> None:
+        """Wait for the disk for what was written without waiting."""
+
     def fold_at(self) -> int:
         """The bytes of log past which the Journal writes the document whole again."""
+
+    def lock(self) -> AbstractContextManager[None]: ...
+
+    def describe(self) -> str: ...
 
 
 def replay(data: dict[str, Any], lines: list[bytes], *, where: str) -> dict[str, Any]:
@@ -175,10 +177,10 @@ def replay(data: dict[str, Any], lines: list[bytes], *, where: str) -> dict[str,
             entry = json.loads(line)
             if entry["log"] != generation:
                 continue
-            records = [(record["key"], record) for record in entry["steps"]]
+            records = [(StepRecord.from_dict(r).key, r) for r in entry["steps"]]
             events = entry["events"]
-            if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
-                raise TypeError(events)
+            for event in events:
+                Event(**event)  # one that does not read back is damage
         except (ValueError, KeyError, TypeError):
             if number == len(lines):
                 break
@@ -211,10 +213,9 @@ class Journal:
       journal commit waits for the gigabyte the servers left dirty (803 ms
       measured, and 718 ms for the last record of a `start`).
 
-    A write costs what changed, not the document: with a store that keeps a log
-    (`Appending`: the file store, the ConfigMap store), it appends a line of what
-    changed since the last write, and the document is written whole only past the
-    store's `fold_at`, and by `close` at the end of a command. Once the document holds
+    A write costs what changed, not the document: it appends to the store's log a line
+    of what changed since the last write, and the document is written whole only past
+    the store's `fold_at`, and by `close` at the end of a command. Once the document holds
     a durable record, every whole write waits for the disk (StepRecord.durable).
     """
 
@@ -234,14 +235,14 @@ class Journal:
         # With a store that keeps a log, a write appends a line of what changed since the
         # last one, marked with the document's generation; the document is written whole
         # (a new generation) when the log has outgrown it, and by `close`.
-        self._log = store if isinstance(store, Appending) else None
-        self._generation = str(data.get("log", "")) if data else ""
+        generation = data.get("log") if data else None
+        self._generation = generation if isinstance(generation, str) else ""
         self._new_records: list[str] = []  # changed since the last write
         self._new_events: list[str] = []
         # The next write is whole: there is no document yet, or one without a generation
         # (written before the log), or a log lies beside it that a killed command left
         # (its last line may be cut short), or an append failed.
-        found = self._log is not None and self._log.found_log
+        found = store.found_log
         self._whole_next = not self._generation or found
         self._logged = 0  # bytes appended since the document's last write
         self._log_synced = found  # lines it holds waited for the disk (a found log's may have)
@@ -393,16 +394,14 @@ class Journal:
         self._doc.steps[record.key] = record
         body = dumps(asdict(record))
         self._records[record.key] = _record_json(record.key, body)
-        if self._log is not None:
-            self._new_records.append(body)
+        self._new_records.append(body)
 
     def _append(self, event: Event, *, write: bool = True, sync: bool = True) -> None:
         """Add an event; a step's events come after its record changed (`event.key`)."""
         self._doc.events.append(event)
         body = dumps(asdict(event))
         self._events.append(body)
-        if self._log is not None:
-            self._new_events.append(body)
+        self._new_events.append(body)
         record = self._doc.steps.get(event.key) if event.key else None
         self._durable = self._durable or (record is not None and record.durable)
         if write:
@@ -413,9 +412,13 @@ class Journal:
     def _write(self, *, sync: bool) -> None:
         """Write what changed; a write carries every record before it, a synced one waits
         for them all."""
-        new = self._new_records or self._new_events  # none: a sync was asked
-        if self._log is None or self._whole_next or not new or self._logged > self._log.fold_at():
+        if self._whole_next or self._logged > self._store.fold_at():
             self._write_whole(sync=sync)
+            return
+        if not (self._new_records or self._new_events):  # nothing new: a sync, if asked
+            if sync:
+                self._store.sync()
+                self._unsynced = False
             return
         # One line per write: a log cut anywhere reads as the ledger at one of its writes.
         head = dumps({"log": self._generation})[:-1]
@@ -424,10 +427,11 @@ class Journal:
             f'"events":[{",".join(self._new_events)}]}}\n'
         )
         try:
-            self._log.append(line, sync=sync)
-        except Exception:
-            # Part of the line may be in the log, or the log is gone (a ConfigMap deleted):
-            # the document whole instead, a new generation, which leaves that line out.
+            self._store.append(line, sync=sync)
+        except Exception as exc:
+            # Part of the line may be in the log, or the log is gone (a ConfigMap deleted or
+            # edited): the document whole instead, a new generation, which leaves it out.
+            log.warning("%s: the ledger's log: %s; writing it whole", self.where, exc)
             self._write_whole(sync=sync)
             return
         except BaseException:
@@ -443,12 +447,15 @@ class Journal:
     def _write_whole(self, *, sync: bool) -> None:
         """Replace the document; it waits for the disk also when it holds a durable record
         (a replace that did not could leave no document at all after a power loss: rename
-        without a sync, on XFS) and when it ends a log that had."""
+        without a sync, on XFS) and when it ends a log that had. One that fails leaves
+        the next write (or `close`) to write it whole again: what is on disk is unknown."""
         sync = sync or self._durable or self._log_synced
-        if self._log is not None:
-            self._generation = secrets.token_hex(6)
-        text = self._text()
-        self._store.write(text, sync=sync)
+        self._generation = secrets.token_hex(6)
+        try:
+            self._store.write(self._text(), sync=sync)
+        except BaseException:
+            self._whole_next = self._unwritten = True
+            raise
         self._new_records.clear()
         self._new_events.clear()
         self._whole_next = False
@@ -458,13 +465,12 @@ class Journal:
 
     def _text(self) -> str:
         """The document as JSON (what `Document.from_dict` reads), from the kept parts."""
-        head: dict[str, Any] = {
+        head = {
             "format": FORMAT_VERSION,
             "move": self._doc.move,
             "id": self._doc.id,
+            "log": self._generation,
         }
-        if self._log is not None:
-            head["log"] = self._generation
         steps = ",".join(self._records.values())
         return f'{dumps(head)[:-1]},"steps":{{{steps}}},"events":[{",".join(self._events)}]}}'
 

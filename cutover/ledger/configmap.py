@@ -1,9 +1,9 @@
 """A ledger store for a controller that runs in a cluster: ConfigMaps and a Lease.
 
 Each document of a move is one ConfigMap, `cutover-<move>-<kind>` (`_` made `-`),
-its JSON under the key `document.json`, replaced with the `resourceVersion` it was
-read at (a 409 Conflict reads it again; the lock holder is the only writer of the
-ledger, so a conflict is an operator's edit, and the ledger's own view wins). The
+its JSON under the key `document.json`, replaced with the `resourceVersion` this
+store last saw (a 409 Conflict reads it again; the lock holder is the only writer
+of the ledger, so a conflict is an operator's edit, and the ledger's own view wins). The
 move's lock is a coordination.k8s.io/v1 Lease, `cutover-<move>`: its holder renews
 it every third of `lease_duration`; a holder that stopped renewing for longer is
 taken to be dead and its Lease is taken over, as a killed controller's flock is
@@ -11,10 +11,11 @@ released by the kernel.
 
 Between two writes of the document, the ledger's writes are appended to a log
 under the key `log.jsonl` of the same ConfigMap (a line each, see
-cutover.ledger.base.Appending): an append updates the ConfigMap as this store
-last saw it, without reading it first, and sends neither the document anew nor
-its gzip; past `FOLD_AT` bytes of log the Journal writes the document whole again,
-which removes the log.
+cutover.ledger.base.Store): an append updates the ConfigMap as this store last
+saw it, without reading it first or converting and gzipping the document again;
+one that meets a conflict is not tried again: the Journal writes the document
+whole instead. Past `FOLD_AT` bytes of log the Journal writes the document whole
+again, which removes the log.
 
 A ConfigMap holds at most 1 MiB. A document over `PLAIN_UP_TO` is kept gzipped
 under `binaryData` (`document.json.gz`): a ledger's JSON shrinks about twenty
@@ -71,7 +72,7 @@ class ConfigMapStore:
         # (a 409 Conflict reads it again). Unseen: read it first.
         self._map: client.V1ConfigMap | None = None
         self._seen = False
-        self.found_log = False  # see Appending
+        self.found_log = False  # see Store
 
     def _client(self) -> client.ApiClient:
         if self._api is None:
@@ -128,6 +129,7 @@ class ConfigMapStore:
 
     def read(self) -> dict[str, Any] | None:
         """The document with its log applied, or None before the first write."""
+        self.found_log = False
         found = self._read_map()
         if found is None:
             return None
@@ -177,26 +179,32 @@ class ConfigMapStore:
         self._change("write", whole)
 
     def append(self, line: str, *, sync: bool) -> None:
-        """Add `line` to the log: one update, durable once the API server answers."""
+        """Add `line` to the log: one update, durable once the API server answers. The
+        ConfigMap changed or deleted meanwhile (a 409, a 404) raises: what it holds now
+        may not be the document the log follows."""
 
         def appended(found: client.V1ConfigMap | None) -> client.V1ConfigMap:
             if found is None:
-                raise StepFailed(
-                    f"the ledger {self.describe()} was deleted during the command",
-                    hint="run the command again: it starts the ledger anew from what it holds",
-                )
+                raise StepFailed(f"the ledger {self.describe()} was deleted", hint="")
             entries = found.data or {}
             found.data = {**entries, LOG: entries.get(LOG, "") + line}
             return found
 
-        self._change("append to", appended)
+        self._change("append to", appended, attempts=1)
+
+    def sync(self) -> None:
+        """Nothing to wait for: a write is durable once the API server answers."""
 
     def fold_at(self) -> int:
         """Each append sends the whole log: it is written into the document at FOLD_AT."""
         return FOLD_AT
 
     def _change(
-        self, what: str, change: Callable[[client.V1ConfigMap | None], client.V1ConfigMap]
+        self,
+        what: str,
+        change: Callable[[client.V1ConfigMap | None], client.V1ConfigMap],
+        *,
+        attempts: int = CONFLICT_ATTEMPTS,
     ) -> None:
         """Create or replace the ConfigMap as `change` makes it from the one last seen, with
         that one's `resourceVersion`. The lock holder is the only writer of the ledger: a
@@ -204,7 +212,7 @@ class ConfigMapStore:
         ledger's own view wins."""
         ns = self._spec.namespace
         found = self._map if self._seen else self._read_map()
-        for _ in range(CONFLICT_ATTEMPTS):
+        for _ in range(attempts):
             body = change(found)
             try:
                 if found is None:
@@ -224,8 +232,7 @@ class ConfigMapStore:
                 log.info("the ledger %s changed meanwhile: writing again", self.describe())
                 found = self._read_map()
         raise StepFailed(
-            f"the ledger: {self.describe()} changed under every one of {CONFLICT_ATTEMPTS} "
-            "attempts to write it",
+            f"the ledger: {self.describe()} changed meanwhile, {attempts} time(s) in a row",
             hint="something else writes it; stop that, then run again",
         )
 
@@ -238,8 +245,8 @@ class ConfigMapStore:
         if len(packed) > LIMIT - len(PACKED) - len(LOG) - FOLD_AT * 2:  # the log's room
             raise StepFailed(
                 f"the ledger {self.describe()} would hold {len(raw) / 2**20:.1f} MiB, "
-                f"{len(packed) / 2**20:.1f} MiB gzipped: over the 1 MiB a ConfigMap holds "
-                "(the document stored is kept)",
+                f"{len(packed) / 2**20:.1f} MiB gzipped: over the 1 MiB a ConfigMap holds, "
+                "less 64 KiB for its log (the document stored is kept)",
                 hint="split the move into plans of fewer databases, or keep its ledger in a "
                 "file: no ledger.configmap, and state_dir on a persistent volume",
             )

@@ -42,7 +42,7 @@ class FileStore:
         # here without waiting, or by another process) and a new log's name in the folder.
         self._document_on_disk = False
         self._log_named = False
-        self.found_log = False  # see Appending
+        self.found_log = False  # see Store
         self._document_bytes = 0  # as last read or written
 
     def describe(self) -> str:
@@ -52,6 +52,7 @@ class FileStore:
     def read(self) -> dict[str, Any] | None:
         """The document with its log applied, or None before the first write."""
         try:
+            self.found_log = False
             # The log first: a write of the document in between holds what was read.
             lines = _lines(self.log_path)
             self.found_log = bool(lines)
@@ -104,11 +105,21 @@ class FileStore:
             if sync:
                 os.fsync(handle.fileno())
         if sync:
-            if not self._document_on_disk:
-                _fsync(self.path)
-            if not (self._document_on_disk and self._log_named):
-                _fsync(self.path.parent)
-            self._document_on_disk = self._log_named = True
+            self._settle()
+
+    def sync(self) -> None:
+        """Wait for the disk for the log, and for the document if it was not waited for."""
+        if self.log_path.exists():
+            _fsync(self.log_path)
+        self._settle()
+
+    def _settle(self) -> None:
+        """The log was synced: the document and the folder (both names) too, if not yet."""
+        if not self._document_on_disk:
+            _fsync(self.path)
+        if not (self._document_on_disk and self._log_named):
+            _fsync(self.path.parent)
+        self._document_on_disk = self._log_named = True
 
     def fold_at(self) -> int:
         """The log is written into the document once it outgrows it (and FOLD)."""

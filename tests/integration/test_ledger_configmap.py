@@ -91,6 +91,26 @@ def test_a_ledger_configmap_deleted_during_a_command_is_written_anew_whole(
     assert [r.key for r in again.running()] == ["all/switch.fence_source"]
 
 
+def test_an_append_that_meets_an_operator_s_edit_writes_the_ledger_s_own_view_whole(
+    cluster: Cluster, kubeconfig: Path
+) -> None:
+    store = ConfigMapStore(spec(kubeconfig), "shop_2026")
+    journal = Journal(store, move="shop_2026")
+    journal.started("all/switch.stop_writers", phase="switch", scope="all")
+    older = cluster.get("configmaps", NS, "cutover-shop-2026-ledger")["data"]["document.json"]
+    journal.finished("all/switch.stop_writers", outcome=Outcome.APPLIED, seconds=0.5)
+    journal.close()  # the document whole again: another generation than the older one's
+    journal.note("test", detail="appended")
+    # Just before the next append, an operator applies the older document again.
+    cluster.interfere[("configmaps", "cutover-shop-2026-ledger")] = lambda found: found[
+        "data"
+    ].update({"document.json": older})
+    journal.started("all/switch.fence_source", phase="switch", scope="all")
+    again = Journal(ConfigMapStore(spec(kubeconfig), "shop_2026"), move="shop_2026")
+    assert again.steps() == journal.steps() and again.events() == journal.events()
+    assert again.is_done("all/switch.stop_writers")
+
+
 def test_the_records_of_hundreds_of_databases_fit_a_configmap_gzipped(
     cluster: Cluster, kubeconfig: Path
 ) -> None:

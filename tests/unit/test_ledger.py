@@ -75,11 +75,11 @@ def test_a_start_not_durable_survives_a_kill_and_waits_for_the_disk_only_when_as
     assert steps["db/start.copy_data"].status is StepStatus.DONE
     assert steps["db/start.restore_post_data"].outcome is Outcome.ADOPTED
     journal.flush()
-    assert len(synced) == 2  # the file, then its folder
+    assert len(synced) == 3  # the log, the document, then the folder that names them
     journal.flush()  # nothing left to sync
-    assert len(synced) == 2
+    assert len(synced) == 3
     journal.started("db/switch.stop_writers")  # durable: on disk before the step's work
-    assert len(synced) == 4  # appended: the log, then the folder that names it
+    assert len(synced) == 4  # appended: the log alone
     # A record that no undo walks is appended without waiting, as before.
     journal.started("db/cleanup.drop_slot", durable=False)
     assert len(synced) == 4
@@ -299,6 +299,33 @@ def test_an_append_that_failed_is_written_whole_and_not_twice(
     journal.note("test", detail="third")
     details = [e.detail for e in Journal(FileStore(tmp_path, "m"), move="m").events()]
     assert details == ["first", "second", "third"]
+
+
+def test_a_whole_write_that_failed_is_written_again_by_the_next_write_or_the_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FileStore(tmp_path, "m")
+    journal = Journal(store, move="m")
+    journal.started("db/switch.promote")
+    real_write = FileStore.write
+
+    def full(self: FileStore, text: str, *, sync: bool = True) -> None:
+        raise OSError(28, "No space left on device")
+
+    def fails(self: FileStore, line: str, *, sync: bool) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(FileStore, "write", full)
+    monkeypatch.setattr(FileStore, "append", fails)
+    with pytest.raises(OSError):  # the append, then the whole write instead: both failed
+        journal.finished("db/switch.promote", outcome=Outcome.APPLIED, seconds=0.1)
+    with pytest.raises(OSError):
+        journal.undone("db/switch.promote")  # the runner's next record: still no room
+    monkeypatch.setattr(FileStore, "write", real_write)
+    journal.close()  # room again: what failed is written, whole
+    again = Journal(FileStore(tmp_path, "m"), move="m")
+    assert again.get("db/switch.promote") == journal.get("db/switch.promote")
+    assert [e.outcome for e in again.events()] == ["running", "applied", "undone"]
 
 
 def test_a_document_put_back_from_a_backup_is_not_mixed_with_a_newer_log(
