@@ -404,8 +404,8 @@ def test_a_move_of_many_databases_writes_each_record_about_twice_not_the_documen
     document = store.path.stat().st_size  # 1.7 MB
     # The log holds every version of a record (running, then done), the document the last;
     # folded in each time it outgrows the document, the bytes written stay a few times the
-    # document's (6.5 MB in 6 whole writes, measured). Written whole at each record, the
-    # 6,000 writes were 5 GB.
+    # document's (6.5 MB in 6 whole writes, measured). Written whole at each write, the
+    # 3,000 writes were 2.6 GB.
     assert written["bytes"] < 5 * document, (written, document)
     assert written["whole"] <= 8, written
 
