@@ -16,13 +16,13 @@ second and records its longest wait: the stall the application would see.
 import argparse
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import psycopg
 import yaml
+from common import fresh_lab
 from psycopg.conninfo import make_conninfo
 
 from cutover.lab import Lab
@@ -143,30 +143,22 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=5_000_000)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the runbook's loop")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="cutover-backfill-") as tmp:
-        work = Path(tmp)
-        lab = Lab(work / "lab")
-        lab.up(sample=False)
-        try:
-            with psycopg.connect(uri(lab, "postgres"), autocommit=True) as conn:
-                conn.execute("CREATE DATABASE bench")
-            dsn = uri(lab, "bench")
-            for table in ("t_ours", "t_loop", "t_alter"):
-                print(f"{table}: {args.rows:,} rows ...", flush=True)
-                make_table(dsn, table, args.rows)
-            seconds, our_stall = ours(lab, work, "bench")
-            print(f"cutover backfill: {seconds:.1f} s, longest write wait {our_stall:.3f} s")
-            loop_rate, loop_stall = runbook(dsn, args.rounds)
-            print(f"runbook loop: {loop_rate:.0f} rows/s, longest write wait {loop_stall:.3f} s")
-            alter_seconds, alter_stall = alter(dsn)
-            print(f"ALTER TABLE: {alter_seconds:.1f} s, longest write wait {alter_stall:.3f} s")
-            with psycopg.connect(dsn) as conn:
-                row = conn.execute(
-                    "SELECT count(*), count(DISTINCT cutover_id) FROM t_ours"
-                ).fetchone()
-            assert row is not None and row[0] == row[1], "cutover left rows unnumbered"
-        finally:
-            lab.down(purge=True)
+    with fresh_lab("cutover-backfill-") as (work, lab):
+        with psycopg.connect(uri(lab, "postgres"), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE bench")
+        dsn = uri(lab, "bench")
+        for table in ("t_ours", "t_loop", "t_alter"):
+            print(f"{table}: {args.rows:,} rows ...", flush=True)
+            make_table(dsn, table, args.rows)
+        seconds, our_stall = ours(lab, work, "bench")
+        print(f"cutover backfill: {seconds:.1f} s, longest write wait {our_stall:.3f} s")
+        loop_rate, loop_stall = runbook(dsn, args.rounds)
+        print(f"runbook loop: {loop_rate:.0f} rows/s, longest write wait {loop_stall:.3f} s")
+        alter_seconds, alter_stall = alter(dsn)
+        print(f"ALTER TABLE: {alter_seconds:.1f} s, longest write wait {alter_stall:.3f} s")
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute("SELECT count(*), count(DISTINCT cutover_id) FROM t_ours").fetchone()
+        assert row is not None and row[0] == row[1], "cutover left rows unnumbered"
     rate = args.rows / seconds
     print()
     print(f"table: {args.rows:,} rows without a key; a writer at ~50 writes/s during each way")

@@ -1,10 +1,16 @@
-"""What several benchmarks share: the command line run as a user runs it, ledger times."""
+"""What several benchmarks share: a lab of their own, the command line run as a user runs
+it, ledger times."""
 
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 
+from cutover.lab import Lab
 from cutover.pg.connect import Connection
 
 
@@ -32,3 +38,17 @@ def settle(source: Connection, *, poll: float) -> None:
         (lsn,),
     ).fetchone()["ok"]:  # type: ignore[index]
         time.sleep(poll)
+
+
+@contextmanager
+def fresh_lab(prefix: str) -> Iterator[tuple[Path, Lab]]:
+    """Two servers of a lab without sample data, in a folder of its own (`prefix`), stopped
+    and deleted at the end: the folder and the lab."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        work = Path(tmp)
+        lab = Lab(work / "lab")
+        lab.up(sample=False)
+        try:
+            yield work, lab
+        finally:
+            lab.down(purge=True)

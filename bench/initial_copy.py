@@ -22,12 +22,12 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import psycopg
 import yaml
+from common import fresh_lab
 from psycopg.conninfo import make_conninfo
 
 from cutover.lab import Lab
@@ -135,62 +135,54 @@ def main() -> None:
     if shutil.which("pgcopydb") is None:
         raise SystemExit("pgcopydb is missing: WITH_BENCH=1 scripts/ensure-system.sh installs it")
     times: dict[str, list[float]] = {"cutover": [], "pg_dump": [], "pgcopydb": []}
-    with tempfile.TemporaryDirectory(prefix="cutover-copy-") as tmp:
-        work = Path(tmp)
-        lab = Lab(work / "lab")
-        lab.up(sample=False)
-        try:
-            for i in range(1, args.runs + 1):
-                db = f"bench_{i}"
-                with psycopg.connect(uri(lab, "source", "postgres"), autocommit=True) as conn:
-                    conn.execute(f"CREATE DATABASE {db}")
-                with psycopg.connect(uri(lab, "target", "postgres"), autocommit=True) as conn:
-                    for suffix in ("dump", "pgcopydb"):
-                        conn.execute(f"CREATE DATABASE {db}_{suffix}")
-                print(f"run {i}: pgbench -i -s {args.scale} ...", flush=True)
-                run(
-                    [
-                        str(tools.bindir() / "pgbench"),
-                        "-i",
-                        "-q",
-                        "-s",
-                        str(args.scale),
-                        uri(lab, "source", db),
-                    ]
-                )
-                with psycopg.connect(uri(lab, "source", db), autocommit=True) as conn:
-                    size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]  # type: ignore[index]
-                    conn.execute("VACUUM ANALYZE")
-                    conn.execute("CHECKPOINT")
+    with fresh_lab("cutover-copy-") as (work, lab):
+        for i in range(1, args.runs + 1):
+            db = f"bench_{i}"
+            with psycopg.connect(uri(lab, "source", "postgres"), autocommit=True) as conn:
+                conn.execute(f"CREATE DATABASE {db}")
+            with psycopg.connect(uri(lab, "target", "postgres"), autocommit=True) as conn:
+                for suffix in ("dump", "pgcopydb"):
+                    conn.execute(f"CREATE DATABASE {db}_{suffix}")
+            print(f"run {i}: pgbench -i -s {args.scale} ...", flush=True)
+            run(
+                [
+                    str(tools.bindir() / "pgbench"),
+                    "-i",
+                    "-q",
+                    "-s",
+                    str(args.scale),
+                    uri(lab, "source", db),
+                ]
+            )
+            with psycopg.connect(uri(lab, "source", db), autocommit=True) as conn:
+                size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]  # type: ignore[index]
+                conn.execute("VACUUM ANALYZE")
+                conn.execute("CHECKPOINT")
 
-                # Each run in another order, so none is always the one after pgbench.
-                order = ["cutover", "pg_dump", "pgcopydb"]
-                for way in order[i - 1 :] + order[: i - 1]:
-                    # No way starts while the servers or the OS still write back the one before.
-                    for side in ("source", "target"):
-                        with psycopg.connect(uri(lab, side, "postgres"), autocommit=True) as conn:
-                            conn.execute("CHECKPOINT")
-                    os.sync()
-                    if way == "cutover":
-                        ours, steps = cutover_copy(lab, work, db, args.jobs)
-                        times["cutover"].append(ours)
-                        shown = ", ".join(f"{k} {v:.1f} s" for k, v in steps.items())
-                        print(
-                            f"  cutover prepare + start --wait: {ours:.1f} s ({shown})", flush=True
-                        )
-                    elif way == "pg_dump":
-                        times["pg_dump"].append(dump_restore(lab, work, db, args.jobs))
-                        print(f"  pg_dump | pg_restore: {times['pg_dump'][-1]:.1f} s", flush=True)
-                    else:
-                        times["pgcopydb"].append(pgcopydb(lab, work, db, args.jobs))
-                        print(f"  pgcopydb clone: {times['pgcopydb'][-1]:.1f} s", flush=True)
+            # Each run in another order, so none is always the one after pgbench.
+            order = ["cutover", "pg_dump", "pgcopydb"]
+            for way in order[i - 1 :] + order[: i - 1]:
+                # No way starts while the servers or the OS still write back the one before.
+                for side in ("source", "target"):
+                    with psycopg.connect(uri(lab, side, "postgres"), autocommit=True) as conn:
+                        conn.execute("CHECKPOINT")
+                os.sync()
+                if way == "cutover":
+                    ours, steps = cutover_copy(lab, work, db, args.jobs)
+                    times["cutover"].append(ours)
+                    shown = ", ".join(f"{k} {v:.1f} s" for k, v in steps.items())
+                    print(f"  cutover prepare + start --wait: {ours:.1f} s ({shown})", flush=True)
+                elif way == "pg_dump":
+                    times["pg_dump"].append(dump_restore(lab, work, db, args.jobs))
+                    print(f"  pg_dump | pg_restore: {times['pg_dump'][-1]:.1f} s", flush=True)
+                else:
+                    times["pgcopydb"].append(pgcopydb(lab, work, db, args.jobs))
+                    print(f"  pgcopydb clone: {times['pgcopydb'][-1]:.1f} s", flush=True)
 
-                reference = counts(lab, db)
-                for other in (f"{db}_dump", f"{db}_pgcopydb"):
-                    assert counts(lab, other) == reference, f"{other} differs"
-                    assert indexes(lab, other) == indexes(lab, db), f"{other}: other indexes"
-        finally:
-            lab.down(purge=True)
+            reference = counts(lab, db)
+            for other in (f"{db}_dump", f"{db}_pgcopydb"):
+                assert counts(lab, other) == reference, f"{other} differs"
+                assert indexes(lab, other) == indexes(lab, db), f"{other}: other indexes"
     median = {way: statistics.median(values) for way, values in times.items()}
     fastest = min(median["pg_dump"], median["pgcopydb"])
     print()

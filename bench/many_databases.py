@@ -18,13 +18,12 @@ Each run, for every `--databases` count, on fresh databases per way:
 import argparse
 import json
 import statistics
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import yaml
-from common import cutover, seconds_between, settle
+from common import cutover, fresh_lab, seconds_between, settle
 from psycopg import sql
 
 from cutover.lab import Lab
@@ -113,32 +112,26 @@ def main() -> None:
     parser.add_argument("--databases", type=int, nargs="+", default=[10, 30])
     parser.add_argument("--runs", type=int, default=2)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="cutover-many-") as tmp:
-        work = Path(tmp)
-        lab = Lab(work / "lab")
-        lab.up(sample=False)
-        try:
-            for count in args.databases:
-                ours: list[dict[str, float]] = []
-                theirs: list[float] = []
-                for run in range(args.runs):
-                    tag = f"{count}_{run}_{uuid.uuid4().hex[:4]}"
-                    ours.append(with_cutover(lab, work, count, tag))
-                    theirs.append(by_hand(lab, work, count, tag)["pause"])
-                pause = statistics.median(r["pause"] for r in ours)
-                hand = statistics.median(theirs)
-                steps = ", ".join(
-                    f"{name} {1000 * statistics.median(r[f'step {name}'] for r in ours):.0f}"
-                    for name in PAUSED
-                )
-                print(
-                    f"{count} databases: cutover fence to writers {1000 * pause:.0f} ms "
-                    f"({steps} ms), runbook {1000 * hand:.0f} ms: ratio {hand / pause:.2f}x "
-                    f"(medians of {args.runs})",
-                    flush=True,
-                )
-        finally:
-            lab.down(purge=True)
+    with fresh_lab("cutover-many-") as (work, lab):
+        for count in args.databases:
+            ours: list[dict[str, float]] = []
+            theirs: list[float] = []
+            for run in range(args.runs):
+                tag = f"{count}_{run}_{uuid.uuid4().hex[:4]}"
+                ours.append(with_cutover(lab, work, count, tag))
+                theirs.append(by_hand(lab, work, count, tag)["pause"])
+            pause = statistics.median(r["pause"] for r in ours)
+            hand = statistics.median(theirs)
+            steps = ", ".join(
+                f"{name} {1000 * statistics.median(r[f'step {name}'] for r in ours):.0f}"
+                for name in PAUSED
+            )
+            print(
+                f"{count} databases: cutover fence to writers {1000 * pause:.0f} ms "
+                f"({steps} ms), runbook {1000 * hand:.0f} ms: ratio {hand / pause:.2f}x "
+                f"(medians of {args.runs})",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

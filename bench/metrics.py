@@ -14,13 +14,11 @@ import argparse
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
-from pathlib import Path
 
 import yaml
-from common import cutover
+from common import cutover, fresh_lab
 
 from cutover.lab import Lab, free_port
 from cutover.pg.connect import Connection
@@ -82,10 +80,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10, help="rows per table")
     parser.add_argument("--scrapes", type=int, default=50)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="cutover-bench-") as tmp:
-        work = Path(tmp)
-        lab = Lab(work / "lab")
-        lab.up(sample=False)
+    with fresh_lab("cutover-bench-") as (work, lab):
         exporter = None
         try:
             began = time.monotonic()
@@ -124,7 +119,6 @@ def main() -> None:
             if exporter is not None:
                 exporter.terminate()
                 exporter.wait(timeout=10)
-            lab.down(purge=True)
     ours_median, naive_median = statistics.median(ours), statistics.median(naive)
     print()
     print(f"{args.tables} replicated tables, {args.scrapes} scrapes each")

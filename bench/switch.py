@@ -29,7 +29,6 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -45,7 +44,7 @@ from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, for dms's stand-in
 
-from common import cutover, seconds_between, settle
+from common import cutover, fresh_lab, seconds_between, settle
 
 from cutover import load
 from cutover.lab import Lab, free_port
@@ -459,17 +458,11 @@ def main() -> None:
     args = parser.parse_args()
     args.engines = args.engines or ["native", "pglogical"]
     args.password = uuid.uuid4().hex
-    with tempfile.TemporaryDirectory(prefix="cutover-bench-") as tmp:
-        work_dir = Path(tmp)
-        lab = Lab(work_dir / "lab")
-        lab.up(sample=False)
-        try:
-            for side in ("source", "target"):
-                with connect(lab, side) as conn:
-                    load_sql.ensure_login_role(conn, ROLE, args.password)  # type: ignore[arg-type]
-            (curve if args.curve else compare)(lab, work_dir, args)
-        finally:
-            lab.down(purge=True)
+    with fresh_lab("cutover-bench-") as (work_dir, lab):
+        for side in ("source", "target"):
+            with connect(lab, side) as conn:
+                load_sql.ensure_login_role(conn, ROLE, args.password)  # type: ignore[arg-type]
+        (curve if args.curve else compare)(lab, work_dir, args)
 
 
 if __name__ == "__main__":

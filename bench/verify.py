@@ -19,14 +19,13 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import yaml
+from common import fresh_lab
 from initial_copy import run, uri  # the sibling benchmark: same way to run a tool
 
-from cutover.lab import Lab
 from cutover.pg import tools
 from cutover.pg.connect import connect
 from cutover.plan import dump
@@ -54,47 +53,41 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     times: dict[str, list[float]] = {"checksum": [], "pg_dump": [], "count": []}
-    with tempfile.TemporaryDirectory(prefix="cutover-verify-") as tmp:
-        work = Path(tmp)
-        lab = Lab(work / "lab")
-        lab.up(sample=False)
-        try:
-            with connect(lab.server("source"), label="source") as conn:
-                conn.execute(f"CREATE DATABASE {DB}")
-            print(f"pgbench -i -s {args.scale} ...", flush=True)
-            pgbench = str(tools.bindir() / "pgbench")
-            run([pgbench, "-i", "-q", "-s", str(args.scale), uri(lab, "source", DB)])
-            plan = work / "plan.yaml"
-            data = yaml.safe_load(dump(lab.plan([DB], move="bench")))
-            data["state_dir"] = str(work / "state")
-            plan.write_text(yaml.safe_dump(data))
-            for step in (["prepare"], ["start", "--wait"]):
-                run([sys.executable, "-m", "cutover", *step, "-p", str(plan)])
-            with connect(lab.server("source"), DB, label="source") as conn:
-                size = conn.execute("SELECT pg_database_size(current_database()) AS n").fetchone()
-            for side in ("source", "target"):
-                with connect(lab.server(side), DB, label=side) as conn:
-                    conn.execute("VACUUM ANALYZE")
-                    conn.execute("CHECKPOINT")
-            os.sync()
-            dump_argv = [str(tools.bindir() / "pg_dump"), "-Fp", "-f", "/dev/null"]
-            for i in range(args.runs):
-                order = ["checksum", "pg_dump"] if i % 2 == 0 else ["pg_dump", "checksum"]
-                for way in order:
-                    if way == "checksum":
-                        seconds, report = verify(plan, "checksum")
-                        assert report["differences"] == 0, report
-                        times["checksum"].append(seconds)
-                        print(f"  verify --mode checksum: {seconds:.1f} s", flush=True)
-                    else:
-                        seconds = run([*dump_argv, uri(lab, "source", DB)])
-                        times["pg_dump"].append(seconds)
-                        print(f"  pg_dump -Fp -f /dev/null: {seconds:.1f} s", flush=True)
-                seconds, _ = verify(plan, "count")
-                times["count"].append(seconds)
-                print(f"  verify --mode count: {seconds:.1f} s", flush=True)
-        finally:
-            lab.down(purge=True)
+    with fresh_lab("cutover-verify-") as (work, lab):
+        with connect(lab.server("source"), label="source") as conn:
+            conn.execute(f"CREATE DATABASE {DB}")
+        print(f"pgbench -i -s {args.scale} ...", flush=True)
+        pgbench = str(tools.bindir() / "pgbench")
+        run([pgbench, "-i", "-q", "-s", str(args.scale), uri(lab, "source", DB)])
+        plan = work / "plan.yaml"
+        data = yaml.safe_load(dump(lab.plan([DB], move="bench")))
+        data["state_dir"] = str(work / "state")
+        plan.write_text(yaml.safe_dump(data))
+        for step in (["prepare"], ["start", "--wait"]):
+            run([sys.executable, "-m", "cutover", *step, "-p", str(plan)])
+        with connect(lab.server("source"), DB, label="source") as conn:
+            size = conn.execute("SELECT pg_database_size(current_database()) AS n").fetchone()
+        for side in ("source", "target"):
+            with connect(lab.server(side), DB, label=side) as conn:
+                conn.execute("VACUUM ANALYZE")
+                conn.execute("CHECKPOINT")
+        os.sync()
+        dump_argv = [str(tools.bindir() / "pg_dump"), "-Fp", "-f", "/dev/null"]
+        for i in range(args.runs):
+            order = ["checksum", "pg_dump"] if i % 2 == 0 else ["pg_dump", "checksum"]
+            for way in order:
+                if way == "checksum":
+                    seconds, report = verify(plan, "checksum")
+                    assert report["differences"] == 0, report
+                    times["checksum"].append(seconds)
+                    print(f"  verify --mode checksum: {seconds:.1f} s", flush=True)
+                else:
+                    seconds = run([*dump_argv, uri(lab, "source", DB)])
+                    times["pg_dump"].append(seconds)
+                    print(f"  pg_dump -Fp -f /dev/null: {seconds:.1f} s", flush=True)
+            seconds, _ = verify(plan, "count")
+            times["count"].append(seconds)
+            print(f"  verify --mode count: {seconds:.1f} s", flush=True)
     median = {way: statistics.median(values) for way, values in times.items()}
     assert size is not None
     print()
