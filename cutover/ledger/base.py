@@ -437,12 +437,9 @@ class Journal:
         except BaseException:
             self._whole_next = True  # interrupted: nothing may be appended after it
             raise
-        self._new_records.clear()
-        self._new_events.clear()
+        self._written(sync=sync)
         self._logged += len(line)
         self._log_synced = self._log_synced or sync
-        self._unwritten = False
-        self._unsynced = not sync
 
     def _write_whole(self, *, sync: bool) -> None:
         """Replace the document; it waits for the disk also when it holds a durable record
@@ -456,10 +453,14 @@ class Journal:
         except BaseException:
             self._whole_next = self._unwritten = True
             raise
-        self._new_records.clear()
-        self._new_events.clear()
+        self._written(sync=sync)
         self._whole_next = False
         self._logged, self._log_synced = 0, False
+
+    def _written(self, *, sync: bool) -> None:
+        """Every change is written now; with `sync`, on disk too."""
+        self._new_records.clear()
+        self._new_events.clear()
         self._unwritten = False
         self._unsynced = not sync
 

@@ -52,7 +52,6 @@ class FileStore:
     def read(self) -> dict[str, Any] | None:
         """The document with its log applied, or None before the first write."""
         try:
-            self.found_log = False
             # The log first: a write of the document in between holds what was read.
             lines = _lines(self.log_path)
             self.found_log = bool(lines)
