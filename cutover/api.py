@@ -167,6 +167,7 @@ def _run(
 
 def _run_phases(
     plan: Plan,
+    connections: Pool,
     phases_for: Callable[[str], list[Phase]],
     *,
     dry_run: bool,
@@ -174,14 +175,18 @@ def _run_phases(
     move_wide: tuple[Phase, ...] = (),
 ) -> tuple[StepReport, ...]:
     """The `move_wide` phases first, then the phases of each database, in the plan's order;
-    each built when its turn comes."""
+    each built when its turn comes. Only the database at hand holds sessions: a move of
+    hundreds of databases leaves the application's connection slots to the application."""
 
     def run_all(steps: runner.Runner) -> None:
         for phase in move_wide:
             steps.run(phase, scope=SWITCH_SCOPE)
         for db in plan.databases:
-            for phase in phases_for(db):
-                steps.run(phase, scope=db)
+            try:
+                for phase in phases_for(db):
+                    steps.run(phase, scope=db)
+            finally:
+                connections.release(db)
 
     return _run(plan, run_all, dry_run=dry_run, on_step=on_step)
 
@@ -315,7 +320,12 @@ def prepare(
             ]
 
         reports = _run_phases(
-            plan, phases_for, dry_run=dry_run, on_step=on_step, move_wide=(*backup, *flags)
+            plan,
+            connections,
+            phases_for,
+            dry_run=dry_run,
+            on_step=on_step,
+            move_wide=(*backup, *flags),
         )
     return Ran(reports, dry_run)
 
@@ -342,7 +352,7 @@ def backfill(
             chosen.extend(found)
             return _backfill_phases(plan, connections, db, found, on_fill)
 
-        reports = _run_phases(plan, phases_for, dry_run=dry_run, on_step=on_step)
+        reports = _run_phases(plan, connections, phases_for, dry_run=dry_run, on_step=on_step)
     return Backfilled(reports, dry_run, tables=tuple(chosen))
 
 
@@ -386,7 +396,7 @@ def start(
                 ),
             ]
 
-        reports = _run_phases(plan, phases_for, dry_run=dry_run, on_step=on_step)
+        reports = _run_phases(plan, connections, phases_for, dry_run=dry_run, on_step=on_step)
     return Ran(reports, dry_run)
 
 
@@ -412,7 +422,7 @@ def sync_schema(plan: Plan, *, dry_run: bool, on_step: OnStep = _ignore) -> Ran:
             starting.require_prepared(connections, db, engine)
             return [syncing.phase(plan, connections, db, engine)]
 
-        reports = _run_phases(plan, phases_for, dry_run=dry_run, on_step=on_step)
+        reports = _run_phases(plan, connections, phases_for, dry_run=dry_run, on_step=on_step)
     return Ran(reports, dry_run)
 
 
@@ -548,6 +558,8 @@ def cleanup(
                 # before the forward one, since it uses what the forward replication installed.
                 steps.run(back, scope=fallback)
                 steps.run(forward, scope=db)
+                connections.release(db)  # a database done holds no session
+                back_connections.release(db)
             steps.run(cleaning.previous_values_phase(plan), scope=SWITCH_SCOPE)
             if module is not None:  # last: the source keeps its objects until it goes
                 steps.run(terraforming.retire_phase(module), scope=SWITCH_SCOPE)

@@ -244,14 +244,16 @@ def _source_settings(plan: Plan, conn: Connection) -> Iterator[Finding]:
 def connections_finding(side: str, use: catalog.ConnectionUse, *, databases: int) -> Finding:
     """Whether the sessions a move holds fit beside the application's on one server.
 
-    A command holds one session per database of the move and one to the server's
-    maintenance database; `start` one more per copy job, the switch one more per
-    database (the snapshot its counts compare). The exporter (`cutover metrics`) holds
-    its own, one per database and one, for as long as it runs. Taking the last slots
-    would make the application's next connection fail: that is refused, and a move
-    that leaves it little room (with the exporter running too) is a warning.
+    Every command holds a session to the server's maintenance database. `prepare`,
+    `start` and `cleanup` hold sessions on the database they are at, not the ones
+    done or to come; `start` one more per copy job. The switch holds two per database
+    (one, and the snapshot its counts compare) from before its pause to its end. The
+    exporter (`cutover metrics`) holds its own, one per database and one, for as long
+    as it runs. Taking the last slots would make the application's next connection
+    fail: that is refused, and a move that leaves it little room (with the exporter
+    running too) is a warning.
     """
-    needed = max(2 * databases + 1, databases + 1 + COPY_JOBS)
+    needed = max(2 * databases + 1, 2 + COPY_JOBS)
     exporter = databases + 1
     room = max(APPLICATION_ROOM_MIN, int(use.limit * APPLICATION_ROOM))
     left = use.free - needed

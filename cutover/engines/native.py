@@ -3,6 +3,7 @@
 import secrets
 from collections.abc import Callable, Sequence
 from contextlib import suppress
+from dataclasses import dataclass
 from functools import partial
 
 from cutover.engines.base import Barrier, Engine, Traits
@@ -20,12 +21,21 @@ from cutover.types import SyncProgress, TableName
 TRAITS = Traits(keys_before_copy=False)  # the copy fills bare tables; keys are built after it
 
 
+@dataclass
+class Credential:
+    """The password this command gave the move's role, shared by its databases: the
+    subscriptions made after it use it as it is, and none has to be told of it again."""
+
+    password: str | None = None
+
+
 class NativeReplication:
     """Publication on the source, subscription on the target, one slot per database."""
 
-    def __init__(self, plan: Plan, pool: Pool, db: str) -> None:
+    def __init__(self, plan: Plan, pool: Pool, credential: Credential, db: str) -> None:
         self._plan = plan
         self._pool = pool
+        self._credential = credential
         self._db = db
         self.name = replication.object_name(plan.move)
         self.slot_name = replication.slot_name(plan.move, db)
@@ -97,13 +107,16 @@ class NativeReplication:
         source = self._pool.get("source", self._db)
         role = replication.replicating_role(source, self.name, self._plan.source.user)
         changes = []
-        if role == self.name:
+        if role == self.name and self._credential.password is not None:
+            password = self._credential.password  # the other subscriptions use it already
+        elif role == self.name:
             password = secrets.token_urlsafe(32)
             register_secret(password)
             changes.append(
                 replication.set_password(source, role, password, where="source", dry_run=dry_run)
             )
             changes += self._reconnect_others(role, password, dry_run=dry_run)
+            self._credential.password = password
         else:  # the plan's own user, with its own password
             password = resolve_secret(self._plan.source.password or "", where="source.password")
         dsn = replication.source_conninfo(self._plan.source, self._db, role=role, password=password)
@@ -139,16 +152,16 @@ class NativeReplication:
         for db in self._plan.databases:
             if db == self._db or db not in present:
                 continue
-            conn = self._pool.get("target", db)
-            if replication.subscription_exists(conn, self.name):
-                dsn = replication.source_conninfo(
-                    self._plan.source, db, role=role, password=password
-                )
-                changes.append(
-                    replication.set_connection(
-                        conn, self.name, dsn, where=f"target/{db}", dry_run=dry_run
+            with self._pool.borrow("target", db) as conn:
+                if replication.subscription_exists(conn, self.name):
+                    dsn = replication.source_conninfo(
+                        self._plan.source, db, role=role, password=password
                     )
-                )
+                    changes.append(
+                        replication.set_connection(
+                            conn, self.name, dsn, where=f"target/{db}", dry_run=dry_run
+                        )
+                    )
         return changes
 
     def carry(self, tables: Sequence[TableName], *, dry_run: bool) -> Sequence[Change]:
@@ -349,4 +362,5 @@ class NativeReplication:
 
 def build(plan: Plan, pool: Pool) -> Engine:
     """The engine of a move."""
-    return PerDatabase("native", TRAITS, plan, pool, partial(NativeReplication, plan, pool))
+    replicating = partial(NativeReplication, plan, pool, Credential())
+    return PerDatabase("native", TRAITS, plan, pool, replicating)

@@ -8,7 +8,7 @@ schema is never synchronised by pglogical: prepare copied it.
 
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 from functools import partial
 
@@ -129,12 +129,16 @@ class PglogicalReplication:
             dry_run=dry_run,
         )
 
-    def _nodes(self, side: str) -> list[pglogical.Node]:
-        """The nodes of the move's databases on one side, this one first."""
+    def _nodes(self, side: str) -> Iterator[pglogical.Node]:
+        """The nodes of the move's databases on one side, this one first, each read as
+        its turn comes (the other databases' sessions closed after)."""
         present = catalog.existing_databases(self._pool.get(side), self._plan.databases)
         ordered = [self._db, *(db for db in self._plan.databases if db != self._db)]
-        nodes = (pglogical.local_node(self._pool.get(side, db)) for db in ordered if db in present)
-        return [n for n in nodes if n is not None]
+        for db in (db for db in ordered if db in present):
+            with self._pool.borrow(side, db) as conn:
+                node = pglogical.local_node(conn)
+            if node is not None:
+                yield node
 
     def _role_password(
         self, conn: Connection, role: str, side: str, where: str, *, dry_run: bool

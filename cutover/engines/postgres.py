@@ -6,13 +6,13 @@ Protocol by asking the right one. The move's own role and the slot's lag are
 the same for both.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Protocol
 
 from cutover.engines.base import Barrier, Traits
 from cutover.pg import admin, replication
-from cutover.pg.connect import Pool
+from cutover.pg.connect import Connection, Pool
 from cutover.plan import Plan
 from cutover.steps import Change
 from cutover.types import Lag, MonitoredLag, ServiceState, SyncProgress, TableName
@@ -246,17 +246,24 @@ class PerDatabase:
         changes: list[Change] = []
         for side, server in (("source", self._plan.source), ("target", self._plan.target)):
             maintenance = self._pool.get(side)
-            conns = [
-                self._pool.get(side, db)
-                for db in self._plan.databases
-                if admin.database_exists(maintenance, db)
-            ]
-            for conn in conns:
-                admin.allow_writes(conn)
             changes += replication.drop_role(
-                conns, maintenance, self._role, heir=server.user, where=side, dry_run=dry_run
+                self._each_database(side, maintenance),
+                maintenance,
+                self._role,
+                heir=server.user,
+                where=side,
+                dry_run=dry_run,
             )
         return changes
+
+    def _each_database(self, side: str, maintenance: Connection) -> Iterator[Connection]:
+        """A session in each of the move's databases on one side, one after the other,
+        writable even where a fence left the database read-only."""
+        for db in self._plan.databases:
+            if admin.database_exists(maintenance, db):
+                with self._pool.borrow(side, db) as conn:
+                    admin.allow_writes(conn)
+                    yield conn
 
     def uninstalled(self, db: str) -> bool:
         return self._of(db).uninstalled()

@@ -145,6 +145,20 @@ class Pool:
             self._open[key] = conn
         return conn
 
+    @contextmanager
+    def borrow(self, label: str, dbname: str) -> Iterator[Connection]:
+        """The shared connection to `dbname` if one is open, else one closed after the
+        block: a look into the move's other databases holds no session in each."""
+        shared = self._open.get((label, dbname))
+        if shared is not None and not shared.closed:
+            yield shared
+            return
+        conn = connect(self._servers[label], dbname, label=label)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
     def open(self, label: str, dbname: str | None = None) -> Connection:
         """A connection of its own, not shared: closed by its user, at the latest with the pool."""
         conn = connect(self._servers[label], dbname, label=label)
@@ -154,6 +168,12 @@ class Pool:
     def discard(self, label: str) -> None:
         """Close the connections to one server (after it failed), so the next use reconnects."""
         for key in [k for k in self._open if k[0] == label]:
+            self._open.pop(key).close()
+
+    def release(self, dbname: str) -> None:
+        """Close the shared connections to `dbname` on every server, once a command is done
+        with it: a move of many databases holds sessions on the one it is at, not on all."""
+        for key in [k for k in self._open if k[1] == dbname]:
             self._open.pop(key).close()
 
     def reset(self) -> None:

@@ -103,7 +103,8 @@ def other_moves(pool: Pool, move: str, move_id: str, databases: Iterable[str]) -
         ]
         for db in databases:
             if db in present:
-                marks = foreign_marks(pool.get(side, db), move, move_id, roles=False)
+                with pool.borrow(side, db) as conn:
+                    marks = foreign_marks(conn, move, move_id, roles=False)
                 found += [f"{side}/{db}: {what}" for what in marks]
     return found
 
@@ -578,7 +579,7 @@ def drop_publication(conn: Connection, name: str, *, where: str, dry_run: bool) 
 
 
 def drop_role(
-    conns: list[Connection],
+    conns: Iterable[Connection],
     maintenance: Connection,
     role: str,
     *,

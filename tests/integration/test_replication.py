@@ -1,8 +1,10 @@
 """prepare + start on real servers: the schema, the data and the changes arrive on the target."""
 
 import json
+import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from cutover.pg.connect import connect as cutover_connect
 from cutover.plan import load as load_plan
 from cutover.types import Side, TableState
 from tests.conftest import Databases, Result, connect
-from tests.integration.conftest import wait_until
+from tests.integration.conftest import StatementLog, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -265,20 +267,80 @@ def test_roles_missing_on_the_target_stop_prepare_with_the_statements(
         assert row == {"tableowner": owner}
 
 
-def test_a_move_of_two_databases_switches_both_at_once(
-    lab: Lab, databases: Databases, write_plan: Callable[..., Path], cutover: Callable[..., Result]
+@contextmanager
+def cutover_sessions(lab: Lab, names: list[str]) -> Iterator[list[dict[str, set[str]]]]:
+    """What cutover's sessions are on, sampled every few ms on both servers: for each
+    sample, per server, the databases of `names` it held a session on."""
+    samples: list[dict[str, set[str]]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        with connect(lab.server("source")) as source, connect(lab.server("target")) as target:
+            while not done.is_set():
+                samples.append(
+                    {
+                        side: {
+                            row["datname"]
+                            for row in conn.execute(
+                                "SELECT datname FROM pg_stat_activity "
+                                "WHERE application_name = 'cutover' AND datname = ANY(%s) "
+                                "AND backend_type = 'client backend'",
+                                (names,),
+                            )
+                        }
+                        for side, conn in (("source", source), ("target", target))
+                    }
+                )
+                done.wait(0.005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        yield samples
+    finally:
+        done.set()
+        sampler.join()
+
+
+def test_a_move_of_three_databases_switches_them_at_once(
+    lab: Lab,
+    databases: Databases,
+    write_plan: Callable[..., Path],
+    cutover: Callable[..., Result],
+    statement_log: StatementLog,
 ) -> None:
-    names = [databases.create(prefix="one"), databases.create(prefix="two")]
+    """prepare and start hold sessions on the database they are at, and for a moment on one
+    other they look into, not on every database they went through. The move's role gets
+    one password, and no subscription is told of another."""
+    names = [databases.create(prefix=prefix) for prefix in ("one", "two", "three")]
     for i, db in enumerate(names):
         with connect(lab.server("source"), db) as conn:
             conn.execute(
                 "CREATE TABLE t (id bigserial PRIMARY KEY, v int);"
                 f"INSERT INTO t (v) SELECT g FROM generate_series(1, {1000 * (i + 1)}) g"
             )
-    plan = str(write_plan(names, move=f"t{uuid.uuid4().hex[:8]}", thresholds={"lag_window": "0s"}))
-    for command in (["prepare"], ["start", "--wait"], ["switch", "--yes"]):
-        result = cutover(*command, "-p", plan)
-        assert result.code == 0, result.stdout + result.stderr
+    move = f"t{uuid.uuid4().hex[:8]}"
+    plan = str(write_plan(names, move=move, thresholds={"lag_window": "0s"}))
+    with cutover_sessions(lab, names) as samples, statement_log.recording() as seen:
+        for command in (["prepare"], ["start", "--wait"]):
+            result = cutover(*command, "-p", plan)
+            assert result.code == 0, result.stdout + result.stderr
+    role = f'"{replication.object_name(move)}"'
+    passwords = [
+        s for s in seen.statements["source"] if s.startswith(f"ALTER ROLE {role} PASSWORD")
+    ]
+    told = [
+        s
+        for s in seen.statements["target"]
+        if s.startswith(f"ALTER SUBSCRIPTION {role} CONNECTION")
+    ]
+    assert (len(passwords), told) == (1, [])
+    seen = {side: set().union(*(s[side] for s in samples)) for side in ("source", "target")}
+    assert seen == {"source": set(names), "target": set(names)}  # the sampler saw each
+    held_all = [s for s in samples if max(len(held) for held in s.values()) > 2]
+    assert held_all == [], f"{len(held_all)} of {len(samples)} samples: {held_all[:2]}"
+    result = cutover("switch", "--yes", "-p", plan)
+    assert result.code == 0, result.stdout + result.stderr
     for i, db in enumerate(names):
         with connect(lab.server("target"), db) as conn:
             assert conn.execute("SELECT count(*) AS n FROM t").fetchone() == {"n": 1000 * (i + 1)}

@@ -32,8 +32,9 @@ def test_a_blocker_exactly_when_the_move_does_not_fit_in_what_is_free(
     use: ConnectionUse, databases: int
 ) -> None:
     finding = connections_finding("target", use, databases=databases)
-    # Two a database in the switch and the maintenance database, or start's copy jobs.
-    sessions = max(2 * databases + 1, databases + 3)
+    # Two a database in the switch and the maintenance database, or start's: the
+    # maintenance database, the database at hand and two copy jobs.
+    sessions = max(2 * databases + 1, 4)
     fits = use.others + sessions <= use.limit - use.reserved
     assert (finding.status is Status.FAIL) == (not fits)
     assert finding.scope == "target" and finding.check == "connections"
