@@ -18,8 +18,11 @@ Each run, for every `--databases` count, on fresh databases per way:
 import argparse
 import json
 import statistics
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -54,20 +57,59 @@ def tenants(lab: Lab, count: int, tag: str) -> list[str]:
     return names
 
 
-def replicating(lab: Lab, work: Path, names: list[str], move: str) -> Path:
-    """A plan of these databases, prepared and streaming; its path."""
+@contextmanager
+def most_sessions(lab: Lab) -> Iterator[dict[str, int]]:
+    """The most sessions cutover held at once on each server, sampled every 10 ms."""
+    most = {"source": 0, "target": 0}
+    done = threading.Event()
+
+    def sample() -> None:
+        conns = {side: connect(lab.server(side), label=side) for side in most}
+        try:
+            while not done.wait(0.01):
+                for side, conn in conns.items():
+                    row = conn.execute(
+                        "SELECT count(*) AS n FROM pg_stat_activity "
+                        "WHERE application_name = 'cutover' AND backend_type = 'client backend'"
+                    ).fetchone()
+                    most[side] = max(most[side], row["n"] if row else 0)
+        finally:
+            for conn in conns.values():
+                conn.close()
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        yield most
+    finally:
+        done.set()
+        sampler.join()
+
+
+def replicating(lab: Lab, work: Path, names: list[str], move: str) -> tuple[Path, dict[str, float]]:
+    """A plan of these databases, prepared and streaming; its path, and what prepare and
+    start took: their seconds and the most sessions they held on the source and target."""
     plan = yaml.safe_load(dump(lab.plan(names, move=move)))
     plan.update(state_dir=str(work / move), thresholds={"lag_window": "1s"})
     path = work / f"{move}.yaml"
     path.write_text(yaml.safe_dump(plan))
-    cutover("prepare", "-p", str(path))
-    cutover("start", "-p", str(path), "--wait")
-    return path
+    with most_sessions(lab) as most:
+        began = time.monotonic()
+        cutover("prepare", "-p", str(path))
+        prepared = time.monotonic()
+        cutover("start", "-p", str(path), "--wait")
+        started = time.monotonic()
+    return path, {
+        "prepare": prepared - began,
+        "start": started - prepared,
+        "sessions source": most["source"],
+        "sessions target": most["target"],
+    }
 
 
 def with_cutover(lab: Lab, work: Path, count: int, tag: str) -> dict[str, float]:
     move = f"c{tag}"
-    path = replicating(lab, work, tenants(lab, count, move), move)
+    path, before = replicating(lab, work, tenants(lab, count, move), move)
     cutover("switch", "-p", str(path), "--yes")
     steps = json.loads((work / move / f"{move}.ledger.json").read_text())["steps"]
     paused = {name: steps[f"all/switch.{name}"] for name in PAUSED}
@@ -77,7 +119,7 @@ def with_cutover(lab: Lab, work: Path, count: int, tag: str) -> dict[str, float]
         )
     }
     result.update({f"step {name}": record["seconds"] for name, record in paused.items()})
-    return result
+    return result | before
 
 
 def by_hand(lab: Lab, work: Path, count: int, tag: str) -> dict[str, float]:
@@ -130,6 +172,17 @@ def main() -> None:
                 f"{count} databases: cutover fence to writers {1000 * pause:.0f} ms "
                 f"({steps} ms), runbook {1000 * hand:.0f} ms: ratio {hand / pause:.2f}x "
                 f"(medians of {args.runs})",
+                flush=True,
+            )
+
+            med = {
+                key: statistics.median(r[key] for r in ours)
+                for key in ("prepare", "start", "sessions source", "sessions target")
+            }
+            print(
+                f"  before it: prepare {med['prepare']:.1f} s, start --wait {med['start']:.1f} s; "
+                f"the most sessions held at once: source {med['sessions source']:.0f}, "
+                f"target {med['sessions target']:.0f}",
                 flush=True,
             )
 
