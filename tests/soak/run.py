@@ -21,6 +21,7 @@ A failing run prints its seed and what failed; the same seed replays it.
 """
 
 import argparse
+import itertools
 import json
 import signal
 import statistics
@@ -52,6 +53,10 @@ from tests.soak import world
 from tests.soak.relay import Relay
 from tests.soak.scenario import Fault, Scenario, generate
 
+# A tenant database of the move: a table with a serial key, and one without a key.
+TENANT = (
+    "CREATE TABLE accounts (id bigserial PRIMARY KEY, name text); CREATE TABLE notes (body text)"
+)
 RESTART_GRACE = 5.0  # seconds after a server restart in which the application may see it
 CONNECTION_LOST = {"57P01", "57P02", "57P03", "08006", "08001", "08003", ""}
 
@@ -82,6 +87,10 @@ class Move:
     def __init__(self, lab: Lab, databases: Databases, scenario: Scenario, work: Path) -> None:
         self.lab, self.scenario, self.work = lab, scenario, work
         self.db = databases.create(prefix="soak")
+        self.tenants = tuple(databases.create(prefix="tenant") for _ in range(scenario.tenants))
+        # Where the kills of prepare, start and cleanup strike: the move's last database,
+        # after the others went through (the role's password set again for them, say).
+        self.last = (self.db, *self.tenants)[-1]
         tag = uuid.uuid4().hex[:6]
         self.role, self.clerk, self.password = f"app_{tag}", f"clerk_{tag}", uuid.uuid4().hex
         self.tables = [*load_sql.table_names(scenario.load_tables), load_sql.KEYLESS]
@@ -112,6 +121,15 @@ class Move:
                 keyless=True,
             )
             world.create(conn, self.scenario, owner=self.role, writer=self.clerk)
+        for tenant in self.tenants:
+            with connect(self.lab.server("source")) as conn:
+                conn.execute(
+                    sql.SQL("ALTER DATABASE {} OWNER TO {}").format(ident(tenant), ident(self.role))
+                )
+            with connect(self.lab.server("source"), tenant) as conn:
+                conn.execute(sql.SQL("SET ROLE {}").format(ident(self.role)))
+                conn.execute(TENANT)
+                self.write_tenant(conn)
         env = self.work / "app.env"
         quoted = self.db.replace('"', "%22").replace(" ", "%20")
         port = self.lab.server("source").port
@@ -123,7 +141,8 @@ class Move:
         )
         control = free_port()
         http = f"http://127.0.0.1:{control}"
-        data = yaml.safe_load(dump(self.lab.plan([self.db], move=f"s{uuid.uuid4().hex[:8]}")))
+        move = f"s{uuid.uuid4().hex[:8]}"
+        data = yaml.safe_load(dump(self.lab.plan([self.db, *self.tenants], move=move)))
         # The replication reaches the source through a relay that can cut or stall it.
         self.relay = Relay(("127.0.0.1", port))
         data["source"]["replication_port"] = self.relay.port
@@ -173,6 +192,21 @@ class Move:
         self.churn = world.Churn(
             self.lab.server("source"), self.db, self.role, self.password, self.scenario
         ).start()
+
+    @staticmethod
+    def write_tenant(conn: Any) -> None:
+        """Rows into a tenant's keyed and keyless tables, as the application."""
+        conn.execute(
+            "INSERT INTO accounts (name) SELECT 'a' || g FROM generate_series(1, 50) g;"
+            "INSERT INTO notes (body) SELECT 'n' || g FROM generate_series(1, 20) g"
+        )
+
+    def write_tenants(self) -> None:
+        """More rows in every tenant, while the move streams."""
+        for tenant in self.tenants:
+            with connect(self.lab.server("source"), tenant) as conn:
+                conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(self.role)))
+                self.write_tenant(conn)
 
     def slow_writer(self) -> list[dict[str, Any]]:
         """With SLOW_WRITER, a tier stopped first that takes seconds to stop (a slow drain)."""
@@ -263,11 +297,11 @@ def drive(move: Move, outcome: Outcome) -> bool:
     """prepare, start, streaming under faults, verify, switch: False once a command failed."""
     s = move.scenario
     faults = {f.fault: f for f in s.faults}
-    if killed(move, outcome, Fault.KILL_PREPARE, move.db, "prepare") not in GOES_ON:
+    if killed(move, outcome, Fault.KILL_PREPARE, move.last, "prepare") not in GOES_ON:
         return False
     if not expect(outcome, "prepare", move.cutover("prepare"), 0):
         return False
-    if killed(move, outcome, Fault.KILL_START, move.db, "start", "--wait") not in GOES_ON:
+    if killed(move, outcome, Fault.KILL_START, move.last, "start", "--wait") not in GOES_ON:
         return False
     if not expect(outcome, "start --wait", move.cutover("start", "--wait"), 0):
         return False
@@ -282,6 +316,7 @@ def drive(move: Move, outcome: Outcome) -> bool:
         if fault in faults:
             time.sleep(faults[fault].seconds)
             act()
+    move.write_tenants()  # after the faults: the tenants' streams carry them
     time.sleep(s.streaming / 2)
 
     move.churn.end()  # the scenario's tables are written until here, the load goes on
@@ -371,28 +406,32 @@ def judge(move: Move, outcome: Outcome) -> None:
             ).format(sql.Identifier(table.name))
             if source.execute(query).fetchone() != target.execute(query).fetchone():
                 outcome.problems.append(f"table {table.name!r} differs after the switch")
-        seqs = "SELECT schemaname, sequencename, last_value FROM pg_sequences"
-        ahead = {
-            (r["schemaname"], r["sequencename"]): r["last_value"] for r in target.execute(seqs)
-        }
-        for r in source.execute(seqs):
-            theirs = ahead.get((r["schemaname"], r["sequencename"]))
-            if r["last_value"] is not None and (theirs is None or theirs < r["last_value"]):
-                outcome.problems.append(
-                    f"sequence {r['sequencename']!r} at {theirs} on the target, "
-                    f"{r['last_value']} on the source"
-                )
+        sequences_behind(outcome, source, target, db)
+    for tenant in move.tenants:
+        with (
+            connect(lab.server("source"), tenant) as source,
+            connect(lab.server("target"), tenant) as target,
+        ):
+            for query, rows in (
+                ("SELECT count(*) AS n, md5(string_agg(name, '|' ORDER BY id)) FROM accounts", 100),
+                ("SELECT count(*) AS n, md5(string_agg(body, '|' ORDER BY body)) FROM notes", 40),
+            ):
+                mine, theirs = source.execute(query).fetchone(), target.execute(query).fetchone()
+                if mine != theirs or mine is None or mine["n"] != rows:
+                    outcome.problems.append(f"{tenant}: {query} gave {mine} and {theirs}")
+            sequences_behind(outcome, source, target, tenant)
 
-    if killed(move, outcome, Fault.KILL_CLEANUP, db, "cleanup", "--yes") not in GOES_ON:
+    if killed(move, outcome, Fault.KILL_CLEANUP, move.last, "cleanup", "--yes") not in GOES_ON:
         return
     if not expect(outcome, "cleanup", move.cutover("cleanup", "--yes"), 0):
         return
-    left = {k: v for k, v in replication_objects(lab, db).items() if v}
-    if left:
-        outcome.problems.append(f"cleanup left {left}")
+    for each in (db, *move.tenants):
+        left = {k: v for k, v in replication_objects(lab, each).items() if v}
+        if left:
+            outcome.problems.append(f"cleanup left in {each}: {left}")
     move_name = yaml.safe_load(move.plan.read_text())["move"]
-    for side in ("source", "target"):
-        with connect(lab.server(side), db) as conn:
+    for side, each in itertools.product(("source", "target"), (db, *move.tenants)):
+        with connect(lab.server(side), each) as conn:
             roles = conn.execute(
                 "SELECT count(*) AS n FROM pg_roles WHERE rolname = %s", (f"cutover_{move_name}",)
             ).fetchone()
@@ -404,6 +443,19 @@ def judge(move: Move, outcome: Outcome) -> None:
                 outcome.problems.append(
                     f"cleanup left on the {side}: {roles} role, {columns} column"
                 )
+
+
+def sequences_behind(outcome: Outcome, source: Any, target: Any, db: str) -> None:
+    """A problem for each sequence of `db` the target is behind the source on."""
+    seqs = "SELECT schemaname, sequencename, last_value FROM pg_sequences"
+    ahead = {(r["schemaname"], r["sequencename"]): r["last_value"] for r in target.execute(seqs)}
+    for r in source.execute(seqs):
+        theirs = ahead.get((r["schemaname"], r["sequencename"]))
+        if r["last_value"] is not None and (theirs is None or theirs < r["last_value"]):
+            outcome.problems.append(
+                f"{db}: sequence {r['sequencename']!r} at {theirs} on the target, "
+                f"{r['last_value']} on the source"
+            )
 
 
 def near(at: float, windows: list[tuple[float, float]]) -> bool:

@@ -125,6 +125,7 @@ class Scenario:
     churners: int  # sessions writing the generated tables in transactions
     long_transactions: bool
     view: bool  # a materialized view over the first generated table
+    tenants: int = 0  # more databases in the move, each a keyed and a keyless table
 
     def has(self, fault: Fault) -> bool:
         return any(f.fault is fault for f in self.faults)
@@ -132,9 +133,10 @@ class Scenario:
     def describe(self) -> str:
         kinds = ",".join(t.kind for t in self.tables)
         faults = ",".join(f"{f.fault}{'@' + f.step if f.step else ''}" for f in self.faults)
+        tenants = f", {self.tenants} more databases" if self.tenants else ""
         return (
             f"seed {self.seed}: {self.engine}, {self.load_tables} load tables at {self.rate}/s, "
-            f"tables [{kinds}], faults [{faults or 'none'}]"
+            f"tables [{kinds}]{tenants}, faults [{faults or 'none'}]"
         )
 
 
@@ -188,6 +190,7 @@ def generate(seed: int) -> Scenario:
     for fault in list(Fault)[7:]:
         if rng.random() < 0.3:
             faults.append(draw(fault, rng, engine))
+    tenants = rng.choice((0, 0, 1, 2))  # drawn last: what earlier draws gave stays
     return Scenario(
         seed=seed,
         engine=engine,
@@ -199,4 +202,5 @@ def generate(seed: int) -> Scenario:
         churners=churners,
         long_transactions=long_transactions,
         view=view,
+        tenants=tenants,
     )

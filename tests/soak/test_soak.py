@@ -16,7 +16,7 @@ from tests.conftest import Databases
 from tests.soak import run
 from tests.soak.scenario import START_STEPS, SWITCH_STEPS, Fault, Kind, generate
 
-SEEDS = {"native": 1, "pglogical": 5}  # each with kills or restarts, cut connections, a rollback
+SEEDS = {"native": 194, "pglogical": 5}  # kills, restarts, cuts, a rollback; more databases
 
 
 @given(st.integers(min_value=0, max_value=2**32))
