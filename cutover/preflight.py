@@ -132,12 +132,7 @@ def run(plan: Plan, pool: Pool, *, copied: Collection[str] = (), move_id: str = 
     findings += _fallback(plan, pool)
     findings += ENGINE_CHECKS.get(plan.engine, _nothing)(plan, pool, source, target)
     present_on_source = catalog.existing_databases(source, plan.databases)
-    fenced = fence.roles_to_fence(
-        source,
-        [pool.get("source", db) for db in plan.databases if db in present_on_source],
-        named=plan.fence.roles,
-        keep=[plan.source.user, replication.object_name(plan.move)],
-    )
+    fenced = _roles_to_fence(plan, pool, [d for d in plan.databases if d in present_on_source])
     findings += _source_role(plan, source, fenced)
     findings += _ddl_guard(plan, source)
     findings += _fence(plan, fenced)
@@ -157,13 +152,28 @@ def run(plan: Plan, pool: Pool, *, copied: Collection[str] = (), move_id: str = 
                 )
             )
             continue
-        conn = pool.get("source", db)
-        findings += _source_database(plan, conn, scope, target_extensions, target=target)
-        if db in present_on_target:
-            findings += _target_database(plan, pool.get("target", db), f"target/{db}")
-            if db not in copied:
-                findings += _target_rows(conn, pool.get("target", db), db, f"target/{db}")
+        with pool.borrow("source", db) as conn:
+            findings += _source_database(plan, conn, scope, target_extensions, target=target)
+            if db in present_on_target:
+                with pool.borrow("target", db) as on_target:
+                    findings += _target_database(plan, on_target, f"target/{db}")
+                    if db not in copied:
+                        findings += _target_rows(conn, on_target, db, f"target/{db}")
     return Report(tuple(findings))
+
+
+def _roles_to_fence(plan: Plan, pool: Pool, databases: list[str]) -> list[str]:
+    """The roles the switch would fence, asked of one database after another: a check of
+    many databases holds a session in one at a time (the switch asks them all at once)."""
+    keep = [plan.source.user, replication.object_name(plan.move)]
+    maintenance = pool.get("source")
+    if plan.fence.roles is not None:
+        return fence.roles_to_fence(maintenance, [], named=plan.fence.roles, keep=keep)
+    found: set[str] = set()
+    for db in databases:
+        with pool.borrow("source", db) as conn:
+            found.update(fence.roles_to_fence(maintenance, [conn], named=None, keep=keep))
+    return sorted(found)
 
 
 def _versions(source: int, target: int) -> Iterator[Finding]:
@@ -388,8 +398,9 @@ def _pglogical_source_grants(plan: Plan, pool: Pool, user: str) -> Iterator[Find
     """
     present = catalog.existing_databases(pool.get("source"), plan.databases)
     for db in [d for d in plan.databases if d in present]:
-        conn = pool.get("source", db)
-        if pglogical.usable_by(conn, user):
+        with pool.borrow("source", db) as conn:
+            usable = pglogical.usable_by(conn, user)
+        if usable:
             yield Finding("privileges", f"source/{db}", Status.OK, f"{user} may use pglogical")
             continue
         yield Finding(

@@ -309,8 +309,8 @@ def test_a_move_of_three_databases_switches_them_at_once(
     cutover: Callable[..., Result],
     statement_log: StatementLog,
 ) -> None:
-    """prepare and start hold sessions on the database they are at, and for a moment on one
-    other they look into, not on every database they went through. The move's role gets
+    """check, prepare and start hold sessions on the database they are at, and for a moment
+    on one other they look into, not on every database they went through. The move's role gets
     one password, and no subscription is told of another."""
     names = [databases.create(prefix=prefix) for prefix in ("one", "two", "three")]
     for i, db in enumerate(names):
@@ -322,7 +322,7 @@ def test_a_move_of_three_databases_switches_them_at_once(
     move = f"t{uuid.uuid4().hex[:8]}"
     plan = str(write_plan(names, move=move, thresholds={"lag_window": "0s"}))
     with cutover_sessions(lab, names) as samples, statement_log.recording() as seen:
-        for command in (["prepare"], ["start", "--wait"]):
+        for command in (["check"], ["prepare"], ["start", "--wait"]):
             result = cutover(*command, "-p", plan)
             assert result.code == 0, result.stdout + result.stderr
     role = f'"{replication.object_name(move)}"'
