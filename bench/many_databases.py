@@ -18,11 +18,8 @@ Each run, for every `--databases` count, on fresh databases per way:
 import argparse
 import json
 import statistics
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -57,35 +54,6 @@ def tenants(lab: Lab, count: int, tag: str) -> list[str]:
     return names
 
 
-@contextmanager
-def most_sessions(lab: Lab) -> Iterator[dict[str, int]]:
-    """The most sessions cutover held at once on each server, sampled every 10 ms."""
-    most = {"source": 0, "target": 0}
-    done = threading.Event()
-
-    def sample() -> None:
-        conns = {side: connect(lab.server(side), label=side) for side in most}
-        try:
-            while not done.wait(0.01):
-                for side, conn in conns.items():
-                    row = conn.execute(
-                        "SELECT count(*) AS n FROM pg_stat_activity "
-                        "WHERE application_name = 'cutover' AND backend_type = 'client backend'"
-                    ).fetchone()
-                    most[side] = max(most[side], row["n"] if row else 0)
-        finally:
-            for conn in conns.values():
-                conn.close()
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
-        yield most
-    finally:
-        done.set()
-        sampler.join()
-
-
 def replicating(lab: Lab, work: Path, names: list[str], move: str) -> tuple[Path, dict[str, float]]:
     """A plan of these databases, prepared and streaming; its path, and what prepare and
     start took: their seconds and the most sessions they held on the source and target."""
@@ -93,7 +61,7 @@ def replicating(lab: Lab, work: Path, names: list[str], move: str) -> tuple[Path
     plan.update(state_dir=str(work / move), thresholds={"lag_window": "1s"})
     path = work / f"{move}.yaml"
     path.write_text(yaml.safe_dump(plan))
-    with most_sessions(lab) as most:
+    with lab.cutover_sessions(every=0.01) as samples:
         began = time.monotonic()
         cutover("prepare", "-p", str(path))
         prepared = time.monotonic()
@@ -102,8 +70,7 @@ def replicating(lab: Lab, work: Path, names: list[str], move: str) -> tuple[Path
     return path, {
         "prepare": prepared - began,
         "start": started - prepared,
-        "sessions source": most["source"],
-        "sessions target": most["target"],
+        **{f"sessions {side}": max(len(s[side]) for s in samples) for side in ("source", "target")},
     }
 
 

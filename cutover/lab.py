@@ -32,6 +32,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +44,7 @@ from cutover.errors import PreconditionFailed, UsageError
 from cutover.ledger import journal_for
 from cutover.pg import admin, pgbouncer, tools
 from cutover.pg import load as load_sql
-from cutover.pg.connect import connect
+from cutover.pg.connect import APPLICATION_NAME, connect
 from cutover.plan import (
     Fence,
     FileRepoint,
@@ -366,6 +369,42 @@ class Lab:
                         load_sql.grant_role(conn, granted, CONTROLLER_ROLE)
             finally:
                 conn.close()
+
+    @contextmanager
+    def cutover_sessions(self, every: float = 0.005) -> Iterator[list[dict[str, list[str]]]]:
+        """Samples, taken every `every` seconds until the block ends, of the sessions cutover
+        holds on each server (`application_name` cutover, client backends): their databases."""
+        samples: list[dict[str, list[str]]] = []
+        done = threading.Event()
+
+        def sample() -> None:
+            with (
+                connect(self.server("source"), label="source") as source,
+                connect(self.server("target"), label="target") as target,
+            ):
+                while not done.is_set():
+                    samples.append(
+                        {
+                            side: [
+                                row["datname"]
+                                for row in conn.execute(
+                                    "SELECT datname FROM pg_catalog.pg_stat_activity WHERE "
+                                    "application_name = %s AND backend_type = 'client backend'",
+                                    (APPLICATION_NAME,),
+                                )
+                            ]
+                            for side, conn in (("source", source), ("target", target))
+                        }
+                    )
+                    done.wait(every)
+
+        sampler = threading.Thread(target=sample, name="sessions", daemon=True)
+        sampler.start()
+        try:
+            yield samples
+        finally:
+            done.set()
+            sampler.join()
 
     def running(self) -> dict[str, bool]:
         """Whether each server runs."""

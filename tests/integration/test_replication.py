@@ -1,10 +1,8 @@
 """prepare + start on real servers: the schema, the data and the changes arrive on the target."""
 
 import json
-import threading
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -267,41 +265,6 @@ def test_roles_missing_on_the_target_stop_prepare_with_the_statements(
         assert row == {"tableowner": owner}
 
 
-@contextmanager
-def cutover_sessions(lab: Lab, names: list[str]) -> Iterator[list[dict[str, set[str]]]]:
-    """What cutover's sessions are on, sampled every few ms on both servers: for each
-    sample, per server, the databases of `names` it held a session on."""
-    samples: list[dict[str, set[str]]] = []
-    done = threading.Event()
-
-    def sample() -> None:
-        with connect(lab.server("source")) as source, connect(lab.server("target")) as target:
-            while not done.is_set():
-                samples.append(
-                    {
-                        side: {
-                            row["datname"]
-                            for row in conn.execute(
-                                "SELECT datname FROM pg_stat_activity "
-                                "WHERE application_name = 'cutover' AND datname = ANY(%s) "
-                                "AND backend_type = 'client backend'",
-                                (names,),
-                            )
-                        }
-                        for side, conn in (("source", source), ("target", target))
-                    }
-                )
-                done.wait(0.005)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
-        yield samples
-    finally:
-        done.set()
-        sampler.join()
-
-
 def test_a_move_of_three_databases_switches_them_at_once(
     lab: Lab,
     databases: Databases,
@@ -321,10 +284,12 @@ def test_a_move_of_three_databases_switches_them_at_once(
             )
     move = f"t{uuid.uuid4().hex[:8]}"
     plan = str(write_plan(names, move=move, thresholds={"lag_window": "0s"}))
-    with cutover_sessions(lab, names) as samples, statement_log.recording() as seen:
+    with lab.cutover_sessions() as sampled, statement_log.recording() as seen:
         for command in (["check"], ["prepare"], ["start", "--wait"]):
             result = cutover(*command, "-p", plan)
             assert result.code == 0, result.stdout + result.stderr
+    # Per server, the move's databases cutover held a session on.
+    samples = [{side: set(dbs) & set(names) for side, dbs in s.items()} for s in sampled]
     role = f'"{replication.object_name(move)}"'
     passwords = [
         s for s in seen.statements["source"] if s.startswith(f"ALTER ROLE {role} PASSWORD")
