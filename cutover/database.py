@@ -561,7 +561,9 @@ def fenced_roles(plan: Plan, servers: Pool) -> list[str]:
     """The roles this move's fence holds now (none where its database is not: nothing ran)."""
     if not exists(servers, Side.SOURCE, plan.databases[0]):
         return []
-    return fence.fenced_roles(_fence_record(plan, servers), plan.move)
+    # Borrowed: asked by each database's steps of a command that holds no other's session.
+    with servers.borrow("source", plan.databases[0]) as conn:
+        return fence.fenced_roles(conn, plan.move)
 
 
 # -- sequences and large objects ---------------------------------------------------------------

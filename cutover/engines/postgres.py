@@ -6,8 +6,8 @@ Protocol by asking the right one. The move's own role and the slot's lag are
 the same for both.
 """
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Generator, Sequence
+from contextlib import AbstractContextManager, closing, nullcontext
 from typing import Protocol
 
 from cutover.engines.base import Barrier, Traits
@@ -246,17 +246,14 @@ class PerDatabase:
         changes: list[Change] = []
         for side, server in (("source", self._plan.source), ("target", self._plan.target)):
             maintenance = self._pool.get(side)
-            changes += replication.drop_role(
-                self._each_database(side, maintenance),
-                maintenance,
-                self._role,
-                heir=server.user,
-                where=side,
-                dry_run=dry_run,
-            )
+            # Closed on a failure too: the database it stopped in holds no session after it.
+            with closing(self._each_database(side, maintenance)) as each:
+                changes += replication.drop_role(
+                    each, maintenance, self._role, heir=server.user, where=side, dry_run=dry_run
+                )
         return changes
 
-    def _each_database(self, side: str, maintenance: Connection) -> Iterator[Connection]:
+    def _each_database(self, side: str, maintenance: Connection) -> Generator[Connection]:
         """A session in each of the move's databases on one side, one after the other,
         writable even where a fence left the database read-only."""
         for db in self._plan.databases:

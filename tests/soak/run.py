@@ -421,7 +421,13 @@ def judge(move: Move, outcome: Outcome) -> None:
                     outcome.problems.append(f"{tenant}: {query} gave {mine} and {theirs}")
             sequences_behind(outcome, source, target, tenant)
 
-    if killed(move, outcome, Fault.KILL_CLEANUP, move.last, "cleanup", "--yes") not in GOES_ON:
+    # The role goes with the first database's cleanup, out of every database: killed there.
+    dropping_role = any(
+        f.fault is Fault.KILL_CLEANUP and f.step == "drop_replication_role"
+        for f in move.scenario.faults
+    )
+    scope = db if dropping_role else move.last
+    if killed(move, outcome, Fault.KILL_CLEANUP, scope, "cleanup", "--yes") not in GOES_ON:
         return
     if not expect(outcome, "cleanup", move.cutover("cleanup", "--yes"), 0):
         return
