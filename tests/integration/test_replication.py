@@ -272,9 +272,9 @@ def test_a_move_of_three_databases_switches_them_at_once(
     cutover: Callable[..., Result],
     statement_log: StatementLog,
 ) -> None:
-    """check, prepare and start hold sessions on the database they are at, and for a moment
-    on one other they look into, not on every database they went through. The move's role gets
-    one password, and no subscription is told of another."""
+    """check, prepare, start and cleanup hold sessions on the database they are at, and for a
+    moment on one other they look into, not on every database they went through. The move's
+    role gets one password, and no subscription is told of another."""
     names = [databases.create(prefix=prefix) for prefix in ("one", "two", "three")]
     for i, db in enumerate(names):
         with connect(lab.server("source"), db) as conn:
@@ -288,8 +288,15 @@ def test_a_move_of_three_databases_switches_them_at_once(
         for command in (["check"], ["prepare"], ["start", "--wait"]):
             result = cutover(*command, "-p", plan)
             assert result.code == 0, result.stdout + result.stderr
-    # Per server, the move's databases cutover held a session on.
-    samples = [{side: set(dbs) & set(names) for side, dbs in s.items()} for s in sampled]
+
+    def held(sampled: list[dict[str, list[str]]]) -> list[dict[str, set[str]]]:
+        """Per sample and server, the move's databases cutover held a session on."""
+        return [{side: set(dbs) & set(names) for side, dbs in s.items()} for s in sampled]
+
+    def on_all(samples: list[dict[str, set[str]]]) -> list[dict[str, set[str]]]:
+        return [s for s in samples if max(len(dbs) for dbs in s.values()) > 2]
+
+    samples = held(sampled)
     role = f'"{replication.object_name(move)}"'
     passwords = [
         s for s in seen.statements["source"] if s.startswith(f"ALTER ROLE {role} PASSWORD")
@@ -300,10 +307,9 @@ def test_a_move_of_three_databases_switches_them_at_once(
         if s.startswith(f"ALTER SUBSCRIPTION {role} CONNECTION")
     ]
     assert (len(passwords), told) == (1, [])
-    seen = {side: set().union(*(s[side] for s in samples)) for side in ("source", "target")}
-    assert seen == {"source": set(names), "target": set(names)}  # the sampler saw each
-    held_all = [s for s in samples if max(len(held) for held in s.values()) > 2]
-    assert held_all == [], f"{len(held_all)} of {len(samples)} samples: {held_all[:2]}"
+    visited = {side: set().union(*(s[side] for s in samples)) for side in ("source", "target")}
+    assert visited == {"source": set(names), "target": set(names)}  # the sampler saw each
+    assert on_all(samples) == [], f"{len(on_all(samples))} of {len(samples)} samples"
     result = cutover("switch", "--yes", "-p", plan)
     assert result.code == 0, result.stdout + result.stderr
     for i, db in enumerate(names):
@@ -316,6 +322,10 @@ def test_a_move_of_three_databases_switches_them_at_once(
                 "ON d.oid = s.subdbid WHERE d.datname = current_database()"
             ).fetchone()
             assert subs == {"n": 0}
+    with lab.cutover_sessions() as sampled:
+        result = cutover("cleanup", "--yes", "-p", plan)
+        assert result.code == 0, result.stdout + result.stderr
+    assert on_all(held(sampled)) == [], f"cleanup: {on_all(held(sampled))[:2]}"
 
 
 def test_each_database_reads_its_own_subscriptions_synchronous_commit(
