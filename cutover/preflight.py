@@ -251,6 +251,17 @@ def _source_settings(plan: Plan, conn: Connection) -> Iterator[Finding]:
     )
 
 
+def move_sessions(databases: int) -> int:
+    """The most sessions a move of `databases` holds on a server: its switch's two per
+    database and the maintenance database, or start's few (see connections_finding)."""
+    return max(2 * databases + 1, 2 + COPY_JOBS)
+
+
+def largest_move(free: int) -> int:
+    """The most databases a move may have to hold no more than `free` sessions (0: none)."""
+    return max(0, (free - 1) // 2) if free >= move_sessions(1) else 0
+
+
 def connections_finding(side: str, use: catalog.ConnectionUse, *, databases: int) -> Finding:
     """Whether the sessions a move holds fit beside the application's on one server.
 
@@ -263,7 +274,7 @@ def connections_finding(side: str, use: catalog.ConnectionUse, *, databases: int
     fail: that is refused, and a move that leaves it little room (with the exporter
     running too) is a warning.
     """
-    needed = max(2 * databases + 1, 2 + COPY_JOBS)
+    needed = move_sessions(databases)
     exporter = databases + 1
     room = max(APPLICATION_ROOM_MIN, int(use.limit * APPLICATION_ROOM))
     left = use.free - needed
@@ -273,9 +284,16 @@ def connections_finding(side: str, use: catalog.ConnectionUse, *, databases: int
         f"({databases} database(s), two sessions each in the switch; the maintenance "
         f"database; {COPY_JOBS} copy jobs in start)"
     )
+    roomy = largest_move(use.free - room)
+    several = (
+        f"or move the databases in several moves, one after another, of at most {roomy} "
+        "(that many leave the application its room)"
+        if roomy
+        else "or move the databases in several moves"
+    )
     hint = (
         "raise max_connections (it takes a restart), end idle sessions (a pooler helps), "
-        "or move the databases in several moves; `start --parallel N` holds N copy jobs"
+        f"{several}; `start --parallel N` holds N copy jobs"
     )
     if left < 0:
         return Finding(

@@ -1,10 +1,12 @@
 """The connections check: whether a move's sessions fit beside the application's."""
 
+import re
+
 from hypothesis import given
 from hypothesis import strategies as st
 
 from cutover.pg.catalog import ConnectionUse
-from cutover.preflight import Status, connections_finding
+from cutover.preflight import Status, connections_finding, move_sessions
 
 RANK = {Status.OK: 0, Status.WARN: 1, Status.FAIL: 2}
 
@@ -64,3 +66,26 @@ def test_what_stays_free_decides_between_a_warning_and_ok() -> None:
     # A small server: at least 5 stay free (a move of 4 databases holds 9).
     small = connections_finding("source", ConnectionUse(25, 3, 9), databases=4)
     assert small.status is Status.WARN and "(less than 5)" in small.detail
+
+
+@given(use=uses, databases=st.integers(1, 2_000))
+def test_a_move_that_does_not_fit_is_told_the_largest_that_would(
+    use: ConnectionUse, databases: int
+) -> None:
+    finding = connections_finding("source", use, databases=databases)
+    found = re.search(r"several moves, one after another, of at most (\d+)", finding.hint)
+    if finding.status is Status.OK or found is None:
+        return
+    most = int(found.group(1))
+    room = max(5, use.limit // 10)
+    assert use.free - move_sessions(most) >= room  # that many leave the application its room
+    assert use.free - move_sessions(most + 1) < room  # and one more would not
+    assert connections_finding("source", use, databases=most).status is not Status.FAIL
+
+
+def test_a_server_too_full_for_any_move_is_told_so_without_a_size() -> None:
+    full = connections_finding("source", ConnectionUse(20, 3, 15), databases=1)
+    assert full.status is Status.FAIL
+    assert "or move the databases in several moves;" in full.hint
+    tight = connections_finding("source", ConnectionUse(100, 3, 70), databases=10)
+    assert "several moves, one after another, of at most 8 (that many" in tight.hint
