@@ -32,6 +32,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +48,7 @@ from cutover.pg import load as load_sql
 from cutover.plan import dump
 from cutover.plan import load as load_plan
 from cutover.runner import FAILPOINT
+from tests import pgbouncer
 from tests.conftest import Databases, Result, connect, run_cutover
 from tests.integration.conftest import replication_objects, set_subscription
 from tests.soak import world
@@ -58,6 +60,7 @@ TENANT = (
     "CREATE TABLE accounts (id bigserial PRIMARY KEY, name text); CREATE TABLE notes (body text)"
 )
 RESTART_GRACE = 5.0  # seconds after a server restart in which the application may see it
+PGBOUNCER_LOGIN_RETRY = 15.0  # PgBouncer's server_login_retry default
 CONNECTION_LOST = {"57P01", "57P02", "57P03", "08006", "08001", "08003", ""}
 
 
@@ -96,6 +99,7 @@ class Move:
         self.tables = [*load_sql.table_names(scenario.load_tables), load_sql.KEYLESS]
         self.restarts: list[tuple[float, float]] = []
         self.switching: list[float] = []
+        self.stack = ExitStack()  # what runs beside the move (PgBouncer), ended by close
 
     def cutover(self, *args: str, failpoint: str | None = None) -> Result:
         env = {FAILPOINT: failpoint} if failpoint else None
@@ -133,39 +137,49 @@ class Move:
         env = self.work / "app.env"
         quoted = self.db.replace('"', "%22").replace(" ", "%20")
         port = self.lab.server("source").port
+        control = free_port()
+        http = f"http://127.0.0.1:{control}"
+        writers: list[dict[str, Any]] = [
+            {
+                "name": "app",
+                "tier": 1,
+                "http": {
+                    "stop": f"{http}/pause",
+                    "start": f"{http}/resume",
+                    "status": f"{http}/drained",
+                    "health": f"{http}/healthy",
+                },
+            }
+        ]
+        repoint: list[dict[str, Any]] = [
+            {"name": f"env-{key.lower()}", "file": {"path": str(env), "key": key}}
+            for key in ("DATABASE_URL", "WRITER_URL")
+        ]
+        if self.scenario.pooled:  # the pool is paused and repointed instead
+            users = {self.role: self.password, self.clerk: self.password}
+            pool = self.stack.enter_context(
+                pgbouncer.running(self.lab.server("source"), self.db, users)
+            )
+            port, quoted = pool.port, "app"
+            spec = {"pgbouncers": [pool.spec().model_dump(mode="json")], "databases": ["app"]}
+            writers = [{"name": "pool", "tier": 1, "pgbouncer": spec}]
+            repoint = [{"name": "pool", "pgbouncer": spec}]
         env.write_text(
             "".join(
                 f"{key}=postgresql://{name}:{self.password}@127.0.0.1:{port}/{quoted}\n"
                 for key, name in (("DATABASE_URL", self.role), ("WRITER_URL", self.clerk))
             )
         )
-        control = free_port()
-        http = f"http://127.0.0.1:{control}"
         move = f"s{uuid.uuid4().hex[:8]}"
         data = yaml.safe_load(dump(self.lab.plan([self.db, *self.tenants], move=move)))
         # The replication reaches the source through a relay that can cut or stall it.
-        self.relay = Relay(("127.0.0.1", port))
+        self.relay = Relay(("127.0.0.1", self.lab.server("source").port))
         data["source"]["replication_port"] = self.relay.port
         data.update(
             state_dir=str(self.work / "state"),
             engine=self.scenario.engine,
-            writers=[
-                {
-                    "name": "app",
-                    "tier": 1,
-                    "http": {
-                        "stop": f"{http}/pause",
-                        "start": f"{http}/resume",
-                        "status": f"{http}/drained",
-                        "health": f"{http}/healthy",
-                    },
-                },
-                *self.slow_writer(),
-            ],
-            repoint=[
-                {"name": f"env-{key.lower()}", "file": {"path": str(env), "key": key}}
-                for key in ("DATABASE_URL", "WRITER_URL")
-            ],
+            writers=[*writers, *self.slow_writer()],
+            repoint=repoint,
             fence={"roles": [self.role, self.clerk]},
             thresholds={
                 "lag_window": "1s",
@@ -224,6 +238,7 @@ class Move:
             self.load.stop.set()
             self.thread.join(timeout=30)
             self.handle.close()
+        self.stack.close()
 
     # -- faults ------------------------------------------------------------------------------
 
@@ -385,7 +400,8 @@ def judge(move: Move, outcome: Outcome) -> None:
         outcome.problems.append(f"the source took {audit.after_fence} writes after the fence")
     if outcome.duplicated:
         outcome.problems.append(f"{outcome.duplicated} rows twice on the target")
-    errors = [e for e in audit.errors if not restarted(e, move.restarts)]
+    pooled = move.scenario.pooled
+    errors = [e for e in audit.errors if not restarted(e, move.restarts, pooled=pooled)]
     if errors:
         outcome.problems.append(f"the application saw {len(errors)} errors: {errors[:3]}")
     churn_errors = [
@@ -464,14 +480,20 @@ def sequences_behind(outcome: Outcome, source: Any, target: Any, db: str) -> Non
             )
 
 
-def near(at: float, windows: list[tuple[float, float]]) -> bool:
-    return any(began - 1 <= at <= ended + RESTART_GRACE for began, ended in windows)
+def near(at: float, windows: list[tuple[float, float]], grace: float = RESTART_GRACE) -> bool:
+    return any(began - 1 <= at <= ended + grace for began, ended in windows)
 
 
-def restarted(error: str, windows: list[tuple[float, float]]) -> bool:
-    """An error the load saw because a server restarted (its time is the line's start)."""
+def restarted(error: str, windows: list[tuple[float, float]], *, pooled: bool = False) -> bool:
+    """An error the load saw because a server restarted (its time is the line's start).
+
+    Through PgBouncer, a login the restarting server refused makes the pool answer
+    every client "server login has been failing" (08P01) for `server_login_retry`.
+    """
     at = datetime.fromisoformat(error.split(" ", 1)[0]).timestamp()
     code = error.split("[", 1)[1].split("]", 1)[0] if "[" in error else ""
+    if pooled and code == "08P01" and "server_login_retry" in error:
+        return near(at, windows, RESTART_GRACE + PGBOUNCER_LOGIN_RETRY)
     return code in CONNECTION_LOST | {"None"} and near(at, windows)
 
 

@@ -126,6 +126,7 @@ class Scenario:
     long_transactions: bool
     view: bool  # a materialized view over the first generated table
     tenants: int = 0  # more databases in the move, each a keyed and a keyless table
+    pooled: bool = False  # the application reaches the source through PgBouncer
 
     def has(self, fault: Fault) -> bool:
         return any(f.fault is fault for f in self.faults)
@@ -134,9 +135,10 @@ class Scenario:
         kinds = ",".join(t.kind for t in self.tables)
         faults = ",".join(f"{f.fault}{'@' + f.step if f.step else ''}" for f in self.faults)
         tenants = f", {self.tenants} more databases" if self.tenants else ""
+        pooled = ", through PgBouncer" if self.pooled else ""
         return (
             f"seed {self.seed}: {self.engine}, {self.load_tables} load tables at {self.rate}/s, "
-            f"tables [{kinds}]{tenants}, faults [{faults or 'none'}]"
+            f"tables [{kinds}]{tenants}{pooled}, faults [{faults or 'none'}]"
         )
 
 
@@ -191,6 +193,7 @@ def generate(seed: int) -> Scenario:
         if rng.random() < 0.3:
             faults.append(draw(fault, rng, engine))
     tenants = rng.choice((0, 0, 1, 2))  # drawn last: what earlier draws gave stays
+    pooled = rng.random() < 0.3
     return Scenario(
         seed=seed,
         engine=engine,
@@ -203,4 +206,5 @@ def generate(seed: int) -> Scenario:
         long_transactions=long_transactions,
         view=view,
         tenants=tenants,
+        pooled=pooled,
     )

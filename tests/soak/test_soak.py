@@ -16,7 +16,7 @@ from tests.conftest import Databases
 from tests.soak import run
 from tests.soak.scenario import START_STEPS, SWITCH_STEPS, Fault, Kind, generate
 
-SEEDS = {"native": 194, "pglogical": 5}  # kills, restarts, cuts, a rollback; more databases
+SEEDS = {"native": 241, "pglogical": 5}  # kills, restarts, cuts, a rollback; tenants; PgBouncer (5)
 
 
 @given(st.integers(min_value=0, max_value=2**32))
@@ -37,6 +37,7 @@ def test_seeds_cover_both_engines_and_every_fault() -> None:
     drawn = [generate(seed) for seed in range(1, 51)]
     assert {s.engine for s in drawn} == {"native", "pglogical"}
     assert {f.fault for s in drawn for f in s.faults} == set(Fault)
+    assert {s.tenants for s in drawn} == {0, 1, 2} and {s.pooled for s in drawn} == {False, True}
 
 
 @given(st.lists(st.integers(0, 999), min_size=1, max_size=5), st.integers(0, 20))
@@ -56,6 +57,16 @@ def test_only_connection_errors_near_a_restart_are_excused() -> None:
     assert run.restarted(error(3, "57P01"), windows)
     assert not run.restarted(error(3, "42501"), windows)  # not what a restart causes
     assert not run.restarted(error(30, "57P01"), windows)  # long after it
+    # Through PgBouncer: its answer while it waits to log in again, for server_login_retry.
+    retry = error(15, "08P01").replace("terminating connection", "(server_login_retry)")
+    assert run.restarted(retry, windows, pooled=True)
+    assert not run.restarted(retry, windows)  # no PgBouncer: not what the application saw
+    assert not run.restarted(error(15, "08P01"), windows, pooled=True)  # another 08P01
+    assert not run.restarted(
+        error(40, "08P01").replace("terminating connection", "(server_login_retry)"),
+        windows,
+        pooled=True,
+    )
 
 
 @pytest.mark.integration
