@@ -180,6 +180,49 @@ def dms_standin(
     return standin, settings
 
 
+def application(
+    stack: ExitStack,
+    lab: Lab,
+    db: str,
+    env: Path,
+    users: dict[str, str],
+    control: int,
+    *,
+    pooled: bool,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """How the test application reaches `db` on the source, and the plan's writers and
+    repoints for it: its env file (`DATABASE_URL`, `WRITER_URL`, a URL of each of `users`,
+    in that order) written. The load's control port `control` pauses it; or, `pooled`,
+    it connects through PgBouncer (served until `stack` closes), which is paused and
+    repointed instead."""
+    port = lab.server("source").port
+    quoted_db = db.replace('"', "%22").replace(" ", "%20")
+    http = f"http://127.0.0.1:{control}"
+    actions = {"stop": "pause", "start": "resume", "status": "drained", "health": "healthy"}
+    writers: list[dict[str, Any]] = [
+        {"name": "app", "http": {key: f"{http}/{path}" for key, path in actions.items()}}
+    ]
+    repoint: list[dict[str, Any]] = [
+        {"name": f"env-{key.lower()}", "file": {"path": str(env), "key": key}}
+        for key in ("DATABASE_URL", "WRITER_URL")
+    ]
+    if pooled:
+        pool = stack.enter_context(pgbouncer.running(lab.server("source"), db, users))
+        port, quoted_db = pool.port, "app"
+        spec = {"pgbouncers": [pool.spec().model_dump(mode="json")], "databases": ["app"]}
+        writers = [{"name": "pool", "pgbouncer": spec}]
+        repoint = [{"name": "pool", "pgbouncer": spec}]
+    env.write_text(
+        "".join(
+            f"{key}=postgresql://{name}:{password}@127.0.0.1:{port}/{quoted_db}\n"
+            for key, (name, password) in zip(
+                ("DATABASE_URL", "WRITER_URL"), users.items(), strict=True
+            )
+        )
+    )
+    return writers, repoint
+
+
 @pytest.fixture
 def under_load(
     engine: str,
@@ -237,38 +280,12 @@ def under_load(
                 "INSERT INTO accounts (name) SELECT 'a' || g FROM generate_series(1, 100) g"
             )
     source = managed_controller(lab, role, tmp_path) if controller == "managed" else {}
-    env = tmp_path / "app.env"
-    port = lab.server("source").port
-    quoted_db = db.replace('"', "%22").replace(" ", "%20")
-    control = free_port()
-    writers: list[dict[str, Any]] = [
-        {
-            "name": "app",
-            "http": {
-                "stop": f"http://127.0.0.1:{control}/pause",
-                "start": f"http://127.0.0.1:{control}/resume",
-                "status": f"http://127.0.0.1:{control}/drained",
-                "health": f"http://127.0.0.1:{control}/healthy",
-            },
-        }
-    ]
-    repoint: list[dict[str, Any]] = [
-        {"name": f"env-{key.lower()}", "file": {"path": str(env), "key": key}}
-        for key in ("DATABASE_URL", "WRITER_URL")
-    ]
     stack = ExitStack()
-    if pooler == "pgbouncer":  # the application's pool is paused and repointed instead
-        users = {role: password, clerk: password}
-        pool = stack.enter_context(pgbouncer.running(lab.server("source"), db, users))
-        port, quoted_db = pool.port, "app"
-        spec = pool.spec().model_dump(mode="json")
-        writers = [{"name": "pool", "pgbouncer": {"pgbouncers": [spec], "databases": ["app"]}}]
-        repoint = [{"name": "pool", "pgbouncer": {"pgbouncers": [spec], "databases": ["app"]}}]
-    env.write_text(
-        "".join(
-            f"{key}=postgresql://{name}:{password}@127.0.0.1:{port}/{quoted_db}\n"
-            for key, name in (("DATABASE_URL", role), ("WRITER_URL", clerk))
-        )
+    env = tmp_path / "app.env"
+    control = free_port()
+    users = {role: password, clerk: password}
+    writers, repoint = application(
+        stack, lab, db, env, users, control, pooled=pooler == "pgbouncer"
     )
     plan = write_plan(
         [db, *others],

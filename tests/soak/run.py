@@ -48,9 +48,8 @@ from cutover.pg import load as load_sql
 from cutover.plan import dump
 from cutover.plan import load as load_plan
 from cutover.runner import FAILPOINT
-from tests import pgbouncer
 from tests.conftest import Databases, Result, connect, run_cutover
-from tests.integration.conftest import replication_objects, set_subscription
+from tests.integration.conftest import application, replication_objects, set_subscription
 from tests.soak import world
 from tests.soak.relay import Relay
 from tests.soak.scenario import Fault, Scenario, generate
@@ -135,40 +134,10 @@ class Move:
                 conn.execute(TENANT)
                 self.write_tenant(conn)
         env = self.work / "app.env"
-        quoted = self.db.replace('"', "%22").replace(" ", "%20")
-        port = self.lab.server("source").port
         control = free_port()
-        http = f"http://127.0.0.1:{control}"
-        writers: list[dict[str, Any]] = [
-            {
-                "name": "app",
-                "tier": 1,
-                "http": {
-                    "stop": f"{http}/pause",
-                    "start": f"{http}/resume",
-                    "status": f"{http}/drained",
-                    "health": f"{http}/healthy",
-                },
-            }
-        ]
-        repoint: list[dict[str, Any]] = [
-            {"name": f"env-{key.lower()}", "file": {"path": str(env), "key": key}}
-            for key in ("DATABASE_URL", "WRITER_URL")
-        ]
-        if self.scenario.pooled:  # the pool is paused and repointed instead
-            users = {self.role: self.password, self.clerk: self.password}
-            pool = self.stack.enter_context(
-                pgbouncer.running(self.lab.server("source"), self.db, users)
-            )
-            port, quoted = pool.port, "app"
-            spec = {"pgbouncers": [pool.spec().model_dump(mode="json")], "databases": ["app"]}
-            writers = [{"name": "pool", "tier": 1, "pgbouncer": spec}]
-            repoint = [{"name": "pool", "pgbouncer": spec}]
-        env.write_text(
-            "".join(
-                f"{key}=postgresql://{name}:{self.password}@127.0.0.1:{port}/{quoted}\n"
-                for key, name in (("DATABASE_URL", self.role), ("WRITER_URL", self.clerk))
-            )
+        users = {self.role: self.password, self.clerk: self.password}
+        writers, repoint = application(
+            self.stack, self.lab, self.db, env, users, control, pooled=self.scenario.pooled
         )
         move = f"s{uuid.uuid4().hex[:8]}"
         data = yaml.safe_load(dump(self.lab.plan([self.db, *self.tenants], move=move)))
@@ -178,7 +147,7 @@ class Move:
         data.update(
             state_dir=str(self.work / "state"),
             engine=self.scenario.engine,
-            writers=[*writers, *self.slow_writer()],
+            writers=[{**w, "tier": 1} for w in writers] + self.slow_writer(),
             repoint=repoint,
             fence={"roles": [self.role, self.clerk]},
             thresholds={
