@@ -22,6 +22,17 @@ def spec(kubeconfig: Path) -> ConfigMapLedger:
     return ConfigMapLedger(kubeconfig=kubeconfig, namespace=NS, lease_duration=3)
 
 
+def opened(kubeconfig: Path) -> Journal:
+    """The move's ledger as a new command reads it from the ConfigMap."""
+    return Journal(ConfigMapStore(spec(kubeconfig), "shop_2026"), move="shop_2026")
+
+
+def stop_writers(journal: Journal) -> None:
+    """The switch's first step recorded: running, then applied."""
+    journal.started("all/switch.stop_writers", phase="switch", scope="all")
+    journal.finished("all/switch.stop_writers", outcome=Outcome.APPLIED, seconds=0.5)
+
+
 def test_the_plan_chooses_the_configmap_store(kubeconfig: Path) -> None:
     plan = parse(
         {
@@ -40,10 +51,9 @@ def test_a_journal_is_written_through_and_read_back(cluster: Cluster, kubeconfig
     store = ConfigMapStore(spec(kubeconfig), "shop_2026")
     with store.lock():
         journal = Journal(store, move="shop_2026")
-        journal.started("all/switch.stop_writers", phase="switch", scope="all")
-        journal.finished("all/switch.stop_writers", outcome=Outcome.APPLIED, seconds=0.5)
+        stop_writers(journal)
 
-    again = Journal(ConfigMapStore(spec(kubeconfig), "shop_2026"), move="shop_2026")
+    again = opened(kubeconfig)
     assert again.is_done("all/switch.stop_writers")
     assert again.id == journal.id
     stored = cluster.get("configmaps", NS, "cutover-shop-2026-ledger")
@@ -57,8 +67,7 @@ def test_a_record_is_one_update_of_the_log_key_and_the_close_folds_it_in(
     name = "/api/v1/namespaces/cutover/configmaps/cutover-shop-2026-ledger"
     with store.lock():
         journal = Journal(store, move="shop_2026")
-        journal.started("all/switch.stop_writers", phase="switch", scope="all")  # the document
-        journal.finished("all/switch.stop_writers", outcome=Outcome.APPLIED, seconds=0.5)
+        stop_writers(journal)  # the document
         del cluster.requests[:]
         journal.started("all/switch.fence_source", phase="switch", scope="all")
         # One request, neither read first nor the document sent again: the line goes to the
@@ -67,7 +76,7 @@ def test_a_record_is_one_update_of_the_log_key_and_the_close_folds_it_in(
         stored = cluster.get("configmaps", NS, "cutover-shop-2026-ledger")
         assert len(stored["data"][LOG].splitlines()) == 2
         # A command killed now: the next reads the document and its log.
-        again = Journal(ConfigMapStore(spec(kubeconfig), "shop_2026"), move="shop_2026")
+        again = opened(kubeconfig)
         assert again.is_done("all/switch.stop_writers")
         assert [r.key for r in again.running()] == ["all/switch.fence_source"]
         journal.close()
@@ -80,13 +89,11 @@ def test_a_record_is_one_update_of_the_log_key_and_the_close_folds_it_in(
 def test_a_ledger_configmap_deleted_during_a_command_is_written_anew_whole(
     cluster: Cluster, kubeconfig: Path
 ) -> None:
-    store = ConfigMapStore(spec(kubeconfig), "shop_2026")
-    journal = Journal(store, move="shop_2026")
-    journal.started("all/switch.stop_writers", phase="switch", scope="all")
-    journal.finished("all/switch.stop_writers", outcome=Outcome.APPLIED, seconds=0.5)
+    journal = opened(kubeconfig)
+    stop_writers(journal)
     cluster.delete("configmaps", NS, "cutover-shop-2026-ledger")  # by an operator
     journal.started("all/switch.fence_source", phase="switch", scope="all")  # no error
-    again = Journal(ConfigMapStore(spec(kubeconfig), "shop_2026"), move="shop_2026")
+    again = opened(kubeconfig)
     assert again.is_done("all/switch.stop_writers")
     assert [r.key for r in again.running()] == ["all/switch.fence_source"]
 
@@ -94,8 +101,7 @@ def test_a_ledger_configmap_deleted_during_a_command_is_written_anew_whole(
 def test_an_append_that_meets_an_operator_s_edit_writes_the_ledger_s_own_view_whole(
     cluster: Cluster, kubeconfig: Path
 ) -> None:
-    store = ConfigMapStore(spec(kubeconfig), "shop_2026")
-    journal = Journal(store, move="shop_2026")
+    journal = opened(kubeconfig)
     journal.started("all/switch.stop_writers", phase="switch", scope="all")
     older = cluster.get("configmaps", NS, "cutover-shop-2026-ledger")["data"]["document.json"]
     journal.finished("all/switch.stop_writers", outcome=Outcome.APPLIED, seconds=0.5)
@@ -106,7 +112,7 @@ def test_an_append_that_meets_an_operator_s_edit_writes_the_ledger_s_own_view_wh
         "data"
     ].update({"document.json": older})
     journal.started("all/switch.fence_source", phase="switch", scope="all")
-    again = Journal(ConfigMapStore(spec(kubeconfig), "shop_2026"), move="shop_2026")
+    again = opened(kubeconfig)
     assert again.steps() == journal.steps() and again.events() == journal.events()
     assert again.is_done("all/switch.stop_writers")
 
@@ -136,7 +142,7 @@ def test_the_records_of_hundreds_of_databases_fit_a_configmap_gzipped(
     store.write(text)
     stored = cluster.get("configmaps", NS, "cutover-shop-2026-ledger")
     assert set(stored.get("data") or {}) == set() and set(stored["binaryData"]) == {PACKED}
-    again = Journal(ConfigMapStore(spec(kubeconfig), "shop_2026"), move="shop_2026")
+    again = opened(kubeconfig)
     assert len(again.steps()) == 4_800 and len(again.events()) == 9_600
     record = again.get("tenant_399/start.step_11")
     assert record is not None and record.outcome is Outcome.APPLIED
